@@ -1,0 +1,225 @@
+"""Typed run configuration: dataclasses loaded from YAML, with ``--set key=value`` overrides.
+
+Every key is checked: an unknown key or a value of the wrong type or range raises one
+:class:`ConfigError` that names the full dotted key and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+
+@dataclass
+class ModelConfig:
+    """Which pretrained model, and where it is split."""
+
+    name: str = "all-MiniLM-L6-v2"  # HF id, local path, or the embedded default
+    split_depth: int = 2  # m: blocks on the device (0 = embeddings only)
+    max_length: int = 64  # tokens per sample after truncation
+    task: str = "classification"  # "classification" or "causal-lm"
+
+    def validate(self, key: str) -> None:
+        _require(self.split_depth >= 0, f"{key}.split_depth", "must be >= 0 (number of blocks on the device)")
+        _require(self.max_length >= 2, f"{key}.max_length", "must be >= 2 tokens")
+        _require(self.task in ("classification", "causal-lm"), f"{key}.task", "must be 'classification' or 'causal-lm'")
+
+
+@dataclass
+class DataConfig:
+    """Which dataset, where it lives, and how much of it a run uses."""
+
+    dataset: str = "sst2"
+    data_dir: str | None = None  # None: $PRIVTUNE_DATA_DIR, else ../shared/data beside the project
+    train_split: str = "train"
+    eval_split: str = "dev"
+    max_train_samples: int | None = None  # None: the whole split
+    max_eval_samples: int | None = None
+    hub_fallback: bool = True  # try the public hub copy when the local files are missing and HF_HUB_OFFLINE is unset
+
+    def validate(self, key: str) -> None:
+        from .data.registry import DATASETS
+
+        _require(self.dataset in DATASETS, f"{key}.dataset", f"unknown dataset {self.dataset!r}; choose one of {sorted(DATASETS)}")
+        for name in ("max_train_samples", "max_eval_samples"):
+            value = getattr(self, name)
+            _require(value is None or value > 0, f"{key}.{name}", "must be a positive number of samples or null")
+
+
+@dataclass
+class LoraConfig:
+    """LoRA on the top model through peft (off: full fine-tuning of the top model)."""
+
+    enabled: bool = False
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: list[str] | None = None  # None: the family's attention and MLP projections
+
+    def validate(self, key: str) -> None:
+        _require(self.r > 0, f"{key}.r", "must be a positive rank")
+        _require(self.alpha > 0, f"{key}.alpha", "must be positive")
+        _require(0.0 <= self.dropout < 1.0, f"{key}.dropout", "must be in [0, 1)")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation of the top model (AdamW, linear warm-up then linear decay)."""
+
+    epochs: int = 1
+    max_steps: int | None = None  # stop after this many optimiser steps (None: run all epochs)
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    length_bucketing: bool = True  # batch samples of similar length together (~2.4x faster on SST-2)
+    log_every: int = 10  # steps between rows of metrics.csv
+    eval_every: int | None = None  # steps between dev evaluations (None: only at the end)
+    checkpoint_every: int = 200  # steps between checkpoints a run can resume from
+    threads: int | None = None  # torch intra-op threads (None: all cores)
+    progress: bool = True  # progress bars on stderr
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+    def validate(self, key: str) -> None:
+        _require(self.epochs >= 1, f"{key}.epochs", "must be >= 1")
+        _require(self.max_steps is None or self.max_steps >= 1, f"{key}.max_steps", "must be >= 1 or null")
+        _require(self.batch_size >= 1, f"{key}.batch_size", "must be >= 1")
+        _require(self.eval_batch_size >= 1, f"{key}.eval_batch_size", "must be >= 1")
+        _require(self.lr > 0, f"{key}.lr", "must be > 0")
+        _require(self.weight_decay >= 0, f"{key}.weight_decay", "must be >= 0")
+        _require(0.0 <= self.warmup_ratio < 1.0, f"{key}.warmup_ratio", "must be in [0, 1)")
+        _require(self.log_every >= 1, f"{key}.log_every", "must be >= 1")
+        _require(self.eval_every is None or self.eval_every >= 1, f"{key}.eval_every", "must be >= 1 or null")
+        _require(self.checkpoint_every >= 1, f"{key}.checkpoint_every", "must be >= 1")
+        _require(self.threads is None or self.threads >= 1, f"{key}.threads", "must be >= 1 or null")
+        self.lora.validate(f"{key}.lora")
+
+
+@dataclass
+class Config:
+    """A whole run. ``name`` labels the run directory; ``seed`` fixes data order, init and noise."""
+
+    name: str = "run"
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self, key: str = "") -> None:
+        _require(self.seed >= 0, "seed", "must be >= 0")
+        self.model.validate("model")
+        self.data.validate("data")
+        self.train.validate("train")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _require(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"invalid value for config key '{key}': {message}")
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (or the defaults when ``path`` is None), apply ``key=value`` overrides, validate."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} not found: pass a YAML file such as simulations/sst2_baseline.yaml")
+        with path.open() as f:
+            loaded = yaml.safe_load(f)
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys to values at top level")
+        raw = loaded or {}
+    for item in overrides or []:
+        set_override(raw, item)
+    return config_from_dict(raw)
+
+
+def config_from_dict(raw: dict[str, Any]) -> Config:
+    cfg = _build(Config, raw, "")
+    cfg.validate()
+    return cfg
+
+
+def set_override(raw: dict[str, Any], item: str) -> None:
+    """Apply one ``a.b.c=value`` override; the value is parsed as YAML (``3``, ``1e-4``, ``null``, ``[a, b]``)."""
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"override {item!r} must look like key=value, e.g. train.max_steps=30")
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {item!r}: config key '{part}' holds a value, not a section")
+        node = child
+    try:
+        node[parts[-1]] = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {item!r}: cannot parse the value ({exc})") from None
+
+
+def _build(cls: type, raw: Any, prefix: str):
+    where = prefix.rstrip(".") or "the top level"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config key '{where}' must be a section (a mapping), got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in names:
+            raise ConfigError(f"unknown config key '{prefix}{key}'; valid keys at {where}: {', '.join(sorted(names))}")
+        kwargs[key] = _coerce(hints[key], value, f"{prefix}{key}")
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``hint`` (int, float, bool, str, list[str], Optional, dataclass)."""
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key + ".")
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(inner, value, key)
+    if origin is list:
+        (inner,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise ConfigError(f"config key '{key}' must be a list, got {value!r}")
+        return [_coerce(inner, v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if hint is bool:
+        ok = isinstance(value, bool)
+    elif hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif hint is str:
+        ok = isinstance(value, str)
+    else:  # pragma: no cover - a new annotation needs a branch here
+        raise TypeError(f"unsupported config annotation {hint!r} for {key}")
+    if not ok:
+        raise ConfigError(f"config key '{key}' must be of type {hint.__name__}, got {value!r}")
+    return value
+
+
+def dump_config(cfg: Config, path: Path) -> None:
+    with Path(path).open("w") as f:
+        yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)

@@ -1,0 +1,124 @@
+"""Split a task model at depth m: a frozen bottom model for the device, a trainable top model for the cloud.
+
+    bottom: x (token ids) ↦ h = f_m ∘ … ∘ f_1 ∘ E(x) ∈ R^{B×L×d}       (embeddings + blocks 1..m, frozen)
+    top:    (h, mask)     ↦ head(g ∘ f_L ∘ … ∘ f_{m+1}(h)) ∈ R^{B×C}   (blocks m+1..L, final norm g, head)
+
+so that ``top(bottom(x, mask), mask) == task_model(x, mask).logits`` (to float tolerance). The top
+model sees the hidden states and the attention mask only, never token ids or text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..errors import ModelError
+from .families import FAMILIES, Family
+
+TASKS = ("classification", "causal-lm")
+
+
+def family_of(task_model: nn.Module) -> Family:
+    model_type = getattr(task_model.config, "model_type", None)
+    if model_type not in FAMILIES:
+        raise ModelError(
+            f"unsupported architecture {model_type!r} ({type(task_model).__name__}): privtune-ray can split "
+            f"{', '.join(sorted(FAMILIES))}; pick a model of one of these families"
+        )
+    return FAMILIES[model_type]
+
+
+def depth_of(task_model: nn.Module) -> int:
+    """L, the number of transformer blocks of the model."""
+    family = family_of(task_model)
+    return len(family.blocks(family.base(task_model)))
+
+
+def _run_blocks(blocks: nn.ModuleList, hidden: torch.Tensor, context: dict) -> torch.Tensor:
+    for block in blocks:
+        out = block(hidden, **context)
+        hidden = out[0] if isinstance(out, tuple) else out
+    return hidden
+
+
+class BottomModel(nn.Module):
+    """Device side: embeddings and the first m blocks. Frozen; always in eval mode; runs without autograd."""
+
+    def __init__(self, family: Family, task_model: nn.Module, m: int):
+        super().__init__()
+        base = family.base(task_model)
+        self.m = m
+        self.embedding = family.embedding(base)
+        self.context = family.context(base)
+        self.blocks = nn.ModuleList(list(family.blocks(base))[:m])
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> "BottomModel":
+        return super().train(False)  # frozen pretrained layers: no dropout on the device
+
+    @property
+    def embedding_matrix(self) -> torch.Tensor:
+        """The input embedding table E ∈ R^{V×d} (anchors of inversion attacks and PrivTune at m=0)."""
+        return next(m.weight for m in self.embedding.modules() if isinstance(m, nn.Embedding))
+
+    @torch.no_grad()
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.embedding(input_ids, attention_mask)
+        return _run_blocks(self.blocks, hidden, self.context(hidden, attention_mask))
+
+
+class TopModel(nn.Module):
+    """Cloud side: blocks m+1..L, the final norm (decoders) and the task head; trained."""
+
+    def __init__(self, family: Family, task_model: nn.Module, m: int, task: str):
+        super().__init__()
+        base = family.base(task_model)
+        self.m = m
+        self.context = family.context(base)
+        self.blocks = nn.ModuleList(list(family.blocks(base))[m:])
+        self.final = nn.Sequential(*family.final(base))
+        if task == "causal-lm":
+            if family.lm_head is None:
+                raise ModelError(f"task 'causal-lm' needs a decoder model; {family.name} is an encoder: use task 'classification'")
+            self.head = family.lm_head(task_model)
+        else:
+            self.head = family.classifier(task_model)
+
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = _run_blocks(self.blocks, hidden, self.context(hidden, attention_mask))
+        return self.head(self.final(hidden), attention_mask)
+
+
+@dataclass
+class SplitModel:
+    """The two halves of one pretrained task model, split at depth ``m`` of ``depth`` blocks."""
+
+    bottom: BottomModel
+    top: TopModel
+    family: Family
+    m: int
+    depth: int
+    task: str
+    hidden_size: int
+    name: str = ""
+
+
+def split_model(task_model: nn.Module, m: int, task: str = "classification", name: str = "") -> SplitModel:
+    """Split ``task_model`` (a HF ``*ForSequenceClassification`` or ``*ForCausalLM``) after block ``m``."""
+    if task not in TASKS:
+        raise ModelError(f"unknown task {task!r}: use one of {TASKS}")
+    family = family_of(task_model)
+    depth = depth_of(task_model)
+    if not isinstance(m, int) or not 0 <= m <= depth:
+        raise ModelError(
+            f"split depth m={m!r} is outside 0..{depth} for {name or family.name} ({depth} blocks): "
+            f"set model.split_depth to a value in 0..{depth}"
+        )
+    task_model.eval()
+    bottom = BottomModel(family, task_model, m)
+    top = TopModel(family, task_model, m, task)
+    hidden_size = task_model.config.hidden_size  # d of the uploaded h (OPT's word_embed_proj_dim may differ)
+    return SplitModel(bottom=bottom, top=top, family=family, m=m, depth=depth, task=task, hidden_size=hidden_size, name=name)
