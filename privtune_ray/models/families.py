@@ -224,44 +224,50 @@ def _encoder(name: str, classifier: Callable, targets: tuple[str, ...]) -> Famil
     )
 
 
+def _decoder(name: str, base, embedding, positions, blocks, final, targets: tuple[str, ...]) -> Family:
+    return Family(
+        name=name,
+        decoder=True,
+        base=base,
+        embedding=embedding,
+        context=lambda body: CausalContext(body, positions),
+        blocks=blocks,
+        final=final,
+        classifier=LastTokenClassifier,
+        lm_head=LMHead,
+        lora_targets=targets,
+    )
+
+
 FAMILIES: dict[str, Family] = {
     "bert": _encoder("bert", PoolerClassifier, ("query", "key", "value", "dense")),
     "roberta": _encoder("roberta", SequenceClassifier, ("query", "key", "value", "dense")),
     "distilbert": _encoder("distilbert", DistilBertClassifier, ("q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2")),
-    "gpt2": Family(
-        name="gpt2",
-        decoder=True,
+    "gpt2": _decoder(
+        "gpt2",
         base=lambda task_model: task_model.transformer,
         embedding=GPT2Embedding,
-        context=lambda base: CausalContext(base, arange_positions),
-        blocks=lambda base: base.h,
-        final=lambda base: [base.ln_f],
-        classifier=LastTokenClassifier,
-        lm_head=LMHead,
-        lora_targets=("c_attn", "c_proj", "c_fc"),
+        positions=arange_positions,
+        blocks=lambda body: body.h,
+        final=lambda body: [body.ln_f],
+        targets=("c_attn", "c_proj", "c_fc"),
     ),
-    "opt": Family(
-        name="opt",
-        decoder=True,
+    "opt": _decoder(
+        "opt",
         base=lambda task_model: task_model.model.decoder,
         embedding=OPTEmbedding,
-        context=lambda base: CausalContext(base, opt_positions),
-        blocks=lambda base: base.layers,
-        final=lambda base: _present(base.final_layer_norm, base.project_out),
-        classifier=LastTokenClassifier,
-        lm_head=LMHead,
-        lora_targets=("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"),
+        positions=opt_positions,
+        blocks=lambda body: body.layers,
+        final=lambda body: _present(body.final_layer_norm, body.project_out),
+        targets=("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"),
     ),
-    "llama": Family(
-        name="llama",
-        decoder=True,
+    "llama": _decoder(
+        "llama",
         base=lambda task_model: task_model.model,
         embedding=TokenEmbedding,
-        context=lambda base: CausalContext(base, arange_positions),
-        blocks=lambda base: base.layers,
-        final=lambda base: [base.norm],
-        classifier=LastTokenClassifier,
-        lm_head=LMHead,
-        lora_targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+        positions=arange_positions,
+        blocks=lambda body: body.layers,
+        final=lambda body: [body.norm],
+        targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
     ),
 }

@@ -9,6 +9,7 @@ model sees the hidden states and the attention mask only, never token ids or tex
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -44,15 +45,19 @@ def _run_blocks(blocks: nn.ModuleList, hidden: torch.Tensor, context: dict) -> t
 
 
 class BottomModel(nn.Module):
-    """Device side: embeddings and the first m blocks. Frozen; always in eval mode; runs without autograd."""
+    """Device side: embeddings and the first m blocks. Frozen; always in eval mode; runs without autograd.
+
+    The bottom holds its own copy of the pretrained weights (what a device downloads), so training the
+    top, which may include blocks that a deeper device runs locally, never changes it.
+    """
 
     def __init__(self, family: Family, task_model: nn.Module, m: int):
         super().__init__()
         base = family.base(task_model)
         self.m = m
-        self.embedding = family.embedding(base)
-        self.context = family.context(base)
-        self.blocks = nn.ModuleList(list(family.blocks(base))[:m])
+        self.embedding = copy.deepcopy(family.embedding(base))
+        self.context = copy.deepcopy(family.context(base))
+        self.blocks = copy.deepcopy(nn.ModuleList(list(family.blocks(base))[:m]))
         self.requires_grad_(False)
         self.eval()
 

@@ -1,0 +1,36 @@
+# privtune-ray: `make demo` sets up and runs the demo; `make test` runs the test suite.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch is pinned in the same resolve as the package so pip takes the CPU wheel on disk,
+# not the registry's newest CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+
+# Everything runs offline: no Hugging Face Hub lookups (each would wait ~25 s before failing here).
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install test test-all demo bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	$(BIN)/pip install "$(TORCH_SPEC)" -e ".[dev]"
+	touch $@
+
+test: install
+	$(BIN)/pytest
+
+test-all: install  ## includes the slow marker
+	$(BIN)/pytest -m ""
+
+demo: install
+	$(BIN)/privtune-ray train simulations/sst2_demo.yaml --out runs/demo-$$(date +%Y%m%d-%H%M%S)
+
+bench: install
+	$(BIN)/python benchmarks/bench_training.py --out benchmarks/results/training.json
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

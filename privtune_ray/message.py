@@ -1,0 +1,58 @@
+"""The upload from a device to the cloud: the only thing that crosses the split boundary.
+
+A :class:`Message` carries the (perturbed) bottom output h̃ ∈ R^{B×L×d}, the attention mask and the
+labels (SPEC §1: labels travel with the activations; the cloud computes the loss). It has no field for
+token ids or text. Its size is ``len(to_bytes())``: the safetensors payload (8-byte header length, JSON
+header, raw little-endian tensor bytes), i.e. about B·L·d·4 bytes for fp32 h̃ plus B·L for the mask.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+
+@dataclass
+class Message:
+    hidden: torch.Tensor  # h̃, float [B, L, d]
+    attention_mask: torch.Tensor  # [B, L], 1 = real token
+    labels: torch.Tensor  # int64 [B]
+    device_id: int = 0
+    meta: dict[str, str] = field(default_factory=dict)  # e.g. mechanism name and parameters
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.hidden.shape[0])
+
+    def to_bytes(self) -> bytes:
+        """Serialise for upload (safetensors; the mask as uint8)."""
+        tensors = {
+            "hidden": self.hidden.detach().contiguous().cpu(),
+            "attention_mask": self.attention_mask.to(torch.uint8).contiguous().cpu(),
+            "labels": self.labels.to(torch.long).contiguous().cpu(),
+        }
+        return st_save(tensors, metadata={"device_id": str(self.device_id), **self.meta})
+
+    @classmethod
+    def from_bytes(cls, payload: bytes) -> "Message":
+        tensors = st_load(payload)
+        meta = _metadata(payload)
+        device_id = int(meta.pop("device_id", 0))
+        return cls(
+            hidden=tensors["hidden"],
+            attention_mask=tensors["attention_mask"].to(torch.long),
+            labels=tensors["labels"],
+            device_id=device_id,
+            meta=meta,
+        )
+
+
+def _metadata(payload: bytes) -> dict[str, str]:
+    """The ``__metadata__`` entry of a safetensors header (string key/values)."""
+    import json
+
+    header_len = int.from_bytes(payload[:8], "little")
+    return dict(json.loads(payload[8 : 8 + header_len]).get("__metadata__", {}))

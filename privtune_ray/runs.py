@@ -1,0 +1,144 @@
+"""A run directory: everything a run writes, as it is produced.
+
+    config.yaml     the resolved config (every key, defaults included)
+    env.json        seed, package versions, git revision, command line, host, start time
+    metrics.csv     one row per ``train.log_every`` steps, appended as training goes
+    eval.csv        one row per evaluation
+    checkpoint.pt   the latest resumable state (every ``train.checkpoint_every`` steps)
+    summary.json    the final numbers, written when the run finishes
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from .config import Config, config_from_dict, dump_config
+from .errors import ConfigError
+
+RESUMABLE_CHANGES = {"train.progress", "train.threads"}  # keys that may differ when a run is resumed
+PACKAGES = ("privtune-ray", "torch", "transformers", "datasets", "peft", "ray", "numpy", "pandas", "safetensors")
+
+
+def package_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def git_revision() -> dict[str, Any]:
+    """The commit of the project checkout this package runs from (``None`` outside a git checkout)."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        if rev.returncode != 0:
+            return {"commit": None, "dirty": None}
+        status = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, timeout=10)
+        return {"commit": rev.stdout.strip(), "dirty": bool(status.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+class RunDir:
+    """Create (or reopen, to resume) a run directory and append results to it."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    @classmethod
+    def create(cls, cfg: Config, out: str | os.PathLike | None = None, resume: bool = False) -> "RunDir":
+        path = Path(out) if out else Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run = cls(path)
+        if run.config_path.exists():
+            if not resume:
+                raise ConfigError(
+                    f"run directory {str(path)!r} already holds a run: pass --resume to continue it, "
+                    f"or choose another --out"
+                )
+            run._check_same_config(cfg)
+            return run
+        if resume:
+            raise ConfigError(f"--resume: {str(path)!r} holds no run to resume (no config.yaml); drop --resume to start one")
+        path.mkdir(parents=True, exist_ok=True)
+        dump_config(cfg, run.config_path)
+        run._write_json("env.json", {
+            "seed": cfg.seed,
+            "versions": package_versions(),
+            "git": git_revision(),
+            "argv": sys.argv,
+            "host": socket.gethostname(),
+            "platform": platform.platform(),
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        })  # fmt: skip
+        return run
+
+    def _check_same_config(self, cfg: Config) -> None:
+        with self.config_path.open() as f:
+            stored = config_from_dict(yaml.safe_load(f)).to_dict()
+        new = cfg.to_dict()
+        diffs = sorted(d for d in _flat_diff(stored, new) if d not in RESUMABLE_CHANGES)
+        if diffs:
+            raise ConfigError(
+                f"--resume: the config differs from the one stored in {str(self.config_path)!r} at "
+                f"{', '.join(diffs)}; resume with the same config, or start a new run with another --out"
+            )
+
+    # ------------------------------------------------------------------ paths
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.path / "checkpoint.pt"
+
+    @property
+    def summary_path(self) -> Path:
+        return self.path / "summary.json"
+
+    # ------------------------------------------------------------------ writing
+
+    def append(self, table: str, row: dict[str, Any]) -> None:
+        """Append one row to ``<table>.csv`` (header written with the first row)."""
+        path = self.path / f"{table}.csv"
+        pd.DataFrame([row]).to_csv(path, mode="a", header=not path.exists(), index=False)
+
+    def truncate(self, table: str, after_step: int) -> None:
+        """Drop rows with ``step > after_step`` (written after the checkpoint a resumed run restarts from)."""
+        path = self.path / f"{table}.csv"
+        if path.exists():
+            df = pd.read_csv(path)
+            df[df["step"] <= after_step].to_csv(path, index=False)
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        self._write_json("summary.json", summary)
+
+    def _write_json(self, name: str, obj: dict[str, Any]) -> None:
+        tmp = self.path / f".{name}.tmp"
+        tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+        os.replace(tmp, self.path / name)
+
+
+def _flat_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: list[str] = []
+        for key in set(a) | set(b):
+            out += _flat_diff(a.get(key), b.get(key), f"{prefix}{key}.")
+        return out
+    return [] if a == b else [prefix.rstrip(".")]

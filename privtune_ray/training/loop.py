@@ -1,0 +1,229 @@
+"""Reference split fine-tuning, single process: batch → bottom → message → bytes → top → AdamW step.
+
+Every upload is serialised and deserialised, so the bytes counted are the payload's bytes and the top
+side works only on what it received. Results are appended to the run directory as they are produced;
+a checkpoint every ``train.checkpoint_every`` steps lets an interrupted run resume (``--resume``).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..config import Config
+from ..data.batching import TokenizedSplit, batch_indices, collate, tokenize_split
+from ..data.registry import get_spec, load_split
+from ..errors import ConfigError
+from ..message import Message
+from ..models.loading import load_split_model, load_tokenizer
+from ..runs import RunDir
+from .client import SplitClient
+from .server import TopServer, apply_lora, build_optimizer
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class Counters:
+    """Cumulative totals of a run (restored on resume)."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0  # batches of ``epoch`` already trained on
+    samples: int = 0
+    tokens: int = 0
+    bytes_up: int = 0
+    comm_s: float = 0.0  # serialisation + deserialisation seconds
+    train_s: float = 0.0  # wall seconds spent in the training loop (all sessions of a resumed run)
+    extra: dict = field(default_factory=dict)
+
+
+def upload(msg: Message, counters: Counters) -> Message:
+    """Serialise on the device, count the bytes, deserialise on the cloud side."""
+    start = time.perf_counter()
+    payload = msg.to_bytes()
+    received = Message.from_bytes(payload)
+    counters.comm_s += time.perf_counter() - start
+    counters.bytes_up += len(payload)
+    return received
+
+
+def split_step(client: SplitClient, server: TopServer, batch, counters: Counters) -> float:
+    """One step of split fine-tuning: device forward, upload, top-model update. Returns the loss (nats)."""
+    loss = server.train_step(upload(client.encode(batch), counters))
+    counters.step += 1
+    counters.samples += len(batch.indices)
+    counters.tokens += batch.num_tokens
+    return loss
+
+
+def evaluate(client: SplitClient, server: TopServer, split: TokenizedSplit, batch_size: int, pad_id: int,
+             progress: bool = True, desc: str = "eval") -> dict:  # fmt: skip
+    """Accuracy and mean cross-entropy (nats) on ``split``, through the same upload path as training."""
+    counters = Counters()
+    correct, loss_sum = 0, 0.0
+    batches = batch_indices(split.lengths, batch_size, shuffle=False, bucketing=True)
+    for idx in tqdm(batches, desc=desc, disable=not progress, leave=False):
+        msg = upload(client.encode(collate(split, idx, pad_id)), counters)
+        logits = server.predict(msg)
+        correct += int((logits.argmax(-1) == msg.labels).sum())
+        loss_sum += float(torch.nn.functional.cross_entropy(logits, msg.labels, reduction="sum"))
+    n = len(split)
+    return {"accuracy": correct / n, "loss": loss_sum / n, "samples": n, "bytes_up": counters.bytes_up}
+
+
+def run_training(cfg: Config, out: str | os.PathLike | None = None, resume: bool = False, log=print) -> Path:
+    """Fine-tune ``cfg.model`` split at ``cfg.model.split_depth`` on ``cfg.data``; returns the run directory."""
+    spec = get_spec(cfg.data.dataset)
+    if spec.task != "classification" or cfg.model.task != "classification":
+        raise ConfigError(
+            f"`privtune-ray train` fine-tunes classification tasks; data.dataset={cfg.data.dataset!r} is a "
+            f"{spec.task} task and model.task={cfg.model.task!r}: pick sst2, financial_phrasebank, blog, ag_news or trustpilot"
+        )
+    seed_everything(cfg.seed)  # before loading: the fresh task head is initialised from it
+    # Everything that can fail on bad input is checked before the run directory is written.
+    split_model = load_split_model(cfg.model.name, cfg.model.split_depth, num_labels=spec.num_labels)
+    tokenizer = load_tokenizer(cfg.model.name)
+    train_raw = load_split(cfg.data.dataset, cfg.data.train_split, cfg.data.data_dir, hub_fallback=cfg.data.hub_fallback,
+                           max_samples=cfg.data.max_train_samples, seed=cfg.seed)  # fmt: skip
+    eval_raw = load_split(cfg.data.dataset, cfg.data.eval_split, cfg.data.data_dir, hub_fallback=cfg.data.hub_fallback,
+                          max_samples=cfg.data.max_eval_samples, seed=cfg.seed)  # fmt: skip
+
+    run = RunDir.create(cfg, out, resume=resume)
+    log(f"privtune-ray: writing run to {run.path}")
+    torch.set_num_threads(cfg.train.threads or os.cpu_count() or 1)
+
+    train_split = tokenize_split(train_raw, tokenizer, cfg.model.max_length)
+    eval_split = tokenize_split(eval_raw, tokenizer, cfg.model.max_length)
+    pad_id = tokenizer.pad_token_id
+
+    top = split_model.top
+    if cfg.train.lora.enabled:
+        top = apply_lora(top, split_model.family, cfg.train.lora)
+    batches_per_epoch = -(-len(train_split) // cfg.train.batch_size)
+    total_steps = cfg.train.epochs * batches_per_epoch
+    if cfg.train.max_steps is not None:
+        total_steps = min(total_steps, cfg.train.max_steps)
+    optimizer, scheduler = build_optimizer(top, cfg.train, total_steps)
+    client = SplitClient(split_model.bottom)
+    server = TopServer(top, optimizer, scheduler)
+
+    counters = Counters()
+    if resume:
+        if run.summary_path.exists():
+            raise ConfigError(f"--resume: the run in {str(run.path)!r} has finished (summary.json exists); start a new one")
+        if run.checkpoint_path.exists():
+            counters = _restore(run, top, optimizer, scheduler)
+        run.truncate("metrics", counters.step)  # rows written after the checkpoint are redone
+        run.truncate("eval", counters.step)
+        log(f"privtune-ray: resuming at step {counters.step}/{total_steps}")
+
+    bar = tqdm(total=total_steps, initial=counters.step, desc="train", disable=not cfg.train.progress)
+    window_loss, window_samples, window_start = [], 0, time.perf_counter()
+    session_start = time.perf_counter()
+    train_s_before = counters.train_s
+    while counters.step < total_steps:
+        batches = batch_indices(train_split.lengths, cfg.train.batch_size, shuffle=True,
+                                bucketing=cfg.train.length_bucketing, seed=cfg.seed * 1000 + counters.epoch)  # fmt: skip
+        for idx in batches[counters.batch_in_epoch :]:
+            loss = split_step(client, server, collate(train_split, idx, pad_id), counters)
+            counters.batch_in_epoch += 1
+            window_loss.append(loss)
+            window_samples += len(idx)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}", epoch=counters.epoch)
+            counters.train_s = train_s_before + time.perf_counter() - session_start
+            if counters.step % cfg.train.log_every == 0 or counters.step == total_steps:
+                now = time.perf_counter()
+                run.append("metrics", {
+                    "step": counters.step, "epoch": counters.epoch, "loss": float(np.mean(window_loss)),
+                    "lr": server.lr, "samples": counters.samples, "tokens": counters.tokens,
+                    "bytes_up": counters.bytes_up, "samples_per_s": window_samples / max(now - window_start, 1e-9),
+                    "bottom_s": client.compute_s, "top_s": server.compute_s, "comm_s": counters.comm_s,
+                    "elapsed_s": counters.train_s,
+                })  # fmt: skip
+                window_loss, window_samples, window_start = [], 0, now
+            if cfg.train.eval_every and counters.step % cfg.train.eval_every == 0 and counters.step < total_steps:
+                _evaluate_and_log(run, client, server, eval_split, cfg, pad_id, counters.step)
+            if counters.step % cfg.train.checkpoint_every == 0 and counters.step < total_steps:
+                _checkpoint(run, top, optimizer, scheduler, counters)
+            if counters.step >= total_steps:
+                break
+        else:
+            counters.epoch += 1
+            counters.batch_in_epoch = 0
+    bar.close()
+
+    result = _evaluate_and_log(run, client, server, eval_split, cfg, pad_id, counters.step)
+    epochs_done = counters.samples / len(train_split)
+    summary = {
+        "name": cfg.name,
+        "dataset": cfg.data.dataset,
+        "model": cfg.model.name,
+        "split_depth": cfg.model.split_depth,
+        "lora": cfg.train.lora.enabled,
+        "seed": cfg.seed,
+        "steps": counters.step,
+        "epochs": round(epochs_done, 4),
+        "train_samples": counters.samples,
+        "train_split_size": len(train_split),
+        "dev_accuracy": result["accuracy"],
+        "dev_loss": result["loss"],
+        "dev_samples": result["samples"],
+        "bytes_up": counters.bytes_up,
+        "bytes_up_per_sample": counters.bytes_up / max(counters.samples, 1),
+        "bytes_up_eval": result["bytes_up"],
+        "train_wall_s": counters.train_s,
+        "train_samples_per_s": counters.samples / max(counters.train_s, 1e-9),
+        "bottom_compute_s": client.compute_s,
+        "top_compute_s": server.compute_s,
+        "comm_s": counters.comm_s,
+        "trainable_params": sum(p.numel() for p in top.parameters() if p.requires_grad),
+        "run_dir": str(run.path),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    run.write_summary(summary)
+    if run.checkpoint_path.exists():
+        run.checkpoint_path.unlink()  # the run is complete; summary.json marks it
+    log(f"privtune-ray: dev accuracy {result['accuracy']:.4f} on {result['samples']} samples after {counters.step} steps")
+    log(f"privtune-ray: wrote {run.summary_path}")
+    return run.path
+
+
+def _evaluate_and_log(run, client, server, split, cfg: Config, pad_id: int, step: int) -> dict:
+    result = evaluate(client, server, split, cfg.train.eval_batch_size, pad_id, progress=cfg.train.progress)
+    run.append("eval", {"step": step, "split": cfg.data.eval_split, **result})
+    return result
+
+
+def _checkpoint(run: RunDir, top, optimizer, scheduler, counters: Counters) -> None:
+    state = {
+        "top": top.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "counters": counters.__dict__,
+        "torch_rng": torch.get_rng_state(),
+    }
+    tmp = run.checkpoint_path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, run.checkpoint_path)
+
+
+def _restore(run: RunDir, top, optimizer, scheduler) -> Counters:
+    state = torch.load(run.checkpoint_path, weights_only=False)
+    top.load_state_dict(state["top"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    return Counters(**state["counters"])

@@ -1,0 +1,29 @@
+"""Shared fixtures. Hub lookups are switched off: every test runs offline on the embedded model and ../shared/data."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    from privtune_ray.models import load_task_model
+
+    return load_task_model("all-MiniLM-L6-v2", num_labels=2)
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from privtune_ray.models import load_tokenizer
+
+    return load_tokenizer("all-MiniLM-L6-v2")
+
+
+@pytest.fixture(scope="session")
+def sst2_dev():
+    from privtune_ray.data import load_split
+
+    return load_split("sst2", "dev")

@@ -1,0 +1,143 @@
+"""Reference split fine-tuning end to end: the CLI, the run directory, resume, LoRA, bad input."""
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from privtune_ray.cli import main
+from privtune_ray.config import load_config
+from privtune_ray.message import Message
+from privtune_ray.training import loop as loop_module
+from privtune_ray.training.loop import run_training
+from privtune_ray.training.server import TopServer
+
+BASELINE = str(Path(__file__).parents[1] / "simulations" / "sst2_baseline.yaml")
+SMALL = ["train.progress=false", "data.max_train_samples=256", "data.max_eval_samples=64", "train.log_every=2"]
+
+
+def _cfg(*extra):
+    return load_config(BASELINE, SMALL + list(extra))
+
+
+def test_cli_train_writes_a_complete_run_directory(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["train", BASELINE, "--out", str(out), *sum((["--set", s] for s in SMALL + ["train.max_steps=4"]), [])])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert str(out) in printed and "dev accuracy" in printed
+    for name in ("config.yaml", "env.json", "metrics.csv", "eval.csv", "summary.json"):
+        assert (out / name).is_file(), name
+    assert not (out / "checkpoint.pt").exists()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 4 and summary["train_samples"] == 128 and summary["dev_samples"] == 64
+    assert 0.0 <= summary["dev_accuracy"] <= 1.0
+    # bytes: 4 uploads of fp32 h (32 × L × 384 × 4) at least, counted from the payloads
+    assert summary["bytes_up"] >= 4 * 32 * 384 * 4
+    env = json.loads((out / "env.json").read_text())
+    assert env["seed"] == 0 and env["versions"]["torch"] and "commit" in env["git"]
+    metrics = pd.read_csv(out / "metrics.csv")
+    assert metrics["step"].tolist() == [2, 4] and metrics["bytes_up"].iloc[-1] == summary["bytes_up"]
+    assert load_config(out / "config.yaml").train.max_steps == 4
+
+
+def test_the_top_side_receives_only_messages(tmp_path, monkeypatch):
+    received = []
+    original = TopServer.train_step
+
+    def spy(self, msg):
+        received.append(msg)
+        return original(self, msg)
+
+    monkeypatch.setattr(TopServer, "train_step", spy)
+    run_training(_cfg("train.max_steps=2"), out=tmp_path / "run", log=lambda *_: None)
+    assert len(received) == 2 and all(type(m) is Message for m in received)
+    assert all(m.hidden.dtype == torch.float32 and m.hidden.shape[-1] == 384 for m in received)
+
+
+def test_training_learns_sst2(tmp_path):
+    cfg = load_config(BASELINE, ["train.progress=false", "train.max_steps=60", "train.log_every=20"])
+    summary = json.loads((run_training(cfg, out=tmp_path / "run", log=lambda *_: None) / "summary.json").read_text())
+    assert summary["dev_samples"] == 872
+    assert summary["dev_accuracy"] >= 0.70, summary["dev_accuracy"]  # majority class is 0.509
+    losses = pd.read_csv(tmp_path / "run" / "metrics.csv")["loss"]
+    assert losses.iloc[-1] < losses.iloc[0]
+
+
+def test_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch):
+    cfg = _cfg("train.max_steps=8", "train.checkpoint_every=3")
+    full = json.loads((run_training(cfg, out=tmp_path / "full", log=lambda *_: None) / "summary.json").read_text())
+
+    calls = {"n": 0}
+    original = TopServer.train_step
+
+    def dies_at_step_7(self, msg):
+        calls["n"] += 1
+        if calls["n"] == 7:
+            raise KeyboardInterrupt
+        return original(self, msg)
+
+    monkeypatch.setattr(TopServer, "train_step", dies_at_step_7)
+    with pytest.raises(KeyboardInterrupt):
+        run_training(cfg, out=tmp_path / "cut", log=lambda *_: None)
+    assert (tmp_path / "cut" / "checkpoint.pt").exists() and not (tmp_path / "cut" / "summary.json").exists()
+    monkeypatch.setattr(TopServer, "train_step", original)
+
+    resumed = json.loads((run_training(cfg, out=tmp_path / "cut", resume=True, log=lambda *_: None) / "summary.json").read_text())
+    assert resumed["steps"] == 8 and resumed["train_samples"] == full["train_samples"]
+    assert resumed["bytes_up"] == full["bytes_up"]
+    assert resumed["dev_loss"] == pytest.approx(full["dev_loss"], abs=1e-5)
+    steps = pd.read_csv(tmp_path / "cut" / "metrics.csv")["step"].tolist()
+    assert steps == [2, 4, 6, 8]
+
+
+def test_run_directory_guards(tmp_path):
+    cfg = _cfg("train.max_steps=1")
+    run_training(cfg, out=tmp_path / "run", log=lambda *_: None)
+    with pytest.raises(Exception, match="already holds a run.*--resume"):
+        run_training(cfg, out=tmp_path / "run", log=lambda *_: None)
+    with pytest.raises(Exception, match="has finished"):
+        run_training(cfg, out=tmp_path / "run", resume=True, log=lambda *_: None)
+    with pytest.raises(Exception, match="differs.*train.lr"):
+        run_training(_cfg("train.max_steps=1", "train.lr=1e-3"), out=tmp_path / "run", resume=True, log=lambda *_: None)
+
+
+def test_lora_trains_adapters_and_head_only(tmp_path):
+    cfg = _cfg("train.max_steps=3", "train.lora.enabled=true", "train.lora.r=4")
+    summary = json.loads((run_training(cfg, out=tmp_path / "run", log=lambda *_: None) / "summary.json").read_text())
+    full = json.loads((run_training(_cfg("train.max_steps=1"), out=tmp_path / "full", log=lambda *_: None) / "summary.json").read_text())
+    assert summary["lora"] and summary["trainable_params"] < full["trainable_params"] / 10
+
+
+def test_lora_freezes_base_weights(minilm):
+    from privtune_ray.config import LoraConfig
+    from privtune_ray.models import split_model
+    from privtune_ray.training.server import apply_lora
+
+    split = split_model(minilm, 2)
+    top = apply_lora(split.top, split.family, LoraConfig(enabled=True, r=4))
+    trainable = [n for n, p in top.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n or "head" in n for n in trainable)
+    assert any("blocks.0.attention.self.query.lora_A" in n for n in trainable)
+
+
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        (["train.lrr=1"], "unknown config key 'train.lrr'"),
+        (["model.split_depth=9"], r"outside 0\.\.6"),
+        (["model.name=/no/such/model"], "no config.json"),
+        (["data.data_dir=/no/such/dir"], "does not exist"),
+        (["data.dataset=squad"], "classification"),
+    ],
+)
+def test_bad_input_is_one_clear_error_and_writes_nothing(tmp_path, capsys, overrides, match):
+    out = tmp_path / "run"
+    code = main(["train", BASELINE, "--out", str(out), *sum((["--set", s] for s in SMALL + overrides), [])])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("privtune-ray: error: ") and len(err.strip().splitlines()) == 1
+    assert pytest.importorskip("re").search(match, err), err
+    assert not out.exists()
