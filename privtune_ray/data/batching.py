@@ -2,7 +2,8 @@
 
 Length bucketing: shuffle, cut into pools of ``pool`` batches, sort each pool by length, cut it into
 batches and shuffle the batch order. Padding per batch then tracks the batch's longest sample, which
-on SST-2 (median 10 tokens, max 64) makes an epoch about 2.4x faster than plain dynamic padding.
+on SST-2 cuts the mean padded length from 40 to 14 tokens and makes training 2.8x faster than plain
+dynamic padding (``make bench``, benchmarks/results/training.json).
 """
 
 from __future__ import annotations
