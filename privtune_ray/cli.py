@@ -2,6 +2,8 @@
 
     privtune-ray train simulations/sst2_baseline.yaml --set train.max_steps=30 --out runs/x
     privtune-ray train simulations/sst2_baseline.yaml --out runs/x --resume
+    privtune-ray account simulations/sst2_privtune.yaml
+    privtune-ray account --sample-rate 0.01 --noise-multiplier 1.0 --steps 1000
     privtune-ray datasets
 """
 
@@ -25,6 +27,15 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--data-dir", help="data directory (overrides data.data_dir and $PRIVTUNE_DATA_DIR)")
     train.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
 
+    account = sub.add_parser("account", help="privacy guarantees of a config; Edgeworth vs PLD/RDP/PRV for DP-SGD")
+    account.add_argument("config", nargs="?", help="YAML config whose mechanism to account for")
+    account.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    account.add_argument("--sample-rate", type=float, help="DP-SGD: Poisson sample rate q")
+    account.add_argument("--noise-multiplier", type=float, help="DP-SGD: noise multiplier sigma")
+    account.add_argument("--steps", type=int, help="DP-SGD: number of steps T")
+    account.add_argument("--delta", type=float, default=1e-5, help="delta (default 1e-5)")
+    account.add_argument("--target-epsilon", type=float, help="DP-SGD: calibrate sigma for this epsilon (Edgeworth)")
+
     sub.add_parser("datasets", help="list the datasets and where they are read from")
     return parser
 
@@ -42,6 +53,46 @@ def _train(args) -> None:
     run_training(cfg, out=args.out, resume=args.resume)
 
 
+def _account(args) -> None:
+    import math
+
+    from .accounting import calibrate_sigma, edgeworth_epsilon, pld_epsilon, prv_epsilon, rdp_epsilon
+    from .config import load_config
+    from .mechanisms import config_guarantee
+
+    if args.config:
+        cfg = load_config(args.config, args.overrides)
+        releases = cfg.train.epochs
+        g = config_guarantee(cfg.mechanism, releases, cfg.model.max_length)
+        print(f"mechanism {cfg.mechanism.name} ({g.kind}), {releases} release(s) per sample (train.epochs):")
+        print(f"  {g.statement}")
+        if g.epsilon is not None:
+            print(f"  epsilon (PLD) = {g.epsilon:.4f}, epsilon (RDP) = {g.epsilon_rdp:.4f}, delta = {g.delta:g}")
+    dpsgd = (args.sample_rate, args.steps)
+    if any(v is not None for v in dpsgd + (args.noise_multiplier, args.target_epsilon)):
+        if None in dpsgd:
+            raise PrivtuneError("DP-SGD accounting needs --sample-rate and --steps (and --noise-multiplier or --target-epsilon)")
+        q, steps, delta = args.sample_rate, args.steps, args.delta
+        sigma = args.noise_multiplier
+        if args.target_epsilon is not None:
+            sigma = calibrate_sigma(args.target_epsilon, delta, q, steps)
+            print(f"calibrated sigma = {sigma:.4f} for epsilon = {args.target_epsilon:g} (Edgeworth order 2)")
+        if sigma is None:
+            raise PrivtuneError("give --noise-multiplier or --target-epsilon")
+        print(f"Poisson-subsampled Gaussian: q = {q:g}, sigma = {sigma:g}, T = {steps}, delta = {delta:g}")
+        rows = [("Edgeworth order 1", edgeworth_epsilon(delta, q, sigma, steps, 1)),
+                ("Edgeworth order 2", edgeworth_epsilon(delta, q, sigma, steps, 2)),
+                ("PLD (dp-accounting)", pld_epsilon(delta, q, sigma, steps)),
+                ("RDP (dp-accounting)", rdp_epsilon(delta, q, sigma, steps)),
+                ("PRV (Opacus)", prv_epsilon(delta, q, sigma, steps))]  # fmt: skip
+        pld = rows[2][1]
+        for name, eps in rows:
+            rel = "" if math.isclose(eps, pld) else f"  ({(eps - pld) / pld:+.1%} vs PLD)"
+            print(f"  {name:22s} epsilon = {eps:.4f}{rel}")
+    elif not args.config:
+        raise PrivtuneError("give a config, or --sample-rate, --steps and --noise-multiplier (or --target-epsilon)")
+
+
 def _datasets(args) -> None:
     from .data.registry import DATASETS, resolve_data_dir
 
@@ -52,7 +103,7 @@ def _datasets(args) -> None:
         print(f"  {name:22s} {spec.task:14s} splits: {', '.join(spec.splits)}{attrs}\n  {'':22s} {spec.description}")
 
 
-COMMANDS = {"train": _train, "datasets": _datasets}
+COMMANDS = {"train": _train, "account": _account, "datasets": _datasets}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -55,6 +55,53 @@ class DataConfig:
 
 
 @dataclass
+class MechanismConfig:
+    """The privacy mechanism a device applies to h before upload (``privtune_ray/mechanisms/``).
+
+    Keys are shared where the meaning is: ``eta`` is η of d_χ noise for both ``dchi`` and ``privtune``.
+    """
+
+    name: str = "none"  # none | dchi | gaussian | laplace | privtune
+    eta: float = 50.0  # d_χ η (per unit L2 distance): mean noise radius d/η
+    noise_multiplier: float = 1.0  # gaussian: σ (std σ·C); laplace: λ (scale λ·C)
+    clip_norm: float = 12.0  # C: row norm bound (L2 for gaussian, L1 for laplace)
+    delta: float = 1.0e-5  # δ of the (ε, δ) statement
+    k: int = 10  # PrivTune: neighbours per token in the k-NN graph
+    n_hops: int = 3  # PrivTune: n, the ring N_n(v) the target comes from
+    candidates: int = 8  # PrivTune: ring members kept per token (nearest to its anchor)
+    radius: float = 2.0  # PrivTune: r, bound on ||δ_i||
+    s_min: float = 0.5  # PrivTune: smallest noise scale
+    pgd_steps: int = 10  # PrivTune: K
+    pgd_step_size: float = 0.25  # PrivTune: α, fraction of r per step
+    lambda_s: float = 1.0  # PrivTune: semantic preservation weight
+    lambda_d: float = 1.0  # PrivTune: distributional validity weight
+    lambda_p: float = 1.0  # PrivTune: prediction consistency weight (with proxy_head)
+    proxy_head: bool = False  # PrivTune: train a proxy head on the device for prediction consistency
+    importance: bool = True  # PrivTune: importance-scaled noise
+    importance_samples: int | None = 20000  # PrivTune: device samples used for importance
+    cache_dir: str | None = None  # PrivTune graph cache (None: $PRIVTUNE_CACHE_DIR or ~/.cache/privtune-ray)
+
+    def validate(self, key: str) -> None:
+        from .mechanisms import MECHANISMS
+
+        _require(self.name in MECHANISMS, f"{key}.name", f"unknown mechanism {self.name!r}; choose one of {sorted(MECHANISMS)}")
+        _require(self.eta > 0, f"{key}.eta", "must be > 0 (larger eta means less noise)")
+        _require(self.noise_multiplier > 0, f"{key}.noise_multiplier", "must be > 0")
+        _require(self.clip_norm > 0, f"{key}.clip_norm", "must be > 0")
+        _require(0 < self.delta < 1, f"{key}.delta", "must be in (0, 1), e.g. 1e-5")
+        _require(self.k >= 1, f"{key}.k", "must be >= 1 (and below the vocabulary size)")
+        _require(self.n_hops >= 1, f"{key}.n_hops", "must be >= 1")
+        _require(self.candidates >= 1, f"{key}.candidates", "must be >= 1")
+        _require(self.radius >= 0, f"{key}.radius", "must be >= 0")
+        _require(0 < self.s_min <= 1, f"{key}.s_min", "must be in (0, 1]")
+        _require(self.pgd_steps >= 0, f"{key}.pgd_steps", "must be >= 0")
+        _require(self.pgd_step_size > 0, f"{key}.pgd_step_size", "must be > 0")
+        for name in ("lambda_s", "lambda_d", "lambda_p"):
+            _require(getattr(self, name) >= 0, f"{key}.{name}", "must be >= 0")
+        _require(self.importance_samples is None or self.importance_samples > 0, f"{key}.importance_samples", "must be > 0 or null")
+
+
+@dataclass
 class LoraConfig:
     """LoRA on the top model through peft (off: full fine-tuning of the top model)."""
 
@@ -112,12 +159,14 @@ class Config:
     seed: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    mechanism: MechanismConfig = field(default_factory=MechanismConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def validate(self, key: str = "") -> None:
         _require(self.seed >= 0, "seed", "must be >= 0")
         self.model.validate("model")
         self.data.validate("data")
+        self.mechanism.validate("mechanism")
         self.train.validate("train")
 
     def to_dict(self) -> dict[str, Any]:

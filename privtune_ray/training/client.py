@@ -1,27 +1,35 @@
-"""Device side: run the frozen bottom model on a local batch and package the upload."""
+"""Device side: bottom model → privacy mechanism → message."""
 
 from __future__ import annotations
 
 import time
 
 from ..data.batching import Batch
+from ..mechanisms.base import Mechanism
 from ..message import Message
 from ..models.split import BottomModel
 
 
 class SplitClient:
-    """Holds the bottom model f_bottom; ``encode`` turns a batch into the :class:`Message` it uploads.
+    """Holds the bottom model and the mechanism; ``encode`` turns a batch into the :class:`Message` it uploads.
 
-    ``compute_s`` accumulates the measured seconds of bottom forward passes.
+    h = f_bottom(x), h̃ = M(h); ``compute_s`` and ``mechanism_s`` accumulate their measured seconds.
     """
 
-    def __init__(self, bottom: BottomModel, device_id: int = 0):
+    def __init__(self, bottom: BottomModel, mechanism: Mechanism | None = None, device_id: int = 0):
         self.bottom = bottom
+        self.mechanism = mechanism or Mechanism()
         self.device_id = device_id
         self.compute_s = 0.0
+        self.mechanism_s = 0.0
 
     def encode(self, batch: Batch) -> Message:
         start = time.perf_counter()
         hidden = self.bottom(batch.input_ids, batch.attention_mask)
-        self.compute_s += time.perf_counter() - start
-        return Message(hidden=hidden, attention_mask=batch.attention_mask, labels=batch.labels, device_id=self.device_id)
+        mid = time.perf_counter()
+        released = self.mechanism.perturb(hidden, batch.attention_mask, batch.input_ids)
+        end = time.perf_counter()
+        self.compute_s += mid - start
+        self.mechanism_s += end - mid
+        return Message(hidden=released.contiguous(), attention_mask=batch.attention_mask, labels=batch.labels,
+                       device_id=self.device_id, meta={"mechanism": self.mechanism.name})  # fmt: skip

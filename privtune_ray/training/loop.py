@@ -7,6 +7,7 @@ a checkpoint every ``train.checkpoint_every`` steps lets an interrupted run resu
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import time
@@ -21,8 +22,9 @@ from ..config import Config
 from ..data.batching import TokenizedSplit, batch_indices, collate, tokenize_split
 from ..data.registry import get_spec, load_split
 from ..errors import ConfigError
+from ..mechanisms import build_mechanism
 from ..message import Message
-from ..models.loading import load_split_model, load_tokenizer
+from ..models.loading import load_split_model, load_tokenizer, resolve_model
 from ..runs import RunDir
 from .client import SplitClient
 from .server import TopServer, apply_lora, build_optimizer
@@ -100,13 +102,15 @@ def run_training(cfg: Config, out: str | os.PathLike | None = None, resume: bool
     eval_raw = load_split(cfg.data.dataset, cfg.data.eval_split, cfg.data.data_dir, hub_fallback=cfg.data.hub_fallback,
                           max_samples=cfg.data.max_eval_samples, seed=cfg.seed)  # fmt: skip
 
-    run = RunDir.create(cfg, out, resume=resume)
-    log(f"privtune-ray: writing run to {run.path}")
     torch.set_num_threads(cfg.train.threads or os.cpu_count() or 1)
-
     train_split = tokenize_split(train_raw, tokenizer, cfg.model.max_length)
     eval_split = tokenize_split(eval_raw, tokenizer, cfg.model.max_length)
     pad_id = tokenizer.pad_token_id
+    mechanism = build_mechanism(cfg.mechanism, split_model, tokenizer, resolve_model(cfg.model.name), seed=cfg.seed)
+
+    run = RunDir.create(cfg, out, resume=resume)
+    log(f"privtune-ray: writing run to {run.path}")
+    mechanism.fit(train_split)  # per-device state from the device's own data (PrivTune importance)
 
     top = split_model.top
     if cfg.train.lora.enabled:
@@ -116,7 +120,7 @@ def run_training(cfg: Config, out: str | os.PathLike | None = None, resume: bool
     if cfg.train.max_steps is not None:
         total_steps = min(total_steps, cfg.train.max_steps)
     optimizer, scheduler = build_optimizer(top, cfg.train, total_steps)
-    client = SplitClient(split_model.bottom)
+    client = SplitClient(split_model.bottom, mechanism)
     server = TopServer(top, optimizer, scheduler)
 
     counters = Counters()
@@ -124,7 +128,7 @@ def run_training(cfg: Config, out: str | os.PathLike | None = None, resume: bool
         if run.summary_path.exists():
             raise ConfigError(f"--resume: the run in {str(run.path)!r} has finished (summary.json exists); start a new one")
         if run.checkpoint_path.exists():
-            counters = _restore(run, top, optimizer, scheduler)
+            counters = _restore(run, top, optimizer, scheduler, mechanism)
         run.truncate("metrics", counters.step)  # rows written after the checkpoint are redone
         run.truncate("eval", counters.step)
         log(f"privtune-ray: resuming at step {counters.step}/{total_steps}")
@@ -150,14 +154,15 @@ def run_training(cfg: Config, out: str | os.PathLike | None = None, resume: bool
                     "step": counters.step, "epoch": counters.epoch, "loss": float(np.mean(window_loss)),
                     "lr": server.lr, "samples": counters.samples, "tokens": counters.tokens,
                     "bytes_up": counters.bytes_up, "samples_per_s": window_samples / max(now - window_start, 1e-9),
-                    "bottom_s": client.compute_s, "top_s": server.compute_s, "comm_s": counters.comm_s,
+                    "bottom_s": client.compute_s, "mechanism_s": client.mechanism_s, "top_s": server.compute_s,
+                    "comm_s": counters.comm_s,
                     "elapsed_s": counters.train_s,
                 })  # fmt: skip
                 window_loss, window_samples, window_start = [], 0, now
             if cfg.train.eval_every and counters.step % cfg.train.eval_every == 0 and counters.step < total_steps:
                 _evaluate_and_log(run, client, server, eval_split, cfg, pad_id, counters.step)
             if counters.step % cfg.train.checkpoint_every == 0 and counters.step < total_steps:
-                _checkpoint(run, top, optimizer, scheduler, counters)
+                _checkpoint(run, top, optimizer, scheduler, mechanism, counters)
             if counters.step >= total_steps:
                 break
         else:
@@ -167,11 +172,15 @@ def run_training(cfg: Config, out: str | os.PathLike | None = None, resume: bool
 
     result = _evaluate_and_log(run, client, server, eval_split, cfg, pad_id, counters.step)
     epochs_done = counters.samples / len(train_split)
+    # A sample is released once per epoch in which it is sent (a partial epoch counts as one).
+    privacy = mechanism.guarantee(releases=max(1, math.ceil(epochs_done - 1e-9)), max_length=cfg.model.max_length)
     summary = {
         "name": cfg.name,
         "dataset": cfg.data.dataset,
         "model": cfg.model.name,
         "split_depth": cfg.model.split_depth,
+        "mechanism": mechanism.name,
+        "privacy": privacy.to_dict(),
         "lora": cfg.train.lora.enabled,
         "seed": cfg.seed,
         "steps": counters.step,
@@ -187,6 +196,7 @@ def run_training(cfg: Config, out: str | os.PathLike | None = None, resume: bool
         "train_wall_s": counters.train_s,
         "train_samples_per_s": counters.samples / max(counters.train_s, 1e-9),
         "bottom_compute_s": client.compute_s,
+        "mechanism_compute_s": client.mechanism_s,
         "top_compute_s": server.compute_s,
         "comm_s": counters.comm_s,
         "trainable_params": sum(p.numel() for p in top.parameters() if p.requires_grad),
@@ -196,6 +206,7 @@ def run_training(cfg: Config, out: str | os.PathLike | None = None, resume: bool
     run.write_summary(summary)
     if run.checkpoint_path.exists():
         run.checkpoint_path.unlink()  # the run is complete; summary.json marks it
+    log(f"privtune-ray: mechanism {mechanism.name}: {privacy.statement}")
     log(f"privtune-ray: dev accuracy {result['accuracy']:.4f} on {result['samples']} samples after {counters.step} steps")
     log(f"privtune-ray: wrote {run.summary_path}")
     return run.path
@@ -207,8 +218,9 @@ def _evaluate_and_log(run, client, server, split, cfg: Config, pad_id: int, step
     return result
 
 
-def _checkpoint(run: RunDir, top, optimizer, scheduler, counters: Counters) -> None:
+def _checkpoint(run: RunDir, top, optimizer, scheduler, mechanism, counters: Counters) -> None:
     state = {
+        "mechanism": mechanism.state_dict(),
         "top": top.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
@@ -220,8 +232,9 @@ def _checkpoint(run: RunDir, top, optimizer, scheduler, counters: Counters) -> N
     os.replace(tmp, run.checkpoint_path)
 
 
-def _restore(run: RunDir, top, optimizer, scheduler) -> Counters:
+def _restore(run: RunDir, top, optimizer, scheduler, mechanism) -> Counters:
     state = torch.load(run.checkpoint_path, weights_only=False)
+    mechanism.load_state_dict(state["mechanism"])
     top.load_state_dict(state["top"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])

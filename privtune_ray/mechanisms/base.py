@@ -1,0 +1,77 @@
+"""The one interface every privacy mechanism implements: what a device applies to h before upload.
+
+    mech.fit(device_data)                       per-device state from the device's own data (optional)
+    h̃ = mech.perturb(h, attention_mask, input_ids)   h, h̃ ∈ R^{B×L×d}; only real tokens (mask = 1) change
+    mech.guarantee(releases, max_length)        the privacy statement for a sample sent ``releases`` times
+
+``input_ids`` are the device's own tokens: a mechanism may read them (PrivTune's neighbour targets and
+importance weights), they never leave the device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data.batching import TokenizedSplit
+
+
+@dataclass
+class Guarantee:
+    """A mechanism's privacy statement.
+
+    kind: ``none``; ``(eps,delta)-dp`` per sample (ε in nats, from dp-accounting's PLD accountant, with the
+    RDP ε beside it); or ``metric-dp`` per token: P[M(x)=y] ≤ exp(ε_d(x,x'))·P[M(x')=y] with ε_d given
+    by ``statement``, ``eta_per_unit`` the worst-case multiplier of ‖h(x)−h(x')‖₂ over all releases.
+    """
+
+    kind: str
+    statement: str
+    releases: int = 1
+    epsilon: float | None = None
+    delta: float | None = None
+    epsilon_rdp: float | None = None
+    eta_per_unit: float | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Mechanism:
+    """Base class; the identity (``none``: plain split learning, the utility upper bound)."""
+
+    name = "none"
+
+    def __init__(self, seed: int = 0):
+        self.seed = seed
+        self.torch_rng = torch.Generator().manual_seed(seed)
+        self.np_rng = np.random.default_rng(seed)
+
+    def fit(self, data: TokenizedSplit) -> None:
+        """Learn per-device state from the device's own data (no-op by default)."""
+
+    def perturb(self, h: torch.Tensor, attention_mask: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+        return h
+
+    def guarantee(self, releases: int = 1, max_length: int = 64) -> Guarantee:
+        return Guarantee(kind="none", statement="no privacy: h is uploaded as computed", releases=releases)
+
+    def params(self) -> dict[str, Any]:
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """The noise generators' state, so a resumed run draws the same noise as an uninterrupted one."""
+        return {"torch_rng": self.torch_rng.get_state(), "np_rng": self.np_rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.torch_rng.set_state(state["torch_rng"])
+        self.np_rng.bit_generator.state = state["np_rng"]
+
+
+def real_tokens(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Boolean [B, L, 1] mask of the positions a mechanism perturbs."""
+    return attention_mask.bool().unsqueeze(-1)

@@ -1,0 +1,204 @@
+"""PrivTune (Liu et al., arXiv 2512.08809): neighbour-guided, importance-scaled d_χ noise on h.
+
+For every real token i (id t = t(i), bottom output h_i ∈ R^d):
+
+1. target(i): among t's n-hop neighbours (candidates from :mod:`privtune_graph`), the one whose anchor
+   is nearest (cosine) to h_i.
+2. δ_i: K steps of projected gradient descent (step α·r along the normalised gradient, projection onto
+   ‖δ_i‖₂ ≤ r) on
+       −[cos(h_i+δ_i, a_target) − cos(h_i+δ_i, a_t)]          defence: look like the neighbour, not t
+       + λ_s·(1 − cos(h_i+δ_i, h_i))                           semantic preservation
+       + λ_d·dist(‖h_i+δ_i‖)                                   distributional validity
+       + λ_p·KL(p(pool h) ‖ p(pool(h+δ)))                      prediction consistency (proxy head only)
+   dist(ν) = (max(0, ν−ν_hi)/ν_hi)² + (max(0, ν_lo−ν)/ν_lo)², [ν_lo, ν_hi] the 1st–99th percentile of
+   anchor norms [ours]. The proxy head [ours]: a softmax-linear probe on mean-pooled h that the device
+   trains on its own data when ``proxy_head`` is on; otherwise the term is skipped and reported as such.
+3. w_t: token importance from the device's own data (:mod:`importance`); s_i = s_min + (1−s_min)(1−w_t).
+4. Release h̃_i = h_i + δ_i + s_i·z_i with z_i ~ d_χ(η) (one Gamma(d, 1/η) radius per token).
+
+Guarantee per token and release: exp((η/s_i)·(‖h(x)−h(x')‖₂ + 2r)) ≤ exp((η/s_min)·(‖h(x)−h(x')‖₂ + 2r)).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..accounting.validation import check_eta
+from ..data.batching import TokenizedSplit, batch_indices, collate
+from ..errors import ConfigError
+from ..models.split import BottomModel
+from .base import Guarantee, Mechanism, real_tokens
+from .dchi import sample_dchi
+from .importance import token_importance
+from .privtune_graph import TokenGraph
+
+
+@dataclass
+class PrivTuneParams:
+    eta: float = 50.0  # η, per unit of L2 distance
+    radius: float = 2.0  # r, bound on ‖δ_i‖₂
+    s_min: float = 0.5  # smallest noise scale (most important tokens)
+    pgd_steps: int = 10  # K
+    pgd_step_size: float = 0.25  # α, as a fraction of r
+    lambda_s: float = 1.0
+    lambda_d: float = 1.0
+    lambda_p: float = 1.0  # weight of prediction consistency when proxy_head is on
+    proxy_head: bool = False
+    importance: bool = True  # off: w = 0 for every token, s_i = 1
+    importance_samples: int | None = 20000  # device samples used for importance (None: all)
+
+    def validate(self) -> None:
+        check_eta(self.eta)
+        if not self.radius >= 0:
+            raise ConfigError(f"PrivTune radius r must be >= 0, got {self.radius}")
+        if not 0 < self.s_min <= 1:
+            raise ConfigError(f"PrivTune s_min must be in (0, 1], got {self.s_min}")
+        if self.pgd_steps < 0 or not self.pgd_step_size > 0:
+            raise ConfigError("PrivTune needs pgd_steps >= 0 and pgd_step_size > 0")
+
+
+class PrivTune(Mechanism):
+    name = "privtune"
+
+    def __init__(self, graph: TokenGraph, bottom: BottomModel, special_ids: list[int], params: PrivTuneParams,
+                 pad_id: int = 0, seed: int = 0):  # fmt: skip
+        params.validate()
+        super().__init__(seed)
+        self.graph, self.bottom, self.p = graph, bottom, params
+        self.special_ids = list(special_ids)
+        self.pad_id = pad_id
+        self.unit_anchors = F.normalize(graph.anchors, dim=-1)
+        self.importance = torch.zeros(graph.vocab_size)
+        self.proxy: torch.nn.Linear | None = None
+
+    # ------------------------------------------------------------------ per-device state
+
+    def fit(self, data: TokenizedSplit) -> None:
+        if self.p.importance_samples is not None and len(data) > self.p.importance_samples:
+            data = data.subset(self.np_rng.choice(len(data), self.p.importance_samples, replace=False))
+        if self.p.importance:
+            self.importance = torch.from_numpy(token_importance(data, self.graph.vocab_size, self.special_ids)).float()
+        if self.p.proxy_head:
+            self.proxy = self._train_proxy(data)
+
+    def _train_proxy(self, data: TokenizedSplit, max_samples: int = 2000) -> torch.nn.Linear:
+        """Softmax-linear probe on mean-pooled bottom outputs of the device's own (labelled) samples."""
+        if data.labels.min() < 0:
+            raise ConfigError("PrivTune proxy_head needs labelled device data (a classification dataset)")
+        if len(data) > max_samples:
+            data = data.subset(self.np_rng.choice(len(data), max_samples, replace=False))
+        pooled, labels = [], []
+        for idx in batch_indices(data.lengths, 128, shuffle=False, bucketing=True):
+            batch = collate(data, idx, self.pad_id)
+            pooled.append(_mean_pool(self.bottom(batch.input_ids, batch.attention_mask), batch.attention_mask))
+            labels.append(batch.labels)
+        x, y = torch.cat(pooled), torch.cat(labels)
+        probe = torch.nn.Linear(x.shape[1], int(y.max()) + 1)
+        opt = torch.optim.LBFGS(probe.parameters(), max_iter=100)
+
+        def closure():
+            opt.zero_grad()
+            loss = F.cross_entropy(probe(x), y) + 1e-3 * probe.weight.pow(2).sum()
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        return probe.requires_grad_(False)
+
+    # ------------------------------------------------------------------ release
+
+    def targets(self, h: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+        """Unit anchor of target(i) for rows h [N, d]: the candidate n-hop neighbour of t(i) nearest to h_i."""
+        cand = self.graph.candidates[token_ids]  # [N, C]
+        cand_vec = self.unit_anchors[cand.clamp_min(0)]  # [N, C, d]
+        sims = torch.einsum("nd,ncd->nc", h, cand_vec).masked_fill(cand < 0, float("-inf"))
+        return cand_vec[torch.arange(len(cand)), sims.argmax(-1)]
+
+    def optimal_offset(self, h: torch.Tensor, attention_mask: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+        """δ by K steps of PGD on the PrivTune objective, ‖δ_i‖₂ ≤ r (zero on padding).
+
+        Without the proxy head the gradient is analytic: with u = a_t − a_target − λ_s·ĥ (unit vectors),
+        v = h + δ, ν = ‖v‖, v̂ = v/ν:  ∇f = (u − (v̂·u)·v̂)/ν + λ_d·dist'(ν)·v̂.
+        """
+        p = self.p
+        delta = torch.zeros_like(h)
+        if p.pgd_steps == 0 or p.radius == 0:
+            return delta
+        real = attention_mask.bool()
+        rows, ids = h[real], input_ids[real]  # [N, d]: real tokens only
+        h_unit = F.normalize(rows, dim=-1)
+        u = self.unit_anchors[ids] - self.targets(h_unit, ids) - p.lambda_s * h_unit
+        lo, hi = self.graph.norm_range
+        step_size = p.pgd_step_size * p.radius
+        d = torch.zeros_like(rows)
+        proxy_grad = self._proxy_gradient(h, attention_mask) if self.proxy is not None else None
+        for _ in range(p.pgd_steps):
+            v = rows + d
+            norm = v.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+            v_unit = v / norm
+            dist_grad = 2 * (F.relu(norm - hi) / hi**2 - F.relu(lo - norm) / lo**2)
+            grad = (u - (v_unit * u).sum(-1, keepdim=True) * v_unit) / norm + p.lambda_d * dist_grad * v_unit
+            if proxy_grad is not None:
+                full = delta.clone()
+                full[real] = d
+                grad = grad + p.lambda_p * proxy_grad(full)[real]
+            d = d - step_size * grad / grad.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+            d = d * torch.clamp(p.radius / d.norm(dim=-1, keepdim=True).clamp_min(1e-12), max=1.0)
+        delta[real] = d
+        return delta
+
+    def _proxy_gradient(self, h: torch.Tensor, attention_mask: torch.Tensor):
+        """δ ↦ ∇_δ KL(p(pool h) ‖ p(pool(h+δ))) for the device's proxy head (autograd)."""
+        reference = F.log_softmax(self.proxy(_mean_pool(h, attention_mask)), -1)
+
+        def gradient(delta: torch.Tensor) -> torch.Tensor:
+            delta = delta.detach().requires_grad_(True)
+            with torch.enable_grad():
+                current = F.log_softmax(self.proxy(_mean_pool(h + delta, attention_mask)), -1)
+                kl = F.kl_div(current, reference, log_target=True, reduction="sum")
+                (grad,) = torch.autograd.grad(kl, delta)
+            return grad
+
+        return gradient
+
+    def noise_scale(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """s_i = s_min + (1 − s_min)(1 − w_t(i))."""
+        return self.p.s_min + (1 - self.p.s_min) * (1 - self.importance[input_ids])
+
+    def perturb(self, h, attention_mask, input_ids):
+        delta = self.optimal_offset(h, attention_mask, input_ids)
+        z = sample_dchi(tuple(h.shape[:-1]), h.shape[-1], self.p.eta, self.np_rng, self.torch_rng).to(h.dtype)
+        released = h + delta + self.noise_scale(input_ids).unsqueeze(-1).to(h.dtype) * z
+        return torch.where(real_tokens(attention_mask), released, h)
+
+    def guarantee(self, releases: int = 1, max_length: int = 64) -> Guarantee:
+        return privtune_guarantee(self.p, releases, self.params(), proxy_used=self.proxy is not None)
+
+    def params(self):
+        return {"eta": self.p.eta, "radius": self.p.radius, "s_min": self.p.s_min, "k": self.graph.k,
+                "n_hops": self.graph.n_hops, "pgd_steps": self.p.pgd_steps, "lambda_s": self.p.lambda_s,
+                "lambda_d": self.p.lambda_d, "importance": self.p.importance}  # fmt: skip
+
+
+def privtune_guarantee(p: PrivTuneParams, releases: int = 1, params: dict | None = None,
+                       proxy_used: bool = False) -> Guarantee:  # fmt: skip
+    """Per token and release: exp((η/s_i)·(‖h(x)−h(x')‖₂ + 2r)), s_i ≥ s_min; R releases add up."""
+    return Guarantee(
+        kind="metric-dp",
+        statement=(
+            f"per token: eps(x, x') = {releases}*({p.eta:g}/s_i)*(||h(x) - h(x')||_2 + 2*{p.radius:g}), "
+            f"s_i >= s_min = {p.s_min:g}, over {releases} release(s)"
+        ),
+        releases=releases,
+        eta_per_unit=releases * p.eta / p.s_min,
+        params={**(params or {"eta": p.eta, "radius": p.radius, "s_min": p.s_min}),
+                "prediction_consistency": "proxy head" if proxy_used else "skipped (no proxy head)"},  # fmt: skip
+    )
+
+
+def _mean_pool(h: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    m = attention_mask.unsqueeze(-1).to(h.dtype)
+    return (h * m).sum(1) / m.sum(1).clamp_min(1)

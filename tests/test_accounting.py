@@ -1,0 +1,93 @@
+"""The Edgeworth accountant against dp-accounting's PLD and RDP and Opacus' PRV accountants."""
+
+import numpy as np
+import pytest
+from scipy.integrate import quad
+
+import dp_accounting
+from privtune_ray.accounting import (
+    EdgeworthAccountant,
+    calibrate_sigma,
+    edgeworth_epsilon,
+    pld_epsilon,
+    prv_epsilon,
+    rdp_epsilon,
+)
+from privtune_ray.accounting.edgeworth import privacy_loss, step_cumulants
+from privtune_ray.errors import ConfigError
+
+DELTA = 1e-5
+# (q, σ, T): DP-SGD-like regimes, ε from about 1 to 10 (the last is EW-Tune's: batch 2000 of 60k, 20 epochs)
+GRID = [(0.01, 1.0, 1000), (0.0043, 1.1, 3000), (0.1, 2.0, 100), (0.004, 0.7, 5000), (0.01, 0.8, 2000),
+        (0.05, 1.0, 500), (2000 / 60000, 0.75, 600)]  # fmt: skip
+
+
+@pytest.mark.parametrize("q,sigma", [(0.01, 0.8), (0.1, 1.0), (0.5, 2.0)])
+def test_cumulants_match_adaptive_quadrature(q, sigma):
+    x, y = step_cumulants(q, sigma)
+    mu = 1 / sigma
+    pdf_p = lambda t: np.exp(-t * t / 2) / np.sqrt(2 * np.pi)  # noqa: E731
+    pdf_q = lambda t: (1 - q) * pdf_p(t) + q * pdf_p(t - mu)  # noqa: E731
+    for c, pdf in ((x, pdf_p), (y, pdf_q)):
+        mean = quad(lambda t: privacy_loss(np.array(t), q, sigma) * pdf(t), -np.inf, np.inf)[0]
+        var = quad(lambda t: (privacy_loss(np.array(t), q, sigma) - mean) ** 2 * pdf(t), -np.inf, np.inf)[0]
+        assert c.k1 == pytest.approx(mean, rel=1e-6, abs=1e-12)
+        assert c.k2 == pytest.approx(var, rel=1e-6)
+
+
+def test_without_subsampling_edgeworth_is_the_exact_gaussian_mechanism():
+    # q = 1: ℓ is Gaussian, κ_3 = κ_4 = 0, so the expansion is exact: T steps of σ = one step of σ/√T.
+    for sigma, steps in ((2.0, 4), (5.0, 10)):
+        exact = dp_accounting.get_epsilon_gaussian(sigma / np.sqrt(steps), DELTA)
+        assert edgeworth_epsilon(DELTA, 1.0, sigma, steps, order=1) == pytest.approx(exact, rel=1e-4)
+        assert edgeworth_epsilon(DELTA, 1.0, sigma, steps, order=2) == pytest.approx(exact, rel=1e-4)
+
+
+@pytest.mark.parametrize("q,sigma,steps", GRID)
+def test_edgeworth_tracks_pld(q, sigma, steps):
+    pld = pld_epsilon(DELTA, q, sigma, steps)
+    ew1, ew2 = (edgeworth_epsilon(DELTA, q, sigma, steps, order) for order in (1, 2))
+    assert abs(ew2 - pld) / pld < 0.08, (ew2, pld)
+    assert abs(ew1 - pld) / pld < (0.06 if pld <= 3 else 0.10), (ew1, pld)
+    assert rdp_epsilon(DELTA, q, sigma, steps) >= pld  # RDP is the looser upper bound
+
+
+@pytest.mark.parametrize("q,sigma,steps", GRID[::3])
+def test_opacus_prv_agrees_with_pld(q, sigma, steps):
+    assert prv_epsilon(DELTA, q, sigma, steps) == pytest.approx(pld_epsilon(DELTA, q, sigma, steps), rel=0.03)
+
+
+def test_accountant_interface_composes_history():
+    acc = EdgeworthAccountant(order=2)
+    for _ in range(300):
+        acc.step(noise_multiplier=1.0, sample_rate=0.01)
+    assert len(acc) == 300 and acc.history == [(1.0, 0.01, 300)]
+    assert acc.get_epsilon(DELTA) == pytest.approx(edgeworth_epsilon(DELTA, 0.01, 1.0, 300))
+    acc.step(noise_multiplier=2.0, sample_rate=0.01, num_steps=100)
+    assert len(acc) == 400 and acc.get_epsilon(DELTA) > edgeworth_epsilon(DELTA, 0.01, 1.0, 300)
+
+
+def test_sigma_calibration_hits_the_target():
+    sigma = calibrate_sigma(3.0, DELTA, 0.01, 1000)
+    assert edgeworth_epsilon(DELTA, 0.01, sigma, 1000) == pytest.approx(3.0, rel=1e-3)
+    assert edgeworth_epsilon(DELTA, 0.01, sigma * 1.05, 1000) < 3.0
+    with pytest.raises(ConfigError, match="unreachable"):
+        calibrate_sigma(1e-4, DELTA, 1.0, 10000, sigma_range=(0.3, 5.0))
+
+
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (lambda: edgeworth_epsilon(DELTA, 0.01, 0.0, 10), "sigma must be > 0"),
+        (lambda: edgeworth_epsilon(DELTA, 0.01, -1.0, 10), "sigma must be > 0"),
+        (lambda: edgeworth_epsilon(0.0, 0.01, 1.0, 10), r"delta must be in \(0, 1\)"),
+        (lambda: edgeworth_epsilon(1.0, 0.01, 1.0, 10), r"delta must be in \(0, 1\)"),
+        (lambda: edgeworth_epsilon(DELTA, 1.5, 1.0, 10), r"sample rate q must be in \(0, 1\]"),
+        (lambda: edgeworth_epsilon(DELTA, 0.01, 1.0, 0), "steps must be"),
+        (lambda: calibrate_sigma(-1.0, DELTA, 0.01, 10), "epsilon must be a positive"),
+        (lambda: pld_epsilon(DELTA, 0.01, 0.0, 10), "sigma must be > 0"),
+    ],
+)
+def test_bad_accounting_input(call, match):
+    with pytest.raises(ConfigError, match=match):
+        call()
