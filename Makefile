@@ -31,6 +31,7 @@ demo: install
 
 bench: install
 	$(BIN)/python benchmarks/bench_training.py --out benchmarks/results/training.json
+	$(BIN)/python benchmarks/bench_mechanisms.py --out benchmarks/results/mechanisms.json
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -47,3 +47,20 @@ def test_bad_keys_and_values_name_the_key(override, match):
 def test_missing_config_file():
     with pytest.raises(ConfigError, match="not found"):
         load_config("simulations/no-such.yaml")
+
+
+@pytest.mark.parametrize(
+    "override,match",
+    [
+        ("mechanism.name=rot13", r"'mechanism.name'.*unknown mechanism 'rot13'"),
+        ("mechanism.eta=0", r"'mechanism.eta'.*> 0"),
+        ("mechanism.eta=-5", r"'mechanism.eta'"),
+        ("mechanism.noise_multiplier=0", r"'mechanism.noise_multiplier'"),
+        ("mechanism.delta=1.5", r"'mechanism.delta'.*\(0, 1\)"),
+        ("mechanism.s_min=0", r"'mechanism.s_min'"),
+        ("mechanism.n_hops=0", r"'mechanism.n_hops'"),
+    ],
+)
+def test_bad_mechanism_values_name_the_key(override, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(SIMULATIONS[0], [override])

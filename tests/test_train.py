@@ -141,3 +141,40 @@ def test_bad_input_is_one_clear_error_and_writes_nothing(tmp_path, capsys, overr
     assert err.startswith("privtune-ray: error: ") and len(err.strip().splitlines()) == 1
     assert pytest.importorskip("re").search(match, err), err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("mechanism", ["none", "dchi", "gaussian", "laplace", "privtune"])
+def test_every_mechanism_trains_end_to_end_from_the_cli(tmp_path, capsys, mechanism):
+    out = tmp_path / mechanism
+    code = main(["train", BASELINE, "--out", str(out), "--set", f"mechanism.name={mechanism}",
+                 *sum((["--set", s] for s in SMALL + ["train.max_steps=3"]), [])])  # fmt: skip
+    assert code == 0
+    assert f"mechanism {mechanism}" in capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["mechanism"] == mechanism and summary["privacy"]["releases"] == 1
+    kind = {"none": "none", "dchi": "metric-dp", "privtune": "metric-dp"}.get(mechanism, "(eps,delta)-dp")
+    assert summary["privacy"]["kind"] == kind
+    if kind == "(eps,delta)-dp":
+        assert summary["privacy"]["epsilon"] > 0 and summary["privacy"]["delta"] == 1e-5
+    if mechanism != "none":
+        assert summary["mechanism_compute_s"] > 0
+
+
+def test_noise_changes_the_upload_but_the_seed_fixes_it(tmp_path):
+    runs = {}
+    for name, extra in (("a", []), ("b", []), ("c", ["seed=1"])):
+        cfg = _cfg("train.max_steps=2", "mechanism.name=dchi", *extra)
+        runs[name] = json.loads((run_training(cfg, out=tmp_path / name, log=lambda *_: None) / "summary.json").read_text())
+    assert runs["a"]["dev_loss"] == runs["b"]["dev_loss"]
+    assert runs["a"]["dev_loss"] != runs["c"]["dev_loss"]
+
+
+def test_account_cli_prints_edgeworth_beside_pld(capsys):
+    assert main(["account", BASELINE, "--set", "mechanism.name=gaussian", "--set", "mechanism.noise_multiplier=20",
+                 "--sample-rate", "0.01", "--noise-multiplier", "1.0", "--steps", "1000"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "epsilon (PLD) = " in out and "(eps,delta)-dp" in out
+    for name in ("Edgeworth order 1", "Edgeworth order 2", "PLD (dp-accounting)", "RDP (dp-accounting)", "PRV (Opacus)"):
+        assert name in out
+    assert main(["account", "--sample-rate", "0.01", "--steps", "10", "--noise-multiplier", "0"]) == 2
+    assert "sigma must be > 0" in capsys.readouterr().err

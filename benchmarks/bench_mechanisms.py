@@ -1,0 +1,118 @@
+"""Device-side cost of the privacy mechanisms, PrivTune's one-off graph build, and σ calibration.
+
+Measured in one process, on the same cores (MiniLM, m=2, defaults of MechanismConfig):
+  * each mechanism's perturb() on one 32 × 64 batch, as a ratio to the bottom forward of that batch
+    (target for PrivTune: ≤ 0.5×);
+  * the PrivTune token graph for the full 30,522-token vocabulary, built from scratch (target ≤ 60 s);
+  * σ calibration for a target ε by the Edgeworth accountant (target ≤ 1 s), with the PLD ε at that σ.
+
+    python benchmarks/bench_mechanisms.py [--out benchmarks/results/mechanisms.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from privtune_ray.accounting import calibrate_sigma, edgeworth_epsilon, pld_epsilon  # noqa: E402
+from privtune_ray.config import MechanismConfig  # noqa: E402
+from privtune_ray.data import collate, load_split, tokenize_split  # noqa: E402
+from privtune_ray.mechanisms import MECHANISMS, build_mechanism, privtune_params  # noqa: E402
+from privtune_ray.mechanisms.privtune import PrivTune  # noqa: E402
+from privtune_ray.mechanisms.privtune_graph import build_token_graph  # noqa: E402
+from privtune_ray.models import load_split_model, load_tokenizer, resolve_model  # noqa: E402
+from privtune_ray.runs import git_revision, package_versions  # noqa: E402
+
+
+def median_time(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="all-MiniLM-L6-v2")
+    parser.add_argument("--m", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--out", default="benchmarks/results/mechanisms.json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    tokenizer = load_tokenizer(args.model)
+    split = load_split_model(args.model, args.m, num_labels=2)
+    data = tokenize_split(load_split("sst2", "train", max_samples=20000, seed=0), tokenizer, 64)
+    # A full 32 × 64 batch: the 32 longest sentences, truncated at 64 tokens.
+    batch = collate(data, np.argsort(-data.lengths, kind="stable")[:32], tokenizer.pad_token_id)
+    assert batch.input_ids.shape == (32, 64), batch.input_ids.shape
+
+    # The one-off graph build, from scratch (build_token_graph neither reads nor writes the cache).
+    start = time.perf_counter()
+    graph = build_token_graph(split.bottom, tokenizer)
+    graph_s = time.perf_counter() - start
+    mechanisms = {}
+    for name in MECHANISMS:
+        cfg = MechanismConfig(name=name)
+        if name == "privtune":
+            mech = PrivTune(graph, split.bottom, tokenizer.all_special_ids, privtune_params(cfg), tokenizer.pad_token_id)
+        else:
+            mech = build_mechanism(cfg, split, tokenizer, resolve_model(args.model))
+        mech.fit(data)
+        mechanisms[name] = mech
+
+    bottom_s = median_time(lambda: split.bottom(batch.input_ids, batch.attention_mask), args.repeats)
+    h = split.bottom(batch.input_ids, batch.attention_mask)
+    per_mechanism = {}
+    for name, mech in mechanisms.items():
+        seconds = median_time(lambda: mech.perturb(h, batch.attention_mask, batch.input_ids), args.repeats)
+        per_mechanism[name] = {"perturb_s": seconds, "ratio_to_bottom_forward": seconds / bottom_s}
+
+    start = time.perf_counter()
+    q, steps, delta, target = 2000 / 60000, 600, 1e-5, 3.0
+    sigma = calibrate_sigma(target, delta, q, steps)
+    calibration_s = time.perf_counter() - start
+
+    results = {
+        "benchmark": "mechanisms",
+        "model": args.model,
+        "split_depth": args.m,
+        "threads": args.threads,
+        "batch": list(batch.input_ids.shape),
+        "bottom_forward_s": bottom_s,
+        "mechanisms": per_mechanism,
+        "privtune_ratio_target": 0.5,
+        "graph_build_s": graph_s,
+        "graph_build_target_s": 60,
+        "graph_vocab_size": graph.vocab_size,
+        "calibration": {
+            "q": q, "steps": steps, "delta": delta, "target_epsilon": target, "sigma": sigma,
+            "edgeworth_epsilon_at_sigma": edgeworth_epsilon(delta, q, sigma, steps),
+            "pld_epsilon_at_sigma": pld_epsilon(delta, q, sigma, steps),
+            "seconds": calibration_s, "target_s": 1.0,
+        },  # fmt: skip
+        "versions": package_versions(),
+        "git": git_revision(),
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in results.items() if k not in ("versions", "git")}, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
