@@ -173,6 +173,20 @@ def test_privtune_offset_respects_the_radius(privtune_setup, tokenizer):
     assert norms.max() <= 1.5 + 1e-4 and norms[batch.attention_mask.bool()].mean() > 0.5
     assert (norms[~batch.attention_mask.bool()] == 0).all()
 
+def test_privtune_plane_reduction_equals_full_dimensional_pgd(privtune_setup, tokenizer):
+    """Without a proxy head the PGD runs on 2-D coordinates in span{h_i, u_i}; it must match the d-dim loop."""
+    split, data, batch = privtune_setup
+    mech = _privtune(split, tokenizer, data)
+    h = split.bottom(batch.input_ids, batch.attention_mask)
+    real = batch.attention_mask.bool()
+    rows, ids = h[real], batch.input_ids[real]
+    h_unit = torch.nn.functional.normalize(rows, dim=-1)
+    u = mech.unit_anchors[ids] - mech.targets(h_unit, ids) - mech.p.lambda_s * h_unit
+    full = mech._pgd(rows, u)
+    reduced = mech.optimal_offset(h, batch.attention_mask, batch.input_ids)[real]
+    assert full.norm(dim=-1).mean() > 0.5
+    torch.testing.assert_close(reduced, full, atol=1e-4, rtol=1e-4)
+
 
 def test_importance_scores_and_scaling(privtune_setup, tokenizer):
     split, data, batch = privtune_setup
