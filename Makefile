@@ -32,6 +32,7 @@ demo: install
 bench: install
 	$(BIN)/python benchmarks/bench_training.py --out benchmarks/results/training.json
 	$(BIN)/python benchmarks/bench_mechanisms.py --out benchmarks/results/mechanisms.json
+	$(BIN)/python benchmarks/bench_attacks.py --out benchmarks/results/attacks.json
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -2,6 +2,7 @@
 
     privtune-ray train simulations/sst2_baseline.yaml --set train.max_steps=30 --out runs/x
     privtune-ray train simulations/sst2_baseline.yaml --out runs/x --resume
+    privtune-ray attack simulations/sst2_attacks.yaml --set mechanism.name=privtune --out runs/a
     privtune-ray account simulations/sst2_privtune.yaml
     privtune-ray account --sample-rate 0.01 --noise-multiplier 1.0 --steps 1000
     privtune-ray datasets
@@ -20,11 +21,13 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="split fine-tuning, single process (the reference run)")
-    train.add_argument("config", help="YAML config, e.g. simulations/sst2_baseline.yaml")
-    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config key, e.g. --set train.max_steps=30 (repeatable)")  # fmt: skip
-    train.add_argument("--out", help="run directory (default: runs/<name>-<timestamp>)")
-    train.add_argument("--data-dir", help="data directory (overrides data.data_dir and $PRIVTUNE_DATA_DIR)")
+    attack = sub.add_parser("attack", help="the attack suite against the eval split's messages (no training)")
+    for command in (train, attack):
+        command.add_argument("config", help="YAML config, e.g. simulations/sst2_baseline.yaml")
+        command.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                             help="override a config key, e.g. --set train.max_steps=30 (repeatable)")  # fmt: skip
+        command.add_argument("--out", help="run directory (default: runs/<name>-<timestamp>)")
+        command.add_argument("--data-dir", help="data directory (overrides data.data_dir and $PRIVTUNE_DATA_DIR)")
     train.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
 
     account = sub.add_parser("account", help="privacy guarantees of a config; Edgeworth vs PLD/RDP/PRV for DP-SGD")
@@ -40,17 +43,28 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _train(args) -> None:
+def _config(args):
     from .config import load_config
-    from .training.loop import run_training
 
     overrides = list(args.overrides)
     if args.data_dir:
         overrides.append(f"data.data_dir={args.data_dir}")
-    cfg = load_config(args.config, overrides)
+    return load_config(args.config, overrides)
+
+
+def _train(args) -> None:
+    from .training.loop import run_training
+
+    cfg = _config(args)
     if args.resume and not args.out:
         raise PrivtuneError("--resume needs --out DIR, the run directory to continue")
     run_training(cfg, out=args.out, resume=args.resume)
+
+
+def _attack(args) -> None:
+    from .attacks.evaluation import run_attack_evaluation
+
+    run_attack_evaluation(_config(args), out=args.out)
 
 
 def _account(args) -> None:
@@ -103,7 +117,7 @@ def _datasets(args) -> None:
         print(f"  {name:22s} {spec.task:14s} splits: {', '.join(spec.splits)}{attrs}\n  {'':22s} {spec.description}")
 
 
-COMMANDS = {"train": _train, "account": _account, "datasets": _datasets}
+COMMANDS = {"train": _train, "attack": _attack, "account": _account, "datasets": _datasets}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -152,6 +152,56 @@ class TrainConfig:
 
 
 @dataclass
+class AttackConfig:
+    """The cloud's attacks on what it receives (``privtune_ray/attacks/``, SPEC §3).
+
+    The attacker fits on public auxiliary text pushed through the known bottom and its own copy of the
+    known mechanism, then attacks a sample of the victims' messages (every ``every`` steps and at the end
+    of ``train``; the dev split for ``privtune-ray attack``).
+    """
+
+    enabled: bool = False  # run the attacks during `privtune-ray train`
+    names: list[str] = field(default_factory=lambda: ["auto"])  # attack names, or "auto": all that apply
+    aux_dataset: str | None = None  # None: the run's dataset
+    aux_split: str = "train"  # carved out of training when it is the training split
+    aux_samples: int = 2000  # auxiliary sentences the attacker fits on
+    victim_samples: int | None = 256  # victim sentences attacked per round (None: all available)
+    every: int | None = None  # steps between attack rounds during training (None: only at the end)
+    attributes: list[str] | None = None  # aia_probe targets (None: every private attribute of the dataset)
+    epochs: int = 4  # training epochs of the learned inverters (eia_mlp, eia_transformer)
+    batch_size: int = 64  # sentences per batch when training the learned attacks
+    lr: float = 1.0e-3  # learned inverters' AdamW learning rate
+    probe_epochs: int = 10  # the attribute attacks' MLPs on pooled h̃ (aia_probe, aia_keyword, aia_label)
+    probe_lr: float = 3.0e-4
+    opt_steps: int = 50  # eia_opt: Adam steps on the relaxed token logits
+    opt_candidates: int = 32  # eia_opt: tokens per position it chooses among (the nearest anchors)
+    opt_lr: float = 0.1
+    opt_temperature: float = 1.0  # eia_opt: T of softmax(z/T)
+    keywords: int = 20  # aia_keyword: how many sensitive words it looks for (chosen on the auxiliary data)
+    keyword_list: list[str] | None = None  # aia_keyword: the sensitive words themselves (None: chosen)
+    top_k: int = 5  # EIA top-k ASR
+
+    def validate(self, key: str) -> None:
+        from .attacks import ATTACKS
+
+        for name in self.names:
+            _require(name == "auto" or name in ATTACKS, f"{key}.names", f"unknown attack {name!r}; choose from {sorted(ATTACKS)} or 'auto'")
+        _require(len(self.names) > 0, f"{key}.names", "must name at least one attack (or 'auto')")
+        if self.aux_dataset is not None:
+            from .data.registry import DATASETS
+
+            _require(self.aux_dataset in DATASETS, f"{key}.aux_dataset", f"unknown dataset {self.aux_dataset!r}; choose one of {sorted(DATASETS)}")
+        _require(self.aux_samples >= 1, f"{key}.aux_samples", "must be >= 1")
+        _require(self.victim_samples is None or self.victim_samples >= 1, f"{key}.victim_samples", "must be >= 1 or null")
+        _require(self.every is None or self.every >= 1, f"{key}.every", "must be >= 1 or null")
+        for name in ("epochs", "probe_epochs", "batch_size", "opt_candidates", "keywords", "top_k"):
+            _require(getattr(self, name) >= 1, f"{key}.{name}", "must be >= 1")
+        _require(self.opt_steps >= 0, f"{key}.opt_steps", "must be >= 0")
+        for name in ("lr", "probe_lr", "opt_lr", "opt_temperature"):
+            _require(getattr(self, name) > 0, f"{key}.{name}", "must be > 0")
+
+
+@dataclass
 class Config:
     """A whole run. ``name`` labels the run directory; ``seed`` fixes data order, init and noise."""
 
@@ -161,6 +211,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     mechanism: MechanismConfig = field(default_factory=MechanismConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
 
     def validate(self, key: str = "") -> None:
         _require(self.seed >= 0, "seed", "must be >= 0")
@@ -168,6 +219,7 @@ class Config:
         self.data.validate("data")
         self.mechanism.validate("mechanism")
         self.train.validate("train")
+        self.attack.validate("attack")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -87,6 +87,22 @@ def test_tiny_decoder_causal_lm_split(family):
         assert _max_diff(split, task_model, ids, mask, per_token=True) <= TOL, (family, m)
 
 
+@pytest.mark.parametrize("family", sorted(TINY))
+def test_bottom_from_word_embeddings_equals_bottom_from_ids(family):
+    """The attacker's differentiable path: bottom.from_embeds(E[x]) == bottom(x) on real tokens, with gradients."""
+    torch.manual_seed(0)
+    config = TINY[family]()
+    task_model = AutoModelForSequenceClassification.from_config(config).eval()
+    ids, mask = _padded_batch(config.pad_token_id)
+    split = split_model(task_model, 2)
+    embeds = split.bottom.embedding_matrix[ids].clone().requires_grad_(True)
+    out = split.bottom.from_embeds(embeds, mask)
+    assert (out - split.bottom(ids, mask))[mask.bool()].abs().max() <= TOL
+    out[mask.bool()].sum().backward()
+    assert embeds.grad is not None and embeds.grad.abs().sum() > 0
+    assert all(p.grad is None for p in split.bottom.parameters())
+
+
 def test_bottom_is_frozen_and_top_trains(minilm, tokenizer):
     split = split_model(minilm, 2)
     assert not any(p.requires_grad for p in split.bottom.parameters())

@@ -1,9 +1,7 @@
 """PrivTune's token graph: anchors, the k-NN graph, n-hop rings and target candidates (cached on disk).
 
-* Anchors a_v [ours]: the bottom output at token v's position for the input "v" alone (with the model's
-  special tokens, e.g. "[CLS] v [SEP]"), for every vocabulary token v. For m = 0 this is v's input
-  embedding row passed through the embedding stage (position and LayerNorm included), i.e. in the same
-  space as what the device uploads.
+* Anchors a_v [ours]: the bottom output of token v alone (``privtune_ray/models/anchors.py``); for m = 0
+  v's embedding row through the embedding stage, in the same space as what the device uploads.
 * Graph: each token linked to its k nearest anchors by cosine similarity, made undirected.
 * Rings: N_n(v), the tokens at shortest-path distance exactly n from v (breadth-first, as sparse
   frontier products). A token whose ring is empty (its component is too small) falls back to its farthest
@@ -28,6 +26,7 @@ import scipy.sparse as sp
 import torch
 
 from ..errors import ConfigError
+from ..models.anchors import cache_dir, load_or_build_anchors, token_anchors
 from ..models.split import BottomModel
 
 GRAPH_VERSION = 1
@@ -46,33 +45,6 @@ class TokenGraph:
     @property
     def vocab_size(self) -> int:
         return int(self.anchors.shape[0])
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("PRIVTUNE_CACHE_DIR", Path.home() / ".cache" / "privtune-ray"))
-
-
-def token_anchors(bottom: BottomModel, tokenizer, batch_size: int = 1024) -> torch.Tensor:
-    """a_v for every v < V: the bottom output at v's position in the tokenised single-token input."""
-    vocab_size = bottom.embedding_matrix.shape[0]
-    template, position = single_token_template(tokenizer)
-    anchors = []
-    for start in range(0, vocab_size, batch_size):
-        ids = torch.arange(start, min(start + batch_size, vocab_size))
-        inputs = torch.tensor(template).repeat(len(ids), 1)
-        inputs[:, position] = ids
-        anchors.append(bottom(inputs, torch.ones_like(inputs))[:, position].float())
-    return torch.cat(anchors)
-
-
-def single_token_template(tokenizer) -> tuple[list[int], int]:
-    """The model's input for one token (special tokens included) and that token's position in it."""
-    for word in ("the", "a", "1", "x"):
-        alone = tokenizer(word, add_special_tokens=False)["input_ids"]
-        if len(alone) == 1:
-            full = list(tokenizer(word, add_special_tokens=True)["input_ids"])
-            return full, full.index(alone[0])
-    raise ConfigError("cannot find a single-token word to build PrivTune anchors with this tokenizer")
 
 
 def knn_graph(anchors: torch.Tensor, k: int, chunk: int = 2048) -> sp.csr_matrix:
@@ -160,12 +132,14 @@ def graph_cache_key(model_id: str, m: int, k: int, n_hops: int, n_candidates: in
 def load_or_build_token_graph(bottom: BottomModel, tokenizer, model_id: str, k: int = 10, n_hops: int = 3,
                               n_candidates: int = 8, directory: str | os.PathLike | None = None) -> TokenGraph:  # fmt: skip
     """The cached graph for (model, m, k, n, candidates), built and saved on first use."""
-    path = Path(directory or cache_dir()) / f"token-graph-{graph_cache_key(model_id, bottom.m, k, n_hops, n_candidates)}.npz"
+    path = cache_dir(directory) / f"token-graph-{graph_cache_key(model_id, bottom.m, k, n_hops, n_candidates)}.npz"
     if path.is_file():
         z = np.load(path)
         return TokenGraph(torch.from_numpy(z["anchors"]), torch.from_numpy(z["candidates"]), z["ring_hop"],
                           tuple(z["norm_range"].tolist()), int(z["k"]), int(z["n_hops"]), float(z["build_s"]))  # fmt: skip
-    graph = build_token_graph(bottom, tokenizer, k, n_hops, n_candidates)
+    start_time = time.perf_counter()
+    graph = graph_from_anchors(load_or_build_anchors(bottom, tokenizer, model_id, directory), k, n_hops, n_candidates)
+    graph.build_s = time.perf_counter() - start_time
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")
     np.savez(tmp, anchors=graph.anchors.numpy(), candidates=graph.candidates.numpy(), ring_hop=graph.ring_hop,

@@ -3,7 +3,8 @@
 A :class:`Family` tells, for one Hugging Face ``model_type``:
 
 * ``base``: the transformer body inside a task model (``BertForSequenceClassification.bert``, ...);
-* ``embedding``: a thin module calling the body's own embedding layers, ``x -> h_0 ∈ R^{B×L×d}``;
+* ``embedding``: a thin module calling the body's own embedding layers, ``x -> h_0 ∈ R^{B×L×d}`` (or,
+  given ``inputs_embeds`` in place of the word-embedding lookup E[x], the same stage from there on);
 * ``context``: the keyword arguments every block needs, built from the attention mask alone
   (the 4-D mask from ``transformers.masking_utils``, position ids, rotary ``(cos, sin)``), so the
   cloud side can rebuild them without token ids;
@@ -36,7 +37,9 @@ class TokenTypeEmbedding(nn.Module):
         super().__init__()
         self.embeddings = base.embeddings
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids, attention_mask, inputs_embeds=None) -> torch.Tensor:
+        if inputs_embeds is not None:  # positions count from the start, as for right-padded ids
+            return self.embeddings(input_ids=None, inputs_embeds=inputs_embeds)
         return self.embeddings(input_ids=input_ids)
 
 
@@ -47,9 +50,9 @@ class GPT2Embedding(nn.Module):
         super().__init__()
         self.wte, self.wpe, self.drop = base.wte, base.wpe, base.drop
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
-        return self.drop(self.wte(input_ids) + self.wpe(positions))
+    def forward(self, input_ids, attention_mask, inputs_embeds=None) -> torch.Tensor:
+        words = self.wte(input_ids) if inputs_embeds is None else inputs_embeds
+        return self.drop(words + self.wpe(arange_positions(attention_mask)))
 
 
 class OPTEmbedding(nn.Module):
@@ -60,8 +63,8 @@ class OPTEmbedding(nn.Module):
         self.embed_tokens, self.embed_positions = base.embed_tokens, base.embed_positions
         self.project_in = base.project_in
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        h = self.embed_tokens(input_ids)
+    def forward(self, input_ids, attention_mask, inputs_embeds=None) -> torch.Tensor:
+        h = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         if self.project_in is not None:
             h = self.project_in(h)
         return h + self.embed_positions(attention_mask, 0, position_ids=opt_positions(attention_mask))
@@ -74,8 +77,8 @@ class TokenEmbedding(nn.Module):
         super().__init__()
         self.embed_tokens = base.embed_tokens
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.embed_tokens(input_ids)
+    def forward(self, input_ids, attention_mask, inputs_embeds=None) -> torch.Tensor:
+        return self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
 
 
 def opt_positions(attention_mask: torch.Tensor) -> torch.Tensor:

@@ -71,7 +71,15 @@ class BottomModel(nn.Module):
 
     @torch.no_grad()
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.embedding(input_ids, attention_mask)
+        return self.from_embeds(None, attention_mask, input_ids)
+
+    def from_embeds(self, inputs_embeds: torch.Tensor | None, attention_mask: torch.Tensor,
+                    input_ids: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+        """h from word embeddings [B, L, d_E] in place of E[x] (differentiable in them, weights frozen).
+
+        What an attacker who knows the bottom weights runs to invert it (SPEC §3, EIA-optimisation).
+        """
+        hidden = self.embedding(input_ids, attention_mask, inputs_embeds)
         return _run_blocks(self.blocks, hidden, self.context(hidden, attention_mask))
 
 

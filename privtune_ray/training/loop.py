@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..attacks.observations import Observations
+from ..attacks.suite import AttackSuite, VictimSample, carve_aux, headline, load_aux, long_rows, probe_attributes
 from ..config import Config
 from ..data.batching import TokenizedSplit, batch_indices, collate, tokenize_split
 from ..data.registry import get_spec, load_split
@@ -61,9 +63,15 @@ def upload(msg: Message, counters: Counters) -> Message:
     return received
 
 
-def split_step(client: SplitClient, server: TopServer, batch, counters: Counters) -> float:
-    """One step of split fine-tuning: device forward, upload, top-model update. Returns the loss (nats)."""
-    loss = server.train_step(upload(client.encode(batch), counters))
+def split_step(client: SplitClient, server: TopServer, batch, counters: Counters, on_upload=None) -> float:
+    """One step of split fine-tuning: device forward, upload, top-model update. Returns the loss (nats).
+
+    ``on_upload(message, batch)`` sees each received message (the attack suite's victim sample).
+    """
+    msg = upload(client.encode(batch), counters)
+    if on_upload is not None:
+        on_upload(msg, batch)
+    loss = server.train_step(msg)
     counters.step += 1
     counters.samples += len(batch.indices)
     counters.tokens += batch.num_tokens
@@ -103,14 +111,22 @@ def run_training(cfg: Config, out: str | os.PathLike | None = None, resume: bool
                           max_samples=cfg.data.max_eval_samples, seed=cfg.seed)  # fmt: skip
 
     torch.set_num_threads(cfg.train.threads or os.cpu_count() or 1)
-    train_split = tokenize_split(train_raw, tokenizer, cfg.model.max_length)
+    train_split = tokenize_split(train_raw, tokenizer, cfg.model.max_length, attributes=spec.attributes)
     eval_split = tokenize_split(eval_raw, tokenizer, cfg.model.max_length)
     pad_id = tokenizer.pad_token_id
-    mechanism = build_mechanism(cfg.mechanism, split_model, tokenizer, resolve_model(cfg.model.name), seed=cfg.seed)
+    model_id = resolve_model(cfg.model.name)
+    mechanism = build_mechanism(cfg.mechanism, split_model, tokenizer, model_id, seed=cfg.seed)
+    aux = None
+    if cfg.attack.enabled:
+        aux, train_split = attacker_data(cfg, tokenizer, train_split)
 
     run = RunDir.create(cfg, out, resume=resume)
     log(f"privtune-ray: writing run to {run.path}")
     mechanism.fit(train_split)  # per-device state from the device's own data (PrivTune importance)
+    attacks = None
+    if aux is not None:
+        attacks = AttackRounds(AttackSuite.fit_on(cfg, split_model, tokenizer, model_id, aux, cfg.data.dataset,
+                                                  train_split.texts, log=log), cfg.attack, train_split, run)  # fmt: skip
 
     top = split_model.top
     if cfg.train.lora.enabled:
@@ -131,6 +147,7 @@ def run_training(cfg: Config, out: str | os.PathLike | None = None, resume: bool
             counters = _restore(run, top, optimizer, scheduler, mechanism)
         run.truncate("metrics", counters.step)  # rows written after the checkpoint are redone
         run.truncate("eval", counters.step)
+        run.truncate("attacks", counters.step)
         log(f"privtune-ray: resuming at step {counters.step}/{total_steps}")
 
     bar = tqdm(total=total_steps, initial=counters.step, desc="train", disable=not cfg.train.progress)
@@ -141,7 +158,8 @@ def run_training(cfg: Config, out: str | os.PathLike | None = None, resume: bool
         batches = batch_indices(train_split.lengths, cfg.train.batch_size, shuffle=True,
                                 bucketing=cfg.train.length_bucketing, seed=cfg.seed * 1000 + counters.epoch)  # fmt: skip
         for idx in batches[counters.batch_in_epoch :]:
-            loss = split_step(client, server, collate(train_split, idx, pad_id), counters)
+            loss = split_step(client, server, collate(train_split, idx, pad_id), counters,
+                              attacks.observe if attacks else None)  # fmt: skip
             counters.batch_in_epoch += 1
             window_loss.append(loss)
             window_samples += len(idx)
@@ -161,6 +179,8 @@ def run_training(cfg: Config, out: str | os.PathLike | None = None, resume: bool
                 window_loss, window_samples, window_start = [], 0, now
             if cfg.train.eval_every and counters.step % cfg.train.eval_every == 0 and counters.step < total_steps:
                 _evaluate_and_log(run, client, server, eval_split, cfg, pad_id, counters.step)
+            if attacks and cfg.attack.every and counters.step % cfg.attack.every == 0 and counters.step < total_steps:
+                attacks.round(counters.step)
             if counters.step % cfg.train.checkpoint_every == 0 and counters.step < total_steps:
                 _checkpoint(run, top, optimizer, scheduler, mechanism, counters)
             if counters.step >= total_steps:
@@ -171,6 +191,7 @@ def run_training(cfg: Config, out: str | os.PathLike | None = None, resume: bool
     bar.close()
 
     result = _evaluate_and_log(run, client, server, eval_split, cfg, pad_id, counters.step)
+    attack_summary = attacks.round(counters.step, log=log) if attacks else {}
     epochs_done = counters.samples / len(train_split)
     # A sample is released once per epoch in which it is sent (a partial epoch counts as one).
     privacy = mechanism.guarantee(releases=max(1, math.ceil(epochs_done - 1e-9)), max_length=cfg.model.max_length)
@@ -200,6 +221,7 @@ def run_training(cfg: Config, out: str | os.PathLike | None = None, resume: bool
         "top_compute_s": server.compute_s,
         "comm_s": counters.comm_s,
         "trainable_params": sum(p.numel() for p in top.parameters() if p.requires_grad),
+        **attack_summary,
         "run_dir": str(run.path),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -210,6 +232,41 @@ def run_training(cfg: Config, out: str | os.PathLike | None = None, resume: bool
     log(f"privtune-ray: dev accuracy {result['accuracy']:.4f} on {result['samples']} samples after {counters.step} steps")
     log(f"privtune-ray: wrote {run.summary_path}")
     return run.path
+
+
+def attacker_data(cfg: Config, tokenizer, train_split: TokenizedSplit) -> tuple[TokenizedSplit, TokenizedSplit]:
+    """(the attacker's auxiliary sentences, the devices' training data). When the auxiliary data comes from
+    the training split, it is carved out of it, so the devices never send those sentences."""
+    probe_attributes(cfg.attack, cfg.data.dataset)
+    if (cfg.attack.aux_dataset or cfg.data.dataset, cfg.attack.aux_split) == (cfg.data.dataset, cfg.data.train_split):
+        return carve_aux(train_split, cfg.attack.aux_samples, cfg.seed + 17)
+    return load_aux(cfg, tokenizer, cfg.data.dataset, cfg.data.train_split), train_split
+
+
+class AttackRounds:
+    """Attack rounds during training: the latest ``attack.victim_samples`` received sentences, attacked
+    every ``attack.every`` steps and once at the end; rows appended to ``attacks.csv`` as produced."""
+
+    def __init__(self, suite: AttackSuite, cfg, train_split: TokenizedSplit, run: RunDir):
+        self.suite, self.train_split, self.run = suite, train_split, run
+        self.sample = VictimSample(cfg.victim_samples)
+
+    def observe(self, msg: Message, batch) -> None:
+        data = self.train_split
+        self.sample.add(Observations.from_message(msg, batch.input_ids, {k: v[batch.indices] for k, v in data.attributes.items()},
+                                                  [data.texts[i] for i in batch.indices]))  # fmt: skip
+
+    def round(self, step: int, log=None) -> dict:
+        victims = self.sample.take()
+        rows = self.suite.run(victims)
+        for row in long_rows(rows, step=step, victims=len(victims)):
+            self.run.append("attacks", row)
+        if log is not None:
+            for r in rows:
+                score = f"ASR top-1 {r['asr_top1']:.3f}" if r["kind"] == "inversion" else f"advantage {r['advantage']:+.3f}"
+                log(f"privtune-ray: attack {r['attack']:<22} {score} on {len(victims)} victim sentences")
+        return {"attacks": {r["attack"]: {k: v for k, v in r.items() if k != "attack"} for r in rows},
+                **headline(rows), "attack_setup": self.suite.describe()}  # fmt: skip
 
 
 def _evaluate_and_log(run, client, server, split, cfg: Config, pad_id: int, step: int) -> dict:

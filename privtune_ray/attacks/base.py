@@ -1,0 +1,107 @@
+"""The one interface of every attack: fit on the attacker's auxiliary observations, then attack.
+
+    attack.fit(aux)            aux: Observations of public text through the known bottom + known defence
+    scores = attack.run(obs)   obs: the victims' Observations; the attack reads only h̃ and the mask
+                               (``predict``); the ground truth in ``obs`` is used for scoring alone
+
+Two kinds: ``InversionAttack`` (guesses the token at every position; scored by token ASR and ROUGE-L) and
+``AttributeAttack`` (guesses a label per sentence; scored by accuracy against the majority class).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..config import AttackConfig
+from ..models.split import BottomModel
+from .observations import Observations
+from .scoring import score_inversion
+
+
+@dataclass
+class AttackContext:
+    """What the honest-but-curious cloud knows (SPEC §3): the pretrained bottom, the vocabulary, the token
+    anchors a_v (``models/anchors.py``) and the special tokens; plus the attack settings and a seed."""
+
+    bottom: BottomModel
+    tokenizer: Any
+    anchors: torch.Tensor  # [V, d]
+    cfg: AttackConfig
+    seed: int = 0
+
+    @property
+    def special_ids(self) -> list[int]:
+        return list(self.tokenizer.all_special_ids)
+
+
+class Attack:
+    name = "attack"
+    kind = "attack"
+
+    def __init__(self, ctx: AttackContext):
+        self.ctx = ctx
+
+    def fit(self, aux: Observations) -> None:
+        """Learn from the auxiliary observations (no-op for attacks without training)."""
+
+    def run(self, victims: Observations) -> dict[str, float]:
+        """Attack ``victims`` and score the result (metric name -> value)."""
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        """What the attack chose while fitting (e.g. its keywords), for the run summary."""
+        return {}
+
+
+class InversionAttack(Attack):
+    kind = "inversion"
+
+    def predict(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Top-k token guesses [N, L, k], best first, from h̃ [N, L, d] and the mask alone."""
+        raise NotImplementedError
+
+    def run(self, victims: Observations, batch_size: int = 64) -> dict[str, float]:
+        guesses = torch.cat([
+            self.predict(victims.hidden[i : i + batch_size], victims.attention_mask[i : i + batch_size])
+            for i in range(0, len(victims), batch_size)
+        ])  # fmt: skip
+        return score_inversion(guesses, victims.input_ids, victims.attention_mask, self.ctx.special_ids, self.ctx.tokenizer)
+
+
+class AttributeAttack(Attack):
+    kind = "attribute"
+
+
+def timed(fn: Callable, *args) -> tuple[Any, float]:
+    start = time.perf_counter()
+    out = fn(*args)
+    return out, time.perf_counter() - start
+
+
+def fit_minibatch(module: torch.nn.Module, n: int, loss_of: Callable[[np.ndarray], torch.Tensor], epochs: int,
+                  batch_size: int, lr: float, seed: int, weight_decay: float = 0.0) -> list[float]:  # fmt: skip
+    """AdamW on ``loss_of(indices)`` over shuffled minibatches of ``range(n)`` for ``epochs`` epochs.
+
+    The training loop every learned attack shares; returns the mean loss of each epoch.
+    """
+    rng = np.random.default_rng(seed)
+    opt = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=weight_decay)
+    module.train()
+    history = []
+    for _ in range(epochs):
+        losses = []
+        order = rng.permutation(n)
+        for start in range(0, n, batch_size):
+            loss = loss_of(order[start : start + batch_size])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        history.append(float(np.mean(losses)))
+    module.eval()
+    return history

@@ -1,0 +1,147 @@
+"""The attack suite: calibration that must hold (no defence), collapse under strong noise, bad input."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from privtune_ray.attacks import ATTACKS, AttackContext, Observations, observe
+from privtune_ray.attacks.knn_inversion import KNNInversion
+from privtune_ray.attacks.learned_inversion import LearnedInversion
+from privtune_ray.attacks.optimisation_inversion import OptimisationInversion
+from privtune_ray.attacks.attribute_probe import AttributeProbe
+from privtune_ray.attacks.suite import disjoint_aux
+from privtune_ray.cli import main
+from privtune_ray.config import AttackConfig, MechanismConfig, load_config
+from privtune_ray.data import load_split, tokenize_split
+from privtune_ray.errors import ConfigError, DataError
+from privtune_ray.mechanisms import Mechanism, build_mechanism
+from privtune_ray.models import resolve_model, split_model
+from privtune_ray.models.anchors import load_or_build_anchors
+
+
+def _setup(minilm, tokenizer, m, dataset="sst2", aux_n=500, victims_n=None, mechanism=None, attributes=()):
+    split = split_model(minilm, m)
+    mech = mechanism(split) if mechanism else Mechanism()
+    aux = tokenize_split(load_split(dataset, "train", max_samples=aux_n, seed=1), tokenizer, 64, attributes)
+    victims = tokenize_split(load_split(dataset, "dev", max_samples=victims_n, seed=0), tokenizer, 64, attributes)
+    aux, _ = disjoint_aux(aux, victims.texts)
+    anchors = load_or_build_anchors(split.bottom, tokenizer, resolve_model("minilm"))
+    ctx = AttackContext(split.bottom, tokenizer, anchors, AttackConfig(epochs=4), seed=0)
+    pad = tokenizer.pad_token_id
+    return ctx, observe(split.bottom, mech, aux, pad), observe(split.bottom, mech, victims, pad)
+
+
+def test_knn_recovers_95_percent_of_sst2_dev_tokens_at_m0(minilm, tokenizer):
+    ctx, _, victims = _setup(minilm, tokenizer, 0, aux_n=10)
+    assert len(victims) == 872
+    for metric in ("l2", "cosine"):
+        scores = KNNInversion(ctx, metric).run(victims)
+        assert scores["asr_top1"] >= 0.95, (metric, scores)
+        assert scores["asr_top5"] >= scores["asr_top1"] and scores["rouge_l"] >= 0.9
+
+
+def test_learned_inverter_beats_knn_at_m2_without_defence(minilm, tokenizer):
+    ctx, aux, victims = _setup(minilm, tokenizer, 2, aux_n=500, victims_n=200)
+    knn = KNNInversion(ctx, "l2").run(victims)["asr_top1"]
+    mlp = LearnedInversion(ctx, "mlp")
+    mlp.fit(aux)
+    learned = mlp.run(victims)["asr_top1"]
+    assert mlp.history[-1] < mlp.history[0]
+    assert learned > knn, (learned, knn)
+
+
+def test_optimisation_inversion_recovers_tokens_at_m2(minilm, tokenizer):
+    ctx, _, victims = _setup(minilm, tokenizer, 2, aux_n=10, victims_n=32)
+    ctx.cfg.opt_steps = 40
+    scores = OptimisationInversion(ctx).run(victims)
+    assert scores["asr_top1"] >= 0.9, scores
+
+
+def test_blog_gender_probe_beats_the_majority_class_without_defence(minilm, tokenizer):
+    ctx, aux, victims = _setup(minilm, tokenizer, 0, "blog", aux_n=8000, attributes=("gender",))  # all 2,760 dev
+    probe = AttributeProbe(ctx, "gender")
+    probe.fit(aux)
+    scores = probe.run(victims)
+    assert scores["accuracy"] > scores["majority_accuracy"], scores
+
+
+def test_every_attack_falls_towards_chance_under_strong_noise(minilm, tokenizer):
+    strong = MechanismConfig(name="dchi", eta=2.0)  # mean radius d/η = 192, far above ‖h‖
+    make = lambda split: build_mechanism(strong, split, tokenizer, "", seed=0)  # noqa: E731
+    ctx, aux, victims = _setup(minilm, tokenizer, 2, aux_n=400, victims_n=200, mechanism=make)
+    ctx.cfg.epochs, ctx.cfg.probe_epochs, ctx.cfg.opt_steps = 2, 4, 10
+    for name in ("eia_knn_l2", "eia_knn_cosine", "eia_mlp", "eia_opt", "aia_label", "aia_keyword"):
+        (attack,) = ATTACKS[name](ctx, ())
+        attack.fit(aux)
+        scores = attack.run(victims)
+        if attack.kind == "inversion":
+            assert scores["asr_top1"] < 0.10, (name, scores)  # the most frequent token alone scores ~5 %
+        else:
+            assert scores["advantage"] < 0.10, (name, scores)
+
+
+def test_attack_for_a_missing_attribute_is_one_clear_error(tmp_path):
+    cfg = load_config("simulations/sst2_attacks.yaml", ["attack.names=[aia_probe]"])
+    with pytest.raises(DataError, match="aia_probe needs a private attribute.*blog"):
+        from privtune_ray.attacks.evaluation import run_attack_evaluation
+
+        run_attack_evaluation(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_auxiliary_set_overlapping_the_victims_is_an_error(tmp_path):
+    from privtune_ray.attacks.evaluation import run_attack_evaluation
+
+    cfg = load_config("simulations/sst2_attacks.yaml", ["attack.aux_split=dev"])
+    with pytest.raises(ConfigError, match="victims' own data"):
+        run_attack_evaluation(cfg, tmp_path / "run")
+    aux = tokenize_split(load_split("sst2", "dev", max_samples=5), _tok(), 64)
+    with pytest.raises(DataError, match="entirely made of victims"):
+        disjoint_aux(aux, aux.texts)
+
+
+def _tok():
+    from privtune_ray.models import load_tokenizer
+
+    return load_tokenizer("all-MiniLM-L6-v2")
+
+
+def test_empty_victim_sample_and_unknown_attack_are_errors():
+    with pytest.raises(DataError, match="empty"):
+        Observations.concat([])
+    with pytest.raises(ConfigError, match="unknown attack 'eia_magic'"):
+        load_config(None, ["attack.names=[eia_magic]"])
+
+
+def test_attack_cli_runs_the_suite_on_all_of_sst2_dev(tmp_path):
+    """The small configuration of the six-attack evaluation on the 872 SST-2 dev sentences."""
+    out = tmp_path / "attacks"
+    rc = main(["attack", "simulations/sst2_attacks.yaml", "--out", str(out), "--set", "attack.aux_samples=300",
+               "--set", "attack.epochs=1", "--set", "attack.probe_epochs=2", "--set", "attack.opt_steps=5", "--set", "train.progress=false"])  # fmt: skip
+    assert rc == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["victims"] == 872
+    assert set(summary["attacks"]) == {"eia_knn_l2", "eia_knn_cosine", "eia_mlp", "eia_transformer", "eia_opt",
+                                       "aia_keyword", "aia_label"}  # fmt: skip
+    assert summary["max_eia_asr_top1"] >= 0.9
+    rows = pd.read_csv(out / "attacks.csv")
+    assert set(rows["attack"]) == set(summary["attacks"]) and np.isfinite(rows["value"]).all()
+
+
+def test_training_runs_attack_rounds_on_the_uploaded_messages(tmp_path):
+    out = tmp_path / "run"
+    rc = main(["train", "simulations/sst2_baseline.yaml", "--out", str(out), "--set", "train.max_steps=6",
+               "--set", "data.max_train_samples=600", "--set", "data.max_eval_samples=64", "--set", "train.progress=false",
+               "--set", "attack.enabled=true", "--set", "attack.every=3", "--set", "attack.aux_samples=200",
+               "--set", "attack.victim_samples=40", "--set", "attack.names=[eia_knn_l2,aia_label]",
+               "--set", "attack.epochs=1"])  # fmt: skip
+    assert rc == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["train_split_size"] == 400  # the attacker's 200 auxiliary sentences are carved out
+    assert summary["max_eia_asr_top1"] > 0.9
+    rows = pd.read_csv(out / "attacks.csv")
+    assert sorted(set(rows["step"])) == [3, 6]
+    assert (rows["victims"] == 40).all()
