@@ -6,10 +6,7 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import time
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -20,7 +17,7 @@ from privtune_ray.attacks.knn_inversion import nearest_tokens  # noqa: E402
 from privtune_ray.data import collate, load_split, tokenize_split  # noqa: E402
 from privtune_ray.models import load_split_model, load_tokenizer, resolve_model  # noqa: E402
 from privtune_ray.models.anchors import load_or_build_anchors  # noqa: E402
-from privtune_ray.runs import git_revision, package_versions  # noqa: E402
+from privtune_ray.benchmarking import interleaved_timings, ratio_to, write_results  # noqa: E402
 
 
 def main() -> None:
@@ -42,29 +39,18 @@ def main() -> None:
     h = split.bottom(batch.input_ids, batch.attention_mask)
     rows = h.reshape(-1, h.shape[-1])  # all 2,048 positions of the batch
 
-    times = {"bottom": [], "knn_l2": [], "knn_cosine": []}
-    for _ in range(args.repeats + 1):  # interleaved; the first round is a warm-up
-        for name, fn in [("bottom", lambda: split.bottom(batch.input_ids, batch.attention_mask)),
-                         ("knn_l2", lambda: nearest_tokens(rows, anchors, 5, "l2", sq_norms)),
-                         ("knn_cosine", lambda: nearest_tokens(rows, anchors, 5, "cosine"))]:  # fmt: skip
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    bottom = np.array(times["bottom"][1:])
+    times = interleaved_timings({
+        "bottom_forward": lambda: split.bottom(batch.input_ids, batch.attention_mask),
+        "knn_l2": lambda: nearest_tokens(rows, anchors, 5, "l2", sq_norms),
+        "knn_cosine": lambda: nearest_tokens(rows, anchors, 5, "cosine"),
+    }, args.repeats)  # fmt: skip
     results = {
         "benchmark": "attacks", "model": args.model, "split_depth": args.m, "threads": args.threads,
         "batch": list(batch.input_ids.shape), "vocab_size": int(anchors.shape[0]),
-        "bottom_forward_s": float(np.median(bottom)),
-        **{name: {"seconds": float(np.median(times[name][1:])),
-                  "ratio_to_bottom_forward": float(np.median(np.array(times[name][1:]) / bottom))}
-           for name in ("knn_l2", "knn_cosine")},
-        "versions": package_versions(), "git": git_revision(), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "bottom_forward_s": float(np.median(times["bottom_forward"])),
+        **{name: ratio_to(times, name, "bottom_forward") for name in ("knn_l2", "knn_cosine")},
     }  # fmt: skip
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in results.items() if k not in ("versions", "git")}, indent=2))
-    print(f"wrote {out}")
+    write_results(args.out, results)
 
 
 if __name__ == "__main__":

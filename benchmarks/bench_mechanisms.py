@@ -12,11 +12,9 @@ Measured in one process, on the same cores (MiniLM, m=2, defaults of MechanismCo
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from functools import partial
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -30,7 +28,7 @@ from privtune_ray.mechanisms import MECHANISMS, build_mechanism, privtune_params
 from privtune_ray.mechanisms.privtune import PrivTune  # noqa: E402
 from privtune_ray.mechanisms.privtune_graph import build_token_graph  # noqa: E402
 from privtune_ray.models import load_split_model, load_tokenizer, resolve_model  # noqa: E402
-from privtune_ray.runs import git_revision, package_versions  # noqa: E402
+from privtune_ray.benchmarking import interleaved_timings, ratio_to, write_results  # noqa: E402
 
 
 def main() -> None:
@@ -64,26 +62,13 @@ def main() -> None:
         mech.fit(data)
         mechanisms[name] = mech
 
-    # Interleaved: each repeat times the bottom forward and then every mechanism on the same batch, so a
-    # slow spell of the machine hits both sides of a ratio; the ratio reported is the median of the pairs.
-    def bottom():
-        return split.bottom(batch.input_ids, batch.attention_mask)
-
-    h = bottom()
-    timings = {name: [] for name in ["bottom", *mechanisms]}
-    for _ in range(args.repeats + 1):  # the first round is a warm-up
-        for name, fn in [("bottom", bottom), *((n, partial(m.perturb, h, batch.attention_mask, batch.input_ids))
-                                              for n, m in mechanisms.items())]:  # fmt: skip
-            start = time.perf_counter()
-            fn()
-            timings[name].append(time.perf_counter() - start)
-    bottom_times = np.array(timings["bottom"][1:])
-    bottom_s = float(np.median(bottom_times))
-    per_mechanism = {
-        name: {"perturb_s": float(np.median(timings[name][1:])),
-               "ratio_to_bottom_forward": float(np.median(np.array(timings[name][1:]) / bottom_times))}
-        for name in mechanisms
-    }  # fmt: skip
+    h = split.bottom(batch.input_ids, batch.attention_mask)
+    times = interleaved_timings({
+        "bottom_forward": lambda: split.bottom(batch.input_ids, batch.attention_mask),
+        **{name: partial(mech.perturb, h, batch.attention_mask, batch.input_ids) for name, mech in mechanisms.items()},
+    }, args.repeats)  # fmt: skip
+    bottom_s = float(np.median(times["bottom_forward"]))
+    per_mechanism = {name: ratio_to(times, name, "bottom_forward") for name in mechanisms}
 
     start = time.perf_counter()
     q, steps, delta, target = 2000 / 60000, 600, 1e-5, 3.0
@@ -108,15 +93,8 @@ def main() -> None:
             "pld_epsilon_at_sigma": pld_epsilon(delta, q, sigma, steps),
             "seconds": calibration_s, "target_s": 1.0,
         },  # fmt: skip
-        "versions": package_versions(),
-        "git": git_revision(),
-        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in results.items() if k not in ("versions", "git")}, indent=2))
-    print(f"wrote {out}")
+    write_results(args.out, results)
 
 
 if __name__ == "__main__":

@@ -12,10 +12,8 @@ Measured side by side in one process, on the same cores:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -25,7 +23,7 @@ import torch  # noqa: E402
 from privtune_ray.config import TrainConfig  # noqa: E402
 from privtune_ray.data import batch_indices, collate, load_split, tokenize_split  # noqa: E402
 from privtune_ray.models import load_split_model, load_tokenizer  # noqa: E402
-from privtune_ray.runs import git_revision, package_versions  # noqa: E402
+from privtune_ray.benchmarking import interleaved_timings, ratio_to, write_results  # noqa: E402
 from privtune_ray.training.client import SplitClient  # noqa: E402
 from privtune_ray.training.loop import Counters, split_step, upload  # noqa: E402
 from privtune_ray.training.server import TopServer, build_optimizer  # noqa: E402
@@ -109,15 +107,8 @@ def main() -> None:
         "loop": loops,
         "bucketing_speedup": loops["length_bucketing"]["samples_per_s"] / loops["dynamic_padding"]["samples_per_s"],
         "sst2_epoch_minutes_estimate": 67349 / loops["length_bucketing"]["samples_per_s"] / 60,
-        "versions": package_versions(),
-        "git": git_revision(),
-        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in results.items() if k not in ("versions", "git")}, indent=2))
-    print(f"wrote {out}")
+    write_results(args.out, results)
 
 
 if __name__ == "__main__":

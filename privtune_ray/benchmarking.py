@@ -1,0 +1,40 @@
+"""Helpers shared by ``benchmarks/``: interleaved timing (ratios measured side by side) and result files."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .runs import git_revision, package_versions
+
+
+def interleaved_timings(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, np.ndarray]:
+    """Seconds of each function per round; every round runs all of them in turn, so a slow spell of the
+    machine hits both sides of a ratio. The first round is a warm-up and is dropped."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats + 1):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: np.array(t[1:]) for name, t in times.items()}
+
+
+def ratio_to(times: dict[str, np.ndarray], name: str, reference: str) -> dict[str, float]:
+    """Median seconds of ``name`` and the median of its per-round ratio to ``reference``."""
+    return {"seconds": float(np.median(times[name])), "ratio_to_" + reference: float(np.median(times[name] / times[reference]))}
+
+
+def write_results(path: str | Path, results: dict[str, Any]) -> None:
+    """Write ``results`` with package versions, git revision and time; print them (without the provenance)."""
+    results = {**results, "versions": package_versions(), "git": git_revision(),
+               "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}  # fmt: skip
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in results.items() if k not in ("versions", "git")}, indent=2))
+    print(f"wrote {out}")
