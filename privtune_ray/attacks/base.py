@@ -11,6 +11,7 @@ Two kinds: ``InversionAttack`` (guesses the token at every position; scored by t
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -39,7 +40,7 @@ class AttackContext:
         return list(self.tokenizer.all_special_ids)
 
 
-class Attack:
+class Attack(ABC):
     name = "attack"
     kind = "attack"
 
@@ -49,9 +50,9 @@ class Attack:
     def fit(self, aux: Observations) -> None:
         """Learn from the auxiliary observations (no-op for attacks without training)."""
 
+    @abstractmethod
     def run(self, victims: Observations) -> dict[str, float]:
         """Attack ``victims`` and score the result (metric name -> value)."""
-        raise NotImplementedError
 
     def describe(self) -> dict[str, Any]:
         """What the attack chose while fitting (e.g. its keywords), for the run summary."""
@@ -61,9 +62,9 @@ class Attack:
 class InversionAttack(Attack):
     kind = "inversion"
 
+    @abstractmethod
     def predict(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Top-k token guesses [N, L, k], best first, from h̃ [N, L, d] and the mask alone."""
-        raise NotImplementedError
 
     def run(self, victims: Observations, batch_size: int = 64) -> dict[str, float]:
         guesses = torch.cat([
