@@ -2,6 +2,8 @@
 
     privtune-ray train simulations/sst2_baseline.yaml --set train.max_steps=30 --out runs/x
     privtune-ray train simulations/sst2_baseline.yaml --out runs/x --resume
+    privtune-ray simulate simulations/sst2_devices.yaml --set simulation.backend=ray --out runs/sim
+    privtune-ray simulate simulations/sst2_devices.yaml --address auto      # on a running Ray cluster
     privtune-ray attack simulations/sst2_attacks.yaml --set mechanism.name=privtune --out runs/a
     privtune-ray account simulations/sst2_privtune.yaml
     privtune-ray account --sample-rate 0.01 --noise-multiplier 1.0 --steps 1000
@@ -21,14 +23,17 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="split fine-tuning, single process (the reference run)")
+    simulate = sub.add_parser("simulate", help="split fine-tuning across many simulated devices (in-process or on Ray)")
     attack = sub.add_parser("attack", help="the attack suite against the eval split's messages (no training)")
-    for command in (train, attack):
+    for command in (train, simulate, attack):
         command.add_argument("config", help="YAML config, e.g. simulations/sst2_baseline.yaml")
         command.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                              help="override a config key, e.g. --set train.max_steps=30 (repeatable)")  # fmt: skip
         command.add_argument("--out", help="run directory (default: runs/<name>-<timestamp>)")
         command.add_argument("--data-dir", help="data directory (overrides data.data_dir and $PRIVTUNE_DATA_DIR)")
-    train.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    for command in (train, simulate):
+        command.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    simulate.add_argument("--address", help="Ray cluster address ('auto' or host:port); implies simulation.backend=ray")
 
     account = sub.add_parser("account", help="privacy guarantees of a config; Edgeworth vs PLD/RDP/PRV for DP-SGD")
     account.add_argument("config", nargs="?", help="YAML config whose mechanism to account for")
@@ -59,6 +64,17 @@ def _train(args) -> None:
     if args.resume and not args.out:
         raise PrivtuneError("--resume needs --out DIR, the run directory to continue")
     run_training(cfg, out=args.out, resume=args.resume)
+
+
+def _simulate(args) -> None:
+    from .simulation import run_simulation
+
+    if args.address:
+        args.overrides += ["simulation.backend=ray", f"simulation.address={args.address}"]
+    cfg = _config(args)
+    if args.resume and not args.out:
+        raise PrivtuneError("--resume needs --out DIR, the run directory to continue")
+    run_simulation(cfg, out=args.out, resume=args.resume)
 
 
 def _attack(args) -> None:
@@ -117,7 +133,7 @@ def _datasets(args) -> None:
         print(f"  {name:22s} {spec.task:14s} splits: {', '.join(spec.splits)}{attrs}\n  {'':22s} {spec.description}")
 
 
-COMMANDS = {"train": _train, "attack": _attack, "account": _account, "datasets": _datasets}
+COMMANDS = {"train": _train, "simulate": _simulate, "attack": _attack, "account": _account, "datasets": _datasets}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -202,6 +202,95 @@ class AttackConfig:
 
 
 @dataclass
+class TierConfig:
+    """One device profile of the simulated population (``simulation.tiers``).
+
+    Simulated seconds of a device in a round: measured compute × ``compute_factor`` + bytes/bandwidth
+    + latency per transfer; bandwidth is multiplied by exp(N(0, ``jitter``²)) per transfer.
+    """
+
+    name: str = "default"
+    share: float = 1.0  # relative share of the population drawn from this tier
+    compute_factor: float = 1.0  # simulated compute s = measured s × factor (>1: slower than this machine)
+    uplink_mbps: float = 20.0  # megabits per second, device → cloud
+    downlink_mbps: float = 50.0  # megabits per second, cloud → device
+    jitter: float = 0.0  # σ of the log-normal bandwidth multiplier per transfer
+    latency_ms: float = 50.0  # one-way latency per transfer (milliseconds)
+    memory_mb: float = 4096.0  # device memory for the bottom model: caps the split depth m
+    data_weight: float = 1.0  # relative amount of data a device of this tier holds
+    availability: float = 1.0  # P(online when a round starts); offline devices are not selected
+    dropout: float = 0.0  # P(a selected device quits mid-round, before its upload arrives)
+
+    def validate(self, key: str) -> None:
+        _require(bool(self.name), f"{key}.name", "must be a non-empty tier name")
+        for name in ("share", "compute_factor", "uplink_mbps", "downlink_mbps", "memory_mb", "data_weight"):
+            _require(getattr(self, name) > 0, f"{key}.{name}", "must be > 0")
+        _require(self.jitter >= 0, f"{key}.jitter", "must be >= 0")
+        _require(self.latency_ms >= 0, f"{key}.latency_ms", "must be >= 0")
+        _require(0 < self.availability <= 1, f"{key}.availability", "must be in (0, 1]")
+        _require(0 <= self.dropout < 1, f"{key}.dropout", "must be in [0, 1)")
+
+
+@dataclass
+class SimulationConfig:
+    """Many virtual devices, a top-model pool and a coordinator (``privtune-ray simulate``).
+
+    Each round the coordinator selects ``devices_per_round`` online devices; each sends its next
+    ``local_batch_size`` samples through bottom → mechanism → message; the top model takes one AdamW step on
+    the mean loss of every message of the round that arrived (``train.lr``, ``train.lora``, ... apply).
+    """
+
+    backend: str = "inprocess"  # inprocess (one process, deterministic) | ray
+    address: str | None = None  # ray: null = start a local Ray; "auto" or "host:port" = join a running cluster
+    devices: int = 100  # N virtual devices
+    tiers: list[TierConfig] = field(default_factory=lambda: [TierConfig()])
+    partition: str = "iid"  # iid | dirichlet (label skew) | lognormal (quantity skew)
+    partition_alpha: float = 0.5  # dirichlet α
+    partition_sigma: float = 1.0  # lognormal σ
+    rounds: int = 20
+    devices_per_round: int = 8
+    local_batch_size: int = 8  # samples a selected device sends per round
+    deadline_s: float | None = None  # simulated seconds after round start; later messages are dropped (null: wait)
+    device_workers: int = 1  # actors hosting the virtual devices (ray backend)
+    worker_cpus: float = 1.0  # Ray CPUs reserved per device worker
+    worker_threads: int = 1  # torch threads per device worker
+    top_replicas: int = 1  # top-model replicas, kept in sync by a gradient all-reduce
+    replica_cpus: float = 1.0  # Ray CPUs reserved per replica
+    replica_threads: int | None = None  # torch threads per replica (null: the machine's cores / replicas)
+    replica_gpus: float | None = None  # Ray GPUs per replica (null: 1/replicas where the cluster has GPUs, else 0)
+    prefetch: bool = True  # ray: devices compute round r+1 while the top model trains on round r
+    eval_every: int | None = None  # rounds between dev evaluations (null: only at the end)
+    checkpoint_every: int = 5  # rounds between checkpoints (resume, and roll-back when a replica dies)
+    max_retries: int = 3  # re-runs of a device task or a round after an actor dies
+
+    def validate(self, key: str) -> None:
+        from .data.partition import PARTITIONERS
+
+        _require(self.backend in ("inprocess", "ray"), f"{key}.backend", "must be 'inprocess' or 'ray'")
+        _require(self.devices >= 1, f"{key}.devices", "must be >= 1 (the number of virtual devices)")
+        _require(len(self.tiers) >= 1, f"{key}.tiers", "must list at least one device tier")
+        names = [t.name for t in self.tiers]
+        _require(len(set(names)) == len(names), f"{key}.tiers", f"tier names must be unique, got {names}")
+        for i, tier in enumerate(self.tiers):
+            tier.validate(f"{key}.tiers[{i}]")
+        _require(self.partition in PARTITIONERS, f"{key}.partition", f"choose one of {sorted(PARTITIONERS)}")
+        _require(self.partition_alpha > 0, f"{key}.partition_alpha", "must be > 0")
+        _require(self.partition_sigma >= 0, f"{key}.partition_sigma", "must be >= 0")
+        _require(self.rounds >= 1, f"{key}.rounds", "must be >= 1")
+        _require(self.devices_per_round >= 1, f"{key}.devices_per_round", "must be >= 1")
+        _require(self.local_batch_size >= 1, f"{key}.local_batch_size", "must be >= 1")
+        _require(self.deadline_s is None or self.deadline_s > 0, f"{key}.deadline_s", "must be > 0 seconds or null")
+        for name in ("device_workers", "top_replicas", "worker_threads", "checkpoint_every"):
+            _require(getattr(self, name) >= 1, f"{key}.{name}", "must be >= 1")
+        _require(self.max_retries >= 0, f"{key}.max_retries", "must be >= 0")
+        for name in ("worker_cpus", "replica_cpus"):
+            _require(getattr(self, name) >= 0, f"{key}.{name}", "must be >= 0")
+        _require(self.replica_threads is None or self.replica_threads >= 1, f"{key}.replica_threads", "must be >= 1 or null")
+        _require(self.replica_gpus is None or self.replica_gpus >= 0, f"{key}.replica_gpus", "must be >= 0 or null")
+        _require(self.eval_every is None or self.eval_every >= 1, f"{key}.eval_every", "must be >= 1 or null")
+
+
+@dataclass
 class Config:
     """A whole run. ``name`` labels the run directory; ``seed`` fixes data order, init and noise."""
 
@@ -212,6 +301,7 @@ class Config:
     mechanism: MechanismConfig = field(default_factory=MechanismConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
+    simulation: SimulationConfig = field(default_factory=SimulationConfig)
 
     def validate(self, key: str = "") -> None:
         _require(self.seed >= 0, "seed", "must be >= 0")
@@ -220,6 +310,7 @@ class Config:
         self.mechanism.validate("mechanism")
         self.train.validate("train")
         self.attack.validate("attack")
+        self.simulation.validate("simulation")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -21,6 +21,7 @@ class Message:
     attention_mask: torch.Tensor  # [B, L], 1 = real token
     labels: torch.Tensor  # int64 [B]
     device_id: int = 0
+    split_depth: int | None = None  # m of the device that sent it (where h enters the top model)
     meta: dict[str, str] = field(default_factory=dict)  # e.g. mechanism name and parameters
 
     @property
@@ -34,18 +35,23 @@ class Message:
             "attention_mask": self.attention_mask.to(torch.uint8).contiguous().cpu(),
             "labels": self.labels.to(torch.long).contiguous().cpu(),
         }
-        return st_save(tensors, metadata={"device_id": str(self.device_id), **self.meta})
+        header = {"device_id": str(self.device_id), **self.meta}
+        if self.split_depth is not None:
+            header["split_depth"] = str(self.split_depth)
+        return st_save(tensors, metadata=header)
 
     @classmethod
     def from_bytes(cls, payload: bytes) -> "Message":
         tensors = st_load(payload)
         meta = _metadata(payload)
         device_id = int(meta.pop("device_id", 0))
+        depth = meta.pop("split_depth", None)
         return cls(
             hidden=tensors["hidden"],
             attention_mask=tensors["attention_mask"].to(torch.long),
             labels=tensors["labels"],
             device_id=device_id,
+            split_depth=None if depth is None else int(depth),
             meta=meta,
         )
 

@@ -27,7 +27,11 @@ import yaml
 from .config import Config, config_from_dict, dump_config
 from .errors import ConfigError
 
-RESUMABLE_CHANGES = {"train.progress", "train.threads"}  # keys that may differ when a run is resumed
+# Keys that may differ when a run is resumed: where and how fast it runs, not what it computes.
+RESUMABLE_CHANGES = {"train.progress", "train.threads"} | {
+    f"simulation.{key}" for key in ("backend", "address", "device_workers", "worker_cpus", "worker_threads", "top_replicas",
+                                    "replica_cpus", "replica_threads", "replica_gpus", "prefetch", "max_retries")
+}
 PACKAGES = ("privtune-ray", "torch", "transformers", "datasets", "peft", "ray", "numpy", "pandas", "safetensors")
 
 
@@ -116,15 +120,20 @@ class RunDir:
 
     def append(self, table: str, row: dict[str, Any]) -> None:
         """Append one row to ``<table>.csv`` (header written with the first row)."""
-        path = self.path / f"{table}.csv"
-        pd.DataFrame([row]).to_csv(path, mode="a", header=not path.exists(), index=False)
+        self.append_rows(table, [row])
 
-    def truncate(self, table: str, after_step: int) -> None:
-        """Drop rows with ``step > after_step`` (written after the checkpoint a resumed run restarts from)."""
+    def append_rows(self, table: str, rows: list[dict[str, Any]]) -> None:
+        """Append rows to ``<table>.csv`` (header written with the first rows)."""
+        if rows:
+            path = self.path / f"{table}.csv"
+            pd.DataFrame(rows).to_csv(path, mode="a", header=not path.exists(), index=False)
+
+    def truncate(self, table: str, after_step: int, key: str = "step") -> None:
+        """Drop rows with ``key > after_step`` (written after the checkpoint a resumed run restarts from)."""
         path = self.path / f"{table}.csv"
         if path.exists():
             df = pd.read_csv(path)
-            df[df["step"] <= after_step].to_csv(path, index=False)
+            df[df[key] <= after_step].to_csv(path, index=False)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         self._write_json("summary.json", summary)

@@ -10,6 +10,7 @@ importance weights), they never leave the device.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -47,9 +48,20 @@ class Mechanism:
     name = "none"
 
     def __init__(self, seed: int = 0):
+        self.reseed(seed)
+
+    def reseed(self, seed: int) -> None:
+        """Fresh noise generators from ``seed`` (a simulated device's noise depends on (seed, device, round) only)."""
         self.seed = seed
         self.torch_rng = torch.Generator().manual_seed(seed)
         self.np_rng = np.random.default_rng(seed)
+
+    def for_device(self, data: TokenizedSplit, seed: int) -> "Mechanism":
+        """A copy fitted to one device's data, sharing this one's read-only parts (PrivTune's graph, the bottom)."""
+        mech = copy.copy(self)
+        mech.reseed(seed)
+        mech.fit(data)
+        return mech
 
     def fit(self, data: TokenizedSplit) -> None:
         """Learn per-device state from the device's own data (no-op by default)."""

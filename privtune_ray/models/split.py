@@ -100,8 +100,15 @@ class TopModel(nn.Module):
         else:
             self.head = family.classifier(task_model)
 
-    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = _run_blocks(self.blocks, hidden, self.context(hidden, attention_mask))
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor, depth: int | None = None) -> torch.Tensor:
+        """Logits for h from a device split at ``depth`` m_i ≥ m (None: m): blocks m_i+1..L, one set of weights.
+
+        SPEC §1 [ours]: devices of different depths share the top; a shallow device's h enters earlier.
+        """
+        start = 0 if depth is None else depth - self.m
+        if not 0 <= start <= len(self.blocks):
+            raise ModelError(f"h from depth {depth} cannot enter a top model that holds blocks {self.m + 1}..{self.m + len(self.blocks)}")
+        hidden = _run_blocks(self.blocks[start:], hidden, self.context(hidden, attention_mask))
         return self.head(self.final(hidden), attention_mask)
 
 

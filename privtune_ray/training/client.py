@@ -32,4 +32,4 @@ class SplitClient:
         self.compute_s += mid - start
         self.mechanism_s += end - mid
         return Message(hidden=released.contiguous(), attention_mask=batch.attention_mask, labels=batch.labels,
-                       device_id=self.device_id, meta={"mechanism": self.mechanism.name})  # fmt: skip
+                       device_id=self.device_id, split_depth=self.bottom.m, meta={"mechanism": self.mechanism.name})  # fmt: skip

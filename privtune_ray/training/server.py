@@ -46,37 +46,70 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, total_steps: int):
 
 
 class TopServer:
-    """Trains ``top`` with cross-entropy on the uploaded labels. ``compute_s`` accumulates measured seconds."""
+    """Trains ``top`` with cross-entropy on the uploaded labels. ``compute_s`` accumulates measured seconds.
 
-    def __init__(self, top: nn.Module, optimizer: torch.optim.Optimizer, scheduler):
-        self.top = top
+    One optimiser step may span several messages (the simulation's round): ``accumulate`` adds
+    ∇ Σ_j CE_j of each message to the gradients, ``step(n)`` divides them by the n samples (the mean loss)
+    and applies AdamW. ``train_step`` is both for one message. ``device``: where the top runs (cpu, cuda).
+    """
+
+    def __init__(self, top: nn.Module, optimizer: torch.optim.Optimizer, scheduler, device: str | torch.device = "cpu"):
+        self.device = torch.device(device)
+        self.top = top.to(self.device)
         self.optimizer = optimizer
         self.scheduler = scheduler
-        self.loss_fn = nn.CrossEntropyLoss()
         self.compute_s = 0.0
 
     @property
     def lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
 
+    def _logits(self, msg: Message) -> torch.Tensor:
+        return self.top(msg.hidden.to(self.device), msg.attention_mask.to(self.device), msg.split_depth)
+
     def train_step(self, msg: Message) -> float:
         """One optimiser step on one message; returns the batch's mean loss (nats)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_sum = self.accumulate(msg)
+        self.step(msg.batch_size)
+        return loss_sum / msg.batch_size
+
+    def accumulate(self, msg: Message) -> float:
+        """Add ∇ of the message's summed cross-entropy to the gradients; returns that sum (nats)."""
         start = time.perf_counter()
         self.top.train()
-        logits = self.top(msg.hidden, msg.attention_mask)
-        loss = self.loss_fn(logits, msg.labels)
-        self.optimizer.zero_grad(set_to_none=True)
+        loss = nn.functional.cross_entropy(self._logits(msg), msg.labels.to(self.device), reduction="sum")
         loss.backward()
-        self.optimizer.step()
-        self.scheduler.step()
         self.compute_s += time.perf_counter() - start
         return float(loss.detach())
 
+    def trainable(self) -> list[nn.Parameter]:
+        return [p for p in self.top.parameters() if p.requires_grad]
+
+    def gradients(self) -> list[torch.Tensor]:
+        """The accumulated gradients on the CPU (zeros where a parameter got none), in parameter order."""
+        return [torch.zeros(p.shape) if p.grad is None else p.grad.detach().cpu() for p in self.trainable()]
+
+    def set_gradients(self, grads: list[torch.Tensor]) -> None:
+        for p, g in zip(self.trainable(), grads, strict=True):
+            p.grad = g.to(device=p.device, dtype=p.dtype).clone()
+
+    def step(self, n_samples: int) -> None:
+        """Divide the accumulated gradients by ``n_samples`` (mean loss), take the AdamW step, zero them."""
+        start = time.perf_counter()
+        for p in self.trainable():
+            if p.grad is not None:
+                p.grad.div_(max(n_samples, 1))
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.compute_s += time.perf_counter() - start
+
     @torch.no_grad()
     def predict(self, msg: Message) -> torch.Tensor:
-        """Logits for a message, in eval mode (no dropout)."""
+        """Logits for a message, in eval mode (no dropout), on the CPU."""
         start = time.perf_counter()
         self.top.eval()
-        logits = self.top(msg.hidden, msg.attention_mask)
+        logits = self._logits(msg).cpu()
         self.compute_s += time.perf_counter() - start
         return logits

@@ -1,0 +1,400 @@
+"""The coordinator: rounds of split fine-tuning over a population of virtual devices.
+
+Per round r (the data path, top to bottom):
+
+1. plan: which online devices take part, who drops out, what each sends (``Population.plan``);
+2. devices: each task runs bottom_{m_i} → mechanism → serialised message on a device worker;
+3. clock: download, compute × factor, upload, arrival, FCFS queue at the replicas (``clock.simulate_round``);
+   messages after the deadline are late and discarded;
+4. top: one synchronous AdamW step on the mean loss of the round's on-time messages (all replicas);
+5. record: ``devices.csv`` (one row per selected device), ``rounds.csv``, ``eval.csv``, ``faults.csv``,
+   ``attacks.csv``, appended as produced; a checkpoint every ``checkpoint_every`` rounds.
+
+With ``prefetch`` the devices of round r+1 run while the top trains on round r (the bottom is frozen and
+no gradient returns to the devices, so their messages do not depend on the top). A replica that dies
+rolls the run back to its last checkpoint; the rounds since are redone identically (every random draw is
+seeded by (seed, device, round)), so no sample is lost or counted twice; ``faults.csv`` says what happened.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..config import Config
+from ..data.batching import TokenizedSplit, batch_indices, collate, tokenize_split
+from ..data.partition import partition
+from ..data.registry import get_spec, load_split
+from ..errors import ConfigError
+from ..mechanisms import config_guarantee
+from ..message import Message
+from ..models.loading import load_task_model, load_tokenizer, resolve_model
+from ..models.split import BottomModel, split_model
+from ..runs import RunDir
+from ..training.loop import AttackRounds, attacker_data, seed_everything
+from .backends import Backend, InProcessBackend, RayBackend, ReplicaLost, connect_ray
+from .clock import DeviceTiming, simulate_round, transfer_s
+from .population import Population, RoundPlan
+from .protocol import derive_seed
+from .replica import ReplicaSetup
+from .tiers import BottomFootprint, assign_tiers
+from .worker import WorkerSetup
+
+EVAL_SEED = 0xE7A1
+
+
+@dataclass
+class Totals:
+    """Cumulative totals of a run (checkpointed)."""
+
+    round: int = 0  # rounds completed
+    sim_time_s: float = 0.0  # the simulated clock
+    train_wall_s: float = 0.0  # real seconds in the round loop (all sessions of a resumed run)
+    samples: int = 0  # samples the top model trained on
+    sent: int = 0  # samples uploaded (late ones included)
+    tokens: int = 0
+    bytes_up: int = 0
+    bytes_down: int = 0
+    device_compute_s: float = 0.0  # measured bottom + mechanism seconds
+    top_s: float = 0.0  # measured top seconds (accumulate + step)
+    dropped: int = 0
+    late: int = 0
+    rollbacks: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class Setup:
+    """Everything loaded and checked before the run directory is written."""
+
+    cfg: Config
+    population: Population
+    train: TokenizedSplit
+    eval: TokenizedSplit
+    pad_id: int
+    download_bytes: dict[int, int]  # depth -> bytes of the bottom's weights
+    num_labels: int
+    attack_split: object = None  # the split model the attack suite fits on (attack.enabled)
+    tokenizer: object = None
+    aux: TokenizedSplit | None = None
+
+
+def prepare(cfg: Config) -> Setup:
+    """Load the model and data, size the tiers, draw the population; every bad input fails here."""
+    spec = get_spec(cfg.data.dataset)
+    if spec.task != "classification" or cfg.model.task != "classification":
+        raise ConfigError(
+            f"`privtune-ray simulate` fine-tunes classification tasks; data.dataset={cfg.data.dataset!r} is a "
+            f"{spec.task} task: pick sst2, financial_phrasebank, blog, ag_news or trustpilot"
+        )
+    sim = cfg.simulation
+    seed_everything(cfg.seed)
+    task_model = load_task_model(cfg.model.name, cfg.model.task, spec.num_labels)
+    requested = split_model(task_model, cfg.model.split_depth, task=cfg.model.task, name=cfg.model.name)  # checks m ≤ L
+    full = split_model(task_model, 0, task=cfg.model.task, name=cfg.model.name)
+    footprint = BottomFootprint.measure(full, task_model.config, sim.local_batch_size, cfg.model.max_length)
+    tier_depth = np.array([footprint.max_depth(t, cfg.model.split_depth) for t in sim.tiers], dtype=np.int16)
+
+    tokenizer = load_tokenizer(cfg.model.name)
+    load = dict(data_dir=cfg.data.data_dir, hub_fallback=cfg.data.hub_fallback, seed=cfg.seed)
+    train_raw = load_split(cfg.data.dataset, cfg.data.train_split, max_samples=cfg.data.max_train_samples, **load)
+    eval_raw = load_split(cfg.data.dataset, cfg.data.eval_split, max_samples=cfg.data.max_eval_samples, **load)
+    train = tokenize_split(train_raw, tokenizer, cfg.model.max_length, attributes=spec.attributes)
+    evals = tokenize_split(eval_raw, tokenizer, cfg.model.max_length)
+    aux = None
+    if cfg.attack.enabled:
+        aux, train = attacker_data(cfg, tokenizer, train)
+
+    tiers = assign_tiers(sim, cfg.seed)
+    weights = np.array([t.data_weight for t in sim.tiers])[tiers]
+    skew = {"dirichlet": {"alpha": sim.partition_alpha}, "lognormal": {"sigma": sim.partition_sigma}}.get(sim.partition, {})
+    parts = partition(train.labels, sim.devices, sim.partition, seed=cfg.seed, weights=weights, **skew)
+    population = Population(sim, cfg.seed, tiers, tier_depth[tiers], parts)
+    downloads = {int(m): footprint.download_bytes(BottomModel(full.family, task_model, int(m))) for m in np.unique(population.depth)}
+    attack_split = requested if cfg.attack.enabled else None
+    return Setup(cfg, population, train, evals, tokenizer.pad_token_id, downloads, spec.num_labels, attack_split, tokenizer, aux)
+
+
+def start_backend(setup: Setup) -> Backend:
+    """In-process: everything in this process on ``train.threads`` (all cores). Ray: actors with their own threads."""
+    cfg, sim = setup.cfg, setup.cfg.simulation
+    cores = os.cpu_count() or 1
+    entry = int(setup.population.depth.min())  # the shallowest device's h enters the top first
+    if sim.backend == "inprocess":
+        threads = cfg.train.threads or cores
+        torch.set_num_threads(threads)
+        worker_setup = WorkerSetup(cfg, setup.num_labels, setup.train, setup.eval, threads=threads)
+        return InProcessBackend(worker_setup, ReplicaSetup(cfg, setup.num_labels, entry, threads), sim.device_workers, sim.top_replicas)
+    connect_ray(sim.address)
+    worker_setup = WorkerSetup(cfg, setup.num_labels, setup.train, setup.eval, threads=sim.worker_threads)
+    replica_threads = sim.replica_threads or max(1, cores // sim.top_replicas)
+    return RayBackend(worker_setup, ReplicaSetup(cfg, setup.num_labels, entry, replica_threads), sim)
+
+
+class Coordinator:
+    """Runs the rounds of one simulation and writes its run directory."""
+
+    def __init__(self, setup: Setup, backend: Backend, run: RunDir, log=print, hooks: dict[str, Callable] | None = None):
+        self.setup, self.cfg, self.sim = setup, setup.cfg, setup.cfg.simulation
+        self.population, self.backend, self.run, self.log = setup.population, backend, run, log
+        self.hooks = hooks or {}
+        self.totals = Totals()
+        self.attacks = None
+        self._privacy: dict[int, tuple[float, float]] = {}
+
+    # ------------------------------------------------------------------ checkpoints
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run.checkpoint_path
+
+    def checkpoint(self) -> None:
+        state = {"totals": asdict(self.totals), "population": self.population.state_dict(), "top": self.backend.top_state()}
+        tmp = self.checkpoint_path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.checkpoint_path)
+
+    def restore(self) -> None:
+        """Back to the last checkpoint: top weights and optimiser, device cursors, totals; rows after it dropped."""
+        state = torch.load(self.checkpoint_path, weights_only=False)
+        self.totals = Totals(**state["totals"])  # (the wall clock of the rounds row keeps counting real time)
+        self.population.load_state_dict(state["population"])
+        self.backend.restore_replicas(state["top"], self.totals.round)
+        for table in ("rounds", "devices", "eval"):
+            self.run.truncate(table, self.totals.round, key="round")
+        self.run.truncate("attacks", self.totals.round)
+
+    # ------------------------------------------------------------------ rounds
+
+    def train(self, resume: bool = False) -> None:
+        if resume and self.checkpoint_path.exists():
+            rollbacks = self.totals.rollbacks
+            self.restore()
+            self.totals.rollbacks = rollbacks
+            self.log(f"privtune-ray: resuming at round {self.totals.round}/{self.sim.rounds}")
+        else:
+            self.checkpoint()  # round 0: the state a replica failure in the first rounds rolls back to
+        prefetched = None
+        failures: dict[int, int] = {}
+        self._wall = (time.perf_counter(), self.totals.train_wall_s)  # (session start, wall before it)
+        while self.totals.round < self.sim.rounds:
+            r = self.totals.round
+            plan = self.population.plan(r)
+            pending = prefetched[1] if prefetched and prefetched[0] == r else self.backend.run_devices(plan.tasks)
+            prefetched = None
+            self._hook("devices_started", r)
+            try:
+                results = self.backend.gather(pending)
+                self.population.commit(plan)
+                if self.sim.prefetch and r + 1 < self.sim.rounds:
+                    prefetched = (r + 1, self.backend.run_devices(self.population.plan(r + 1).tasks))
+                self._hook("training", r)
+                self._round(plan, results)
+            except ReplicaLost as exc:
+                failures[r] = failures.get(r, 0) + 1
+                if failures[r] > self.sim.max_retries:
+                    raise
+                prefetched = None
+                self.restore()
+                self.totals.rollbacks += 1
+                self._fault(r, "top_replica", -1, str(exc), f"rolled back to the checkpoint of round {self.totals.round}")
+                continue
+            finally:
+                self._drain_faults()
+            done = self.totals.round
+            if self.sim.eval_every and done % self.sim.eval_every == 0 and done < self.sim.rounds:
+                self.evaluate()
+            if self.attacks and self.cfg.attack.every and done % self.cfg.attack.every == 0 and done < self.sim.rounds:
+                self.attacks.round(done)
+            if done % self.sim.checkpoint_every == 0 and done < self.sim.rounds:
+                self.checkpoint()
+
+    def _round(self, plan: RoundPlan, results: list) -> None:
+        """Clock, top step and records of one round whose device results are in."""
+        r, tiers = plan.round, self.sim.tiers
+        by_device = {report.device: (report, payload, attempts) for report, payload, attempts in results}
+        timings, bytes_down = [], {}
+        for d in plan.devices:
+            tier = tiers[d.tier]
+            latency = tier.latency_ms / 1000
+            bytes_down[d.device] = len(self._request(r, d)) + (self.setup.download_bytes[d.depth] if d.first_time else 0)
+            down_s = transfer_s(bytes_down[d.device], tier.downlink_mbps, latency, d.down_jitter)
+            if d.dropped:
+                timings.append(DeviceTiming(d.device, down_s, 0.0, 0.0, 0.0, dropped=True))
+                continue
+            report = by_device[d.device][0]
+            compute = (report.compute_s + report.mechanism_s) * tier.compute_factor
+            timings.append(DeviceTiming(d.device, down_s, compute, transfer_s(report.bytes_up, tier.uplink_mbps, latency, d.up_jitter), 0.0))
+        arrivals = simulate_round(self.totals.sim_time_s, timings, len(self.backend.replicas), 0.0, self.sim.deadline_s)
+        on_time = [d.device for d in plan.devices if arrivals.events[d.device].status == "ok"]
+
+        top_results, step_s = ([], 0.0)
+        if on_time:
+            payloads = [by_device[i][1] for i in on_time]
+            top_results, step_s = self.backend.train(payloads, [derive_seed(self.cfg.seed, i, r, 1) for i in on_time])
+            if self.attacks is not None:
+                self._observe(plan, on_time, payloads)
+        top_s = {i: res.top_s for i, res in zip(on_time, top_results)}
+        for t in timings:
+            t.top_s = top_s.get(t.device, 0.0)
+        clock = simulate_round(self.totals.sim_time_s, timings, len(self.backend.replicas), step_s, self.sim.deadline_s)
+        self._record(plan, by_device, bytes_down, clock, top_results, step_s, timings)
+
+    def _request(self, r: int, d) -> bytes:
+        """The round's instruction to a device (what it downloads besides, once, the bottom's weights)."""
+        n = 0 if d.task is None else len(d.task.samples)
+        return json.dumps({"round": r, "device": d.device, "samples": n, "split_depth": d.depth,
+                           "mechanism": self.cfg.mechanism.name}).encode()  # fmt: skip
+
+    def _record(self, plan, by_device, bytes_down, clock, top_results, step_s, timings) -> None:
+        r, t = plan.round, self.totals
+        rows, timing = [], {x.device: x for x in timings}
+        loss_sum = sum(x.loss_sum for x in top_results)
+        trained = sum(x.samples for x in top_results)
+        for d in plan.devices:
+            event, tm, tier = clock.events[d.device], timing[d.device], self.sim.tiers[d.tier]
+            report, _, attempts = by_device.get(d.device, (None, None, 0))
+            eps, eta = self.privacy(self.population.releases(d.device))
+            rows.append({
+                "round": r, "device": d.device, "tier": tier.name, "depth": d.depth, "status": event.status,
+                "samples": report.samples if report else 0, "tokens": report.tokens if report else 0,
+                "bytes_up": report.bytes_up if report else 0, "bytes_down": bytes_down[d.device],
+                "compute_s": report.compute_s if report else 0.0, "mechanism_s": report.mechanism_s if report else 0.0,
+                "top_s": tm.top_s, "sim_download_s": tm.download_s, "sim_compute_s": tm.compute_s,
+                "sim_upload_s": tm.upload_s, "sim_arrival_s": event.arrival_s, "sim_top_start_s": event.top_start_s,
+                "sim_top_end_s": event.top_end_s, "releases": self.population.releases(d.device),
+                "epsilon": eps, "eta_per_unit": eta, "worker": report.worker if report else "", "attempts": attempts,
+            })  # fmt: skip
+        self.run.append_rows("devices", rows)
+        status = [row["status"] for row in rows]
+        t.round += 1
+        t.train_wall_s = self._wall[1] + time.perf_counter() - self._wall[0]
+        t.sim_time_s = clock.end_s
+        t.samples += trained
+        t.sent += sum(row["samples"] for row in rows)
+        t.tokens += sum(row["tokens"] for row in rows)
+        t.bytes_up += sum(row["bytes_up"] for row in rows)
+        t.bytes_down += sum(row["bytes_down"] for row in rows)
+        t.device_compute_s += sum(row["compute_s"] + row["mechanism_s"] for row in rows)
+        t.top_s += sum(row["top_s"] for row in rows) + step_s
+        t.dropped += status.count("dropped")
+        t.late += status.count("late")
+        self.run.append("rounds", {
+            "round": r, "online": plan.online, "selected": len(rows), "ok": status.count("ok"),
+            "dropped": status.count("dropped"), "late": status.count("late"), "samples": trained,
+            "loss": loss_sum / trained if trained else float("nan"), "lr": self.backend.lr(),
+            "bytes_up": sum(row["bytes_up"] for row in rows), "bytes_down": sum(row["bytes_down"] for row in rows),
+            "device_compute_s": sum(row["compute_s"] + row["mechanism_s"] for row in rows), "top_step_s": step_s,
+            "sim_start_s": clock.start_s, "sim_end_s": clock.end_s, "sim_round_s": clock.duration_s,
+            "wall_s": t.train_wall_s, "samples_total": t.samples,
+        })  # fmt: skip
+
+    def privacy(self, releases: int) -> tuple[float, float]:
+        """(ε of an (ε, δ) statement, η per unit of a metric-DP one) after ``releases`` releases; NaN if n/a."""
+        if releases not in self._privacy:
+            g = config_guarantee(self.cfg.mechanism, max(releases, 1), self.cfg.model.max_length)
+            nan = float("nan")
+            self._privacy[releases] = (nan, nan) if releases == 0 else (
+                g.epsilon if g.epsilon is not None else nan, g.eta_per_unit if g.eta_per_unit is not None else nan)
+        return self._privacy[releases]
+
+    # ------------------------------------------------------------------ evaluation, attacks, faults
+
+    def evaluate(self) -> dict:
+        """Accuracy and loss on the eval split, sent by an evaluation device at every depth in the population."""
+        batches = batch_indices(self.setup.eval.lengths, self.cfg.train.eval_batch_size, shuffle=False, bucketing=True)
+        depths, counts = np.unique(self.population.depth, return_counts=True)
+        per_depth = {}
+        for m, count in zip(depths.tolist(), counts.tolist()):
+            correct, loss, n = self.backend.evaluate(m, batches, derive_seed(self.cfg.seed, EVAL_SEED, m))
+            per_depth[m] = {"accuracy": correct / n, "loss": loss / n, "samples": n, "devices": count}
+            self.run.append("eval", {"round": self.totals.round, "depth": m, **per_depth[m]})
+        weights = np.array([v["devices"] for v in per_depth.values()], dtype=float)
+        accuracy = float(np.average([v["accuracy"] for v in per_depth.values()], weights=weights))
+        loss = float(np.average([v["loss"] for v in per_depth.values()], weights=weights))
+        return {"accuracy": accuracy, "loss": loss, "per_depth": per_depth}
+
+    def _observe(self, plan: RoundPlan, on_time: list[int], payloads: list) -> None:
+        """Hand the attack suite the messages of devices at the depth it was fitted for."""
+        tasks = {d.device: d.task for d in plan.devices if d.task is not None}
+        for i, payload in zip(on_time, payloads):
+            if tasks[i].depth == self.cfg.model.split_depth:
+                msg = Message.from_bytes(self.backend.fetch(payload))
+                self.attacks.observe(msg, collate(self.setup.train, tasks[i].samples, self.setup.pad_id))
+
+    def _fault(self, r: int, component: str, index: int, what: str, action: str) -> None:
+        self.backend.faults.append({"round": r, "component": component, "index": index, "what": what, "action": action})
+
+    def _drain_faults(self) -> None:
+        if self.backend.faults:
+            self.run.append_rows("faults", self.backend.faults)
+            for f in self.backend.faults:
+                self.log(f"privtune-ray: fault in round {f['round']}: {f['component']} {f['index']} {f['what']}; {f['action']}")
+            self.backend.faults.clear()
+
+    def _hook(self, name: str, r: int) -> None:
+        if name in self.hooks:
+            self.hooks[name](self, r)
+
+
+def run_simulation(cfg: Config, out: str | os.PathLike | None = None, resume: bool = False, log=print,
+                   hooks: dict[str, Callable] | None = None) -> Path:  # fmt: skip
+    """``privtune-ray simulate``: returns the run directory."""
+    setup = prepare(cfg)
+    backend = start_backend(setup)
+    try:
+        run = RunDir.create(cfg, out, resume=resume)
+        if resume and run.summary_path.exists():
+            raise ConfigError(f"--resume: the run in {str(run.path)!r} has finished (summary.json exists); start a new one")
+        log(f"privtune-ray: writing simulation to {run.path} ({backend.name} backend, {cfg.simulation.devices} devices)")
+        coordinator = Coordinator(setup, backend, run, log=log, hooks=hooks)
+        if cfg.attack.enabled:
+            from ..attacks.suite import AttackSuite
+
+            suite = AttackSuite.fit_on(cfg, setup.attack_split, setup.tokenizer, resolve_model(cfg.model.name), setup.aux,
+                                       cfg.data.dataset, setup.train.texts, log=log)  # fmt: skip
+            coordinator.attacks = AttackRounds(suite, cfg.attack, setup.train, run)
+        coordinator.train(resume=resume)
+        result = coordinator.evaluate()
+        attack_summary = coordinator.attacks.round(coordinator.totals.round, log=log) if coordinator.attacks else {}
+        summary = _summary(coordinator, result, attack_summary)
+        run.write_summary(summary)
+        if run.checkpoint_path.exists():
+            run.checkpoint_path.unlink()
+        log(f"privtune-ray: dev accuracy {result['accuracy']:.4f} after {summary['rounds']} rounds; "
+            f"simulated {summary['sim_time_s']:.1f} s; {summary['bytes_up']:,} bytes up")  # fmt: skip
+        log(f"privtune-ray: wrote {run.summary_path}")
+        return run.path
+    finally:
+        backend.shutdown()
+
+
+def _summary(c: Coordinator, result: dict, attack_summary: dict) -> dict:
+    cfg, t, pop = c.cfg, c.totals, c.population
+    releases = max(pop.releases(i) for i in range(len(pop)))
+    privacy = config_guarantee(cfg.mechanism, max(releases, 1), cfg.model.max_length)
+    tiers = []
+    for k, tier in enumerate(cfg.simulation.tiers):
+        members = pop.tier == k
+        tiers.append({"name": tier.name, "devices": int(members.sum()), "split_depth": int(pop.depth[members][0]) if members.any() else None,
+                      "samples": int(sum(len(pop.parts[i]) for i in np.flatnonzero(members)))})  # fmt: skip
+    return {
+        "name": cfg.name, "dataset": cfg.data.dataset, "model": cfg.model.name, "mechanism": cfg.mechanism.name,
+        "privacy": privacy.to_dict(), "seed": cfg.seed, "devices": len(pop), "tiers": tiers,
+        "rounds": t.round, "dev_accuracy": result["accuracy"], "dev_loss": result["loss"],
+        "dev_by_depth": {str(m): v for m, v in result["per_depth"].items()},
+        "train_samples": t.samples, "sent_samples": t.sent, "tokens": t.tokens, "bytes_up": t.bytes_up,
+        "bytes_down": t.bytes_down, "bytes_up_per_sample": t.bytes_up / max(t.sent, 1),
+        "device_compute_s": t.device_compute_s, "top_s": t.top_s, "sim_time_s": t.sim_time_s,
+        "train_wall_s": t.train_wall_s, "train_samples_per_s": t.samples / max(t.train_wall_s, 1e-9),
+        "dropped": t.dropped, "late": t.late, "rollbacks": t.rollbacks,
+        "max_releases": releases, "backend": c.backend.describe(), **attack_summary,
+        "run_dir": str(c.run.path), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }  # fmt: skip

@@ -1,0 +1,122 @@
+"""The N virtual devices' state, held by the coordinator as arrays (so 10,000 devices cost little memory).
+
+A device owns a partition of the training split and walks it in local epochs: in local epoch e it sends
+its samples in the order permutation(seed, device, e), ``local_batch_size`` per round in which it takes
+part. A sample is therefore released once per local epoch (``releases`` = e + 1 while it is sent).
+
+Round planning is a pure function of (seed, round, state): which devices are online
+(P = ``availability``), which K of them are selected, which drop out mid-round (P = ``dropout``), and the
+bandwidth jitter of each transfer. A dropped device's samples stay unsent (its cursor does not move).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..config import SimulationConfig
+from .protocol import DeviceTask, derive_seed
+
+
+@dataclass
+class PlannedDevice:
+    device: int
+    tier: int
+    depth: int
+    dropped: bool
+    first_time: bool  # downloads the bottom weights this round
+    up_jitter: float  # bandwidth multipliers of this round's transfers
+    down_jitter: float
+    task: DeviceTask | None  # None when it drops out
+
+
+@dataclass
+class RoundPlan:
+    round: int
+    devices: list[PlannedDevice]
+    online: int  # devices online when the round started
+
+    @property
+    def tasks(self) -> list[DeviceTask]:
+        return [d.task for d in self.devices if d.task is not None]
+
+
+@dataclass
+class Population:
+    """Static: tier, depth and partition of each device. Mutable (checkpointed): cursors and counters."""
+
+    sim: SimulationConfig
+    seed: int
+    tier: np.ndarray  # int16 [N]
+    depth: np.ndarray  # int16 [N]
+    parts: list[np.ndarray]  # sample indices of each device
+    epoch: np.ndarray = field(init=False)  # int32 [N]: local epochs begun
+    cursor: np.ndarray = field(init=False)  # int32 [N]: position in the current local epoch
+    downloaded: np.ndarray = field(init=False)  # bool [N]: holds the bottom weights
+
+    def __post_init__(self):
+        n = len(self.parts)
+        self.epoch = np.zeros(n, dtype=np.int32)
+        self.cursor = np.zeros(n, dtype=np.int32)
+        self.downloaded = np.zeros(n, dtype=bool)
+        self._availability = np.array([t.availability for t in self.sim.tiers])[self.tier]
+        self._dropout = np.array([t.dropout for t in self.sim.tiers])[self.tier]
+        self._jitter = np.array([t.jitter for t in self.sim.tiers])[self.tier]
+
+    def __len__(self) -> int:
+        return len(self.parts)
+
+    # ------------------------------------------------------------------ planning
+
+    def plan(self, round_: int) -> RoundPlan:
+        """Who takes part in ``round_`` and what each sends; changes nothing (see :meth:`commit`)."""
+        rng = np.random.default_rng([self.seed, round_, 0x0C0D])
+        online = np.flatnonzero(rng.random(len(self)) < self._availability)
+        k = min(self.sim.devices_per_round, len(online))
+        chosen = np.sort(rng.choice(online, size=k, replace=False)) if k else np.zeros(0, dtype=np.int64)
+        dropped = rng.random(k) < self._dropout[chosen]
+        jitter = rng.lognormal(0.0, 1.0, size=(k, 2)) ** self._jitter[chosen, None]  # exp(σ·N(0,1))
+        devices = []
+        for j, i in enumerate(chosen.tolist()):
+            task = None if dropped[j] else self._task(round_, i)
+            devices.append(PlannedDevice(device=i, tier=int(self.tier[i]), depth=int(self.depth[i]), dropped=bool(dropped[j]),
+                                         first_time=not self.downloaded[i], up_jitter=float(jitter[j, 0]),
+                                         down_jitter=float(jitter[j, 1]), task=task))  # fmt: skip
+        return RoundPlan(round=round_, devices=devices, online=len(online))
+
+    def _task(self, round_: int, i: int) -> DeviceTask:
+        epoch, cursor = int(self.epoch[i]), int(self.cursor[i])
+        if cursor >= len(self.parts[i]):
+            epoch, cursor = epoch + 1, 0
+        order = self.local_order(i, epoch)
+        return DeviceTask(round=round_, device=i, depth=int(self.depth[i]),
+                          samples=order[cursor : cursor + self.sim.local_batch_size], data=self.parts[i],
+                          seed=derive_seed(self.seed, i, round_), fit_seed=derive_seed(self.seed, i))  # fmt: skip
+
+    def local_order(self, i: int, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, i, epoch, 0x0E0C]).permutation(self.parts[i])
+
+    def releases(self, i: int) -> int:
+        """How many times the device's most-sent sample has been sent (local epochs begun)."""
+        return int(self.epoch[i]) + (1 if self.cursor[i] > 0 or self.epoch[i] > 0 else 0)
+
+    # ------------------------------------------------------------------ state
+
+    def commit(self, plan: RoundPlan) -> None:
+        """Advance the cursors of the devices that sent, mark downloads (a dropped device has downloaded too)."""
+        for d in plan.devices:
+            self.downloaded[d.device] = True
+            if d.task is None:
+                continue
+            i = d.device
+            if self.cursor[i] >= len(self.parts[i]):
+                self.epoch[i] += 1
+                self.cursor[i] = 0
+            self.cursor[i] += len(d.task.samples)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch.copy(), "cursor": self.cursor.copy(), "downloaded": self.downloaded.copy()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.cursor, self.downloaded = state["epoch"].copy(), state["cursor"].copy(), state["downloaded"].copy()

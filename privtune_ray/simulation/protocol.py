@@ -1,0 +1,54 @@
+"""What the coordinator, the device workers and the top-model replicas hand each other.
+
+A :class:`DeviceTask` is everything a worker needs to act as one virtual device for one round (so any
+worker can run any device); the worker answers with a :class:`DeviceReport` and the upload itself, the
+serialised :class:`~privtune_ray.message.Message` (its ``len`` is the bytes sent up).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed from integers, e.g. (run seed, device, round): independent streams per device and round."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+@dataclass
+class DeviceTask:
+    """One virtual device's work in one round."""
+
+    round: int
+    device: int
+    depth: int  # m_i
+    samples: np.ndarray  # indices into the training split: what it sends this round
+    data: np.ndarray  # indices of all the device's samples (what its mechanism fits on)
+    seed: int  # noise of this device in this round: derive_seed(run seed, device, round)
+    fit_seed: int  # the mechanism's per-device fit: derive_seed(run seed, device)
+
+
+@dataclass
+class DeviceReport:
+    """Measured by the worker while it ran a task."""
+
+    round: int
+    device: int
+    depth: int
+    samples: int
+    tokens: int
+    bytes_up: int  # len of the serialised message
+    compute_s: float  # bottom forward, measured seconds on this machine
+    mechanism_s: float  # the mechanism's perturbation, measured seconds
+    worker: str = ""
+
+
+@dataclass
+class TopResult:
+    """A replica's work on one message: summed cross-entropy (nats), samples, measured seconds."""
+
+    loss_sum: float
+    samples: int
+    top_s: float

@@ -1,0 +1,103 @@
+"""A top-model replica: the cloud's trainable top (blocks m_min+1..L and the head) behind narrow methods.
+
+Replicas stay in sync by synchronous data-parallel SGD: in a round each replica accumulates
+∇ Σ CE over its share of the messages; the coordinator sums the replicas' gradients (an all-reduce
+through the driver), and every replica applies the same sum with the same AdamW step. All replicas start
+from the same seeded weights, so they hold identical weights after every round, and the result does not
+depend on the number of replicas beyond the order of float additions. Dropout in the top is seeded per
+message (derive_seed(run seed, device, round)), not per replica.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from dataclasses import dataclass
+
+import torch
+
+from ..benchmarking import peak_rss_mb
+from ..config import Config
+from ..message import Message
+from ..models.loading import load_task_model
+from ..models.split import split_model
+from ..training.loop import seed_everything
+from ..training.server import TopServer, apply_lora, build_optimizer
+from .protocol import TopResult
+
+
+@dataclass
+class ReplicaSetup:
+    cfg: Config
+    num_labels: int
+    entry_depth: int  # m_min: the shallowest device's depth; deeper devices' h enter later
+    threads: int
+    device: str = "cpu"  # "cuda" on a GPU replica
+
+
+class TopReplica:
+    def __init__(self, setup: ReplicaSetup):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        torch.set_num_threads(setup.threads)
+        cfg = setup.cfg
+        seed_everything(cfg.seed)  # the fresh head is initialised from the seed: identical on every replica
+        split = split_model(load_task_model(cfg.model.name, cfg.model.task, setup.num_labels), setup.entry_depth,
+                            task=cfg.model.task, name=cfg.model.name)  # fmt: skip
+        top = apply_lora(split.top, split.family, cfg.train.lora) if cfg.train.lora.enabled else split.top
+        optimizer, scheduler = build_optimizer(top, cfg.train, cfg.simulation.rounds)
+        device = setup.device if setup.device == "cpu" or torch.cuda.is_available() else "cpu"
+        self.server = TopServer(top, optimizer, scheduler, device=device)
+
+    def describe(self) -> dict:
+        return {"pid": os.getpid(), "device": str(self.server.device), "threads": torch.get_num_threads(),
+                "trainable_params": sum(p.numel() for p in self.server.trainable())}  # fmt: skip
+
+    def accumulate(self, payload: bytes, seed: int) -> TopResult:
+        """Add this message's gradient (summed loss) to the replica's; dropout seeded by ``seed``."""
+        start = time.perf_counter()
+        torch.manual_seed(seed)
+        msg = Message.from_bytes(payload)
+        loss_sum = self.server.accumulate(msg)
+        return TopResult(loss_sum=loss_sum, samples=msg.batch_size, top_s=time.perf_counter() - start)
+
+    def gradients(self) -> list[torch.Tensor]:
+        return self.server.gradients()
+
+    def step(self, n_samples: int, gradients: list[torch.Tensor] | None = None) -> float:
+        """Apply the round's (all-reduced) gradients averaged over ``n_samples``; returns the measured seconds."""
+        start = time.perf_counter()
+        if gradients is not None:
+            self.server.set_gradients(gradients)
+        self.server.step(n_samples)
+        return time.perf_counter() - start
+
+    def discard(self) -> None:
+        """Forget accumulated gradients (a round that is redone after a fault)."""
+        self.server.optimizer.zero_grad(set_to_none=True)
+
+    def predict(self, payload: bytes) -> tuple[int, float, int]:
+        """(correct, summed cross-entropy in nats, samples) of one eval message."""
+        msg = Message.from_bytes(payload)
+        logits = self.server.predict(msg)
+        loss = float(torch.nn.functional.cross_entropy(logits, msg.labels, reduction="sum"))
+        return int((logits.argmax(-1) == msg.labels).sum()), loss, msg.batch_size
+
+    def get_lr(self) -> float:
+        return self.server.lr
+
+    def state(self) -> bytes:
+        """Top weights, optimiser and schedule, serialised (what a checkpoint holds)."""
+        buffer = io.BytesIO()
+        s = self.server
+        torch.save({"top": s.top.state_dict(), "optimizer": s.optimizer.state_dict(), "scheduler": s.scheduler.state_dict()}, buffer)
+        return buffer.getvalue()
+
+    def load_state(self, blob: bytes) -> None:
+        state = torch.load(io.BytesIO(blob), weights_only=False, map_location=self.server.device)
+        self.server.top.load_state_dict(state["top"])
+        self.server.optimizer.load_state_dict(state["optimizer"])
+        self.server.scheduler.load_state_dict(state["scheduler"])
+
+    def peak_rss_mb(self) -> float:
+        return peak_rss_mb()

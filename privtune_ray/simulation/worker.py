@@ -1,0 +1,96 @@
+"""A device worker: one process that acts as any number of virtual devices, one task at a time.
+
+It loads the pretrained model once and caches a frozen bottom (and a mechanism template) per split
+depth. Everything that belongs to a device comes with its :class:`~privtune_ray.simulation.protocol.DeviceTask`,
+so any worker can run any device and a re-run of a task gives the same message. The mechanism a device
+fitted on its own data is kept in a small LRU cache: a cache only, re-fitted on a miss.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..benchmarking import peak_rss_mb
+from ..config import Config
+from ..data.batching import TokenizedSplit, collate
+from ..mechanisms import Mechanism, build_mechanism
+from ..models.loading import load_task_model, load_tokenizer, resolve_model
+from ..models.split import split_model
+from ..training.client import SplitClient
+from .protocol import DeviceReport, DeviceTask
+
+
+@dataclass
+class WorkerSetup:
+    cfg: Config
+    num_labels: int
+    train: TokenizedSplit
+    eval: TokenizedSplit
+    threads: int
+    fit_cache: int = 256  # devices whose fitted mechanism a worker keeps
+
+
+class DeviceWorker:
+    """Runs :class:`DeviceTask` s: bottom_m(x) → mechanism → serialised message."""
+
+    def __init__(self, setup: WorkerSetup):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        torch.set_num_threads(setup.threads)
+        self.setup, self.cfg = setup, setup.cfg
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
+        self.task_model = load_task_model(self.cfg.model.name, self.cfg.model.task, setup.num_labels)
+        self.tokenizer = load_tokenizer(self.cfg.model.name)
+        self.model_id = resolve_model(self.cfg.model.name)
+        self.pad_id = self.tokenizer.pad_token_id
+        self._splits: dict[int, object] = {}
+        self._templates: dict[int, Mechanism] = {}
+        self._fitted: OrderedDict[tuple[int, int], Mechanism] = OrderedDict()
+
+    def _split(self, depth: int):
+        if depth not in self._splits:
+            self._splits[depth] = split_model(self.task_model, depth, task=self.cfg.model.task, name=self.cfg.model.name)
+        return self._splits[depth]
+
+    def _mechanism(self, task: DeviceTask) -> Mechanism:
+        key = (task.device, task.depth)
+        if key not in self._fitted:
+            if task.depth not in self._templates:
+                self._templates[task.depth] = build_mechanism(self.cfg.mechanism, self._split(task.depth), self.tokenizer,
+                                                              self.model_id, seed=self.cfg.seed)  # fmt: skip
+            self._fitted[key] = self._templates[task.depth].for_device(self.setup.train.subset(task.data), task.fit_seed)
+            if len(self._fitted) > self.setup.fit_cache:
+                self._fitted.popitem(last=False)
+        self._fitted.move_to_end(key)
+        mech = self._fitted[key]
+        mech.reseed(task.seed)
+        return mech
+
+    def run(self, task: DeviceTask) -> tuple[DeviceReport, bytes]:
+        """Act as device ``task.device`` for round ``task.round``: the report and the upload's bytes."""
+        client = SplitClient(self._split(task.depth).bottom, self._mechanism(task), device_id=task.device)
+        batch = collate(self.setup.train, task.samples, self.pad_id)
+        payload = client.encode(batch).to_bytes()
+        report = DeviceReport(round=task.round, device=task.device, depth=task.depth, samples=len(task.samples),
+                              tokens=batch.num_tokens, bytes_up=len(payload), compute_s=client.compute_s,
+                              mechanism_s=client.mechanism_s, worker=self.name)  # fmt: skip
+        return report, payload
+
+    def encode_eval(self, indices: np.ndarray, depth: int, seed: int) -> bytes:
+        """A message of eval samples from a device of ``depth`` [ours: its mechanism fitted on the whole training split]."""
+        task = DeviceTask(round=-1, device=-1, depth=depth, samples=indices, data=np.arange(len(self.setup.train)),
+                          seed=seed, fit_seed=self.cfg.seed)  # fmt: skip
+        client = SplitClient(self._split(depth).bottom, self._mechanism(task), device_id=-1)
+        return client.encode(collate(self.setup.eval, indices, self.pad_id)).to_bytes()
+
+    def peak_rss_mb(self) -> float:
+        return peak_rss_mb()
+
+    def ping(self) -> str:
+        return self.name
+
