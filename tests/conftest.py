@@ -27,3 +27,14 @@ def sst2_dev():
     from privtune_ray.data import load_split
 
     return load_split("sst2", "dev")
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for the whole test session (each start costs seconds; local_mode is gone)."""
+    ray = pytest.importorskip("ray")
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}})
+    yield ray
+    ray.shutdown()

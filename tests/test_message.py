@@ -10,14 +10,15 @@ from privtune_ray.message import Message
 def test_round_trip_is_exact_and_carries_no_token_ids():
     g = torch.Generator().manual_seed(0)
     msg = Message(hidden=torch.randn(4, 9, 384, generator=g), attention_mask=torch.ones(4, 9, dtype=torch.long),
-                  labels=torch.tensor([0, 1, 1, 0]), device_id=17, meta={"mechanism": "none"})  # fmt: skip
+                  labels=torch.tensor([0, 1, 1, 0]), device_id=17, split_depth=2, meta={"mechanism": "none"})  # fmt: skip
     msg.attention_mask[2, 5:] = 0
     back = Message.from_bytes(msg.to_bytes())
     assert torch.equal(back.hidden, msg.hidden)
     assert torch.equal(back.attention_mask, msg.attention_mask)
     assert torch.equal(back.labels, msg.labels)
-    assert back.device_id == 17 and back.meta == {"mechanism": "none"}
-    assert {f.name for f in dataclasses.fields(Message)} == {"hidden", "attention_mask", "labels", "device_id", "meta"}
+    assert back.device_id == 17 and back.split_depth == 2 and back.meta == {"mechanism": "none"}
+    assert {f.name for f in dataclasses.fields(Message)} == {"hidden", "attention_mask", "labels", "device_id", "split_depth", "meta"}
+    assert Message.from_bytes(dataclasses.replace(msg, split_depth=None).to_bytes()).split_depth is None
 
 
 def test_size_is_the_payload_size():

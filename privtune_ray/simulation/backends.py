@@ -84,7 +84,7 @@ class Backend(ABC):
             return results, self._replica_get([self._call(self.replicas[0], "step", n)])[0]
         start = time.perf_counter()
         grads = self._replica_get([self._call(r, "gradients") for r in self.replicas])
-        total = [torch.stack(parts).sum(0) for parts in zip(*grads)]
+        total = [_sum(parts) for parts in zip(*grads)]
         reduce_s = time.perf_counter() - start  # the all-reduce, measured
         return results, reduce_s + max(self._replica_get([self._call(r, "step", n, total) for r in self.replicas]))
 
@@ -126,6 +126,12 @@ class Backend(ABC):
         pass
 
 
+def _sum(parts: tuple) -> torch.Tensor | None:
+    """Sum of the replicas' gradients of one parameter, in replica order (None where no replica has one)."""
+    present = [g for g in parts if g is not None]
+    return torch.stack(present).sum(0) if present else None
+
+
 class InProcessBackend(Backend):
     """Workers and replicas as objects in this process. Results are bit-identical run to run."""
 
@@ -157,13 +163,7 @@ def connect_ray(address: str | None) -> None:
     """
     import ray
 
-    if ray.is_initialized():
-        return
-    env = {k: v for k, v in os.environ.items() if k.startswith(("HF_", "PRIVTUNE_", "TOKENIZERS_"))}
-    if address is None:
-        ray.init(include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
-        return
-    host, _, port = address.removeprefix("ray://").rpartition(":")
+    host, _, port = (address or "").removeprefix("ray://").rpartition(":")
     if host and port.isdigit():
         try:
             socket.create_connection((host, int(port)), timeout=5).close()
@@ -172,6 +172,12 @@ def connect_ray(address: str | None) -> None:
                 f"cannot reach the Ray cluster at {address!r} ({exc.__class__.__name__}): start its head with "
                 f"`ray start --head`, check the address and firewall, or drop simulation.address to run locally"
             ) from None
+    if ray.is_initialized():
+        return
+    env = {k: v for k, v in os.environ.items() if k.startswith(("HF_", "PRIVTUNE_", "TOKENIZERS_"))}
+    if address is None:
+        ray.init(include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
+        return
     try:
         ray.init(address=address, log_to_driver=False, runtime_env={"env_vars": env})
     except (ConnectionError, RuntimeError, ValueError) as exc:

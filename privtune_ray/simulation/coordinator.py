@@ -161,23 +161,24 @@ class Coordinator:
         torch.save(state, tmp)
         os.replace(tmp, self.checkpoint_path)
 
-    def restore(self) -> None:
-        """Back to the last checkpoint: top weights and optimiser, device cursors, totals; rows after it dropped."""
+    def restore(self, at_round: int) -> None:
+        """Back to the last checkpoint (from round ``at_round``): top weights and optimiser, device cursors,
+        totals; the rows written after it are dropped."""
         state = torch.load(self.checkpoint_path, weights_only=False)
         self.totals = Totals(**state["totals"])  # (the wall clock of the rounds row keeps counting real time)
         self.population.load_state_dict(state["population"])
-        self.backend.restore_replicas(state["top"], self.totals.round)
-        for table in ("rounds", "devices", "eval"):
-            self.run.truncate(table, self.totals.round, key="round")
-        self.run.truncate("attacks", self.totals.round)
+        self.backend.restore_replicas(state["top"], at_round)
+        done = self.totals.round
+        for table in ("rounds", "devices"):
+            self.run.truncate(table, done - 1, key="round")  # rows of rounds 0..done-1 stay
+        self.run.truncate("eval", done, key="rounds_done")
+        self.run.truncate("attacks", done)
 
     # ------------------------------------------------------------------ rounds
 
     def train(self, resume: bool = False) -> None:
         if resume and self.checkpoint_path.exists():
-            rollbacks = self.totals.rollbacks
-            self.restore()
-            self.totals.rollbacks = rollbacks
+            self.restore(at_round=-1)
             self.log(f"privtune-ray: resuming at round {self.totals.round}/{self.sim.rounds}")
         else:
             self.checkpoint()  # round 0: the state a replica failure in the first rounds rolls back to
@@ -202,9 +203,11 @@ class Coordinator:
                 if failures[r] > self.sim.max_retries:
                     raise
                 prefetched = None
-                self.restore()
-                self.totals.rollbacks += 1
-                self._fault(r, "top_replica", -1, str(exc), f"rolled back to the checkpoint of round {self.totals.round}")
+                self._fault(r, "top_replica", -1, str(exc), "rolling back to the last checkpoint")
+                rollbacks = self.totals.rollbacks + 1
+                self.restore(r)
+                self.totals.rollbacks = rollbacks
+                self._fault(r, "run", -1, f"{r - self.totals.round} round(s) to redo", f"rolled back to the checkpoint of round {self.totals.round}")
                 continue
             finally:
                 self._drain_faults()
@@ -315,7 +318,7 @@ class Coordinator:
         for m, count in zip(depths.tolist(), counts.tolist()):
             correct, loss, n = self.backend.evaluate(m, batches, derive_seed(self.cfg.seed, EVAL_SEED, m))
             per_depth[m] = {"accuracy": correct / n, "loss": loss / n, "samples": n, "devices": count}
-            self.run.append("eval", {"round": self.totals.round, "depth": m, **per_depth[m]})
+            self.run.append("eval", {"rounds_done": self.totals.round, "depth": m, **per_depth[m]})
         weights = np.array([v["devices"] for v in per_depth.values()], dtype=float)
         accuracy = float(np.average([v["accuracy"] for v in per_depth.values()], weights=weights))
         loss = float(np.average([v["loss"] for v in per_depth.values()], weights=weights))

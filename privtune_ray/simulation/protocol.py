@@ -13,8 +13,13 @@ import numpy as np
 
 
 def derive_seed(*parts: int) -> int:
-    """A 63-bit seed from integers, e.g. (run seed, device, round): independent streams per device and round."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+    """A 63-bit seed from integers, e.g. (run seed, device, round): independent streams per device and round.
+
+    The count of parts and a non-zero tag close the entropy, so (0, 1) and (0, 1, 0) give different seeds
+    (SeedSequence alone treats trailing zeros as absent).
+    """
+    entropy = [int(p) for p in parts] + [len(parts), 0x5EED]
+    return int(np.random.SeedSequence(entropy).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
 @dataclass

@@ -86,13 +86,14 @@ class TopServer:
     def trainable(self) -> list[nn.Parameter]:
         return [p for p in self.top.parameters() if p.requires_grad]
 
-    def gradients(self) -> list[torch.Tensor]:
-        """The accumulated gradients on the CPU (zeros where a parameter got none), in parameter order."""
-        return [torch.zeros(p.shape) if p.grad is None else p.grad.detach().cpu() for p in self.trainable()]
+    def gradients(self) -> list[torch.Tensor | None]:
+        """The accumulated gradients on the CPU, in parameter order; None where a parameter got none
+        (blocks that only shallower devices' h pass through): AdamW then leaves it alone, as it would here."""
+        return [None if p.grad is None else p.grad.detach().cpu() for p in self.trainable()]
 
-    def set_gradients(self, grads: list[torch.Tensor]) -> None:
+    def set_gradients(self, grads: list[torch.Tensor | None]) -> None:
         for p, g in zip(self.trainable(), grads, strict=True):
-            p.grad = g.to(device=p.device, dtype=p.dtype).clone()
+            p.grad = None if g is None else g.to(device=p.device, dtype=p.dtype).clone()
 
     def step(self, n_samples: int) -> None:
         """Divide the accumulated gradients by ``n_samples`` (mean loss), take the AdamW step, zero them."""

@@ -1,0 +1,148 @@
+"""The simulation engine, in-process backend: run directory, records, determinism, replicas, resume, bad input."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from privtune_ray.cli import main
+from privtune_ray.config import load_config
+from privtune_ray.errors import ConfigError, DataError, ModelError
+from privtune_ray.runs import RunDir
+from privtune_ray.simulation import run_simulation
+from privtune_ray.simulation.coordinator import Coordinator, prepare, start_backend
+from privtune_ray.training.server import TopServer
+
+DEVICES = str(Path(__file__).parents[1] / "simulations" / "sst2_devices.yaml")
+# 20 devices in three tiers (the low-end phones' memory caps them at m = 1, the rest run m = 2), 4 rounds of
+# 4 devices × 16 samples; a checkpoint every 2 rounds.
+SMALL = ["data.max_train_samples=400", "data.max_eval_samples=64", "simulation.devices=20", "simulation.rounds=4",
+         "simulation.devices_per_round=4", "simulation.local_batch_size=16", "simulation.partition=iid",
+         "simulation.checkpoint_every=2", "simulation.eval_every=null", "train.progress=false"]  # fmt: skip
+# Columns that do not depend on measured seconds.
+EXACT = ["round", "device", "tier", "depth", "status", "samples", "tokens", "bytes_up", "bytes_down", "releases"]
+
+
+def small(*extra):
+    return load_config(DEVICES, SMALL + list(extra))
+
+
+def quiet(*_):
+    pass
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """One uninterrupted in-process run that other tests compare against."""
+    return run_simulation(small(), out=tmp_path_factory.mktemp("sim") / "reference", log=quiet)
+
+
+def test_simulation_writes_a_complete_run_directory(reference):
+    for name in ("config.yaml", "env.json", "devices.csv", "rounds.csv", "eval.csv", "summary.json"):
+        assert (reference / name).is_file(), name
+    assert not (reference / "checkpoint.pt").exists()
+    summary = json.loads((reference / "summary.json").read_text())
+    devices = pd.read_csv(reference / "devices.csv")
+    rounds = pd.read_csv(reference / "rounds.csv")
+    assert summary["rounds"] == 4 and rounds["round"].tolist() == [0, 1, 2, 3]
+    assert (rounds["selected"] == 4).all() and len(devices) == 16
+    # memory caps the low-end phones at m = 1; both depths train one top and are evaluated
+    assert {t["name"]: t["split_depth"] for t in summary["tiers"]} == {"phone-low": 1, "phone-high": 2, "laptop": 2}
+    assert set(summary["dev_by_depth"]) == {"1", "2"}
+    # bytes: each upload is at least its fp32 h (B × L × 384 × 4), counted from the serialised payload
+    ok = devices[devices.status == "ok"]
+    assert (ok["bytes_up"] >= ok["tokens"] * 384 * 4).all()
+    assert summary["bytes_up"] == devices["bytes_up"].sum() == rounds["bytes_up"].sum()
+    # a device downloads the bottom's weights once: its first round costs megabytes, later ones bytes
+    first = devices.groupby("device").head(1)
+    assert (first["bytes_down"] > 40e6).all()
+    assert (devices.drop(first.index)["bytes_down"] < 1000).all()
+    # the simulated clock: arrival = round start + download + compute + upload, and rounds follow each other
+    starts = rounds.set_index("round")["sim_start_s"]
+    arrival = starts[ok["round"]].to_numpy() + ok[["sim_download_s", "sim_compute_s", "sim_upload_s"]].sum(axis=1).to_numpy()
+    assert np.allclose(ok["sim_arrival_s"], arrival)
+    assert np.allclose(rounds["sim_start_s"].iloc[1:], rounds["sim_end_s"].iloc[:-1])
+    assert summary["sim_time_s"] == pytest.approx(rounds["sim_end_s"].iloc[-1])
+    assert summary["train_samples"] == ok["samples"].sum() == rounds["samples"].sum()
+    env = json.loads((reference / "env.json").read_text())
+    assert env["seed"] == 0 and env["versions"]["ray"]
+
+
+def test_same_seed_same_records(reference, tmp_path):
+    again = run_simulation(small(), out=tmp_path / "again", log=quiet)
+    pd.testing.assert_frame_equal(pd.read_csv(again / "devices.csv")[EXACT], pd.read_csv(reference / "devices.csv")[EXACT])
+    assert pd.read_csv(again / "rounds.csv")["loss"].tolist() == pd.read_csv(reference / "rounds.csv")["loss"].tolist()
+
+
+def test_two_replicas_all_reduce_the_same_gradient_as_one(tmp_path, monkeypatch):
+    steps = {1: [], 2: []}
+    original = TopServer.step
+
+    def spy(self, n_samples):  # the (all-reduced) gradient sum each replica applies
+        steps[replicas].append([None if p.grad is None else p.grad.clone() for p in self.trainable()])
+        return original(self, n_samples)
+
+    monkeypatch.setattr(TopServer, "step", spy)
+    for replicas in (1, 2):
+        setup = prepare(small(f"simulation.top_replicas={replicas}", "simulation.rounds=2"))
+        backend = start_backend(setup)
+        Coordinator(setup, backend, RunDir.create(setup.cfg, tmp_path / str(replicas)), log=quiet).train()
+    assert len(steps[1]) == 2 and len(steps[2]) == 4  # two rounds; every replica steps
+    for r in range(2):
+        one, (a, b) = steps[1][r], steps[2][2 * r : 2 * r + 2]
+        assert [x is None for x in one] == [x is None for x in a] == [x is None for x in b]
+        assert all(torch.equal(x, y) for x, y in zip(a, b) if x is not None)  # both replicas apply the same sum
+        assert all(torch.allclose(x, y, rtol=1e-4, atol=1e-6) for x, y in zip(one, a) if x is not None)  # = one's, to float noise
+    w1, w2 = (r.server.top.state_dict() for r in backend.replicas)
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)  # in sync after every step
+
+
+def test_an_interrupted_simulation_resumes_to_the_same_result(reference, tmp_path):
+    out = tmp_path / "run"
+
+    def interrupt(coordinator, r):
+        if r == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_simulation(small(), out=out, log=quiet, hooks={"training": interrupt})
+    assert (out / "checkpoint.pt").is_file() and not (out / "summary.json").exists()
+    assert pd.read_csv(out / "rounds.csv")["round"].tolist() == [0, 1, 2]
+    assert main(["simulate", DEVICES, "--out", str(out), "--resume", *sum((["--set", s] for s in SMALL), [])]) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(out / "devices.csv")[EXACT], pd.read_csv(reference / "devices.csv")[EXACT])
+    resumed, full = (json.loads((p / "summary.json").read_text()) for p in (out, reference))
+    assert resumed["dev_loss"] == pytest.approx(full["dev_loss"], abs=1e-6)
+    assert resumed["train_samples"] == full["train_samples"] and resumed["bytes_up"] == full["bytes_up"]
+
+
+def test_deadline_drops_late_messages_and_mechanism_is_recorded(tmp_path):
+    # phones upload ~0.5 MB at 5-20 Mbit/s after downloading ~60 MB: laptops (100 Mbit/s) make an 8 s deadline, phones do not
+    out = run_simulation(small("simulation.deadline_s=8.0", "mechanism.name=dchi", "mechanism.eta=100"), out=tmp_path / "d", log=quiet)
+    devices = pd.read_csv(out / "devices.csv")
+    rounds = pd.read_csv(out / "rounds.csv")
+    late = devices[devices.status == "late"]
+    assert len(late) > 0 and late["sim_top_start_s"].isna().all()
+    assert (late["sim_arrival_s"] > rounds.set_index("round")["sim_start_s"][late["round"]].to_numpy() + 8.0).all()
+    assert rounds["samples"].sum() == devices.loc[devices.status == "ok", "samples"].sum()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["late"] == len(late) and summary["sent_samples"] > summary["train_samples"]
+    sent = devices[devices.status != "dropped"]
+    assert np.allclose(sent["eta_per_unit"], sent["releases"] * 100.0)  # d_χ: R·η per unit distance
+    assert summary["privacy"]["kind"] == "metric-dp"
+
+
+def test_bad_input_fails_before_the_run_directory_is_written(tmp_path):
+    out = tmp_path / "never"
+    with pytest.raises(ConfigError, match="memory_mb"):
+        run_simulation(load_config(DEVICES, SMALL + ["simulation.tiers=[{name: tiny, memory_mb: 10}]"]), out=out, log=quiet)
+    with pytest.raises(ModelError, match="split_depth"):
+        run_simulation(small("model.split_depth=9"), out=out, log=quiet)
+    with pytest.raises(ConfigError, match="simulation.devices"):
+        small("simulation.devices=0")
+    with pytest.raises(DataError, match="cannot fill"):
+        run_simulation(small("simulation.devices=1000"), out=out, log=quiet)  # 400 samples, 1,000 devices
+    assert not out.exists()
+    assert main(["simulate", DEVICES, "--set", "simulation.tiers=[{name: tiny, memory_mb: 10}]", "--out", str(out)]) == 2

@@ -1,0 +1,78 @@
+"""The simulation engine on Ray (one local Ray per test session): same results as in-process, faults, resources."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from privtune_ray.errors import ConfigError
+from privtune_ray.simulation import run_simulation
+from privtune_ray.simulation.backends import check_resources, connect_ray
+from test_simulation import EXACT, quiet, small
+
+RAY = ["simulation.backend=ray", "simulation.worker_cpus=1", "simulation.replica_cpus=1"]
+
+
+@pytest.fixture(scope="module")
+def inprocess(tmp_path_factory):
+    return run_simulation(small(), out=tmp_path_factory.mktemp("sim") / "inprocess", log=quiet)
+
+
+def _same_result(a, b):
+    pd.testing.assert_frame_equal(pd.read_csv(a / "devices.csv")[EXACT], pd.read_csv(b / "devices.csv")[EXACT])
+    # the bottom runs on 1 thread in a worker and on 2 in-process: float noise, amplified a little by AdamW
+    assert np.allclose(pd.read_csv(a / "rounds.csv")["loss"], pd.read_csv(b / "rounds.csv")["loss"], atol=1e-4)
+    sa, sb = (json.loads((p / "summary.json").read_text()) for p in (a, b))
+    assert sa["train_samples"] == sb["train_samples"] and sa["bytes_up"] == sb["bytes_up"]
+    assert sa["dev_loss"] == pytest.approx(sb["dev_loss"], abs=1e-3)
+
+
+def test_ray_backend_gives_the_in_process_result(ray_session, inprocess, tmp_path):
+    out = run_simulation(small(*RAY), out=tmp_path / "ray", log=quiet)
+    _same_result(out, inprocess)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["backend"]["backend"] == "ray" and summary["backend"]["replica"]["device"] == "cpu"
+    workers = set(pd.read_csv(out / "devices.csv")["worker"].dropna())
+    assert len(workers) == 1 and not (out / "faults.csv").exists()
+
+
+def test_killed_worker_and_replica_lose_no_sample(ray_session, inprocess, tmp_path):
+    killed = []
+
+    def kill_worker(coordinator, r):
+        if r == 0 and "worker" not in killed:  # round 0's tasks are queued on it, the first one running
+            ray_session.kill(coordinator.backend.workers[0])
+            killed.append("worker")
+
+    def kill_replica(coordinator, r):
+        if r == 3 and "replica" not in killed:  # mid-round: its devices are done, the top step is not
+            ray_session.kill(coordinator.backend.replicas[0])
+            killed.append("replica")
+
+    out = run_simulation(small(*RAY), out=tmp_path / "faults", log=quiet,
+                         hooks={"devices_started": kill_worker, "training": kill_replica})  # fmt: skip
+    assert killed == ["worker", "replica"]
+    faults = pd.read_csv(out / "faults.csv")
+    assert {"device_worker", "device_task", "top_replica"} <= set(faults["component"])
+    assert "rolled back to the checkpoint of round 2" in " ".join(faults["action"])
+    devices = pd.read_csv(out / "devices.csv")
+    assert not devices.duplicated(["round", "device"]).any()
+    sent0 = devices[(devices["round"] == 0) & (devices["status"] != "dropped")]
+    assert len(sent0) > 0 and (sent0["attempts"] == 2).all()  # round 0's tasks re-ran on the new worker
+    _same_result(out, inprocess)
+    assert json.loads((out / "summary.json").read_text())["rollbacks"] == 1
+
+
+def test_pool_larger_than_the_cluster_is_refused_before_work(ray_session, tmp_path):
+    cfg = small(*RAY, "simulation.top_replicas=3")
+    with pytest.raises(ConfigError, match="asks Ray for 4 CPUs .* the cluster has 2"):
+        run_simulation(cfg, out=tmp_path / "never", log=quiet)
+    assert not (tmp_path / "never").exists()
+    with pytest.raises(ConfigError, match="exceed the cluster's 0 GPUs"):
+        check_resources(small(*RAY, "simulation.replica_gpus=0.5").simulation, {"CPU": 2.0})
+
+
+def test_unreachable_cluster_address_is_one_clear_error():
+    with pytest.raises(ConfigError, match="cannot reach the Ray cluster at '127.0.0.1:1'.*ray start --head"):
+        connect_ray("127.0.0.1:1")
