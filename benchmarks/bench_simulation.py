@@ -6,7 +6,8 @@ machine hits both sides of a ratio. Throughput is samples the top model trained 
 loop (``summary.json``: train_samples / train_wall_s; model loading and actor start-up excluded).
 
   * throughput: the same rounds (MiniLM m = 2, 8 devices × 16 SST-2 samples a round) in-process (all cores)
-    and on a local Ray (1 device worker, 1 top replica, devices prefetched while the top trains);
+    and on a local Ray (1 device worker, 1 top replica, each on all cores, one after the other), and on Ray
+    with prefetch (devices of round r+1 run while the top trains on r: 1 + 2 threads on the same cores);
   * scaling: Ray with 1 and with 2 device workers on the same cores, under PrivTune (device-heavy);
   * memory: the same rounds with 10 and with 10,000 virtual devices (in-process: one process to measure);
   * clock: a run with jitter-free tiers, every device's simulated times recomputed by hand from its row.
@@ -100,14 +101,17 @@ def main() -> None:
     ray = ["simulation.backend=ray", "simulation.device_workers=1"]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        pair = alternate(tmp, {"inprocess": base, "ray": base + ray}, args.repeats)
+        pair = alternate(tmp, {"inprocess": base, "ray": base + ray,
+                               "ray_prefetch": base + ray + ["simulation.prefetch=true", "simulation.worker_threads=1"]}, args.repeats)
         ratios = [throughput(r) / throughput(i) for i, r in zip(pair["inprocess"], pair["ray"])]
+        prefetch_ratios = [throughput(r) / throughput(i) for i, r in zip(pair["inprocess"], pair["ray_prefetch"])]
 
         privtune = base + ray + ["mechanism.name=privtune", "simulation.worker_cpus=0.5"]
         scale = alternate(tmp, {"workers1": privtune, "workers2": privtune + ["simulation.device_workers=2"]}, args.repeats)
 
-        mem = alternate(tmp, {"devices10": base + ["simulation.devices=10", "simulation.local_batch_size=4"],
-                              "devices10000": base + ["simulation.devices=10000", "simulation.local_batch_size=4"]}, 1)  # fmt: skip
+        few_data = ["simulation.local_batch_size=4", "simulation.partition=iid"]  # 10,000 devices hold ~6.7 samples each
+        mem = alternate(tmp, {"devices10": base + few_data + ["simulation.devices=10"],
+                              "devices10000": base + few_data + ["simulation.devices=10000"]}, 1)  # fmt: skip
 
         clock_run = tmp / "clock"
         simulate(clock_run, ["simulation.rounds=5", "simulation.devices=50", "simulation.eval_every=null",
@@ -121,9 +125,9 @@ def main() -> None:
         "benchmark": "simulation",
         "setup": {"model": "all-MiniLM-L6-v2", "split_depth": 2, "rounds": args.rounds, "devices_per_round": 8,
                   "local_batch_size": 16, "cores": os.cpu_count(), "repeats": args.repeats},
-        "throughput_samples_per_s": {"inprocess": [throughput(s) for s in pair["inprocess"]],
-                                     "ray": [throughput(s) for s in pair["ray"]]},
+        "throughput_samples_per_s": {name: [throughput(s) for s in runs] for name, runs in pair.items()},
         "ray_over_inprocess": {"per_pair": ratios, "median": float(np.median(ratios)), "target": ">= 0.8"},
+        "ray_prefetch_over_inprocess": {"per_pair": prefetch_ratios, "median": float(np.median(prefetch_ratios))},
         "scaling_privtune_samples_per_s": {"device_workers_1": [throughput(s) for s in scale["workers1"]],
                                            "device_workers_2": [throughput(s) for s in scale["workers2"]],
                                            "ratio_2_over_1": float(np.median([throughput(b) / throughput(a) for a, b in zip(scale["workers1"], scale["workers2"])]))},

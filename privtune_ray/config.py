@@ -253,12 +253,12 @@ class SimulationConfig:
     deadline_s: float | None = None  # simulated seconds after round start; later messages are dropped (null: wait)
     device_workers: int = 1  # actors hosting the virtual devices (ray backend)
     worker_cpus: float = 1.0  # Ray CPUs reserved per device worker
-    worker_threads: int = 1  # torch threads per device worker
+    worker_threads: int | None = None  # torch threads per device worker (null: this machine's cores / workers)
     top_replicas: int = 1  # top-model replicas, kept in sync by a gradient all-reduce
     replica_cpus: float = 1.0  # Ray CPUs reserved per replica
     replica_threads: int | None = None  # torch threads per replica (null: the machine's cores / replicas)
     replica_gpus: float | None = None  # Ray GPUs per replica (null: 1/replicas where the cluster has GPUs, else 0)
-    prefetch: bool = True  # ray: devices compute round r+1 while the top model trains on round r
+    prefetch: bool = False  # ray: devices compute round r+1 while the top trains on r (on a cluster; not on shared cores)
     eval_every: int | None = None  # rounds between dev evaluations (null: only at the end)
     checkpoint_every: int = 5  # rounds between checkpoints (resume, and roll-back when a replica dies)
     max_retries: int = 3  # re-runs of a device task or a round after an actor dies
@@ -280,12 +280,13 @@ class SimulationConfig:
         _require(self.devices_per_round >= 1, f"{key}.devices_per_round", "must be >= 1")
         _require(self.local_batch_size >= 1, f"{key}.local_batch_size", "must be >= 1")
         _require(self.deadline_s is None or self.deadline_s > 0, f"{key}.deadline_s", "must be > 0 seconds or null")
-        for name in ("device_workers", "top_replicas", "worker_threads", "checkpoint_every"):
+        for name in ("device_workers", "top_replicas", "checkpoint_every"):
             _require(getattr(self, name) >= 1, f"{key}.{name}", "must be >= 1")
         _require(self.max_retries >= 0, f"{key}.max_retries", "must be >= 0")
         for name in ("worker_cpus", "replica_cpus"):
             _require(getattr(self, name) >= 0, f"{key}.{name}", "must be >= 0")
-        _require(self.replica_threads is None or self.replica_threads >= 1, f"{key}.replica_threads", "must be >= 1 or null")
+        for name in ("worker_threads", "replica_threads"):
+            _require(getattr(self, name) is None or getattr(self, name) >= 1, f"{key}.{name}", "must be >= 1 or null")
         _require(self.replica_gpus is None or self.replica_gpus >= 0, f"{key}.replica_gpus", "must be >= 0 or null")
         _require(self.eval_every is None or self.eval_every >= 1, f"{key}.eval_every", "must be >= 1 or null")
 

@@ -73,26 +73,31 @@ class Backend(ABC):
 
     # ------------------------------------------------------------------ top model
 
-    def train(self, payloads: list, seeds: list[int]) -> tuple[list[TopResult], float]:
+    def train(self, payloads: list, seeds: list[int]) -> tuple[list[TopResult], float, float]:
         """One synchronous step on all of a round's messages: message j → replica j mod R accumulates
-        ∇ Σ CE; the replicas' gradients are summed (in replica order) and applied by every replica."""
+        ∇ Σ CE; the replicas' gradients are summed (in replica order) and applied by every replica.
+        Returns the per-message results (in message order), the step's measured seconds and the lr used."""
         n_rep = len(self.replicas)
-        handles = [self._call(self.replicas[j % n_rep], "accumulate", p, s) for j, (p, s) in enumerate(zip(payloads, seeds))]
-        results = self._replica_get(handles)
+        groups = [list(range(i, len(payloads), n_rep)) for i in range(n_rep)]
+        handles = [self._call(self.replicas[i], "accumulate", [seeds[j] for j in g], *[payloads[j] for j in g])
+                   for i, g in enumerate(groups) if g]  # fmt: skip
+        results: list[TopResult] = [None] * len(payloads)  # type: ignore[list-item]
+        for g, part in zip([g for g in groups if g], self._replica_get(handles)):
+            for j, result in zip(g, part):
+                results[j] = result
         n = sum(r.samples for r in results)
         if n_rep == 1:
-            return results, self._replica_get([self._call(self.replicas[0], "step", n)])[0]
+            step_s, lr = self._replica_get([self._call(self.replicas[0], "step", n)])[0]
+            return results, step_s, lr
         start = time.perf_counter()
         grads = self._replica_get([self._call(r, "gradients") for r in self.replicas])
         total = [_sum(parts) for parts in zip(*grads)]
         reduce_s = time.perf_counter() - start  # the all-reduce, measured
-        return results, reduce_s + max(self._replica_get([self._call(r, "step", n, total) for r in self.replicas]))
+        steps = self._replica_get([self._call(r, "step", n, total) for r in self.replicas])
+        return results, reduce_s + max(s for s, _ in steps), steps[0][1]
 
     def _replica_get(self, handles):
         return self._get(handles)
-
-    def lr(self) -> float:
-        return self._replica_get([self._call(self.replicas[0], "get_lr")])[0]
 
     def fetch(self, handle):
         """The value behind a handle (a payload's bytes)."""

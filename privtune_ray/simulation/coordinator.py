@@ -133,7 +133,7 @@ def start_backend(setup: Setup) -> Backend:
         worker_setup = WorkerSetup(cfg, setup.num_labels, setup.train, setup.eval, threads=threads)
         return InProcessBackend(worker_setup, ReplicaSetup(cfg, setup.num_labels, entry, threads), sim.device_workers, sim.top_replicas)
     connect_ray(sim.address)
-    worker_setup = WorkerSetup(cfg, setup.num_labels, setup.train, setup.eval, threads=sim.worker_threads)
+    worker_setup = WorkerSetup(cfg, setup.num_labels, setup.train, setup.eval, threads=sim.worker_threads or max(1, cores // sim.device_workers))
     replica_threads = sim.replica_threads or max(1, cores // sim.top_replicas)
     return RayBackend(worker_setup, ReplicaSetup(cfg, setup.num_labels, entry, replica_threads), sim)
 
@@ -238,17 +238,17 @@ class Coordinator:
         arrivals = simulate_round(self.totals.sim_time_s, timings, len(self.backend.replicas), 0.0, self.sim.deadline_s)
         on_time = [d.device for d in plan.devices if arrivals.events[d.device].status == "ok"]
 
-        top_results, step_s = ([], 0.0)
+        top_results, step_s, lr = [], 0.0, float("nan")
         if on_time:
             payloads = [by_device[i][1] for i in on_time]
-            top_results, step_s = self.backend.train(payloads, [derive_seed(self.cfg.seed, i, r, 1) for i in on_time])
+            top_results, step_s, lr = self.backend.train(payloads, [derive_seed(self.cfg.seed, i, r, 1) for i in on_time])
             if self.attacks is not None:
                 self._observe(plan, on_time, payloads)
         top_s = {i: res.top_s for i, res in zip(on_time, top_results)}
         for t in timings:
             t.top_s = top_s.get(t.device, 0.0)
         clock = simulate_round(self.totals.sim_time_s, timings, len(self.backend.replicas), step_s, self.sim.deadline_s)
-        self._record(plan, by_device, bytes_down, clock, top_results, step_s, timings)
+        self._record(plan, by_device, bytes_down, clock, top_results, step_s, lr, timings)
 
     def _request(self, r: int, d) -> bytes:
         """The round's instruction to a device (what it downloads besides, once, the bottom's weights)."""
@@ -256,7 +256,7 @@ class Coordinator:
         return json.dumps({"round": r, "device": d.device, "samples": n, "split_depth": d.depth,
                            "mechanism": self.cfg.mechanism.name}).encode()  # fmt: skip
 
-    def _record(self, plan, by_device, bytes_down, clock, top_results, step_s, timings) -> None:
+    def _record(self, plan, by_device, bytes_down, clock, top_results, step_s, lr, timings) -> None:
         r, t = plan.round, self.totals
         rows, timing = [], {x.device: x for x in timings}
         loss_sum = sum(x.loss_sum for x in top_results)
@@ -292,7 +292,7 @@ class Coordinator:
         self.run.append("rounds", {
             "round": r, "online": plan.online, "selected": len(rows), "ok": status.count("ok"),
             "dropped": status.count("dropped"), "late": status.count("late"), "samples": trained,
-            "loss": loss_sum / trained if trained else float("nan"), "lr": self.backend.lr(),
+            "loss": loss_sum / trained if trained else float("nan"), "lr": lr,
             "bytes_up": sum(row["bytes_up"] for row in rows), "bytes_down": sum(row["bytes_down"] for row in rows),
             "device_compute_s": sum(row["compute_s"] + row["mechanism_s"] for row in rows), "top_step_s": step_s,
             "sim_start_s": clock.start_s, "sim_end_s": clock.end_s, "sim_round_s": clock.duration_s,

@@ -53,28 +53,27 @@ class TopReplica:
         return {"pid": os.getpid(), "device": str(self.server.device), "threads": torch.get_num_threads(),
                 "trainable_params": sum(p.numel() for p in self.server.trainable())}  # fmt: skip
 
-    def accumulate(self, payload: bytes, seed: int) -> TopResult:
-        """Add this message's gradient (summed loss) to the replica's; dropout seeded by ``seed``."""
-        start = time.perf_counter()
-        torch.manual_seed(seed)
-        msg = Message.from_bytes(payload)
-        loss_sum = self.server.accumulate(msg)
-        return TopResult(loss_sum=loss_sum, samples=msg.batch_size, top_s=time.perf_counter() - start)
+    def accumulate(self, seeds: list[int], *payloads: bytes) -> list[TopResult]:
+        """Add each message's gradient (summed loss) to the replica's; message j's dropout seeded by ``seeds[j]``."""
+        results = []
+        for seed, payload in zip(seeds, payloads, strict=True):
+            start = time.perf_counter()
+            torch.manual_seed(seed)
+            msg = Message.from_bytes(payload)
+            loss_sum = self.server.accumulate(msg)
+            results.append(TopResult(loss_sum=loss_sum, samples=msg.batch_size, top_s=time.perf_counter() - start))
+        return results
 
     def gradients(self) -> list[torch.Tensor]:
         return self.server.gradients()
 
-    def step(self, n_samples: int, gradients: list[torch.Tensor] | None = None) -> float:
-        """Apply the round's (all-reduced) gradients averaged over ``n_samples``; returns the measured seconds."""
-        start = time.perf_counter()
+    def step(self, n_samples: int, gradients: list[torch.Tensor | None] | None = None) -> tuple[float, float]:
+        """Apply the round's (all-reduced) gradients averaged over ``n_samples``: (measured seconds, the lr used)."""
+        start, lr = time.perf_counter(), self.server.lr
         if gradients is not None:
             self.server.set_gradients(gradients)
         self.server.step(n_samples)
-        return time.perf_counter() - start
-
-    def discard(self) -> None:
-        """Forget accumulated gradients (a round that is redone after a fault)."""
-        self.server.optimizer.zero_grad(set_to_none=True)
+        return time.perf_counter() - start, lr
 
     def predict(self, payload: bytes) -> tuple[int, float, int]:
         """(correct, summed cross-entropy in nats, samples) of one eval message."""
@@ -82,9 +81,6 @@ class TopReplica:
         logits = self.server.predict(msg)
         loss = float(torch.nn.functional.cross_entropy(logits, msg.labels, reduction="sum"))
         return int((logits.argmax(-1) == msg.labels).sum()), loss, msg.batch_size
-
-    def get_lr(self) -> float:
-        return self.server.lr
 
     def state(self) -> bytes:
         """Top weights, optimiser and schedule, serialised (what a checkpoint holds)."""
@@ -98,6 +94,7 @@ class TopReplica:
         self.server.top.load_state_dict(state["top"])
         self.server.optimizer.load_state_dict(state["optimizer"])
         self.server.scheduler.load_state_dict(state["scheduler"])
+        self.server.optimizer.zero_grad(set_to_none=True)  # a survivor of a failed round holds its partial sums
 
     def peak_rss_mb(self) -> float:
         return peak_rss_mb()
