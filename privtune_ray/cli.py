@@ -51,6 +51,8 @@ def _parser() -> argparse.ArgumentParser:
 def _config(args):
     from .config import load_config
 
+    if getattr(args, "resume", False) and not args.out:
+        raise PrivtuneError("--resume needs --out DIR, the run directory to continue")
     overrides = list(args.overrides)
     if args.data_dir:
         overrides.append(f"data.data_dir={args.data_dir}")
@@ -60,10 +62,7 @@ def _config(args):
 def _train(args) -> None:
     from .training.loop import run_training
 
-    cfg = _config(args)
-    if args.resume and not args.out:
-        raise PrivtuneError("--resume needs --out DIR, the run directory to continue")
-    run_training(cfg, out=args.out, resume=args.resume)
+    run_training(_config(args), out=args.out, resume=args.resume)
 
 
 def _simulate(args) -> None:
@@ -71,10 +70,7 @@ def _simulate(args) -> None:
 
     if args.address:
         args.overrides += ["simulation.backend=ray", f"simulation.address={args.address}"]
-    cfg = _config(args)
-    if args.resume and not args.out:
-        raise PrivtuneError("--resume needs --out DIR, the run directory to continue")
-    run_simulation(cfg, out=args.out, resume=args.resume)
+    run_simulation(_config(args), out=args.out, resume=args.resume)
 
 
 def _attack(args) -> None:

@@ -134,6 +134,19 @@ def test_deadline_drops_late_messages_and_mechanism_is_recorded(tmp_path):
     assert summary["privacy"]["kind"] == "metric-dp"
 
 
+def test_attack_rounds_run_on_the_messages_devices_sent(tmp_path):
+    out = run_simulation(small("attack.enabled=true", "attack.names=[eia_knn_l2, aia_label]", "attack.aux_samples=100",
+                               "attack.victim_samples=32", "attack.every=2"), out=tmp_path / "a", log=quiet)  # fmt: skip
+    attacks = pd.read_csv(out / "attacks.csv")
+    assert sorted(attacks["step"].unique()) == [2, 4]  # every 2 rounds and at the end
+    asr = attacks[(attacks.attack == "eia_knn_l2") & (attacks.metric == "asr_top1")]["value"]
+    # no defence at m = 2: KNN inverts most tokens, which it can only do if each message is scored
+    # against the token ids of the samples that device actually sent
+    assert (asr > 0.8).all()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["max_eia_asr_top1"] == pytest.approx(asr.iloc[-1]) and summary["attack_setup"]["aux_sentences"] > 0
+
+
 def test_bad_input_fails_before_the_run_directory_is_written(tmp_path):
     out = tmp_path / "never"
     with pytest.raises(ConfigError, match="memory_mb"):

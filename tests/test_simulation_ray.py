@@ -1,6 +1,7 @@
 """The simulation engine on Ray (one local Ray per test session): same results as in-process, faults, resources."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -76,3 +77,12 @@ def test_pool_larger_than_the_cluster_is_refused_before_work(ray_session, tmp_pa
 def test_unreachable_cluster_address_is_one_clear_error():
     with pytest.raises(ConfigError, match="cannot reach the Ray cluster at '127.0.0.1:1'.*ray start --head"):
         connect_ray("127.0.0.1:1")
+
+
+def test_cluster_launcher_config_passes_rays_schema():
+    import yaml
+    from ray.autoscaler._private.util import validate_config
+
+    config = yaml.safe_load((Path(__file__).parents[1] / "simulations" / "cluster.yaml").read_text())
+    validate_config(config)  # raises on an unknown or missing key
+    assert any('pip install "torch==2.13.*" -e .' in c for c in config["setup_commands"])  # the Makefile's pin
