@@ -33,6 +33,7 @@ bench: install
 	$(BIN)/python benchmarks/bench_training.py --out benchmarks/results/training.json
 	$(BIN)/python benchmarks/bench_mechanisms.py --out benchmarks/results/mechanisms.json
 	$(BIN)/python benchmarks/bench_attacks.py --out benchmarks/results/attacks.json
+	$(BIN)/python benchmarks/bench_simulation.py --out benchmarks/results/simulation.json
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -118,3 +118,15 @@ def test_tiers_split_the_population_by_share_and_weights_scale_partitions():
 def test_bad_simulation_config_names_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):
         config_from_dict({"simulation": override})
+
+
+def test_replicas_share_the_clusters_gpus_and_fall_back_to_cpu():
+    from privtune_ray.simulation.backends import check_resources, replica_gpus
+
+    assert replica_gpus(None, 2, 1.0) == 0.5 and replica_gpus(None, 1, 4.0) == 1.0 and replica_gpus(None, 3, 0.0) == 0.0
+    assert replica_gpus(0.25, 2, 1.0) == 0.25
+    sim = SimulationConfig(top_replicas=2)
+    assert check_resources(sim, {"CPU": 16.0, "GPU": 1.0}) == 0.5  # fractional num_gpus per replica
+    assert check_resources(sim, {"CPU": 16.0}) == 0.0  # no GPU: CPU replicas
+    with pytest.raises(ConfigError, match="exceed the cluster's 1 GPUs"):
+        check_resources(SimulationConfig(top_replicas=3, replica_gpus=0.5), {"CPU": 16.0, "GPU": 1.0})

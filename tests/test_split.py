@@ -63,6 +63,19 @@ def test_minilm_split_equals_unsplit_at_every_depth(minilm, tokenizer, sst2_dev)
         assert _max_diff(split, minilm, enc["input_ids"], enc["attention_mask"], per_token=False) <= TOL, m
 
 
+def test_one_top_serves_devices_of_every_depth(minilm, tokenizer, sst2_dev):
+    """SPEC §1 [ours]: a top holding blocks m_min+1..L takes h from a device of depth m_i ≥ m_min."""
+    enc = tokenizer(sst2_dev["text"][:8], padding=True, truncation=True, max_length=64, return_tensors="pt")
+    with torch.no_grad():
+        unsplit = minilm(**enc).logits
+        top = split_model(minilm, 1).top
+        for m in (1, 2, 4, 6):
+            h = split_model(minilm, m).bottom(enc["input_ids"], enc["attention_mask"])
+            assert (top(h, enc["attention_mask"], depth=m) - unsplit).abs().max() <= TOL, m
+    with pytest.raises(ModelError, match="cannot enter"):
+        top(h, enc["attention_mask"], depth=0)
+
+
 @pytest.mark.parametrize("family", sorted(TINY))
 def test_tiny_family_sequence_classification_split(family):
     torch.manual_seed(0)
@@ -116,7 +129,8 @@ def test_bottom_is_frozen_and_top_trains(minilm, tokenizer):
 
 
 def test_top_takes_hidden_states_and_mask_only():
-    assert list(inspect.signature(TopModel.forward).parameters) == ["self", "hidden", "attention_mask"]
+    # depth: the sending device's m (where its h enters); never token ids
+    assert list(inspect.signature(TopModel.forward).parameters) == ["self", "hidden", "attention_mask", "depth"]
 
 
 @pytest.mark.parametrize("m", [-1, 7, 100])
