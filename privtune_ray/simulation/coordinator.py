@@ -27,6 +27,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ..config import Config
 from ..data.batching import TokenizedSplit, batch_indices, collate, tokenize_split
@@ -185,6 +186,7 @@ class Coordinator:
         prefetched = None
         failures: dict[int, int] = {}
         self._wall = (time.perf_counter(), self.totals.train_wall_s)  # (session start, wall before it)
+        bar = tqdm(total=self.sim.rounds, initial=self.totals.round, desc="rounds", disable=not self.cfg.train.progress)
         while self.totals.round < self.sim.rounds:
             r = self.totals.round
             plan = self.population.plan(r)
@@ -207,17 +209,23 @@ class Coordinator:
                 rollbacks = self.totals.rollbacks + 1
                 self.restore(r)
                 self.totals.rollbacks = rollbacks
+                bar.n = self.totals.round
                 self._fault(r, "run", -1, f"{r - self.totals.round} round(s) to redo", f"rolled back to the checkpoint of round {self.totals.round}")
                 continue
             finally:
                 self._drain_faults()
             done = self.totals.round
+            bar.update(1)
             if self.sim.eval_every and done % self.sim.eval_every == 0 and done < self.sim.rounds:
-                self.evaluate()
+                result = self.evaluate()
+                by_depth = ", ".join(f"m={m} {v['accuracy']:.4f}" for m, v in result["per_depth"].items())
+                self.log(f"privtune-ray: round {done}/{self.sim.rounds}: dev accuracy {result['accuracy']:.4f} "
+                         f"(by depth: {by_depth}); simulated {self.totals.sim_time_s:.0f} s")  # fmt: skip
             if self.attacks and self.cfg.attack.every and done % self.cfg.attack.every == 0 and done < self.sim.rounds:
                 self.attacks.round(done)
             if done % self.sim.checkpoint_every == 0 and done < self.sim.rounds:
                 self.checkpoint()
+        bar.close()
 
     def _round(self, plan: RoundPlan, results: list) -> None:
         """Clock, top step and records of one round whose device results are in."""

@@ -99,7 +99,7 @@ class Population:
 
     def releases(self, i: int) -> int:
         """How many times the device's most-sent sample has been sent (local epochs begun)."""
-        return int(self.epoch[i]) + (1 if self.cursor[i] > 0 or self.epoch[i] > 0 else 0)
+        return 0 if self.epoch[i] == 0 and self.cursor[i] == 0 else int(self.epoch[i]) + 1
 
     # ------------------------------------------------------------------ state
 
