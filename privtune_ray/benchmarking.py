@@ -29,13 +29,6 @@ def ratio_to(times: dict[str, np.ndarray], name: str, reference: str) -> dict[st
     return {"seconds": float(np.median(times[name])), "ratio_to_" + reference: float(np.median(times[name] / times[reference]))}
 
 
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (MiB; Linux reports ru_maxrss in KiB)."""
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def write_results(path: str | Path, results: dict[str, Any]) -> None:
     """Write ``results`` with package versions, git revision and time; print them (without the provenance)."""
     results = {**results, "versions": package_versions(), "git": git_revision(),

@@ -216,7 +216,7 @@ class TierConfig:
     downlink_mbps: float = 50.0  # megabits per second, cloud → device
     jitter: float = 0.0  # σ of the log-normal bandwidth multiplier per transfer
     latency_ms: float = 50.0  # one-way latency per transfer (milliseconds)
-    memory_mb: float = 4096.0  # device memory for the bottom model: caps the split depth m
+    memory_mb: float = 4096.0  # device memory for the bottom model, in MiB: caps the split depth m
     data_weight: float = 1.0  # relative amount of data a device of this tier holds
     availability: float = 1.0  # P(online when a round starts); offline devices are not selected
     dropout: float = 0.0  # P(a selected device quits mid-round, before its upload arrives)
@@ -253,10 +253,10 @@ class SimulationConfig:
     deadline_s: float | None = None  # simulated seconds after round start; later messages are dropped (null: wait)
     device_workers: int = 1  # actors hosting the virtual devices (ray backend)
     worker_cpus: float = 1.0  # Ray CPUs reserved per device worker
-    worker_threads: int | None = None  # torch threads per device worker (null: this machine's cores / workers)
+    worker_threads: int | None = None  # torch threads per device worker (null: the driver machine's cores / workers)
     top_replicas: int = 1  # top-model replicas, kept in sync by a gradient all-reduce
     replica_cpus: float = 1.0  # Ray CPUs reserved per replica
-    replica_threads: int | None = None  # torch threads per replica (null: the machine's cores / replicas)
+    replica_threads: int | None = None  # torch threads per replica (null: the driver machine's cores / replicas)
     replica_gpus: float | None = None  # Ray GPUs per replica (null: 1/replicas where the cluster has GPUs, else 0)
     prefetch: bool = False  # ray: devices compute round r+1 while the top trains on r (on a cluster; not on shared cores)
     eval_every: int | None = None  # rounds between dev evaluations (null: only at the end)

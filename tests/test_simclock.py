@@ -39,9 +39,13 @@ def test_clock_two_replicas_and_a_deadline():
     assert t.end_s == 20.5  # device 2: 19 → 20, then the step
     late = simulate_round(10.0, _three_devices(), replicas=2, step_s=0.5, deadline_s=5.0)
     assert late.events[2].status == "late" and late.events[2].top_start_s is None
-    assert late.end_s == 17.5  # device 0 done at 17, + step
-    nobody = simulate_round(10.0, [DeviceTiming(0, 1, 1, 1, 1, dropped=True)], replicas=1, step_s=0.5, deadline_s=3.0)
-    assert nobody.end_s == 13.0
+    assert late.end_s == 17.5  # device 0 done at 17 (after the deadline, 15, closed the round), + step
+    waited = simulate_round(10.0, _three_devices(), replicas=2, step_s=0.5, deadline_s=8.5)
+    assert waited.events[2].status == "late" and waited.end_s == 19.0  # served by 17, but open until 18.5
+    gone = [DeviceTiming(0, 1, 1, 1, 1, dropped=True)]
+    assert simulate_round(10.0, gone, replicas=1, step_s=0.5, deadline_s=3.0).end_s == 10.0  # drop-outs: noticed at once
+    lost = [DeviceTiming(0, 5, 1, 1, 1)]
+    assert simulate_round(10.0, lost, replicas=1, step_s=0.5, deadline_s=3.0).end_s == 13.0  # late: waited to the deadline
 
 
 def _population(n_devices=5, n_samples=40, **sim):

@@ -18,10 +18,10 @@ from privtune_ray.training.server import TopServer
 
 DEVICES = str(Path(__file__).parents[1] / "simulations" / "sst2_devices.yaml")
 # 20 devices in three tiers (the low-end phones' memory caps them at m = 1, the rest run m = 2), 4 rounds of
-# 4 devices × 16 samples; a checkpoint every 2 rounds.
+# 4 devices × 16 samples; an evaluation and a checkpoint every 2 rounds.
 SMALL = ["data.max_train_samples=400", "data.max_eval_samples=64", "simulation.devices=20", "simulation.rounds=4",
          "simulation.devices_per_round=4", "simulation.local_batch_size=16", "simulation.partition=iid",
-         "simulation.checkpoint_every=2", "simulation.eval_every=null", "train.progress=false"]  # fmt: skip
+         "simulation.checkpoint_every=2", "simulation.eval_every=2", "train.progress=false"]  # fmt: skip
 # Columns that do not depend on measured seconds.
 EXACT = ["round", "device", "tier", "depth", "status", "samples", "tokens", "bytes_up", "bytes_down", "releases"]
 
@@ -113,6 +113,7 @@ def test_an_interrupted_simulation_resumes_to_the_same_result(reference, tmp_pat
     assert pd.read_csv(out / "rounds.csv")["round"].tolist() == [0, 1, 2]
     assert main(["simulate", DEVICES, "--out", str(out), "--resume", *sum((["--set", s] for s in SMALL), [])]) == 0
     pd.testing.assert_frame_equal(pd.read_csv(out / "devices.csv")[EXACT], pd.read_csv(reference / "devices.csv")[EXACT])
+    pd.testing.assert_frame_equal(pd.read_csv(out / "eval.csv"), pd.read_csv(reference / "eval.csv"))  # after 2 and 4 rounds
     resumed, full = (json.loads((p / "summary.json").read_text()) for p in (out, reference))
     assert resumed["dev_loss"] == pytest.approx(full["dev_loss"], abs=1e-6)
     assert resumed["train_samples"] == full["train_samples"] and resumed["bytes_up"] == full["bytes_up"]

@@ -128,7 +128,7 @@ def test_bottom_is_frozen_and_top_trains(minilm, tokenizer):
     assert len(split.bottom.blocks) == 2 and len(split.top.blocks) == 4
 
 
-def test_top_takes_hidden_states_and_mask_only():
+def test_top_takes_hidden_states_mask_and_depth_only():
     # depth: the sending device's m (where its h enters); never token ids
     assert list(inspect.signature(TopModel.forward).parameters) == ["self", "hidden", "attention_mask", "depth"]
 

@@ -96,7 +96,9 @@ class PrivTune(Mechanism):
             pooled.append(_mean_pool(self.bottom(batch.input_ids, batch.attention_mask), batch.attention_mask))
             labels.append(batch.labels)
         x, y = torch.cat(pooled), torch.cat(labels)
-        probe = torch.nn.Linear(x.shape[1], int(y.max()) + 1)
+        with torch.random.fork_rng(devices=[]):  # initialised from this device's seed, not the global generator
+            torch.manual_seed(self.seed)
+            probe = torch.nn.Linear(x.shape[1], int(y.max()) + 1)
         opt = torch.optim.LBFGS(probe.parameters(), max_iter=100)
 
         def closure():

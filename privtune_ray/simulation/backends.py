@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError, PrivtuneError
-from .protocol import DeviceReport, DeviceTask, TopResult
+from .protocol import DeviceReport, DeviceTask, TopResult, derive_seed
 from .replica import ReplicaSetup, TopReplica
 from .worker import DeviceWorker, WorkerSetup
 
@@ -105,7 +105,8 @@ class Backend(ABC):
 
     def evaluate(self, depth: int, batches: list, seed: int) -> tuple[int, float, int]:
         """(correct, summed loss in nats, samples) of the eval split sent by a device of ``depth``."""
-        payloads = [self._call(self.workers[b % len(self.workers)], "encode_eval", idx, depth, seed + b) for b, idx in enumerate(batches)]
+        payloads = [self._call(self.workers[b % len(self.workers)], "encode_eval", idx, depth, derive_seed(seed, b))
+                    for b, idx in enumerate(batches)]  # fmt: skip
         results = self._replica_get([self._call(self.replicas[0], "predict", p) for p in payloads])
         return sum(r[0] for r in results), sum(r[1] for r in results), sum(r[2] for r in results)
 
@@ -118,10 +119,6 @@ class Backend(ABC):
     def restore_replicas(self, blob: bytes, round_: int) -> None:
         """Replace dead replicas and set every replica to the state ``blob``."""
         self.load_top_state(blob)
-
-    def peak_rss_mb(self) -> dict[str, float]:
-        actors = {f"worker{i}": w for i, w in enumerate(self.workers)} | {f"replica{i}": r for i, r in enumerate(self.replicas)}
-        return {name: self._get(self._call(actor, "peak_rss_mb")) for name, actor in actors.items()}
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "device_workers": len(self.workers), "top_replicas": len(self.replicas),
@@ -138,7 +135,7 @@ def _sum(parts: tuple) -> torch.Tensor | None:
 
 
 class InProcessBackend(Backend):
-    """Workers and replicas as objects in this process. Results are bit-identical run to run."""
+    """Workers and replicas as objects in this process. Results are bit-identical run to run (without a deadline)."""
 
     name = "inprocess"
 
@@ -273,6 +270,7 @@ class RayBackend(Backend):
     def _replace_worker(self, index: int, task: DeviceTask, exc: Exception) -> int:
         dead = self.workers[index]
         if not self._alive(dead):
+            self.ray.kill(dead)  # frees its resources if any part of it lingers
             self.workers[index] = self._start_worker()
             self.faults.append({"round": task.round, "component": "device_worker", "index": index,
                                 "what": f"died ({exc.__class__.__name__})", "action": "replaced; tasks re-run"})  # fmt: skip
@@ -281,10 +279,13 @@ class RayBackend(Backend):
         return index
 
     def _alive(self, actor) -> bool:
+        """False only for an actor Ray reports dead (a busy one is waited for)."""
+        from ray.exceptions import RayActorError
+
         try:
-            self.ray.get(actor.ping.remote(), timeout=30)
+            self.ray.get(actor.ping.remote())
             return True
-        except Exception:  # noqa: BLE001 - any failure means the actor is gone
+        except RayActorError:
             return False
 
     def _replica_get(self, handles):
@@ -297,9 +298,8 @@ class RayBackend(Backend):
 
     def restore_replicas(self, blob: bytes, round_: int) -> None:
         for i, replica in enumerate(self.replicas):
-            try:
-                self.ray.get(replica.describe.remote(), timeout=60)
-            except Exception:  # noqa: BLE001 - dead: replace it
+            if not self._alive(replica):
+                self.ray.kill(replica)
                 self.replicas[i] = self._start_replica()
                 self.faults.append({"round": round_, "component": "top_replica", "index": i, "what": "died",
                                     "action": "replaced"})  # fmt: skip

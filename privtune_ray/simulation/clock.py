@@ -9,8 +9,9 @@ For device i selected in a round that starts at T (all times in seconds):
 
 Messages are served first-come first-served by R top-model replicas; message i takes its measured top
 seconds s_i on the first free replica. A message arriving after T + ``deadline`` is late and not served.
-The round ends when the last served message is done and the synchronised optimiser step (measured
-``step_s``) has run; a round in which nothing is served ends at T + deadline (or T with no deadline).
+The server closes the round when every selected device has delivered or dropped out (a drop-out is noticed
+at once [ours]), or at T + deadline when a message is late; the round ends when the served messages are
+done, the round is closed, and the synchronised optimiser step (measured ``step_s``) has run.
 """
 
 from __future__ import annotations
@@ -67,19 +68,18 @@ def simulate_round(start_s: float, devices: list[DeviceTiming], replicas: int, s
             events[d.device] = Event(d.device, arrival)
             heapq.heappush(arrivals, (arrival, d.device, d.top_s))
     free_at = [start_s] * replicas  # heap of the times each replica becomes free
-    last_done = None
+    closed, last_done = start_s, None  # when the server stops waiting; when its last served message is done
     while arrivals:
         arrival, device, top_s = heapq.heappop(arrivals)
         event = events[device]
         if deadline_s is not None and arrival > start_s + deadline_s:
             event.status = "late"
+            closed = start_s + deadline_s
             continue
+        closed = max(closed, arrival)
         begin = max(arrival, heapq.heappop(free_at))
         event.top_start_s, event.top_end_s = begin, begin + top_s
         heapq.heappush(free_at, event.top_end_s)
         last_done = event.top_end_s if last_done is None else max(last_done, event.top_end_s)
-    if last_done is None:
-        end = start_s + (deadline_s or 0.0)
-    else:
-        end = last_done + step_s
+    end = closed if last_done is None else max(last_done, closed) + step_s
     return RoundTiming(start_s=start_s, end_s=end, events=events)

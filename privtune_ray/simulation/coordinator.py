@@ -13,7 +13,8 @@ Per round r (the data path, top to bottom):
 With ``prefetch`` the devices of round r+1 run while the top trains on round r (the bottom is frozen and
 no gradient returns to the devices, so their messages do not depend on the top). A replica that dies
 rolls the run back to its last checkpoint; the rounds since are redone identically (every random draw is
-seeded by (seed, device, round)), so no sample is lost or counted twice; ``faults.csv`` says what happened.
+seeded by (seed, device, round); with a deadline, which messages are late depends on measured seconds), so
+no sample is lost or counted twice; ``faults.csv`` says what happened.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -39,6 +40,7 @@ from ..message import Message
 from ..models.loading import load_task_model, load_tokenizer, resolve_model
 from ..models.split import BottomModel, split_model
 from ..runs import RunDir
+from ..attacks.suite import VictimSample
 from ..training.loop import AttackRounds, attacker_data, seed_everything
 from .backends import Backend, InProcessBackend, RayBackend, ReplicaLost, connect_ray
 from .clock import DeviceTiming, simulate_round, transfer_s
@@ -55,7 +57,7 @@ EVAL_SEED = 0xE7A1
 class Totals:
     """Cumulative totals of a run (checkpointed)."""
 
-    round: int = 0  # rounds completed
+    rounds_done: int = 0
     sim_time_s: float = 0.0  # the simulated clock
     train_wall_s: float = 0.0  # real seconds in the round loop (all sessions of a resumed run)
     samples: int = 0  # samples the top model trained on
@@ -68,7 +70,6 @@ class Totals:
     dropped: int = 0
     late: int = 0
     rollbacks: int = 0
-    extra: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -169,26 +170,28 @@ class Coordinator:
         self.totals = Totals(**state["totals"])  # (the wall clock of the rounds row keeps counting real time)
         self.population.load_state_dict(state["population"])
         self.backend.restore_replicas(state["top"], at_round)
-        done = self.totals.round
+        done = self.totals.rounds_done
         for table in ("rounds", "devices"):
             self.run.truncate(table, done - 1, key="round")  # rows of rounds 0..done-1 stay
         self.run.truncate("eval", done, key="rounds_done")
         self.run.truncate("attacks", done)
+        if self.attacks is not None:
+            self.attacks.sample = VictimSample(self.cfg.attack.victim_samples)  # the redone rounds refill it
 
     # ------------------------------------------------------------------ rounds
 
     def train(self, resume: bool = False) -> None:
         if resume and self.checkpoint_path.exists():
             self.restore(at_round=-1)
-            self.log(f"privtune-ray: resuming at round {self.totals.round}/{self.sim.rounds}")
+            self.log(f"privtune-ray: resuming at round {self.totals.rounds_done}/{self.sim.rounds}")
         else:
             self.checkpoint()  # round 0: the state a replica failure in the first rounds rolls back to
         prefetched = None
         failures: dict[int, int] = {}
         self._wall = (time.perf_counter(), self.totals.train_wall_s)  # (session start, wall before it)
-        bar = tqdm(total=self.sim.rounds, initial=self.totals.round, desc="rounds", disable=not self.cfg.train.progress)
-        while self.totals.round < self.sim.rounds:
-            r = self.totals.round
+        bar = tqdm(total=self.sim.rounds, initial=self.totals.rounds_done, desc="rounds", disable=not self.cfg.train.progress)
+        while self.totals.rounds_done < self.sim.rounds:
+            r = self.totals.rounds_done
             plan = self.population.plan(r)
             pending = prefetched[1] if prefetched and prefetched[0] == r else self.backend.run_devices(plan.tasks)
             prefetched = None
@@ -200,32 +203,37 @@ class Coordinator:
                     prefetched = (r + 1, self.backend.run_devices(self.population.plan(r + 1).tasks))
                 self._hook("training", r)
                 self._round(plan, results)
+                bar.update(1)
+                self._after_round()
             except ReplicaLost as exc:
                 failures[r] = failures.get(r, 0) + 1
                 if failures[r] > self.sim.max_retries:
                     raise
                 prefetched = None
                 self._fault(r, "top_replica", -1, str(exc), "rolling back to the last checkpoint")
-                rollbacks = self.totals.rollbacks + 1
+                reached, rollbacks = self.totals.rounds_done, self.totals.rollbacks + 1
                 self.restore(r)
                 self.totals.rollbacks = rollbacks
-                bar.n = self.totals.round
-                self._fault(r, "run", -1, f"{r - self.totals.round} round(s) to redo", f"rolled back to the checkpoint of round {self.totals.round}")
+                bar.n = self.totals.rounds_done
+                self._fault(r, "run", -1, f"{reached - self.totals.rounds_done} completed round(s) to redo",
+                            f"rolled back to the checkpoint after {self.totals.rounds_done} rounds")  # fmt: skip
                 continue
             finally:
                 self._drain_faults()
-            done = self.totals.round
-            bar.update(1)
-            if self.sim.eval_every and done % self.sim.eval_every == 0 and done < self.sim.rounds:
-                result = self.evaluate()
-                by_depth = ", ".join(f"m={m} {v['accuracy']:.4f}" for m, v in result["per_depth"].items())
-                self.log(f"privtune-ray: round {done}/{self.sim.rounds}: dev accuracy {result['accuracy']:.4f} "
-                         f"(by depth: {by_depth}); simulated {self.totals.sim_time_s:.0f} s")  # fmt: skip
-            if self.attacks and self.cfg.attack.every and done % self.cfg.attack.every == 0 and done < self.sim.rounds:
-                self.attacks.round(done)
-            if done % self.sim.checkpoint_every == 0 and done < self.sim.rounds:
-                self.checkpoint()
         bar.close()
+
+    def _after_round(self) -> None:
+        """Evaluation, attack round and checkpoint where they are due (a replica lost here rolls back too)."""
+        done = self.totals.rounds_done
+        if self.sim.eval_every and done % self.sim.eval_every == 0 and done < self.sim.rounds:
+            result = self.evaluate()
+            by_depth = ", ".join(f"m={m} {v['accuracy']:.4f}" for m, v in result["per_depth"].items())
+            self.log(f"privtune-ray: round {done}/{self.sim.rounds}: dev accuracy {result['accuracy']:.4f} "
+                     f"(by depth: {by_depth}); simulated {self.totals.sim_time_s:.0f} s")  # fmt: skip
+        if self.attacks and self.cfg.attack.every and done % self.cfg.attack.every == 0 and done < self.sim.rounds:
+            self.attacks.round(done)
+        if done % self.sim.checkpoint_every == 0 and done < self.sim.rounds:
+            self.checkpoint()
 
     def _round(self, plan: RoundPlan, results: list) -> None:
         """Clock, top step and records of one round whose device results are in."""
@@ -243,6 +251,8 @@ class Coordinator:
             report = by_device[d.device][0]
             compute = (report.compute_s + report.mechanism_s) * tier.compute_factor
             timings.append(DeviceTiming(d.device, down_s, compute, transfer_s(report.bytes_up, tier.uplink_mbps, latency, d.up_jitter), 0.0))
+        # Which messages are late depends on arrivals only; the top's seconds are known after it trains on the
+        # others, so the clock is run again with them for the round's record.
         arrivals = simulate_round(self.totals.sim_time_s, timings, len(self.backend.replicas), 0.0, self.sim.deadline_s)
         on_time = [d.device for d in plan.devices if arrivals.events[d.device].status == "ok"]
 
@@ -285,7 +295,7 @@ class Coordinator:
             })  # fmt: skip
         self.run.append_rows("devices", rows)
         status = [row["status"] for row in rows]
-        t.round += 1
+        t.rounds_done += 1
         t.train_wall_s = self._wall[1] + time.perf_counter() - self._wall[0]
         t.sim_time_s = clock.end_s
         t.samples += trained
@@ -324,9 +334,9 @@ class Coordinator:
         depths, counts = np.unique(self.population.depth, return_counts=True)
         per_depth = {}
         for m, count in zip(depths.tolist(), counts.tolist()):
-            correct, loss, n = self.backend.evaluate(m, batches, derive_seed(self.cfg.seed, EVAL_SEED, m))
+            correct, loss, n = self.backend.evaluate(m, batches, derive_seed(self.cfg.seed, EVAL_SEED, m, 0, 0))
             per_depth[m] = {"accuracy": correct / n, "loss": loss / n, "samples": n, "devices": count}
-            self.run.append("eval", {"rounds_done": self.totals.round, "depth": m, **per_depth[m]})
+            self.run.append("eval", {"rounds_done": self.totals.rounds_done, "depth": m, **per_depth[m]})
         weights = np.array([v["devices"] for v in per_depth.values()], dtype=float)
         accuracy = float(np.average([v["accuracy"] for v in per_depth.values()], weights=weights))
         loss = float(np.average([v["loss"] for v in per_depth.values()], weights=weights))
@@ -374,7 +384,7 @@ def run_simulation(cfg: Config, out: str | os.PathLike | None = None, resume: bo
             coordinator.attacks = AttackRounds(suite, cfg.attack, setup.train, run)
         coordinator.train(resume=resume)
         result = coordinator.evaluate()
-        attack_summary = coordinator.attacks.round(coordinator.totals.round, log=log) if coordinator.attacks else {}
+        attack_summary = coordinator.attacks.round(coordinator.totals.rounds_done, log=log) if coordinator.attacks else {}
         summary = _summary(coordinator, result, attack_summary)
         run.write_summary(summary)
         if run.checkpoint_path.exists():
@@ -399,7 +409,7 @@ def _summary(c: Coordinator, result: dict, attack_summary: dict) -> dict:
     return {
         "name": cfg.name, "dataset": cfg.data.dataset, "model": cfg.model.name, "mechanism": cfg.mechanism.name,
         "privacy": privacy.to_dict(), "seed": cfg.seed, "devices": len(pop), "tiers": tiers,
-        "rounds": t.round, "dev_accuracy": result["accuracy"], "dev_loss": result["loss"],
+        "rounds": t.rounds_done, "dev_accuracy": result["accuracy"], "dev_loss": result["loss"],
         "dev_by_depth": {str(m): v for m, v in result["per_depth"].items()},
         "train_samples": t.samples, "sent_samples": t.sent, "tokens": t.tokens, "bytes_up": t.bytes_up,
         "bytes_down": t.bytes_down, "bytes_up_per_sample": t.bytes_up / max(t.sent, 1),

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 import torch
 
-from ..benchmarking import peak_rss_mb
 from ..config import Config
 from ..message import Message
 from ..models.loading import load_task_model
@@ -48,6 +47,9 @@ class TopReplica:
         optimizer, scheduler = build_optimizer(top, cfg.train, cfg.simulation.rounds)
         device = setup.device if setup.device == "cpu" or torch.cuda.is_available() else "cpu"
         self.server = TopServer(top, optimizer, scheduler, device=device)
+
+    def ping(self) -> int:
+        return os.getpid()
 
     def describe(self) -> dict:
         return {"pid": os.getpid(), "device": str(self.server.device), "threads": torch.get_num_threads(),
@@ -96,5 +98,3 @@ class TopReplica:
         self.server.scheduler.load_state_dict(state["scheduler"])
         self.server.optimizer.zero_grad(set_to_none=True)  # a survivor of a failed round holds its partial sums
 
-    def peak_rss_mb(self) -> float:
-        return peak_rss_mb()

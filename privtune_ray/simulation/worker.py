@@ -16,7 +16,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..benchmarking import peak_rss_mb
 from ..config import Config
 from ..data.batching import TokenizedSplit, collate
 from ..mechanisms import Mechanism, build_mechanism
@@ -88,8 +87,6 @@ class DeviceWorker:
         client = SplitClient(self._split(depth).bottom, self._mechanism(task), device_id=-1)
         return client.encode(collate(self.setup.eval, indices, self.pad_id)).to_bytes()
 
-    def peak_rss_mb(self) -> float:
-        return peak_rss_mb()
 
     def ping(self) -> str:
         return self.name
