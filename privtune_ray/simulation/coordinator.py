@@ -31,9 +31,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import Config
-from ..data.batching import TokenizedSplit, batch_indices, collate, tokenize_split
+from ..data.batching import TokenizedSplit, batch_indices, collate
 from ..data.partition import partition
-from ..data.registry import get_spec, load_split
 from ..errors import ConfigError
 from ..mechanisms import config_guarantee
 from ..message import Message
@@ -41,7 +40,7 @@ from ..models.loading import load_task_model, load_tokenizer, resolve_model
 from ..models.split import BottomModel, split_model
 from ..runs import RunDir
 from ..attacks.suite import VictimSample
-from ..training.loop import AttackRounds, attacker_data, seed_everything
+from ..training.loop import AttackRounds, attacker_data, classification_spec, load_task_data, seed_everything
 from .backends import Backend, InProcessBackend, RayBackend, ReplicaLost, connect_ray
 from .clock import DeviceTiming, simulate_round, transfer_s
 from .population import Population, RoundPlan
@@ -90,12 +89,7 @@ class Setup:
 
 def prepare(cfg: Config) -> Setup:
     """Load the model and data, size the tiers, draw the population; every bad input fails here."""
-    spec = get_spec(cfg.data.dataset)
-    if spec.task != "classification" or cfg.model.task != "classification":
-        raise ConfigError(
-            f"`privtune-ray simulate` fine-tunes classification tasks; data.dataset={cfg.data.dataset!r} is a "
-            f"{spec.task} task: pick sst2, financial_phrasebank, blog, ag_news or trustpilot"
-        )
+    spec = classification_spec(cfg, "simulate")
     sim = cfg.simulation
     seed_everything(cfg.seed)
     task_model = load_task_model(cfg.model.name, cfg.model.task, spec.num_labels)
@@ -105,11 +99,7 @@ def prepare(cfg: Config) -> Setup:
     tier_depth = np.array([footprint.max_depth(t, cfg.model.split_depth) for t in sim.tiers], dtype=np.int16)
 
     tokenizer = load_tokenizer(cfg.model.name)
-    load = dict(data_dir=cfg.data.data_dir, hub_fallback=cfg.data.hub_fallback, seed=cfg.seed)
-    train_raw = load_split(cfg.data.dataset, cfg.data.train_split, max_samples=cfg.data.max_train_samples, **load)
-    eval_raw = load_split(cfg.data.dataset, cfg.data.eval_split, max_samples=cfg.data.max_eval_samples, **load)
-    train = tokenize_split(train_raw, tokenizer, cfg.model.max_length, attributes=spec.attributes)
-    evals = tokenize_split(eval_raw, tokenizer, cfg.model.max_length)
+    train, evals = load_task_data(cfg, tokenizer, spec)
     aux = None
     if cfg.attack.enabled:
         aux, train = attacker_data(cfg, tokenizer, train)
@@ -282,7 +272,8 @@ class Coordinator:
         for d in plan.devices:
             event, tm, tier = clock.events[d.device], timing[d.device], self.sim.tiers[d.tier]
             report, _, attempts = by_device.get(d.device, (None, None, 0))
-            eps, eta = self.privacy(self.population.releases(d.device))
+            releases = self.population.releases(d.device)
+            eps, eta = self.privacy(releases)
             rows.append({
                 "round": r, "device": d.device, "tier": tier.name, "depth": d.depth, "status": event.status,
                 "samples": report.samples if report else 0, "tokens": report.tokens if report else 0,
@@ -290,31 +281,32 @@ class Coordinator:
                 "compute_s": report.compute_s if report else 0.0, "mechanism_s": report.mechanism_s if report else 0.0,
                 "top_s": tm.top_s, "sim_download_s": tm.download_s, "sim_compute_s": tm.compute_s,
                 "sim_upload_s": tm.upload_s, "sim_arrival_s": event.arrival_s, "sim_top_start_s": event.top_start_s,
-                "sim_top_end_s": event.top_end_s, "releases": self.population.releases(d.device),
+                "sim_top_end_s": event.top_end_s, "releases": releases,
                 "epsilon": eps, "eta_per_unit": eta, "worker": report.worker if report else "", "attempts": attempts,
             })  # fmt: skip
         self.run.append_rows("devices", rows)
         status = [row["status"] for row in rows]
+        sums = {k: sum(row[k] for row in rows) for k in ("samples", "tokens", "bytes_up", "bytes_down", "compute_s", "mechanism_s", "top_s")}
+        device_s = sums["compute_s"] + sums["mechanism_s"]
         t.rounds_done += 1
         t.train_wall_s = self._wall[1] + time.perf_counter() - self._wall[0]
         t.sim_time_s = clock.end_s
         t.samples += trained
-        t.sent += sum(row["samples"] for row in rows)
-        t.tokens += sum(row["tokens"] for row in rows)
-        t.bytes_up += sum(row["bytes_up"] for row in rows)
-        t.bytes_down += sum(row["bytes_down"] for row in rows)
-        t.device_compute_s += sum(row["compute_s"] + row["mechanism_s"] for row in rows)
-        t.top_s += sum(row["top_s"] for row in rows) + step_s
+        t.sent += sums["samples"]
+        t.tokens += sums["tokens"]
+        t.bytes_up += sums["bytes_up"]
+        t.bytes_down += sums["bytes_down"]
+        t.device_compute_s += device_s
+        t.top_s += sums["top_s"] + step_s
         t.dropped += status.count("dropped")
         t.late += status.count("late")
         self.run.append("rounds", {
             "round": r, "online": plan.online, "selected": len(rows), "ok": status.count("ok"),
             "dropped": status.count("dropped"), "late": status.count("late"), "samples": trained,
             "loss": loss_sum / trained if trained else float("nan"), "lr": lr,
-            "bytes_up": sum(row["bytes_up"] for row in rows), "bytes_down": sum(row["bytes_down"] for row in rows),
-            "device_compute_s": sum(row["compute_s"] + row["mechanism_s"] for row in rows), "top_step_s": step_s,
-            "sim_start_s": clock.start_s, "sim_end_s": clock.end_s, "sim_round_s": clock.duration_s,
-            "wall_s": t.train_wall_s, "samples_total": t.samples,
+            "bytes_up": sums["bytes_up"], "bytes_down": sums["bytes_down"], "device_compute_s": device_s,
+            "top_step_s": step_s, "sim_start_s": clock.start_s, "sim_end_s": clock.end_s,
+            "sim_round_s": clock.duration_s, "wall_s": t.train_wall_s, "samples_total": t.samples,
         })  # fmt: skip
 
     def privacy(self, releases: int) -> tuple[float, float]:

@@ -22,7 +22,7 @@ from ..data.partition import largest_remainder
 from ..errors import ConfigError
 from ..models.split import BottomModel, SplitModel
 
-MB = 2**20
+MB = 2**20  # memory_mb counts MiB
 
 
 def _param_bytes(module) -> int:
@@ -55,7 +55,7 @@ class BottomFootprint:
         if not fitting:
             raise ConfigError(
                 f"device tier {tier.name!r} has memory_mb={tier.memory_mb:g}, but the bottom model needs "
-                f"{self.memory[0] / MB:.1f} MB even at m=0 (embeddings only): raise simulation.tiers[].memory_mb "
+                f"{self.memory[0] / MB:.1f} MiB even at m=0 (embeddings only): raise simulation.tiers[].memory_mb "
                 f"for that tier, lower model.max_length or simulation.local_batch_size, or use a smaller model"
             )
         return fitting[-1]

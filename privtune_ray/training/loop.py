@@ -93,26 +93,35 @@ def evaluate(client: SplitClient, server: TopServer, split: TokenizedSplit, batc
     return {"accuracy": correct / n, "loss": loss_sum / n, "samples": n, "bytes_up": counters.bytes_up}
 
 
-def run_training(cfg: Config, out: str | os.PathLike | None = None, resume: bool = False, log=print) -> Path:
-    """Fine-tune ``cfg.model`` split at ``cfg.model.split_depth`` on ``cfg.data``; returns the run directory."""
+def classification_spec(cfg: Config, command: str):
+    """The dataset's spec; a generation dataset or a causal-LM task is an error naming the datasets that fit."""
     spec = get_spec(cfg.data.dataset)
     if spec.task != "classification" or cfg.model.task != "classification":
         raise ConfigError(
-            f"`privtune-ray train` fine-tunes classification tasks; data.dataset={cfg.data.dataset!r} is a "
+            f"`privtune-ray {command}` fine-tunes classification tasks; data.dataset={cfg.data.dataset!r} is a "
             f"{spec.task} task and model.task={cfg.model.task!r}: pick sst2, financial_phrasebank, blog, ag_news or trustpilot"
         )
+    return spec
+
+
+def load_task_data(cfg: Config, tokenizer, spec) -> tuple[TokenizedSplit, TokenizedSplit]:
+    """The tokenised training split (with the dataset's private attributes) and eval split of ``cfg.data``."""
+    load = dict(data_dir=cfg.data.data_dir, hub_fallback=cfg.data.hub_fallback, seed=cfg.seed)
+    train_raw = load_split(cfg.data.dataset, cfg.data.train_split, max_samples=cfg.data.max_train_samples, **load)
+    eval_raw = load_split(cfg.data.dataset, cfg.data.eval_split, max_samples=cfg.data.max_eval_samples, **load)
+    return (tokenize_split(train_raw, tokenizer, cfg.model.max_length, attributes=spec.attributes),
+            tokenize_split(eval_raw, tokenizer, cfg.model.max_length))  # fmt: skip
+
+
+def run_training(cfg: Config, out: str | os.PathLike | None = None, resume: bool = False, log=print) -> Path:
+    """Fine-tune ``cfg.model`` split at ``cfg.model.split_depth`` on ``cfg.data``; returns the run directory."""
+    spec = classification_spec(cfg, "train")
     seed_everything(cfg.seed)  # before loading: the fresh task head is initialised from it
     # Everything that can fail on bad input is checked before the run directory is written.
     split_model = load_split_model(cfg.model.name, cfg.model.split_depth, num_labels=spec.num_labels)
     tokenizer = load_tokenizer(cfg.model.name)
-    train_raw = load_split(cfg.data.dataset, cfg.data.train_split, cfg.data.data_dir, hub_fallback=cfg.data.hub_fallback,
-                           max_samples=cfg.data.max_train_samples, seed=cfg.seed)  # fmt: skip
-    eval_raw = load_split(cfg.data.dataset, cfg.data.eval_split, cfg.data.data_dir, hub_fallback=cfg.data.hub_fallback,
-                          max_samples=cfg.data.max_eval_samples, seed=cfg.seed)  # fmt: skip
-
+    train_split, eval_split = load_task_data(cfg, tokenizer, spec)
     torch.set_num_threads(cfg.train.threads or os.cpu_count() or 1)
-    train_split = tokenize_split(train_raw, tokenizer, cfg.model.max_length, attributes=spec.attributes)
-    eval_split = tokenize_split(eval_raw, tokenizer, cfg.model.max_length)
     pad_id = tokenizer.pad_token_id
     model_id = resolve_model(cfg.model.name)
     mechanism = build_mechanism(cfg.mechanism, split_model, tokenizer, model_id, seed=cfg.seed)
