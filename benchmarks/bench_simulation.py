@@ -117,8 +117,8 @@ def main() -> None:
         clock_run = tmp / "clock"
         simulate(clock_run, ["simulation.rounds=5", "simulation.devices=50", "simulation.eval_every=null",
                              "data.max_eval_samples=64", "simulation.partition=iid"] +
-                 [f"simulation.tiers=[{{name: a, compute_factor: 4, uplink_mbps: 5, downlink_mbps: 20, latency_ms: 80}}, "
-                  f"{{name: b, latency_ms: 20, uplink_mbps: 40, downlink_mbps: 80, dropout: 0.1}}]"])  # fmt: skip
+                 ["simulation.tiers=[{name: a, compute_factor: 4, uplink_mbps: 5, downlink_mbps: 20, latency_ms: 80}, "
+                  "{name: b, latency_ms: 20, uplink_mbps: 40, downlink_mbps: 80, dropout: 0.1}]"])  # fmt: skip
         clock = clock_check(clock_run)
 
     peak10, peak10k = mem["devices10"][0]["driver_peak_rss_mb"], mem["devices10000"][0]["driver_peak_rss_mb"]

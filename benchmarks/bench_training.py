@@ -23,7 +23,7 @@ import torch  # noqa: E402
 from privtune_ray.config import TrainConfig  # noqa: E402
 from privtune_ray.data import batch_indices, collate, load_split, tokenize_split  # noqa: E402
 from privtune_ray.models import load_split_model, load_tokenizer  # noqa: E402
-from privtune_ray.benchmarking import interleaved_timings, ratio_to, write_results  # noqa: E402
+from privtune_ray.benchmarking import write_results  # noqa: E402
 from privtune_ray.training.client import SplitClient  # noqa: E402
 from privtune_ray.training.loop import Counters, split_step, upload  # noqa: E402
 from privtune_ray.training.server import TopServer, build_optimizer  # noqa: E402

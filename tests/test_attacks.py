@@ -5,7 +5,6 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from privtune_ray.attacks import ATTACKS, AttackContext, Observations, observe
 from privtune_ray.attacks.knn_inversion import KNNInversion

@@ -10,7 +10,6 @@ import torch
 from privtune_ray.cli import main
 from privtune_ray.config import load_config
 from privtune_ray.message import Message
-from privtune_ray.training import loop as loop_module
 from privtune_ray.training.loop import run_training
 from privtune_ray.training.server import TopServer
 

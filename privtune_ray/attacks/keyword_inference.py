@@ -15,7 +15,6 @@ reported too.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 

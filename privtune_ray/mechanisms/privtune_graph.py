@@ -19,7 +19,6 @@ import hashlib
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
