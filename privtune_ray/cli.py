@@ -7,6 +7,9 @@
     privtune-ray attack simulations/sst2_attacks.yaml --set mechanism.name=privtune --out runs/a
     privtune-ray account simulations/sst2_privtune.yaml
     privtune-ray account --sample-rate 0.01 --noise-multiplier 1.0 --steps 1000
+    privtune-ray sweep simulations/sst2_headline.yaml --out runs/headline       # the grid as parallel Ray tasks
+    privtune-ray sweep simulations/sst2_headline.yaml --grid mechanism.eta=5,10 --grid model.split_depth=2
+    privtune-ray report runs/headline                                             # plots + report.md
     privtune-ray datasets
 """
 
@@ -43,6 +46,24 @@ def _parser() -> argparse.ArgumentParser:
     account.add_argument("--steps", type=int, help="DP-SGD: number of steps T")
     account.add_argument("--delta", type=float, default=1e-5, help="delta (default 1e-5)")
     account.add_argument("--target-epsilon", type=float, help="DP-SGD: calibrate sigma for this epsilon (Edgeworth)")
+
+    sweep = sub.add_parser("sweep", help="run a grid of configs as parallel Ray tasks and collect one table (sweep.csv)")
+    sweep.add_argument("config", help="YAML config with an optional sweep: section, e.g. simulations/sst2_headline.yaml")
+    sweep.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                       help="sweep this key over these values for every point (repeatable; replaces the key in the arms)")
+    sweep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a key of the base config (repeatable)")
+    sweep.add_argument("--out", help="sweep directory (default: runs/<name>-sweep-<timestamp>); rerun it to resume")
+    sweep.add_argument("--data-dir", help="data directory (overrides data.data_dir and $PRIVTUNE_DATA_DIR)")
+    sweep.add_argument("--executor", choices=["ray", "local"], help="ray: parallel Ray tasks (default); local: no Ray, --local-workers points at once")
+    sweep.add_argument("--local-workers", type=int, help="executor local: points run at once in subprocesses (default 1)")
+    sweep.add_argument("--address", help="Ray cluster address ('auto' or host:port); default a local Ray")
+    sweep.add_argument("--dry-run", action="store_true", help="list the points and stop")
+
+    report = sub.add_parser("report", help="plots and report.md from a sweep or run directory (or a folder of them)")
+    report.add_argument("dir", help="a sweep directory, a run directory, or a folder holding several")
+    report.add_argument("--out", help="where report.md and the plots go (default: DIR/report)")
+    report.add_argument("--asr-threshold", type=float, default=0.10, help="max EIA ASR of the headline (default 0.10)")
 
     sub.add_parser("datasets", help="list the datasets and where they are read from")
     return parser
@@ -119,6 +140,44 @@ def _account(args) -> None:
         raise PrivtuneError("give a config, or --sample-rate, --steps and --noise-multiplier (or --target-epsilon)")
 
 
+def _sweep(args) -> None:
+    import time
+
+    from .sweep import load_sweep, run_sweep
+
+    overrides = list(args.overrides) + ([f"data.data_dir={args.data_dir}"] if args.data_dir else [])
+    base, spec, points = load_sweep(args.config, overrides, args.grid)
+    spec.executor = args.executor or spec.executor
+    spec.address = args.address or spec.address
+    spec.local_workers = args.local_workers or spec.local_workers
+    spec.validate()
+    if args.dry_run:
+        for p in points:
+            print(f"{p.slug:40s} {' '.join(p.override_args())}")
+        print(f"{len(points)} points ({spec.runner}, {spec.executor})")
+        return
+    out = args.out or f"runs/{base.get('name', 'run')}-sweep-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_sweep(base, spec, points, out)
+    failed = _failed_points(out)
+    if failed:
+        raise PrivtuneError(f"{len(failed)} point(s) failed: {', '.join(failed)}; their logs are in {out}/points/")
+    print(f"privtune-ray: wrote {out}/sweep.csv; `privtune-ray report {out}` plots it")
+
+
+def _failed_points(out: str) -> list[str]:
+    import pandas as pd
+
+    table = pd.read_csv(f"{out}/sweep.csv")
+    return list(table.loc[table["status"] != "done", "point"])
+
+
+def _report(args) -> None:
+    from analysis.report import write_report
+
+    path = write_report(args.dir, args.out, asr_threshold=args.asr_threshold)
+    print(f"privtune-ray: wrote {path}")
+
+
 def _datasets(args) -> None:
     from .data.registry import DATASETS, resolve_data_dir
 
@@ -129,7 +188,8 @@ def _datasets(args) -> None:
         print(f"  {name:22s} {spec.task:14s} splits: {', '.join(spec.splits)}{attrs}\n  {'':22s} {spec.description}")
 
 
-COMMANDS = {"train": _train, "simulate": _simulate, "attack": _attack, "account": _account, "datasets": _datasets}
+COMMANDS = {"train": _train, "simulate": _simulate, "attack": _attack, "sweep": _sweep, "report": _report,
+            "account": _account, "datasets": _datasets}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -134,6 +134,7 @@ class TrainConfig:
     checkpoint_every: int = 200  # steps between checkpoints a run can resume from
     threads: int | None = None  # torch intra-op threads (None: all cores)
     progress: bool = True  # progress bars on stderr
+    device: str = "cpu"  # the top model's device in `train` and in-process `simulate`: cpu | cuda | auto (cuda if seen)
     lora: LoraConfig = field(default_factory=LoraConfig)
 
     def validate(self, key: str) -> None:
@@ -148,6 +149,7 @@ class TrainConfig:
         _require(self.eval_every is None or self.eval_every >= 1, f"{key}.eval_every", "must be >= 1 or null")
         _require(self.checkpoint_every >= 1, f"{key}.checkpoint_every", "must be >= 1")
         _require(self.threads is None or self.threads >= 1, f"{key}.threads", "must be >= 1 or null")
+        _require(self.device in ("cpu", "cuda", "auto"), f"{key}.device", "must be 'cpu', 'cuda' or 'auto'")
         self.lora.validate(f"{key}.lora")
 
 
@@ -327,19 +329,40 @@ def _require(condition: bool, key: str, message: str) -> None:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Read a YAML config (or the defaults when ``path`` is None), apply ``key=value`` overrides, validate."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} not found: pass a YAML file such as simulations/sst2_baseline.yaml")
-        with path.open() as f:
-            loaded = yaml.safe_load(f)
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys to values at top level")
-        raw = loaded or {}
+    raw = read_config_file(path) if path is not None else {}
+    if "sweep" in raw:
+        raise ConfigError(f"config file {str(path)!r} has a sweep: section: run it with `privtune-ray sweep {path}`, "
+                          f"or pick one point with --set")  # fmt: skip
     for item in overrides or []:
         set_override(raw, item)
     return config_from_dict(raw)
+
+
+def read_config_file(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A YAML config file as a raw mapping. ``extends: other.yaml`` (relative to the file) starts from that
+    file's mapping and merges this one over it, section by section; a small CI variant extends the full config."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} not found: pass a YAML file such as simulations/sst2_baseline.yaml")
+    if path.resolve() in _seen:
+        raise ConfigError(f"config file {str(path)!r} extends itself (through {' -> '.join(map(str, _seen))})")
+    with path.open() as f:
+        loaded = yaml.safe_load(f)
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys to values at top level")
+    raw = loaded or {}
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    return _merge(read_config_file(path.parent / str(parent), (*_seen, path.resolve())), raw)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        both = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = _merge(merged[key], value) if both else value
+    return merged
 
 
 def config_from_dict(raw: dict[str, Any]) -> Config:

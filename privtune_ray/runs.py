@@ -28,7 +28,7 @@ from .config import Config, config_from_dict, dump_config
 from .errors import ConfigError
 
 # Keys that may differ when a run is resumed: where and how fast it runs, not what it computes.
-RESUMABLE_CHANGES = {"train.progress", "train.threads"} | {
+RESUMABLE_CHANGES = {"train.progress", "train.threads", "train.device"} | {
     f"simulation.{key}" for key in ("backend", "address", "device_workers", "worker_cpus", "worker_threads", "top_replicas",
                                     "replica_cpus", "replica_threads", "replica_gpus", "prefetch", "max_retries")
 }

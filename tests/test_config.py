@@ -4,20 +4,27 @@ from pathlib import Path
 
 import pytest
 
-from privtune_ray.config import Config, load_config
+from privtune_ray.config import Config, load_config, read_config_file
+from privtune_ray.sweep import load_sweep
 from privtune_ray.errors import ConfigError
 
 # Every run config in simulations/ (cluster.yaml is the Ray cluster launcher's, checked in test_simulation_ray.py).
-SIMULATIONS = sorted(p for p in (Path(__file__).parents[1] / "simulations").glob("*.yaml") if p.name != "cluster.yaml")
+ROOT = Path(__file__).parents[1] / "simulations"
+SIMULATIONS = sorted(p for p in ROOT.rglob("*.yaml") if p.name != "cluster.yaml")
+RUNS = [p for p in SIMULATIONS if "sweep" not in read_config_file(p)]
 
 
-@pytest.mark.parametrize("path", SIMULATIONS, ids=[p.name for p in SIMULATIONS])
+@pytest.mark.parametrize("path", SIMULATIONS, ids=[str(p.relative_to(ROOT)) for p in SIMULATIONS])
 def test_every_shipped_config_loads(path):
-    assert isinstance(load_config(path), Config)
+    if path in RUNS:
+        assert isinstance(load_config(path), Config)
+    else:  # a sweep: every one of its points is a valid config
+        _, _, points = load_sweep(path)
+        assert points
 
 
 def test_overrides_are_parsed_and_typed():
-    cfg = load_config(SIMULATIONS[0], ["train.max_steps=30", "train.lr=3e-4", "data.max_eval_samples=null",
+    cfg = load_config(RUNS[0], ["train.max_steps=30", "train.lr=3e-4", "data.max_eval_samples=null",
                                        "train.lora.enabled=true", "train.lora.target_modules=[query, value]"])  # fmt: skip
     assert cfg.train.max_steps == 30 and cfg.train.lr == 3e-4 and cfg.data.max_eval_samples is None
     assert cfg.train.lora.enabled and cfg.train.lora.target_modules == ["query", "value"]
@@ -42,7 +49,7 @@ def test_overrides_are_parsed_and_typed():
 )
 def test_bad_keys_and_values_name_the_key(override, match):
     with pytest.raises(ConfigError, match=match):
-        load_config(SIMULATIONS[0], [override])
+        load_config(RUNS[0], [override])
 
 
 def test_missing_config_file():
@@ -64,4 +71,4 @@ def test_missing_config_file():
 )
 def test_bad_mechanism_values_name_the_key(override, match):
     with pytest.raises(ConfigError, match=match):
-        load_config(SIMULATIONS[0], [override])
+        load_config(RUNS[0], [override])

@@ -1,5 +1,6 @@
 """The split: top(bottom(x)) equals the unsplit model, for every family and every depth m."""
 
+import copy
 import inspect
 
 import pytest
@@ -165,3 +166,15 @@ def test_local_path_of_another_family_loads_and_splits(tmp_path):
     AutoModelForSequenceClassification.from_config(config).save_pretrained(tmp_path / "tiny-gpt2")
     split = load_split_model(str(tmp_path / "tiny-gpt2"), 2, num_labels=2)
     assert split.family.name == "gpt2" and split.depth == 3 and len(split.top.blocks) == 1
+
+
+def test_a_half_precision_checkpoint_loads_in_fp32(minilm, tokenizer, tmp_path):
+    """Checkpoints stored in fp16 (as many on the Hub are) still train in fp32; outputs agree to fp16 rounding."""
+    copy.deepcopy(minilm).to(torch.float16).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    loaded = load_task_model(str(tmp_path), num_labels=2)
+    assert {p.dtype for p in loaded.parameters()} == {torch.float32}
+    batch = tokenizer(["a gripping , funny film"], return_tensors="pt")
+    with torch.no_grad():
+        diff = (loaded.bert(**batch).last_hidden_state - minilm.bert(**batch).last_hidden_state).abs().max()
+    assert 0 < diff < 0.05

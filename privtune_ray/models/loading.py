@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from ..errors import ModelError
@@ -89,7 +90,8 @@ def load_task_model(name: str, task: str = "classification", num_labels: int = 2
     hf_logging.set_verbosity_error()  # "newly initialised head" notices: expected, the head is trained
     hf_logging.disable_progress_bar()
     try:
-        return _from_pretrained(loader, source, name, config=config)
+        # fp32 whatever the checkpoint stores: fp16/bf16 weights (common on the Hub) would otherwise train in half precision.
+        return _from_pretrained(loader, source, name, config=config, dtype=torch.float32)
     finally:
         hf_logging.set_verbosity(verbosity)
         hf_logging.enable_progress_bar()

@@ -40,7 +40,7 @@ from ..models.loading import load_task_model, load_tokenizer, resolve_model
 from ..models.split import BottomModel, split_model
 from ..runs import RunDir
 from ..attacks.suite import VictimSample
-from ..training.loop import AttackRounds, attacker_data, classification_spec, load_task_data, seed_everything
+from ..training.loop import AttackRounds, attacker_data, classification_spec, load_task_data, seed_everything, top_device
 from .backends import Backend, InProcessBackend, RayBackend, ReplicaLost, connect_ray
 from .clock import DeviceTiming, simulate_round, transfer_s
 from .population import Population, RoundPlan
@@ -115,7 +115,8 @@ def prepare(cfg: Config) -> Setup:
 
 
 def start_backend(setup: Setup) -> Backend:
-    """In-process: everything in this process on ``train.threads`` (all cores). Ray: actors with their own threads."""
+    """In-process: everything in this process on ``train.threads`` (all cores), the top on ``train.device``.
+    Ray: actors with their own threads; replicas take the cluster's GPUs (``simulation.replica_gpus``)."""
     cfg, sim = setup.cfg, setup.cfg.simulation
     cores = os.cpu_count() or 1
     entry = int(setup.population.depth.min())  # the shallowest device's h enters the top first
@@ -123,7 +124,8 @@ def start_backend(setup: Setup) -> Backend:
         threads = cfg.train.threads or cores
         torch.set_num_threads(threads)
         worker_setup = WorkerSetup(cfg, setup.num_labels, setup.train, setup.eval, threads=threads)
-        return InProcessBackend(worker_setup, ReplicaSetup(cfg, setup.num_labels, entry, threads), sim.device_workers, sim.top_replicas)
+        replica_setup = ReplicaSetup(cfg, setup.num_labels, entry, threads, device=top_device(cfg.train.device))
+        return InProcessBackend(worker_setup, replica_setup, sim.device_workers, sim.top_replicas)
     connect_ray(sim.address)
     worker_setup = WorkerSetup(cfg, setup.num_labels, setup.train, setup.eval, threads=sim.worker_threads or max(1, cores // sim.device_workers))
     replica_threads = sim.replica_threads or max(1, cores // sim.top_replicas)

@@ -53,6 +53,15 @@ class Counters:
     extra: dict = field(default_factory=dict)
 
 
+def top_device(name: str) -> str:
+    """``train.device`` as a torch device: ``auto`` is cuda when torch sees a GPU; cuda without one is an error."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device is 'cuda' but torch sees no GPU: use train.device=auto or cpu")
+    return name
+
+
 def upload(msg: Message, counters: Counters) -> Message:
     """Serialise on the device, count the bytes, deserialise on the cloud side."""
     start = time.perf_counter()
@@ -116,6 +125,7 @@ def load_task_data(cfg: Config, tokenizer, spec) -> tuple[TokenizedSplit, Tokeni
 def run_training(cfg: Config, out: str | os.PathLike | None = None, resume: bool = False, log=print) -> Path:
     """Fine-tune ``cfg.model`` split at ``cfg.model.split_depth`` on ``cfg.data``; returns the run directory."""
     spec = classification_spec(cfg, "train")
+    device = top_device(cfg.train.device)
     seed_everything(cfg.seed)  # before loading: the fresh task head is initialised from it
     # Everything that can fail on bad input is checked before the run directory is written.
     split_model = load_split_model(cfg.model.name, cfg.model.split_depth, num_labels=spec.num_labels)
@@ -146,7 +156,7 @@ def run_training(cfg: Config, out: str | os.PathLike | None = None, resume: bool
         total_steps = min(total_steps, cfg.train.max_steps)
     optimizer, scheduler = build_optimizer(top, cfg.train, total_steps)
     client = SplitClient(split_model.bottom, mechanism)
-    server = TopServer(top, optimizer, scheduler)
+    server = TopServer(top, optimizer, scheduler, device=device)
 
     counters = Counters()
     if resume:

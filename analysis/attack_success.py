@@ -1,0 +1,60 @@
+"""Attack success per attack for one chosen point per mechanism: EIA ASR top-1 (%) and AIA advantage (pp)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from .style import NothingToPlot, bar_chart_width, figure_legend, grouped_bars, label, mechanism_colors, panels, save
+from .tables import ASR, ADVANTAGE, aia_columns, depth_label, eia_columns, mechanisms, privacy_parameter, setting
+
+
+def select_points(table: pd.DataFrame, threshold: float = 0.10) -> pd.DataFrame:
+    """One row per mechanism: its best-utility point with max EIA ASR <= ``threshold``; failing that, its
+    strongest-noise point, taken as the one with the lowest max EIA ASR (its first point if none measured)."""
+    chosen = []
+    for mechanism in mechanisms(table):
+        points = table[table["mechanism"] == mechanism]
+        safe = points[points["max_eia_asr_top1"] <= threshold + 1e-12]
+        if safe["utility"].notna().any():
+            chosen.append(safe["utility"].idxmax())
+        elif points["max_eia_asr_top1"].notna().any():
+            chosen.append(points["max_eia_asr_top1"].idxmin())
+        else:
+            chosen.append(points.index[0])
+    return table.loc[chosen]
+
+
+def point_label(table: pd.DataFrame, row: pd.Series) -> str:
+    """``privtune (eta=10, m=2)``: mechanism, privacy setting and split depth of a point."""
+    parameter = privacy_parameter(table, row["mechanism"])
+    details = [s for s in (setting(row, parameter), depth_label(row["split_depth"])) if s]
+    return f"{row['mechanism']} ({', '.join(details)})"
+
+
+def plot_attack_success(table: pd.DataFrame, path: str | Path, selection: pd.DataFrame | None = None,
+                        threshold: float = 0.10) -> Path:  # fmt: skip
+    """Grouped bars, one group per attack and one bar per selected point (default :func:`select_points`):
+    inversion ASR top-1 in % (dashed line at ``threshold``), and attribute-attack advantage in percentage points."""
+    selection = select_points(table, threshold) if selection is None else selection
+    kinds = [(c, suffix) for c, suffix in ((eia_columns(table), ASR), (aia_columns(table), ADVANTAGE))
+             if c and selection[c].notna().any().any()]  # fmt: skip
+    if selection.empty or not kinds:
+        raise NothingToPlot("the sweep has no per-attack results (attacks were off, or no point finished)")
+    labels = [point_label(table, row) for _, row in selection.iterrows()]
+    colors = mechanism_colors(table["mechanism"].dropna())
+    bars = max(len(c) for c, _ in kinds) * len(selection)
+    fig, axes = panels(len(kinds), ncols=1, size=(bar_chart_width(bars) + 2.5, 3.6))
+    for ax, (columns, suffix) in zip(axes, kinds):
+        attacks = [c.removesuffix(suffix) for c in columns]
+        values = pd.DataFrame(100 * selection[columns].to_numpy(dtype=float), columns=attacks, index=labels).T
+        grouped_bars(ax, values, {lab: colors[str(m)] for lab, m in zip(labels, selection["mechanism"])})
+        if suffix == ASR:
+            ax.axhline(100 * threshold, ls="--", color="grey", lw=1, label=f"ASR threshold {100 * threshold:g}%")
+            label(ax, "Embedding inversion attacks", "attack", "ASR top-1 (%)", legend=False)
+        else:
+            ax.axhline(0, color="black", lw=0.8)
+            label(ax, "Attribute inference attacks", "attack", "advantage over majority (pp)", legend=False)
+    figure_legend(fig, axes)
+    return save(fig, path, "Attack success per attack")

@@ -1,0 +1,248 @@
+"""``write_report``: discover sweeps and runs under a folder, plot them, and write ``report.md`` beside the PNGs."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from privtune_ray import __version__
+from privtune_ray.errors import ConfigError
+
+from .attack_success import plot_attack_success
+from .communication import plot_communication, plot_simulation_communication
+from .frontier import plot_frontier
+from .headline import headline_table, markdown_table
+from .overhead import overhead_by_tier, plot_overhead
+from .style import KIB, MIB, NothingToPlot
+from .tables import (
+    ADVANTAGE, ASR, DESIGN_KEYS, SimulationRun, aia_columns, depth_label, eia_columns, failed_points,
+    find_simulations, find_sweeps, find_train_runs, load_simulation, load_summary, load_sweep, override_columns,
+    short_key,
+)  # fmt: skip
+from .timeline import median_round, plot_timeline
+
+# A displayed column: source column -> (header with unit, scale factor, number format).
+View = Mapping[str, tuple[str, float, str]]
+PCT, PP, KIB_FMT = (100.0, ".1f"), (100.0, "+.1f"), (1 / KIB, ".1f")
+SWEEP_VIEW: View = {
+    "point": ("point", 1, ""), "mechanism": ("mechanism", 1, ""), "split_depth": ("m", 1, ""),
+    "utility": ("utility (%)", *PCT), "max_eia_asr_top1": ("max EIA ASR (%)", *PCT),
+    "max_aia_advantage": ("max AIA adv. (pp)", *PP), "epsilon": ("ε", 1, ".3g"),
+    "eta_per_unit": ("η / unit", 1, ".3g"),
+    "bytes_up_per_sample": ("up (KiB/sample)", *KIB_FMT), "train_wall_s": ("train wall (s)", 1, ".0f"),
+    "sim_time_s": ("sim time (s)", 1, ".0f"),
+}  # fmt: skip
+HEADLINE_VIEW: View = {
+    "mechanism": ("mechanism", 1, ""), "split_depth": ("m", 1, ""), "setting": ("setting", 1, ""),
+    "utility": ("utility (%)", *PCT), "max_eia_asr_top1": ("max EIA ASR (%)", *PCT),
+    "reference_utility": ("none utility (%)", *PCT), "drop_points": ("drop (pp)", 1, ".1f"),
+    "drop_relative": ("drop (% of none)", *PCT), "note": ("note", 1, ""),
+}  # fmt: skip
+TRAIN_VIEW: View = {
+    "name": ("run", 1, ""), "dataset": ("dataset", 1, ""), "mechanism": ("mechanism", 1, ""),
+    "split_depth": ("m", 1, ""),
+    "dev_accuracy": ("dev acc. (%)", *PCT), "bytes_up_per_sample": ("up (KiB/sample)", *KIB_FMT),
+    "train_wall_s": ("train wall (s)", 1, ".1f"), "bottom_compute_s": ("bottom (s)", 1, ".1f"),
+    "mechanism_compute_s": ("mechanism (s)", 1, ".2f"), "top_compute_s": ("top (s)", 1, ".1f"),
+    "max_eia_asr_top1": ("max EIA ASR (%)", *PCT), "max_aia_advantage": ("max AIA adv. (pp)", *PP),
+}  # fmt: skip
+TIER_VIEW: View = {
+    "depth": ("m", 1, ""), "device_rounds": ("device-rounds", 1, ""), "dropped": ("dropped", 1, ""),
+    "late": ("late", 1, ""), "up_KiB": ("up (KiB)", 1, ".1f"), "down_MiB": ("down (MiB)", 1, ".1f"),
+    "compute_s": ("compute (s)", 1, ".4f"), "sim_download_s": ("sim download (s)", 1, ".2f"),
+    "sim_compute_s": ("sim compute (s)", 1, ".2f"), "sim_upload_s": ("sim upload (s)", 1, ".2f"),
+    "sim_device_s": ("sim device total (s)", 1, ".2f"),
+}  # fmt: skip
+
+
+def _view(df: pd.DataFrame, view: View, index: bool = False) -> str:
+    """``df``'s columns named in ``view``, in its order, scaled and renamed with their units (split depths as
+    labels), all-empty columns left out, as a Markdown table."""
+    frame = pd.DataFrame(index=df.index)
+    formats = {}
+    for column, (header, scale, fmt) in view.items():
+        if column in df.columns and (df[column].notna() & (df[column] != "")).any():
+            values = df[column]
+            if column in ("split_depth", "depth"):
+                values = values.map(lambda d: depth_label(d).removeprefix("m="))
+            elif scale != 1:
+                values = pd.to_numeric(values, errors="coerce") * scale
+            frame[header] = values
+            formats[header] = fmt or ".3g"
+    if index:
+        frame.index.name = df.index.name
+    return markdown_table(frame, formats=formats, index=index)
+
+
+def _sweep_view(table: pd.DataFrame) -> View:
+    """:data:`SWEEP_VIEW` with the swept parameters after the depth and one % column per attack at the end."""
+    params = {c: (short_key(c), 1, "g") for c in override_columns(table) if c not in DESIGN_KEYS}
+    attacks = {**{c: (c.replace(ASR, " ASR (%)"), *PCT) for c in eia_columns(table)},
+               **{c: (c.replace(ADVANTAGE, " adv. (pp)"), *PP) for c in aia_columns(table)}}
+    head = dict(list(SWEEP_VIEW.items())[:3])
+    return {**head, **params, **{k: v for k, v in SWEEP_VIEW.items() if k not in head}, **attacks}
+
+
+def _slug(path: Path, root: Path) -> str:
+    rel = path.resolve().relative_to(root.resolve())
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", "-".join(rel.parts) or root.resolve().name)
+
+
+def _figure(out: Path, name: str, caption: str, plot: Callable[..., Path], *args: Any, **kwargs: Any) -> str:
+    """Run ``plot(*args, out/name, **kwargs)``; the Markdown image, or why it was not drawn."""
+    try:
+        path = plot(*args, out / name, **kwargs)
+    except NothingToPlot as why:
+        return f"*{caption}: not plotted — {why}.*"
+    return f"![{caption}]({os.path.relpath(path, out)})"
+
+
+def _rel(path: Path, root: Path) -> str:
+    """``path`` relative to ``root``; ``root`` itself as given."""
+    return str(path.resolve().relative_to(root.resolve())) if path.resolve() != root.resolve() else str(root)
+
+
+def _provenance(root: Path, sweeps: list[Path], sims: list[Path], trains: list[Path]) -> str:
+    lines = [f"Generated {time.strftime('%Y-%m-%d %H:%M:%S %z')} by privtune-ray {__version__} (`analysis.report`) "
+             f"from `{root.resolve()}`.", ""]  # fmt: skip
+    for path in sweeps:
+        meta_path = path / "sweep.json"
+        meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+        git = (meta.get("git") or {}).get("commit")
+        extra = ", ".join(x for x in (f"runner {meta.get('spec', {}).get('runner')}" if meta.get("spec") else "",
+                                      f"updated {meta['updated_at']}" if meta.get("updated_at") else "",
+                                      f"commit {git[:10]}" if git else "") if x)  # fmt: skip
+        lines.append(f"- sweep `{_rel(path, root)}`" + (f" ({extra})" if extra else ""))
+    for kind, paths in (("simulation run", sims), ("train run", trains)):
+        for path in paths:
+            finished = load_summary(path).get("finished_at")
+            lines.append(f"- {kind} `{_rel(path, root)}`" + (f" (finished {finished})" if finished else ""))
+    return "\n".join(lines)
+
+
+def _headline(sweeps: list[Path], root: Path, threshold: float) -> str:
+    limit = f"{100 * threshold:g}%"
+    text = [f"## Headline\n\nPer mechanism and split depth: the best dev accuracy among points whose max EIA ASR top-1 "
+            f"is at most {limit}, and its drop against `none` at the same depth (pp = percentage points)."]  # fmt: skip
+    for path in sweeps:
+        table = headline_table(load_sweep(path), threshold)
+        title = f"\n\n### Sweep `{_rel(path, root)}`\n\n" if len(sweeps) > 1 else "\n\n"
+        body = _view(table, HEADLINE_VIEW) if not table.empty else "No finished point of a mechanism other than `none`."
+        text.append(title + body)
+    return "".join(text)
+
+
+def _sweep_section(path: Path, root: Path, out: Path, threshold: float) -> str:
+    table, failed = load_sweep(path), failed_points(path)
+    slug = _slug(path, root)
+    parts = [f"## Sweep `{_rel(path, root)}`",
+             f"{len(table)} finished point(s), {len(failed)} failed.",
+             "### Privacy–utility frontier",
+             _figure(out, f"frontier-{slug}.png", "privacy–utility frontier", plot_frontier, table,
+                     threshold=threshold),
+             "### Attack success",
+             f"Each mechanism at its best-utility point with max EIA ASR ≤ {100 * threshold:g}%, or, without one,"
+             " at its lowest-ASR (strongest-noise) point.",
+             _figure(out, f"attacks-{slug}.png", "attack success per attack", plot_attack_success, table,
+                     threshold=threshold),
+             "### Communication",
+             _figure(out, f"communication-{slug}.png", "uplink per sample", plot_communication, table),
+             "### All finished points",
+             _view(table, _sweep_view(table)) if not table.empty else "No point finished.",
+             "### Failed points",
+             markdown_table(failed.dropna(axis=1, how="all"), "g") if not failed.empty else "None."]  # fmt: skip
+    return "\n\n".join(parts)
+
+
+def _run_numbers(run: SimulationRun) -> str:
+    s = run.summary
+    numbers = [("dataset", s.get("dataset")), ("mechanism", s.get("mechanism")), ("devices", s.get("devices")),
+               ("rounds", s.get("rounds")), ("dev accuracy (%)", _scaled(s.get("dev_accuracy"), 100, ".2f")),
+               ("uplink total (MiB)", _scaled(s.get("bytes_up"), 1 / MIB, ".1f")),
+               ("downlink total (MiB)", _scaled(s.get("bytes_down"), 1 / MIB, ".1f")),
+               ("uplink per sample (KiB)", _scaled(s.get("bytes_up_per_sample"), 1 / KIB, ".1f")),
+               ("simulated time (s)", _scaled(s.get("sim_time_s"), 1, ".1f")),
+               ("train wall clock (s)", _scaled(s.get("train_wall_s"), 1, ".1f")),
+               ("dropped device-rounds", s.get("dropped")), ("late device-rounds", s.get("late"))]  # fmt: skip
+    return markdown_table(pd.DataFrame([(k, v) for k, v in numbers if v is not None], columns=["quantity", "value"]))
+
+
+def _scaled(value: Any, scale: float, fmt: str) -> str | None:
+    return None if value is None else format(float(value) * scale, fmt)
+
+
+def _accuracy_by_depth(run: SimulationRun) -> str:
+    by_depth = run.summary.get("dev_by_depth") or {}
+    text = []
+    if by_depth:
+        final = pd.DataFrame.from_dict(by_depth, orient="index").rename_axis("m")
+        final["accuracy"] = 100 * final["accuracy"]
+        final = final.rename(columns={"accuracy": "dev acc. (%)", "loss": "dev loss", "samples": "dev samples"})
+        table = markdown_table(final, ".2f", {"dev loss": ".4f"}, index=True)
+        text.append(f"Final dev accuracy of each depth's model:\n\n{table}")
+    if run.evals is not None and not run.evals.empty:
+        curve = run.evals.pivot_table(index="rounds_done", columns="depth", values="accuracy") * 100
+        curve.columns = [f"dev acc. m={d} (%)" for d in curve.columns]
+        table = markdown_table(curve, ".2f", index=True)
+        text.append(f"Dev accuracy (%) by depth during training (`eval.csv`):\n\n{table}")
+    return "\n\n".join(text) or "No per-depth evaluation in this run."
+
+
+def _simulation_section(path: Path, root: Path, out: Path) -> str:
+    run = load_simulation(path)
+    slug = _slug(path, root)
+    tiers = pd.DataFrame(run.summary.get("tiers") or [])
+    try:
+        by_tier = _view(overhead_by_tier(run.devices), TIER_VIEW, index=True)
+        timeline_round = f" (round {median_round(run.rounds)}, the median `sim_round_s`)"
+    except NothingToPlot as why:
+        by_tier, timeline_round = f"No by-tier table: {why}.", ""
+    parts = [f"## Simulation `{run.name}` (`{_rel(path, root)}`)",
+             _run_numbers(run),
+             "Tiers:\n\n" + markdown_table(tiers) if not tiers.empty else "",
+             "### Per-device overhead by tier",
+             _figure(out, f"overhead-{slug}.png", "per-device overhead by tier", plot_overhead, run.devices),
+             f"Means over non-dropped device-rounds (sim = simulated s; compute = measured wall clock):\n\n{by_tier}",
+             "### Communication",
+             _figure(out, f"communication-{slug}.png", "uplink per sample by depth", plot_simulation_communication,
+                     {run.name: run.devices}),
+             f"### Round timeline{timeline_round}",
+             _figure(out, f"timeline-{slug}.png", "round timeline", plot_timeline, run.devices, run.rounds),
+             "### Accuracy by depth",
+             _accuracy_by_depth(run)]  # fmt: skip
+    return "\n\n".join(p for p in parts if p)
+
+
+def _train_section(trains: list[Path], root: Path) -> str:
+    summaries = [(p, load_summary(p)) for p in trains]
+    rows = pd.DataFrame([{**s, "name": s.get("name") or _rel(p, root)} for p, s in summaries])
+    return "## Train runs\n\n" + _view(rows, TRAIN_VIEW)
+
+
+def write_report(root: str | Path, out: str | Path | None = None, asr_threshold: float = 0.10) -> Path:
+    """Write PNGs and ``report.md`` for every sweep, simulation run and train run under ``root`` into ``out``
+    (default ``root/report``); returns the report's path. Raises ConfigError when ``root`` holds none."""
+    root = Path(root)
+    sweeps, sims, trains = find_sweeps(root), find_simulations(root), find_train_runs(root)
+    if not (sweeps or sims or trains):
+        raise ConfigError(f"no sweep.csv or summary.json under {str(root)!r}: run `privtune-ray sweep ...` or "
+                          f"`privtune-ray simulate ...` first, then pass its output directory")  # fmt: skip
+    out = Path(out) if out is not None else root / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    sections = [f"# privtune-ray report: {root.resolve().name}", _provenance(root, sweeps, sims, trains)]
+    if sweeps:
+        sections.append(_headline(sweeps, root, asr_threshold))
+    sections += [_sweep_section(p, root, out, asr_threshold) for p in sweeps]
+    sections += [_simulation_section(p, root, out) for p in sims]
+    if trains:
+        sections.append(_train_section(trains, root))
+    path = out / "report.md"
+    path.write_text("\n\n".join(sections) + "\n")
+    return path

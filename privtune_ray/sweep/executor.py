@@ -1,0 +1,123 @@
+"""Run a sweep's points as parallel Ray tasks (or one after another, ``executor: local``) into one directory.
+
+    DIR/sweep.json          the base config, the sweep spec, every point, provenance
+    DIR/sweep.csv           one row per finished point, rewritten as each one finishes
+    DIR/points/<slug>/      each point's own run directory (config.yaml, summary.json, ...)
+    DIR/points/<slug>.log   its log
+
+Running the same command again resumes: finished points are read back, interrupted ones resume from their
+checkpoint, and points added to the grid since are run. A different base config in DIR is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ..errors import ConfigError
+from ..runs import git_revision, package_versions
+from .runner import ROW_KEYS, run_point
+from .spec import Point, SweepSpec, point_config
+
+
+def sweep_table(points: list[Point], rows: dict[str, dict[str, Any]]) -> pd.DataFrame:
+    """Rows in point order: the fixed columns, then the point's overrides, then one column per attack."""
+    records = [{**rows[p.slug], **p.overrides} for p in points if p.slug in rows]
+    override_keys = list(dict.fromkeys(k for p in points for k in p.overrides))
+    attack_keys = sorted({k for r in records for k in r if ":" in k})
+    columns = [*ROW_KEYS, *(k for k in override_keys if k not in ROW_KEYS), *attack_keys]
+    return pd.DataFrame(records, columns=columns)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _record(out: Path, base: dict[str, Any], spec: SweepSpec, points: list[Point]) -> None:
+    meta_path = out / "sweep.json"
+    if meta_path.exists():
+        previous = json.loads(meta_path.read_text())
+        if previous.get("base") != json.loads(json.dumps(base)):
+            raise ConfigError(
+                f"{str(out)!r} holds a sweep of another base config: choose another --out, or run the same config "
+                f"(only the grid may grow) to resume it"
+            )
+        known = {p["slug"] for p in previous.get("points", [])}
+        points_all = previous["points"] + [{"slug": p.slug, "overrides": p.overrides} for p in points if p.slug not in known]
+    else:
+        points_all = [{"slug": p.slug, "overrides": p.overrides} for p in points]
+    _write_atomic(meta_path, json.dumps({
+        "base": base, "spec": asdict(spec), "points": points_all, "versions": package_versions(), "git": git_revision(),
+        "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }, indent=2, default=str))  # fmt: skip
+
+
+def _run_local(base, spec: SweepSpec, points: list[Point], out: Path, finished) -> None:
+    """``executor: local``: in this process, or ``local_workers`` spawned subprocesses sharing the cores."""
+    if spec.local_workers == 1:
+        for point in points:
+            finished(point, run_point(point_config(base, point), out / "points" / point.slug, spec.runner))
+        return
+    threads = max(1, (os.cpu_count() or 1) // spec.local_workers)
+    with ProcessPoolExecutor(spec.local_workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pending = {pool.submit(run_point, point_config(base, p), out / "points" / p.slug, spec.runner, threads): p
+                   for p in points}  # fmt: skip
+        for future in as_completed(pending):
+            point = pending[future]
+            try:
+                row = future.result()
+            except Exception as exc:  # noqa: BLE001 - a crashed subprocess fails its point only
+                row = {"point": point.slug, "status": "failed", "error": f"{exc.__class__.__name__}: {exc}"}
+            finished(point, row)
+
+
+def run_sweep(base: dict[str, Any], spec: SweepSpec, points: list[Point], out: str | Path, log=print) -> Path:
+    """Run every point (see the module doc); returns ``out``. Rows reach ``sweep.csv`` as points finish."""
+    out = Path(out)
+    (out / "points").mkdir(parents=True, exist_ok=True)
+    _record(out, base, spec, points)
+    table_path = out / "sweep.csv"
+    rows: dict[str, dict[str, Any]] = {}
+
+    def finished(point: Point, row: dict[str, Any]) -> None:
+        rows[point.slug] = row
+        tmp = table_path.with_suffix(".csv.tmp")
+        sweep_table(points, rows).to_csv(tmp, index=False)
+        os.replace(tmp, table_path)
+        done = f"utility {row['utility']:.4f}" if row["status"] == "done" else f"FAILED ({row['error']})"
+        asr = row.get("max_eia_asr_top1")
+        log(f"privtune-ray: [{len(rows)}/{len(points)}] {point.slug}: {done}"
+            + (f", max EIA ASR {asr:.3f}" if isinstance(asr, float) else ""))  # fmt: skip
+
+    log(f"privtune-ray: sweep of {len(points)} points ({spec.runner}, {spec.executor}) into {out}")
+    if spec.executor == "local":
+        _run_local(base, spec, points, out, finished)
+        return out
+
+    import ray
+
+    from ..simulation.backends import connect_ray
+
+    connect_ray(spec.address)
+    task = ray.remote(num_cpus=spec.cpus_per_point, num_gpus=spec.gpus_per_point)(run_point)
+    threads = max(1, int(spec.cpus_per_point))
+    pending = {task.remote(point_config(base, p), str(out / "points" / p.slug), spec.runner, threads): p for p in points}
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        point = pending.pop(ready[0])
+        try:
+            row = ray.get(ready[0])
+        except Exception as exc:  # noqa: BLE001 - a crashed task (e.g. out of memory) fails its point only
+            row = {"point": point.slug, "status": "failed", "error": f"{exc.__class__.__name__}: {exc}".splitlines()[0]}
+        finished(point, row)
+    return out

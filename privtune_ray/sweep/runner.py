@@ -1,0 +1,86 @@
+"""One sweep point: run it (train, simulate or attack) in its own run directory and reduce it to a table row."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import traceback
+from pathlib import Path
+from typing import Any
+
+from ..config import Config
+
+# Columns every row has, in this order; the per-attack columns follow.
+ROW_KEYS = (
+    "point", "status", "mechanism", "split_depth", "utility", "max_eia_asr_top1", "max_aia_advantage", "epsilon",
+    "eta_per_unit", "bytes_up_per_sample", "bytes_up", "bytes_down", "steps", "rounds", "train_wall_s", "sim_time_s",
+    "device_compute_s", "top_s", "run_dir", "error",
+)  # fmt: skip
+
+
+def _runner(name: str):
+    if name == "train":
+        from ..training.loop import run_training
+
+        return lambda cfg, out, resume, log: run_training(cfg, out, resume=resume, log=log)
+    if name == "simulate":
+        from ..simulation.coordinator import run_simulation
+
+        return lambda cfg, out, resume, log: run_simulation(cfg, out, resume=resume, log=log)
+    from ..attacks.evaluation import run_attack_evaluation
+
+    def attack(cfg, out, resume, log):
+        if resume:  # an attack evaluation has no checkpoint: an interrupted one is redone
+            shutil.rmtree(out, ignore_errors=True)
+        return run_attack_evaluation(cfg, out, log=log)
+
+    return attack
+
+
+def row_from_summary(summary: dict[str, Any]) -> dict[str, Any]:
+    """A run's ``summary.json`` as one flat row: utility = dev accuracy; ASR/advantage per attack."""
+    privacy = summary.get("privacy") or {}
+    row: dict[str, Any] = {
+        "mechanism": summary.get("mechanism"), "split_depth": summary.get("split_depth"),
+        "utility": summary.get("dev_accuracy"), "max_eia_asr_top1": summary.get("max_eia_asr_top1"),
+        "max_aia_advantage": summary.get("max_aia_advantage"), "epsilon": privacy.get("epsilon"),
+        "eta_per_unit": privacy.get("eta_per_unit"), "bytes_up_per_sample": summary.get("bytes_up_per_sample"),
+        "bytes_up": summary.get("bytes_up"), "bytes_down": summary.get("bytes_down"), "steps": summary.get("steps"),
+        "rounds": summary.get("rounds"), "train_wall_s": summary.get("train_wall_s"), "sim_time_s": summary.get("sim_time_s"),
+        "device_compute_s": summary.get("device_compute_s", summary.get("bottom_compute_s")),
+        "top_s": summary.get("top_s", summary.get("top_compute_s")), "run_dir": summary.get("run_dir"),
+    }  # fmt: skip
+    for attack, result in (summary.get("attacks") or {}).items():
+        metric = "asr_top1" if result.get("kind") == "inversion" else "advantage"
+        row[f"{attack}:{metric}"] = result.get(metric)
+    return row
+
+
+def run_point(cfg: Config, out: str | Path, runner: str, threads: int | None = None) -> dict[str, Any]:
+    """Run one point into ``out`` (resuming an interrupted run there; a finished one is only read back).
+
+    Never raises for the point's own failure: the row says ``status: failed`` and carries the error, so one
+    bad point does not end the sweep. ``threads``: torch threads when the config leaves them unset.
+    """
+    out = Path(out)
+    summary_path = out / "summary.json"
+    error = ""
+    if not summary_path.exists():
+        cfg.train.progress = False
+        if cfg.train.threads is None and threads:
+            cfg.train.threads = threads
+        if cfg.simulation.backend == "ray":  # the point is itself a Ray task: its devices run in-process
+            cfg.simulation.backend, cfg.simulation.address = "inprocess", None
+        out.mkdir(parents=True, exist_ok=True)
+        with (out.parent / f"{out.name}.log").open("a") as log_file:
+            def log(line: str) -> None:
+                print(line, file=log_file, flush=True)
+
+            try:
+                _runner(runner)(cfg, out, (out / "config.yaml").exists(), log)
+            except Exception as exc:  # noqa: BLE001 - recorded in the row, the sweep goes on
+                error = f"{exc.__class__.__name__}: {exc}"
+                log(traceback.format_exc())
+    if not summary_path.exists():
+        return {"point": out.name, "status": "failed", "error": error or "the run wrote no summary.json"}
+    return {**row_from_summary(json.loads(summary_path.read_text())), "point": out.name, "status": "done", "error": ""}

@@ -1,0 +1,245 @@
+"""The analysis package on small synthetic sweeps and simulation runs (no Ray, no model): frontier, headline,
+overhead, timeline and the report."""
+
+import json
+import math
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis.attack_success import select_points
+from analysis.frontier import pareto_front
+from analysis.headline import headline_table, markdown_table
+from analysis.overhead import overhead_by_tier
+from analysis.report import write_report
+from analysis.tables import failed_points, find_simulations, find_sweeps, find_train_runs, load_sweep, privacy_parameter
+from analysis.timeline import median_round, timeline_segments
+from privtune_ray.errors import ConfigError
+from privtune_ray.sweep.runner import ROW_KEYS
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+# (mechanism, depth, parameter column, value, utility, max EIA ASR); none is the reference.
+POINTS = [
+    ("none", 1, None, None, 0.90, 0.80),
+    ("none", 2, None, None, 0.88, 0.60),
+    ("dchi", 1, "mechanism.eta", 5.0, 0.70, 0.04),
+    ("dchi", 1, "mechanism.eta", 10.0, 0.80, 0.09),
+    ("dchi", 1, "mechanism.eta", 20.0, 0.86, 0.30),
+    ("dchi", 2, "mechanism.eta", 5.0, 0.75, 0.02),
+    ("dchi", 2, "mechanism.eta", 10.0, 0.82, 0.10),
+    ("gaussian", 1, "mechanism.noise_multiplier", 2.0, 0.60, 0.15),
+    ("gaussian", 1, "mechanism.noise_multiplier", 0.5, 0.85, 0.50),
+    ("gaussian", 2, "mechanism.noise_multiplier", 2.0, 0.72, 0.08),
+]
+
+
+def _row(mechanism, depth, param, value, utility, asr):
+    slug = f"{mechanism}-{param.rsplit('.', 1)[-1]}{value:g}-m{depth}" if param else f"{mechanism}-m{depth}"
+    row = {k: np.nan for k in ROW_KEYS}
+    row.update(point=slug, status="done", mechanism=mechanism, split_depth=depth, utility=utility, max_eia_asr_top1=asr,
+               max_aia_advantage=0.05, bytes_up_per_sample=depth * 8192.0, bytes_up=1e6, train_wall_s=12.0, error="",
+               **{"mechanism.name": mechanism, "model.split_depth": depth, "mechanism.eta": np.nan,
+                  "mechanism.noise_multiplier": np.nan, "eia_knn_l2:asr_top1": asr, "eia_mlp:asr_top1": asr / 2,
+                  "aia_keyword:advantage": 0.05})  # fmt: skip
+    if param:
+        row[param] = value
+    return row
+
+
+def write_sweep(path, points=POINTS, failed=True, attacks=True):
+    path.mkdir(parents=True, exist_ok=True)
+    rows = [_row(*p) for p in points]
+    if failed:
+        rows.append({**{k: np.nan for k in ROW_KEYS}, "point": "laplace-sigma1-m1", "status": "failed",
+                     "error": "RuntimeError: out of memory", "mechanism.name": "laplace", "model.split_depth": 1,
+                     "mechanism.noise_multiplier": 1.0})  # fmt: skip
+    table = pd.DataFrame(rows)
+    if not attacks:
+        table = table.drop(columns=[c for c in table.columns if ":" in c])
+        table["max_eia_asr_top1"] = np.nan
+    table.to_csv(path / "sweep.csv", index=False)
+    (path / "points" / rows[0]["point"]).mkdir(parents=True)  # a point's run dir must not be found as a run
+    (path / "points" / rows[0]["point"] / "summary.json").write_text("{}")
+    (path / "points" / rows[0]["point"] / "metrics.csv").write_text("step\n")
+    return path
+
+
+DEVICES = pd.DataFrame([
+    # round, device, tier, depth, status, samples, bytes_up, bytes_down, compute_s, download, compute, upload, arrival, top start, top end
+    (0, 1, "phone", 1, "ok", 4, 4096, 2 * 1048576, 0.10, 2.0, 0.5, 1.0, 3.5, 3.5, 3.7),
+    (0, 2, "laptop", 2, "ok", 8, 16384, 1048576, 0.02, 1.0, 0.2, 0.3, 1.5, 1.5, 1.6),
+    (0, 3, "phone", 1, "dropped", 0, 0, 2 * 1048576, 0.0, 2.5, 0.0, 0.0, np.nan, np.nan, np.nan),
+    (1, 1, "phone", 1, "ok", 4, 8192, 0, 0.30, 0.0, 0.6, 1.2, 6.8, 6.9, 7.0),
+    (1, 2, "laptop", 2, "ok", 8, 32768, 0, 0.04, 0.0, 0.1, 0.4, 5.5, 5.5, 5.6),
+    (1, 3, "phone", 1, "late", 4, 4096, 1048576, 0.20, 3.0, 0.7, 2.0, 10.7, np.nan, np.nan),
+    (2, 2, "laptop", 2, "ok", 8, 16384, 0, 0.03, 0.0, 0.1, 0.2, 7.3, 7.3, 7.4),
+], columns=["round", "device", "tier", "depth", "status", "samples", "bytes_up", "bytes_down", "compute_s", "sim_download_s",
+            "sim_compute_s", "sim_upload_s", "sim_arrival_s", "sim_top_start_s", "sim_top_end_s"])  # fmt: skip
+ROUNDS = pd.DataFrame({"round": [0, 1, 2], "sim_start_s": [0.0, 5.0, 7.0], "sim_end_s": [5.0, 7.0, 7.5],
+                       "sim_round_s": [5.0, 2.0, 0.5]})  # fmt: skip
+
+
+def write_simulation(path):
+    path.mkdir(parents=True, exist_ok=True)
+    DEVICES.to_csv(path / "devices.csv", index=False)
+    ROUNDS.to_csv(path / "rounds.csv", index=False)
+    pd.DataFrame({"rounds_done": [3, 3], "depth": [1, 2], "accuracy": [0.71, 0.74], "loss": [0.6, 0.5]}).to_csv(
+        path / "eval.csv", index=False)  # fmt: skip
+    summary = {"name": "tiny-sim", "dataset": "sst2", "mechanism": "none", "devices": 3, "rounds": 3,
+               "tiers": [{"name": "phone", "devices": 2, "split_depth": 1, "samples": 20},
+                         {"name": "laptop", "devices": 1, "split_depth": 2, "samples": 30}],
+               "dev_accuracy": 0.7421, "dev_by_depth": {"1": {"accuracy": 0.71, "loss": 0.6, "samples": 10, "devices": 2},
+                                                        "2": {"accuracy": 0.74, "loss": 0.5, "samples": 10, "devices": 1}},
+               "bytes_up": 81920, "bytes_down": 7340032, "sim_time_s": 7.5, "train_wall_s": 1.0}  # fmt: skip
+    (path / "summary.json").write_text(json.dumps(summary))
+    return path
+
+
+def write_train_run(path):
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "summary.json").write_text(json.dumps({
+        "name": "tiny-train", "dataset": "sst2", "mechanism": "privtune", "split_depth": 2, "dev_accuracy": 0.8123,
+        "bytes_up_per_sample": 2048.0, "train_wall_s": 3.0, "bottom_compute_s": 1.0, "mechanism_compute_s": 0.1,
+        "top_compute_s": 1.5}))  # fmt: skip
+    (path / "metrics.csv").write_text("step,loss\n1,0.7\n")
+    return path
+
+
+def test_pareto_front_is_exactly_the_non_dominated_points():
+    df = pd.DataFrame({"x": [1, 2, 3, 2, 4, 1, 5, np.nan], "y": [5, 6, 9, 4, 9, 3, 10, 99]},
+                      index=list("abcdefgh"))  # fmt: skip
+    # b dominates d (lower-or-equal x, higher y); c dominates e (same y, lower x); a dominates f.
+    front = pareto_front(df, "x", "y")
+    assert list(front.index) == ["a", "b", "c", "g"]
+    assert list(front["x"]) == sorted(front["x"])
+
+
+def test_discovery_and_loading(tmp_path):
+    sweep = write_sweep(tmp_path / "sweeps" / "s1")
+    sim = write_simulation(tmp_path / "sim")
+    train = write_train_run(tmp_path / "train")
+    assert find_sweeps(tmp_path) == [sweep]
+    assert find_simulations(tmp_path) == [sim]
+    assert find_train_runs(tmp_path) == [train]  # not the point under sweeps/s1/points
+    table = load_sweep(sweep)
+    assert len(table) == len(POINTS) and set(table["status"]) == {"done"}
+    assert list(failed_points(sweep)["point"]) == ["laplace-sigma1-m1"]
+    assert privacy_parameter(table, "dchi") == "mechanism.eta"
+    assert privacy_parameter(table, "gaussian") == "mechanism.noise_multiplier"
+    assert privacy_parameter(table, "none") is None
+    seeded = table.assign(seed=range(len(table)))  # a swept seed is not a privacy parameter
+    assert privacy_parameter(seeded, "dchi") == "mechanism.eta" and privacy_parameter(seeded, "none") is None
+    assert privacy_parameter(table[table["mechanism"] == "dchi"], "dchi") == "mechanism.eta"  # a one-mechanism sweep
+
+
+def test_headline_picks_best_point_under_threshold_and_computes_drops(tmp_path):
+    head = headline_table(load_sweep(write_sweep(tmp_path / "s")), threshold=0.10).set_index(["mechanism", "split_depth"])
+    assert list(head.index) == [("dchi", 1), ("gaussian", 1), ("dchi", 2), ("gaussian", 2)]
+    dchi1 = head.loc[("dchi", 1)]
+    assert dchi1["setting"] == "eta=10" and dchi1["utility"] == 0.80 and dchi1["max_eia_asr_top1"] == 0.09
+    assert dchi1["reference_utility"] == 0.90
+    assert dchi1["drop_points"] == pytest.approx(10.0) and dchi1["drop_relative"] == pytest.approx(0.10 / 0.90)
+    dchi2 = head.loc[("dchi", 2)]  # ASR exactly at the threshold qualifies
+    assert dchi2["utility"] == 0.82 and dchi2["drop_points"] == pytest.approx(6.0)
+    assert dchi2["drop_relative"] == pytest.approx(0.06 / 0.88)
+    gauss1 = head.loc[("gaussian", 1)]
+    assert math.isnan(gauss1["utility"]) and math.isnan(gauss1["drop_points"])
+    assert gauss1["note"].startswith("no point with max EIA ASR <= 10%; lowest ASR 15.0% at utility 60.0%")
+    assert head.loc[("gaussian", 2)]["drop_points"] == pytest.approx(16.0)
+
+
+def test_attack_selection_prefers_best_safe_point_then_lowest_asr(tmp_path):
+    chosen = select_points(load_sweep(write_sweep(tmp_path / "s")), 0.10).set_index("mechanism")
+    assert chosen.loc["dchi", "utility"] == 0.82  # best utility with ASR <= 10 % over both depths
+    assert chosen.loc["gaussian", "utility"] == 0.72
+    assert chosen.loc["none", "max_eia_asr_top1"] == 0.60  # none never qualifies: its lowest ASR
+
+
+def test_markdown_table_formats_cells():
+    text = markdown_table(pd.DataFrame({"a": ["x|y", "z"], "b": [1.23456, np.nan]}), ".2f")
+    assert text.splitlines() == ["| a | b |", "|---|---:|", "| x\\|y | 1.23 |", "| z | – |"]
+
+
+def test_overhead_by_tier_equals_hand_computed_means():
+    by_tier = overhead_by_tier(DEVICES)
+    assert list(by_tier.index) == ["phone", "laptop"]  # by split depth
+    phone, laptop = by_tier.loc["phone"], by_tier.loc["laptop"]
+    assert (phone["device_rounds"], phone["dropped"], phone["late"], phone["depth"]) == (4, 1, 1, 1)
+    # Means over the phone's non-dropped rounds: (round 0 ok, round 1 ok, round 1 late).
+    assert phone["up_KiB"] == pytest.approx((4 + 8 + 4) / 3)
+    assert phone["down_MiB"] == pytest.approx((2 + 0 + 1) / 3)
+    assert phone["compute_s"] == pytest.approx((0.10 + 0.30 + 0.20) / 3)
+    assert phone["sim_device_s"] == pytest.approx((3.5 + 1.8 + 5.7) / 3)
+    assert laptop["up_KiB"] == pytest.approx((16 + 32 + 16) / 3)
+    assert laptop["sim_device_s"] == pytest.approx((1.5 + 0.5 + 0.3) / 3)
+
+
+def test_timeline_segments_follow_the_device_row():
+    assert median_round(ROUNDS) == 1  # sim_round_s 0.5, 2.0, 5.0
+    segments = timeline_segments(DEVICES, ROUNDS, 1).set_index(["device", "segment"])
+    # Device 1 in round 1 (starts at 5.0 s): no download, compute 0.6, upload 1.2, arrives 6.8, queue to 6.9, top to 7.0.
+    dev1 = segments.loc[1]
+    assert list(dev1.index) == ["compute", "upload", "queue", "top"]
+    assert tuple(dev1.loc["compute", ["start_s", "end_s"]]) == pytest.approx((0.0, 0.6))
+    assert tuple(dev1.loc["upload", ["start_s", "end_s"]]) == pytest.approx((0.6, 1.8))
+    assert tuple(dev1.loc["queue", ["start_s", "end_s"]]) == pytest.approx((1.8, 1.9))
+    assert tuple(dev1.loc["top", ["start_s", "end_s"]]) == pytest.approx((1.9, 2.0))
+    late = segments.loc[3]  # download 3.0, compute 0.7, upload 2.0, never processed
+    assert list(late.index) == ["download", "compute", "upload"]
+    assert tuple(late["end_s"]) == pytest.approx((3.0, 3.7, 5.7))
+    round0 = timeline_segments(DEVICES, ROUNDS, 0).set_index(["device", "segment"])
+    assert tuple(round0.loc[(1, "download"), ["start_s", "end_s"]]) == pytest.approx((0.0, 2.0))
+    assert list(round0.loc[3].index) == ["download"]  # the dropped device only downloaded
+
+
+def _images(report):
+    names = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report.read_text())
+    for name in names:
+        assert (report.parent / name).read_bytes()[:8] == PNG_MAGIC
+    return names
+
+
+def test_write_report_on_a_folder_of_runs(tmp_path):
+    write_sweep(tmp_path / "sweeps" / "s1")
+    write_simulation(tmp_path / "sim")
+    write_train_run(tmp_path / "train")
+    report = write_report(tmp_path, tmp_path / "out")
+    assert report == tmp_path / "out" / "report.md"
+    names = _images(report)
+    assert {n.split("-", 1)[0] for n in names} == {"frontier", "attacks", "communication", "overhead", "timeline"}
+    text = report.read_text()
+    assert "| dchi | 1 | eta=10 | 80.0 | 9.0 | 90.0 | 10.0 | 11.1 |" in text  # the headline row
+    assert "| dchi | 2 | eta=10 | 82.0 | 10.0 | 88.0 | 6.0 | 6.8 |" in text
+    assert "lowest ASR 15.0% at utility 60.0%" in text
+    assert "laplace-sigma1-m1" in text and "RuntimeError: out of memory" in text  # failed point listed
+    assert "tiny-train" in text and "81.2" in text  # train run table
+    assert "74.21" in text  # simulation dev accuracy
+
+
+def test_write_report_without_attacks_or_finished_points(tmp_path):
+    write_sweep(tmp_path / "no-attacks", attacks=False, failed=False)
+    report = write_report(tmp_path / "no-attacks")
+    assert report == tmp_path / "no-attacks" / "report" / "report.md"
+    text = report.read_text()
+    assert "privacy–utility frontier: not plotted" in text and "attack success per attack: not plotted" in text
+    assert "no point with max EIA ASR <= 10%; no EIA ASR measured" in text
+    assert _images(report) == ["communication-no-attacks.png"]
+
+    only_failed = tmp_path / "failed"
+    only_failed.mkdir()
+    write_sweep(tmp_path / "tmp", failed=True)
+    table = pd.read_csv(tmp_path / "tmp" / "sweep.csv")
+    table[table["status"] == "failed"].to_csv(only_failed / "sweep.csv", index=False)
+    text = write_report(only_failed).read_text()
+    assert "No point finished." in text and "out of memory" in text
+    assert _images(only_failed / "report" / "report.md") == []
+
+
+def test_bad_directory_raises_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="no sweep.csv or summary.json"):
+        write_report(tmp_path)
+    with pytest.raises(ConfigError, match="privtune-ray sweep"):
+        write_report(tmp_path / "missing")

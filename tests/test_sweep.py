@@ -1,0 +1,148 @@
+"""Sweeps: grid expansion, bad input caught before anything runs, points as Ray tasks, one table, resume."""
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from privtune_ray.cli import main
+from privtune_ray.config import load_config, read_config_file
+from privtune_ray.errors import ConfigError
+from privtune_ray.sweep import DEFAULT_ARMS, expand, load_sweep, parse_sweep, run_sweep
+
+SIMULATIONS = Path(__file__).parents[1] / "simulations"
+CI_HEADLINE = SIMULATIONS / "ci" / "sst2_headline.yaml"
+
+
+def quiet(*_):
+    pass
+
+
+def test_points_cross_the_grid_with_each_arm():
+    spec = parse_sweep({"grid": {"model.split_depth": [1, 2]},
+                        "arms": [{"mechanism.name": "none"},
+                                 {"mechanism.name": "privtune", "mechanism.eta": [5, 10.0]}]})  # fmt: skip
+    points = expand(spec)
+    assert [p.slug for p in points] == ["none-m1", "none-m2", "privtune-eta5-m1", "privtune-eta5-m2",
+                                        "privtune-eta10-m1", "privtune-eta10-m2"]  # fmt: skip
+    assert points[3].overrides == {"mechanism.name": "privtune", "mechanism.eta": 5, "model.split_depth": 2}
+    assert points[3].override_args() == ["mechanism.name=privtune", "mechanism.eta=5", "model.split_depth=2"]
+
+
+def test_default_sweep_covers_every_mechanism_at_every_depth():
+    points = expand(parse_sweep(None))
+    per_depth = 1 + sum(len(next(iter(grid.values()))) for grid in DEFAULT_ARMS.values() if grid)
+    assert len(points) == 4 * per_depth
+    assert {p.overrides["mechanism.name"] for p in points} == set(DEFAULT_ARMS)
+    assert {p.overrides["model.split_depth"] for p in points} == {0, 1, 2, 3}
+
+
+def test_grid_argument_replaces_the_key_everywhere():
+    _, spec, points = load_sweep(CI_HEADLINE, grid_args=["mechanism.eta=3,4", "model.split_depth=1"])
+    assert [p.slug for p in points] == ["none-eta3-m1", "none-eta4-m1", "privtune-eta3-m1", "privtune-eta4-m1"]
+    assert spec.arms[1] == {"mechanism.name": ["privtune"]}
+
+
+@pytest.mark.parametrize("section,match", [
+    ({"runnr": "train"}, r"unknown config key 'sweep.runnr'"),
+    ({"runner": "fit"}, r"'sweep.runner'.*train, simulate, attack"),
+    ({"arms": [{"mechanism.eta": []}]}, r"'sweep.arms\[0\].mechanism.eta'.*at least one value"),
+    ({"arms": {"mechanism.name": "none"}}, r"'sweep.arms' must be a list"),
+    ({"local_workers": 0}, r"'sweep.local_workers'"),
+])  # fmt: skip
+def test_bad_sweep_sections_name_the_key(section, match):
+    with pytest.raises(ConfigError, match=match):
+        parse_sweep(section)
+
+
+def test_a_bad_point_fails_before_anything_runs(tmp_path):
+    with pytest.raises(ConfigError, match=r"sweep point 'none-eta-1-m2'.*mechanism.eta"):
+        load_sweep(CI_HEADLINE, grid_args=["mechanism.eta=-1"])
+    with pytest.raises(ConfigError, match=r"--grid 'mechanism.eta' must look like key=v1,v2"):
+        load_sweep(CI_HEADLINE, grid_args=["mechanism.eta"])
+    assert main(["sweep", str(CI_HEADLINE), "--grid", "mechanism.etaa=1", "--out", str(tmp_path / "s")]) == 2
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_sweep_file_is_not_a_run_config():
+    with pytest.raises(ConfigError, match=r"sweep: section: run it with `privtune-ray sweep"):
+        load_config(SIMULATIONS / "sst2_headline.yaml")
+
+
+def test_extends_merges_section_by_section(tmp_path):
+    raw = read_config_file(CI_HEADLINE)
+    parent = read_config_file(SIMULATIONS / "sst2_headline.yaml")
+    assert raw["train"]["max_steps"] == 4 and raw["train"]["lr"] == parent["train"]["lr"]
+    assert raw["attack"]["enabled"] and raw["model"] == parent["model"]
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(ConfigError, match="extends itself"):
+        read_config_file(tmp_path / "a.yaml")
+
+
+@pytest.fixture(scope="module")
+def ray_sweep(ray_session, tmp_path_factory):
+    """The CI headline variant's two points as parallel Ray tasks."""
+    out = tmp_path_factory.mktemp("sweep") / "headline"
+    base, spec, points = load_sweep(CI_HEADLINE)
+    spec.executor = "ray"
+    return run_sweep(base, spec, points, out, log=quiet)
+
+
+def test_ray_sweep_collects_one_row_per_point(ray_sweep):
+    table = pd.read_csv(ray_sweep / "sweep.csv")
+    assert list(table["point"]) == ["none-m2", "privtune-eta5-m2"] and set(table["status"]) == {"done"}
+    for _, row in table.iterrows():
+        summary = json.loads((ray_sweep / "points" / row["point"] / "summary.json").read_text())
+        assert row["utility"] == pytest.approx(summary["dev_accuracy"])
+        assert row["max_eia_asr_top1"] == pytest.approx(summary["max_eia_asr_top1"])
+        assert row["eia_knn_l2:asr_top1"] == pytest.approx(summary["attacks"]["eia_knn_l2"]["asr_top1"])
+        config = yaml.safe_load((ray_sweep / "points" / row["point"] / "config.yaml").read_text())
+        assert config["mechanism"]["name"] == row["mechanism.name"] and config["train"]["threads"] == 1
+    none, privtune = table.iloc[0], table.iloc[1]
+    assert privtune["max_eia_asr_top1"] < none["max_eia_asr_top1"]  # the noise hides tokens from every inverter
+    meta = json.loads((ray_sweep / "sweep.json").read_text())
+    assert meta["base"]["name"] == "ci-sst2_headline" and len(meta["points"]) == 2 and meta["versions"]["torch"]
+
+
+def test_rerunning_a_sweep_resumes_and_a_grown_grid_adds_points(ray_sweep):
+    summaries = {p: (ray_sweep / "points" / p / "summary.json").stat().st_mtime_ns for p in ("none-m2", "privtune-eta5-m2")}
+    before = pd.read_csv(ray_sweep / "sweep.csv")
+    base, spec, points = load_sweep(CI_HEADLINE)
+    run_sweep(base, spec, points, ray_sweep, log=quiet)  # local executor: reads the finished points back
+    pd.testing.assert_frame_equal(pd.read_csv(ray_sweep / "sweep.csv"), before)
+    assert {p: (ray_sweep / "points" / p / "summary.json").stat().st_mtime_ns for p in summaries} == summaries
+    base, spec, points = load_sweep(CI_HEADLINE, grid_args=["model.split_depth=2,9"])
+    run_sweep(base, spec, points, ray_sweep, log=quiet)
+    table = pd.read_csv(ray_sweep / "sweep.csv").set_index("point")
+    assert list(table.index) == ["none-m2", "none-m9", "privtune-eta5-m2", "privtune-eta5-m9"]
+    # m = 9 is beyond MiniLM's 6 blocks: those points fail with the model's own message, the others stand.
+    assert table.loc["none-m9", "status"] == "failed" and "split_depth" in table.loc["none-m9", "error"]
+    assert table.loc["none-m2", "utility"] == before.set_index("point").loc["none-m2", "utility"]
+    base, spec, points = load_sweep(CI_HEADLINE, overrides=["train.lr=1e-3"])
+    with pytest.raises(ConfigError, match="another base config"):
+        run_sweep(base, spec, points, ray_sweep, log=quiet)
+
+
+def test_report_of_a_sweep_has_its_headline_and_plots(ray_sweep, tmp_path):
+    assert main(["report", str(ray_sweep), "--out", str(tmp_path)]) == 0
+    text = (tmp_path / "report.md").read_text()
+    assert "privtune" in text and "none-m9" in text  # the failed points are listed
+    for image in (tmp_path).glob("*.png"):
+        assert image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(list(tmp_path.glob("*.png"))) >= 3
+
+
+@pytest.mark.parametrize("name", ["financial_phrasebank", "blog_topic", "ag_news"])
+def test_each_dataset_ci_variant_runs(name, tmp_path):
+    """The PrivTune point of each dataset's CI variant trains, is attacked and lands in the table."""
+    base, spec, points = load_sweep(SIMULATIONS / "ci" / f"{name}.yaml")
+    privtune = [p for p in points if p.overrides["mechanism.name"] == "privtune"]
+    out = run_sweep(base, spec, privtune, tmp_path / name, log=quiet)
+    row = pd.read_csv(out / "sweep.csv").iloc[0]
+    assert row["status"] == "done", row["error"]
+    assert 0.0 <= row["utility"] <= 1.0 and 0.0 <= row["max_eia_asr_top1"] <= 1.0
+    if name == "blog_topic":  # the author attributes are attacked
+        assert {"aia_probe_gender:advantage", "aia_probe_age_group:advantage"} <= set(row.index)
