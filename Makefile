@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install test test-all demo bench clean
+.PHONY: install test test-all demo report bench clean
 
 install: $(VENV)/.installed
 
@@ -27,7 +27,18 @@ test-all: install  ## includes the slow marker
 	$(BIN)/pytest -m ""
 
 demo: install
-	$(BIN)/privtune-ray train simulations/sst2_demo.yaml --out runs/demo-$$(date +%Y%m%d-%H%M%S)
+	out=runs/demo-$$(date +%Y%m%d-%H%M%S) && $(BIN)/privtune-ray train simulations/sst2_demo.yaml --out $$out \
+	  && $(BIN)/privtune-ray report $$out
+
+# A fresh quick sweep (6 points as Ray tasks) and a 100-device simulation, then one report over both.
+ifndef REPORT_DIR
+REPORT_DIR := runs/report-$(shell date +%Y%m%d-%H%M%S)
+endif
+report: install
+	$(BIN)/privtune-ray sweep simulations/sst2_quick.yaml --out $(REPORT_DIR)/sweep
+	$(BIN)/privtune-ray simulate simulations/sst2_devices.yaml --out $(REPORT_DIR)/simulation \
+	  --set simulation.devices=100 --set simulation.rounds=30 --set train.progress=false
+	$(BIN)/privtune-ray report $(REPORT_DIR)
 
 bench: install
 	$(BIN)/python benchmarks/bench_training.py --out benchmarks/results/training.json

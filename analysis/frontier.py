@@ -46,7 +46,7 @@ def plot_frontier(table: pd.DataFrame, path: str | Path, threshold: float | None
             name = f"{mechanism} ({short_key(parameter)})" if parameter else mechanism
             ax.plot(100 * front[X], 100 * front[Y], "o-", color=colors[mechanism], ms=5, label=name)
             for _, point in front.iterrows():
-                ax.annotate(setting(point, parameter).partition("=")[2], (100 * point[X], 100 * point[Y]),
+                ax.annotate(setting(point, parameter, extras=False).partition("=")[2], (100 * point[X], 100 * point[Y]),
                             textcoords="offset points", xytext=(4, 3), fontsize=7, color=colors[mechanism])
         if threshold is not None:
             ax.axvline(100 * threshold, ls="--", color="grey", lw=1, label=f"ASR threshold {100 * threshold:g}%")

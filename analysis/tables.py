@@ -123,11 +123,14 @@ def privacy_parameter(table: pd.DataFrame, mechanism: str) -> str | None:
     return min(ranked)[-1] if ranked else None
 
 
-def setting(row: pd.Series, parameter: str | None) -> str:
-    """A point's privacy setting as ``eta=10`` or ``sigma=0.5`` (the sweep's short key names), or ``""``."""
-    if parameter is None or pd.isna(row.get(parameter)):
-        return ""
-    return f"{short_key(parameter)}={format_value(row[parameter])}"
+def setting(row: pd.Series, parameter: str | None, extras: bool = True) -> str:
+    """A point's privacy setting as ``eta=10`` or ``sigma=0.5`` (the sweep's short key names), or ``""``;
+    with ``extras``, followed by the point's other swept keys (``eta=4, proxy_head=True``)."""
+    keys = [parameter] if parameter is not None else []
+    if extras:
+        fixed = {"mechanism.name", "model.split_depth", parameter}
+        keys += [k for k in row.index if "." in k and ":" not in k and k not in ROW_KEYS and k not in fixed]
+    return ", ".join(f"{short_key(k)}={format_value(row[k])}" for k in keys if not pd.isna(row.get(k)))
 
 
 def short_key(key: str) -> str:

@@ -140,7 +140,7 @@ def load_or_build_token_graph(bottom: BottomModel, tokenizer, model_id: str, k: 
     graph = graph_from_anchors(load_or_build_anchors(bottom, tokenizer, model_id, directory), k, n_hops, n_candidates)
     graph.build_s = time.perf_counter() - start_time
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")  # one per process: parallel sweep points build at once
     np.savez(tmp, anchors=graph.anchors.numpy(), candidates=graph.candidates.numpy(), ring_hop=graph.ring_hop,
              norm_range=np.array(graph.norm_range), k=k, n_hops=n_hops, build_s=graph.build_s)  # fmt: skip
     os.replace(tmp, path)

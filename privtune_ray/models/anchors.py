@@ -58,7 +58,7 @@ def load_or_build_anchors(bottom: BottomModel, tokenizer, model_id: str,
         return torch.from_numpy(np.load(path))
     anchors = token_anchors(bottom, tokenizer)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npy")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")  # one per process: parallel sweep points build at once
     np.save(tmp, anchors.numpy())
     os.replace(tmp, path)
     return anchors

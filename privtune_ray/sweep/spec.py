@@ -173,13 +173,13 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None, grid_args: 
                ) -> tuple[dict[str, Any], SweepSpec, list[Point]]:  # fmt: skip
     """Read a config file with an optional ``sweep:`` section; returns (base raw config, spec, points).
 
-    ``overrides`` (``--set``) apply to the base; ``grid_args`` (``--grid``) to the spec. Every point's config
+    ``overrides`` (``--set``) apply to the file (``sweep.*`` keys to the spec); ``grid_args`` (``--grid``) to the spec. Every point's config
     is built and checked here, before anything runs.
     """
     raw = read_config_file(path)
-    spec = parse_sweep(raw.pop("sweep", None))
-    for item in overrides or []:
+    for item in overrides or []:  # `--set sweep.gpus_per_point=0.5` reaches the sweep section too
         set_override(raw, item)
+    spec = parse_sweep(raw.pop("sweep", None))
     apply_grid_args(spec, grid_args or [])
     points = expand(spec)
     for point in points:
