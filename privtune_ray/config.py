@@ -134,6 +134,7 @@ class TrainConfig:
     checkpoint_every: int = 200  # steps between checkpoints a run can resume from
     threads: int | None = None  # torch intra-op threads (None: all cores)
     progress: bool = True  # progress bars on stderr
+    max_new_tokens: int = 24  # generation: answer tokens trained on and generated at evaluation (greedy)
     device: str = "cpu"  # the top model's device in `train` and in-process `simulate`: cpu | cuda | auto (cuda if seen)
     lora: LoraConfig = field(default_factory=LoraConfig)
 
@@ -149,6 +150,7 @@ class TrainConfig:
         _require(self.eval_every is None or self.eval_every >= 1, f"{key}.eval_every", "must be >= 1 or null")
         _require(self.checkpoint_every >= 1, f"{key}.checkpoint_every", "must be >= 1")
         _require(self.threads is None or self.threads >= 1, f"{key}.threads", "must be >= 1 or null")
+        _require(self.max_new_tokens >= 1, f"{key}.max_new_tokens", "must be >= 1")
         _require(self.device in ("cpu", "cuda", "auto"), f"{key}.device", "must be 'cpu', 'cuda' or 'auto'")
         self.lora.validate(f"{key}.lora")
 
@@ -328,11 +330,11 @@ def _require(condition: bool, key: str, message: str) -> None:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Read a YAML config (or the defaults when ``path`` is None), apply ``key=value`` overrides, validate."""
+    """Read a YAML config (or the defaults when ``path`` is None), apply ``key=value`` overrides, validate.
+
+    A ``sweep:`` section is left out: ``train``/``simulate``/``attack`` on a sweep file run its base config."""
     raw = read_config_file(path) if path is not None else {}
-    if "sweep" in raw:
-        raise ConfigError(f"config file {str(path)!r} has a sweep: section: run it with `privtune-ray sweep {path}`, "
-                          f"or pick one point with --set")  # fmt: skip
+    raw.pop("sweep", None)  # a sweep file's base config is a run config; `privtune-ray sweep` reads the section
     for item in overrides or []:
         set_override(raw, item)
     return config_from_dict(raw)

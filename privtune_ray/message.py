@@ -19,7 +19,7 @@ from safetensors.torch import save as st_save
 class Message:
     hidden: torch.Tensor  # h̃, float [B, L, d]
     attention_mask: torch.Tensor  # [B, L], 1 = real token
-    labels: torch.Tensor  # int64 [B]
+    labels: torch.Tensor  # int64 [B] class ids, or [B, L] next-token targets (-100: no loss) for a causal LM
     device_id: int = 0
     split_depth: int | None = None  # m of the device that sent it (where h enters the top model)
     meta: dict[str, str] = field(default_factory=dict)  # e.g. mechanism name and parameters

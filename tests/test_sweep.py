@@ -66,9 +66,9 @@ def test_a_bad_point_fails_before_anything_runs(tmp_path):
     assert not (tmp_path / "s").exists()
 
 
-def test_a_sweep_file_is_not_a_run_config():
-    with pytest.raises(ConfigError, match=r"sweep: section: run it with `privtune-ray sweep"):
-        load_config(SIMULATIONS / "sst2_headline.yaml")
+def test_a_sweep_file_runs_its_base_config_outside_sweep():
+    cfg = load_config(SIMULATIONS / "sst2_headline.yaml", ["mechanism.name=privtune"])
+    assert cfg.mechanism.name == "privtune" and cfg.attack.enabled and cfg.train.max_steps == 600
 
 
 def test_extends_merges_section_by_section(tmp_path):

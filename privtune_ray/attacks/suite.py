@@ -27,11 +27,13 @@ from .observations import Observations, observe
 ATTACKER_SEED_OFFSET = 1_000_003  # the attacker's mechanism copy draws noise independent of the devices'
 
 
-def attack_names(cfg: AttackConfig, attributes: tuple[str, ...]) -> list[str]:
-    """The configured names with ``auto`` expanded: every attack, ``aia_probe`` only where there are attributes."""
+def attack_names(cfg: AttackConfig, attributes: tuple[str, ...], labelled: bool = True) -> list[str]:
+    """The configured names with ``auto`` expanded: every attack, ``aia_probe`` only where there are attributes,
+    ``aia_label`` only where samples have class labels (not generation)."""
     names = []
+    skip = ({"aia_probe"} if not attributes else set()) | ({"aia_label"} if not labelled else set())
     for name in cfg.names:
-        expanded = [n for n in ATTACKS if n != "aia_probe" or attributes] if name == "auto" else [name]
+        expanded = [n for n in ATTACKS if n not in skip] if name == "auto" else [name]
         names.extend(n for n in expanded if n not in names)
     return names
 
@@ -99,7 +101,8 @@ class AttackSuite:
         aux, dropped = disjoint_aux(aux, list(victims_texts))
         anchors = load_or_build_anchors(split.bottom, tokenizer, model_id)
         ctx = AttackContext(split.bottom, tokenizer, anchors, cfg.attack, seed=cfg.seed)
-        attacks = [a for name in attack_names(cfg.attack, attributes) for a in ATTACKS[name](ctx, attributes)]
+        labelled = get_spec(dataset).task == "classification"
+        attacks = [a for name in attack_names(cfg.attack, attributes, labelled) for a in ATTACKS[name](ctx, attributes)]
         mechanism = build_mechanism(cfg.mechanism, split, tokenizer, model_id, seed=cfg.seed + ATTACKER_SEED_OFFSET)
         mechanism.fit(aux)
         aux_obs = observe(split.bottom, mechanism, aux, tokenizer.pad_token_id)

@@ -14,6 +14,9 @@ import numpy as np
 import torch
 
 
+IGNORE = -100  # target of a position the loss skips (cross_entropy's ignore_index)
+
+
 @dataclass
 class TokenizedSplit:
     """Token ids (unpadded, truncated to ``max_length``), labels and private attributes of one split."""
@@ -22,6 +25,9 @@ class TokenizedSplit:
     labels: np.ndarray  # int64 class ids; -1 where a split has none (generation)
     attributes: dict[str, np.ndarray] = field(default_factory=dict)  # attribute name -> string per sample
     texts: list[str] = field(default_factory=list)
+    # Generation (causal LM): input_ids = prompt + answer + end; the loss covers the tokens after the prompt.
+    prompt_lengths: np.ndarray | None = None  # int64 [N]: prompt tokens per sample
+    answers: list[list[str]] = field(default_factory=list)  # reference answers per sample (exact match, F1)
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -37,6 +43,8 @@ class TokenizedSplit:
             labels=self.labels[indices],
             attributes={k: v[indices] for k, v in self.attributes.items()},
             texts=[self.texts[i] for i in indices] if self.texts else [],
+            prompt_lengths=None if self.prompt_lengths is None else self.prompt_lengths[indices],
+            answers=[self.answers[i] for i in indices] if self.answers else [],
         )
 
 
@@ -49,13 +57,38 @@ def tokenize_split(dataset, tokenizer, max_length: int, attributes: tuple[str, .
     return TokenizedSplit(input_ids=encoded["input_ids"], labels=labels, attributes=attrs, texts=texts)
 
 
+def tokenize_generation(dataset, tokenizer, max_length: int, max_answer_tokens: int = 24) -> TokenizedSplit:
+    """Prompt + answer as one causal-LM sequence per sample: ``text + " answer:"`` then ``" " + target`` and the
+    end token. The prompt body is cut (from its end: the question comes first) so the whole fits ``max_length``."""
+    end_id = end_token_id(tokenizer)
+    suffix = tokenizer(" answer:", add_special_tokens=False)["input_ids"]
+    bodies = tokenizer(list(dataset["text"]), add_special_tokens=False)["input_ids"]
+    targets = tokenizer([" " + t for t in dataset["target"]], add_special_tokens=False)["input_ids"]
+    input_ids, prompt_lengths = [], []
+    for body, target in zip(bodies, targets, strict=True):
+        target = target[:max_answer_tokens] + [end_id]
+        prompt = body[: max(1, max_length - len(suffix) - len(target))] + suffix
+        input_ids.append(prompt + target)
+        prompt_lengths.append(len(prompt))
+    return TokenizedSplit(input_ids=input_ids, labels=np.full(len(input_ids), -1), texts=list(dataset["text"]),
+                          prompt_lengths=np.asarray(prompt_lengths, dtype=np.int64), answers=list(dataset["answers"]))  # fmt: skip
+
+
+def end_token_id(tokenizer) -> int:
+    """The token that ends an answer: EOS, or SEP for tokenizers without one."""
+    end = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+    if end is None:
+        raise ValueError(f"tokenizer {tokenizer.name_or_path!r} has neither an EOS nor a SEP token to end answers with")
+    return end
+
+
 @dataclass
 class Batch:
     """A padded batch on the device side: token ids never leave it; only h, the mask and labels are uploaded."""
 
     input_ids: torch.Tensor  # int64 [B, L]
     attention_mask: torch.Tensor  # int64 [B, L], 1 = real token
-    labels: torch.Tensor  # int64 [B]
+    labels: torch.Tensor  # int64 [B] class ids, or [B, L] next-token targets with -100 off the answer (generation)
     indices: np.ndarray  # positions of the samples in their split
 
     @property
@@ -73,7 +106,13 @@ def collate(split: TokenizedSplit, indices, pad_id: int) -> Batch:
     for b, row in enumerate(rows):
         ids[b, : len(row)] = torch.tensor(row, dtype=torch.long)
         mask[b, : len(row)] = 1
-    return Batch(ids, mask, torch.as_tensor(split.labels[indices], dtype=torch.long), indices)
+    if split.prompt_lengths is None:
+        labels = torch.as_tensor(split.labels[indices], dtype=torch.long)
+    else:  # the model learns to continue each prompt with its answer: targets on the answer tokens only
+        labels = torch.where(mask.bool(), ids, torch.full_like(ids, IGNORE))
+        for b, start in enumerate(split.prompt_lengths[indices]):
+            labels[b, :start] = IGNORE
+    return Batch(ids, mask, labels, indices)
 
 
 def batch_indices(

@@ -42,7 +42,7 @@ def row_from_summary(summary: dict[str, Any]) -> dict[str, Any]:
     privacy = summary.get("privacy") or {}
     row: dict[str, Any] = {
         "mechanism": summary.get("mechanism"), "split_depth": summary.get("split_depth"),
-        "utility": summary.get("dev_accuracy"), "max_eia_asr_top1": summary.get("max_eia_asr_top1"),
+        "utility": summary.get("utility", summary.get("dev_accuracy")), "max_eia_asr_top1": summary.get("max_eia_asr_top1"),
         "max_aia_advantage": summary.get("max_aia_advantage"), "epsilon": privacy.get("epsilon"),
         "eta_per_unit": privacy.get("eta_per_unit"), "bytes_up_per_sample": summary.get("bytes_up_per_sample"),
         "bytes_up": summary.get("bytes_up"), "bytes_down": summary.get("bytes_down"), "steps": summary.get("steps"),

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from ..attacks.observations import Observations
 from ..attacks.suite import AttackSuite, VictimSample, carve_aux, headline, load_aux, long_rows, probe_attributes
 from ..config import Config
-from ..data.batching import TokenizedSplit, batch_indices, collate, tokenize_split
+from ..data.batching import TokenizedSplit, batch_indices, collate, end_token_id, tokenize_generation, tokenize_split
 from ..data.registry import get_spec, load_split
 from ..errors import ConfigError
 from ..mechanisms import build_mechanism
@@ -29,6 +29,7 @@ from ..message import Message
 from ..models.loading import load_split_model, load_tokenizer, resolve_model
 from ..runs import RunDir
 from .client import SplitClient
+from .generation import evaluate_generation
 from .server import TopServer, apply_lora, build_optimizer
 
 
@@ -113,22 +114,42 @@ def classification_spec(cfg: Config, command: str):
     return spec
 
 
+def train_spec(cfg: Config):
+    """``privtune-ray train``: a classification dataset with a classifier, or a generation dataset (SQuAD)
+    with a causal LM; a mismatch is an error naming the key to change."""
+    spec = get_spec(cfg.data.dataset)
+    if spec.task == "generation" and cfg.model.task != "causal-lm":
+        raise ConfigError(f"data.dataset={cfg.data.dataset!r} is a generation task: set model.task=causal-lm and a "
+                          f"decoder model (a gpt2, opt or llama checkpoint), as simulations/squad_generation.yaml does")  # fmt: skip
+    if spec.task == "generation":
+        return spec
+    if cfg.model.task == "causal-lm":
+        raise ConfigError(f"model.task=causal-lm needs a generation dataset (squad); {cfg.data.dataset!r} is a "
+                          f"{spec.task} task: set model.task=classification")  # fmt: skip
+    return classification_spec(cfg, "train")
+
+
 def load_task_data(cfg: Config, tokenizer, spec) -> tuple[TokenizedSplit, TokenizedSplit]:
-    """The tokenised training split (with the dataset's private attributes) and eval split of ``cfg.data``."""
+    """The tokenised training split (with the dataset's private attributes) and eval split of ``cfg.data``;
+    generation datasets as prompt + answer sequences (:func:`tokenize_generation`)."""
     load = dict(data_dir=cfg.data.data_dir, hub_fallback=cfg.data.hub_fallback, seed=cfg.seed)
     train_raw = load_split(cfg.data.dataset, cfg.data.train_split, max_samples=cfg.data.max_train_samples, **load)
     eval_raw = load_split(cfg.data.dataset, cfg.data.eval_split, max_samples=cfg.data.max_eval_samples, **load)
+    if spec.task == "generation":
+        n = cfg.train.max_new_tokens
+        return (tokenize_generation(train_raw, tokenizer, cfg.model.max_length, n),
+                tokenize_generation(eval_raw, tokenizer, cfg.model.max_length, n))  # fmt: skip
     return (tokenize_split(train_raw, tokenizer, cfg.model.max_length, attributes=spec.attributes),
             tokenize_split(eval_raw, tokenizer, cfg.model.max_length))  # fmt: skip
 
 
 def run_training(cfg: Config, out: str | os.PathLike | None = None, resume: bool = False, log=print) -> Path:
     """Fine-tune ``cfg.model`` split at ``cfg.model.split_depth`` on ``cfg.data``; returns the run directory."""
-    spec = classification_spec(cfg, "train")
+    spec = train_spec(cfg)
     device = top_device(cfg.train.device)
     seed_everything(cfg.seed)  # before loading: the fresh task head is initialised from it
     # Everything that can fail on bad input is checked before the run directory is written.
-    split_model = load_split_model(cfg.model.name, cfg.model.split_depth, num_labels=spec.num_labels)
+    split_model = load_split_model(cfg.model.name, cfg.model.split_depth, task=cfg.model.task, num_labels=max(spec.num_labels, 2))
     tokenizer = load_tokenizer(cfg.model.name)
     train_split, eval_split = load_task_data(cfg, tokenizer, spec)
     torch.set_num_threads(cfg.train.threads or os.cpu_count() or 1)
@@ -197,7 +218,7 @@ def run_training(cfg: Config, out: str | os.PathLike | None = None, resume: bool
                 })  # fmt: skip
                 window_loss, window_samples, window_start = [], 0, now
             if cfg.train.eval_every and counters.step % cfg.train.eval_every == 0 and counters.step < total_steps:
-                _evaluate_and_log(run, client, server, eval_split, cfg, pad_id, counters.step)
+                _evaluate_and_log(run, client, server, eval_split, cfg, tokenizer, counters.step)
             if attacks and cfg.attack.every and counters.step % cfg.attack.every == 0 and counters.step < total_steps:
                 attacks.round(counters.step)
             if counters.step % cfg.train.checkpoint_every == 0 and counters.step < total_steps:
@@ -209,7 +230,7 @@ def run_training(cfg: Config, out: str | os.PathLike | None = None, resume: bool
             counters.batch_in_epoch = 0
     bar.close()
 
-    result = _evaluate_and_log(run, client, server, eval_split, cfg, pad_id, counters.step)
+    result = _evaluate_and_log(run, client, server, eval_split, cfg, tokenizer, counters.step)
     attack_summary = attacks.round(counters.step, log=log) if attacks else {}
     epochs_done = counters.samples / len(train_split)
     # A sample is released once per epoch in which it is sent (a partial epoch counts as one).
@@ -227,7 +248,10 @@ def run_training(cfg: Config, out: str | os.PathLike | None = None, resume: bool
         "epochs": round(epochs_done, 4),
         "train_samples": counters.samples,
         "train_split_size": len(train_split),
-        "dev_accuracy": result["accuracy"],
+        **({"dev_accuracy": result["accuracy"]} if "accuracy" in result else
+           {"dev_exact_match": result["exact_match"], "dev_f1": result["f1"]}),
+        "utility": result.get("accuracy", result.get("f1")),
+        "utility_metric": "accuracy" if "accuracy" in result else "f1",
         "dev_loss": result["loss"],
         "dev_samples": result["samples"],
         "bytes_up": counters.bytes_up,
@@ -248,7 +272,8 @@ def run_training(cfg: Config, out: str | os.PathLike | None = None, resume: bool
     if run.checkpoint_path.exists():
         run.checkpoint_path.unlink()  # the run is complete; summary.json marks it
     log(f"privtune-ray: mechanism {mechanism.name}: {privacy.statement}")
-    log(f"privtune-ray: dev accuracy {result['accuracy']:.4f} on {result['samples']} samples after {counters.step} steps")
+    metric = "accuracy" if "accuracy" in result else "f1"
+    log(f"privtune-ray: dev {metric} {result[metric]:.4f} on {result['samples']} samples after {counters.step} steps")
     log(f"privtune-ray: wrote {run.summary_path}")
     return run.path
 
@@ -288,8 +313,16 @@ class AttackRounds:
                 **headline(rows), "attack_setup": self.suite.describe()}  # fmt: skip
 
 
-def _evaluate_and_log(run, client, server, split, cfg: Config, pad_id: int, step: int) -> dict:
-    result = evaluate(client, server, split, cfg.train.eval_batch_size, pad_id, progress=cfg.train.progress)
+def _evaluate_and_log(run, client, server, split, cfg: Config, tokenizer, step: int) -> dict:
+    pad_id = tokenizer.pad_token_id
+    if split.prompt_lengths is None:
+        result = evaluate(client, server, split, cfg.train.eval_batch_size, pad_id, progress=cfg.train.progress)
+    else:
+        counters = Counters()
+        result = evaluate_generation(client, server, split, tokenizer, cfg.train.eval_batch_size, pad_id,
+                                     end_token_id(tokenizer), cfg.train.max_new_tokens,
+                                     lambda msg: upload(msg, counters), progress=cfg.train.progress)  # fmt: skip
+        result["bytes_up"] = counters.bytes_up
     run.append("eval", {"step": step, "split": cfg.data.eval_split, **result})
     return result
 

@@ -45,6 +45,14 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, total_steps: int):
     return optimizer, scheduler
 
 
+def summed_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy summed over the batch (nats). Class ids [B]: one term per sample. Token targets [B, L]
+    (causal LM): position t predicts token t+1, summed over the targets that are not -100."""
+    if labels.dim() == 1:
+        return nn.functional.cross_entropy(logits, labels, reduction="sum")
+    return nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100, reduction="sum")
+
+
 class TopServer:
     """Trains ``top`` with cross-entropy on the uploaded labels. ``compute_s`` accumulates measured seconds.
 
@@ -75,10 +83,10 @@ class TopServer:
         return loss_sum / msg.batch_size
 
     def accumulate(self, msg: Message) -> float:
-        """Add ∇ of the message's summed cross-entropy to the gradients; returns that sum (nats)."""
+        """Add ∇ of the message's summed loss (:func:`summed_loss`) to the gradients; returns that sum (nats)."""
         start = time.perf_counter()
         self.top.train()
-        loss = nn.functional.cross_entropy(self._logits(msg), msg.labels.to(self.device), reduction="sum")
+        loss = summed_loss(self._logits(msg), msg.labels.to(self.device))
         loss.backward()
         self.compute_s += time.perf_counter() - start
         return float(loss.detach())

@@ -1,0 +1,82 @@
+"""Question answering with a split decoder: greedy decoding through the split, scored as SQuAD v1.1 is.
+
+Decoding has no shortcut past the device: each new token re-runs bottom → mechanism → upload → top on the
+whole prefix (no KV cache crosses the cut), so a prompt of n tokens answered in k tokens is released k times
+with fresh noise, and the bytes of every release are counted.
+"""
+
+from __future__ import annotations
+
+import collections
+import re
+import string
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..data.batching import Batch, TokenizedSplit, batch_indices, collate
+from .client import SplitClient
+from .server import TopServer, summed_loss
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD v1.1's normalisation: lower case, no punctuation, no articles (a, an, the), single spaces."""
+    text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
+    return " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())
+
+
+def squad_scores(prediction: str, answers: list[str]) -> tuple[float, float]:
+    """(exact match, token F1) of one prediction against its best-matching reference answer, each in [0, 1]."""
+    pred = normalize_answer(prediction)
+    exact = max(float(pred == normalize_answer(a)) for a in answers)
+    f1 = 0.0
+    for answer in answers:
+        p, g = pred.split(), normalize_answer(answer).split()
+        common = sum((collections.Counter(p) & collections.Counter(g)).values())
+        if common:
+            precision, recall = common / len(p), common / len(g)
+            f1 = max(f1, 2 * precision * recall / (precision + recall))
+    return exact, f1
+
+
+@torch.no_grad()
+def greedy_answers(client: SplitClient, server: TopServer, split: TokenizedSplit, indices, pad_id: int, end_id: int,
+                   max_new_tokens: int, upload) -> list[list[int]]:  # fmt: skip
+    """Continue each prompt at ``indices`` with the top's most likely token until the end token (or the limit)."""
+    seqs = [list(split.input_ids[i][: split.prompt_lengths[i]]) for i in indices]
+    starts = [len(s) for s in seqs]
+    done = [False] * len(seqs)
+    for _ in range(max_new_tokens):
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for b, s in enumerate(seqs):
+            ids[b, : len(s)], mask[b, : len(s)] = torch.tensor(s), 1
+        msg = upload(client.encode(Batch(ids, mask, torch.full((len(seqs),), -1), np.asarray(indices))))
+        logits = server.predict(msg)
+        last = torch.tensor([len(s) - 1 for s in seqs])
+        for b, token in enumerate(logits[torch.arange(len(seqs)), last].argmax(-1).tolist()):
+            if not done[b]:
+                done[b] = token == end_id
+                if not done[b]:
+                    seqs[b].append(token)
+        if all(done):
+            break
+    return [s[start:] for s, start in zip(seqs, starts, strict=True)]
+
+
+def evaluate_generation(client: SplitClient, server: TopServer, split: TokenizedSplit, tokenizer, batch_size: int,
+                        pad_id: int, end_id: int, max_new_tokens: int, upload, progress: bool = True) -> dict:  # fmt: skip
+    """Exact match and token F1 of greedy answers (fractions), and the teacher-forced loss on the reference
+    answer (nats per sample), all through the upload path."""
+    exact, f1, loss_sum = [], [], 0.0
+    for idx in tqdm(batch_indices(split.lengths, batch_size, shuffle=False, bucketing=True), desc="eval", disable=not progress, leave=False):
+        msg = upload(client.encode(collate(split, idx, pad_id)))
+        loss_sum += float(summed_loss(server.predict(msg), msg.labels))
+        for i, tokens in zip(idx, greedy_answers(client, server, split, idx, pad_id, end_id, max_new_tokens, upload), strict=True):
+            em, f = squad_scores(tokenizer.decode(tokens, skip_special_tokens=True), split.answers[i])
+            exact.append(em)
+            f1.append(f)
+    n = len(split)
+    return {"exact_match": float(np.mean(exact)), "f1": float(np.mean(f1)), "loss": loss_sum / n, "samples": n}

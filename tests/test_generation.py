@@ -1,0 +1,105 @@
+"""Question answering as generation with a split decoder: targets, loss, greedy decoding through the split, scores.
+
+No decoder checkpoint ships offline, so the decoder here is a small randomly initialised GPT-2 on MiniLM's
+WordPiece tokenizer, built on the spot: it isolates the pipeline, and memorising a handful of SQuAD answers
+through bottom → upload → top → greedy decoding shows the targets, the shift and the decoding line up.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from privtune_ray.config import load_config
+from privtune_ray.data import load_split
+from privtune_ray.data.batching import IGNORE, collate, tokenize_generation
+from privtune_ray.errors import ConfigError
+from privtune_ray.sweep import load_sweep, run_sweep
+from privtune_ray.training.generation import normalize_answer, squad_scores
+from privtune_ray.training.loop import run_training
+from privtune_ray.training.server import summed_loss
+
+SIMULATIONS = Path(__file__).parents[1] / "simulations"
+
+
+def quiet(*_):
+    pass
+
+
+@pytest.fixture(scope="module")
+def tiny_decoder(tmp_path_factory, tokenizer):
+    path = tmp_path_factory.mktemp("tiny-gpt2")
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=tokenizer.vocab_size, n_positions=128, n_embd=64, n_layer=4, n_head=2,
+                        bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id,
+                        pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    GPT2LMHeadModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def test_squad_scores_follow_the_official_normalisation():
+    assert normalize_answer("The  Denver Broncos!") == "denver broncos"
+    assert squad_scores("Denver Broncos", ["the Denver Broncos", "Broncos"]) == (1.0, 1.0)
+    em, f1 = squad_scores("the Broncos of Denver", ["Denver Broncos"])  # 2 of 3 predicted tokens are right
+    assert em == 0.0 and f1 == pytest.approx(2 * (2 / 3) * 1.0 / (2 / 3 + 1.0))
+    assert squad_scores("Carolina", ["Denver Broncos"]) == (0.0, 0.0)
+
+
+def test_targets_cover_the_answer_and_the_end_token_only(tokenizer):
+    raw = load_split("squad", "dev", max_samples=4, seed=0)
+    split = tokenize_generation(raw, tokenizer, max_length=48, max_answer_tokens=6)
+    batch = collate(split, np.arange(4), tokenizer.pad_token_id)
+    for b in range(4):
+        ids, start, n = split.input_ids[b], split.prompt_lengths[b], len(split.input_ids[b])
+        assert n <= 48 and ids[-1] == tokenizer.sep_token_id
+        assert tokenizer.decode(ids[start - 2 : start]) == "answer :"  # the prompt ends with " answer:"
+        assert (batch.labels[b, :start] == IGNORE).all() and (batch.labels[b, n:] == IGNORE).all()
+        assert batch.labels[b, start:n].tolist() == ids[start:]
+        answer = tokenizer.decode(ids[start:-1])
+        assert answer == tokenizer.decode(tokenizer(" " + raw[b]["target"], add_special_tokens=False)["input_ids"][:6])
+
+
+def test_causal_loss_is_next_token_cross_entropy_on_the_targets():
+    logits = torch.randn(2, 4, 7)
+    labels = torch.tensor([[IGNORE, IGNORE, 3, 5], [IGNORE, 2, 6, IGNORE]])
+    by_hand = sum(-torch.log_softmax(logits[b, t - 1], -1)[labels[b, t]] for b, t in [(0, 2), (0, 3), (1, 1), (1, 2)])
+    assert float(summed_loss(logits, labels)) == pytest.approx(float(by_hand), rel=1e-6)
+
+
+def test_a_split_decoder_memorises_answers_and_decodes_them_greedily(tiny_decoder, tmp_path):
+    cfg = load_config(SIMULATIONS / "squad_generation.yaml", [
+        f"model.name={tiny_decoder}", "model.split_depth=1", "model.max_length=64", "attack.enabled=false",
+        "data.eval_split=train", "data.max_train_samples=8", "data.max_eval_samples=8", "train.batch_size=8",
+        "train.epochs=100", "train.max_steps=100", "train.lr=3e-3", "train.warmup_ratio=0", "train.max_new_tokens=8",
+        "train.progress=false", "train.threads=2",
+    ])  # fmt: skip
+    summary = json.loads((run_training(cfg, tmp_path / "run", log=quiet) / "summary.json").read_text())
+    losses = pd.read_csv(tmp_path / "run" / "metrics.csv")["loss"]
+    assert losses.iloc[-1] < 0.1 * losses.iloc[0]
+    assert summary["dev_exact_match"] >= 0.75 and summary["utility"] == summary["dev_f1"] >= 0.75
+    assert summary["utility_metric"] == "f1" and summary["bytes_up_eval"] > 0
+
+
+def test_squad_ci_variant_runs_with_its_attacks(tiny_decoder, tmp_path):
+    base, spec, points = load_sweep(SIMULATIONS / "ci" / "squad_generation.yaml", [f"model.name={tiny_decoder}"])
+    table = pd.read_csv(run_sweep(base, spec, points, tmp_path / "squad", log=quiet) / "sweep.csv").set_index("point")
+    assert set(table["status"]) == {"done"}
+    assert "aia_label:advantage" not in table.columns  # no class label to infer in generation
+    assert table.loc["privtune-eta5-m2", "max_eia_asr_top1"] < table.loc["none-m2", "max_eia_asr_top1"]
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (["model.task=classification"], r"data.dataset='squad' is a generation task: set model.task=causal-lm"),
+    (["data.dataset=sst2"], r"model.task=causal-lm needs a generation dataset"),
+    (["model.name=all-MiniLM-L6-v2"], r"task 'causal-lm' needs a decoder model"),
+])  # fmt: skip
+def test_mismatched_task_and_model_fail_before_anything_is_written(overrides, match, tmp_path):
+    cfg = load_config(SIMULATIONS / "squad_generation.yaml", overrides)
+    with pytest.raises((ConfigError, Exception), match=match):
+        run_training(cfg, tmp_path / "run", log=quiet)
+    assert not (tmp_path / "run").exists()
