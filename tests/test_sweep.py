@@ -146,3 +146,24 @@ def test_each_dataset_ci_variant_runs(name, tmp_path):
     assert 0.0 <= row["utility"] <= 1.0 and 0.0 <= row["max_eia_asr_top1"] <= 1.0
     if name == "blog_topic":  # the author attributes are attacked
         assert {"aia_probe_gender:advantage", "aia_probe_age_group:advantage"} <= set(row.index)
+
+
+@pytest.mark.parametrize("runner", ["simulate", "attack"])
+def test_simulate_and_attack_runners_fill_the_table(runner, tmp_path):
+    """A `simulate` point runs its devices in-process inside the point; an `attack` point attacks without training."""
+    config = tmp_path / "sweep.yaml"
+    config.write_text(yaml.safe_dump({
+        "extends": str(SIMULATIONS / "ci" / "sst2_headline.yaml"),
+        "simulation": {"devices": 12, "rounds": 2, "devices_per_round": 3, "local_batch_size": 8,
+                       "tiers": [{"name": "phone", "memory_mb": 4096}]},
+        "sweep": {"runner": runner, "arms": [{"mechanism.name": "dchi", "mechanism.eta": 5.0}]},
+    }))  # fmt: skip
+    base, spec, points = load_sweep(config)
+    row = pd.read_csv(run_sweep(base, spec, points, tmp_path / "out", log=quiet) / "sweep.csv").iloc[0]
+    assert row["status"] == "done", row["error"]
+    assert row["point"] == "dchi-eta5-m2" and 0 <= row["max_eia_asr_top1"] <= 1
+    summary = json.loads((tmp_path / "out" / "points" / "dchi-eta5-m2" / "summary.json").read_text())
+    if runner == "simulate":
+        assert row["rounds"] == summary["rounds"] == 2 and row["sim_time_s"] > 0 and row["utility"] == summary["dev_accuracy"]
+    else:
+        assert summary["victims"] == 16 and pd.isna(row["utility"])

@@ -94,10 +94,10 @@ def run_sweep(base: dict[str, Any], spec: SweepSpec, points: list[Point], out: s
         tmp = table_path.with_suffix(".csv.tmp")
         sweep_table(points, rows).to_csv(tmp, index=False)
         os.replace(tmp, table_path)
-        done = f"utility {row['utility']:.4f}" if row["status"] == "done" else f"FAILED ({row['error']})"
-        asr = row.get("max_eia_asr_top1")
-        log(f"privtune-ray: [{len(rows)}/{len(points)}] {point.slug}: {done}"
-            + (f", max EIA ASR {asr:.3f}" if isinstance(asr, float) else ""))  # fmt: skip
+        numbers = [f"{label} {row[key]:.4f}" for label, key in (("utility", "utility"), ("max EIA ASR", "max_eia_asr_top1"))
+                   if isinstance(row.get(key), (int, float))]  # fmt: skip
+        done = ", ".join(numbers) or "done" if row["status"] == "done" else f"FAILED ({row['error']})"
+        log(f"privtune-ray: [{len(rows)}/{len(points)}] {point.slug}: {done}")
 
     log(f"privtune-ray: sweep of {len(points)} points ({spec.runner}, {spec.executor}) into {out}")
     if spec.executor == "local":
