@@ -12,7 +12,14 @@ from .tables import ASR, ADVANTAGE, aia_columns, depth_label, eia_columns, mecha
 
 def select_points(table: pd.DataFrame, threshold: float = 0.10) -> pd.DataFrame:
     """One row per mechanism: its best-utility point with max EIA ASR <= ``threshold``; failing that, its
-    strongest-noise point, taken as the one with the lowest max EIA ASR (its first point if none measured)."""
+    strongest-noise point, taken as the one with the lowest max EIA ASR (its first point if none measured).
+    All at one split depth where they can be: that of the best qualifying point of any defence."""
+    qualifying = table[(table["mechanism"] != "none") & (table["max_eia_asr_top1"] <= threshold + 1e-12)]
+    if qualifying["utility"].notna().any() and "split_depth" in table:
+        depth = qualifying.loc[qualifying["utility"].idxmax(), "split_depth"]
+        same = table[table["split_depth"] == depth]
+        if set(mechanisms(same)) == set(mechanisms(table)):
+            table = same
     chosen = []
     for mechanism in mechanisms(table):
         points = table[table["mechanism"] == mechanism]

@@ -1,4 +1,5 @@
-"""Privacy–utility frontier: max EIA ASR top-1 (%) against dev accuracy (%), one panel per split depth."""
+"""Privacy–utility frontier: max EIA ASR top-1 (%) against utility (%: dev accuracy, F1 for generation), one
+panel per split depth."""
 
 from __future__ import annotations
 
@@ -50,6 +51,6 @@ def plot_frontier(table: pd.DataFrame, path: str | Path, threshold: float | None
                             textcoords="offset points", xytext=(4, 3), fontsize=7, color=colors[mechanism])
         if threshold is not None:
             ax.axvline(100 * threshold, ls="--", color="grey", lw=1, label=f"ASR threshold {100 * threshold:g}%")
-        label(ax, f"split depth {depth_label(depth)}", "max EIA ASR top-1 (%)", "dev accuracy (%)", legend=False)
+        label(ax, f"split depth {depth_label(depth)}", "max EIA ASR top-1 (%)", "utility (%): dev accuracy, F1 for QA", legend=False)
     figure_legend(fig, axes)
     return save(fig, path, "Privacy–utility frontier (lower ASR and higher accuracy are better)")

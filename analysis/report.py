@@ -48,7 +48,8 @@ HEADLINE_VIEW: View = {
 TRAIN_VIEW: View = {
     "name": ("run", 1, ""), "dataset": ("dataset", 1, ""), "mechanism": ("mechanism", 1, ""),
     "split_depth": ("m", 1, ""),
-    "dev_accuracy": ("dev acc. (%)", *PCT), "bytes_up_per_sample": ("up (KiB/sample)", *KIB_FMT),
+    "dev_accuracy": ("dev acc. (%)", *PCT), "dev_exact_match": ("dev EM (%)", *PCT), "dev_f1": ("dev F1 (%)", *PCT),
+    "bytes_up_per_sample": ("up (KiB/sample)", *KIB_FMT),
     "train_wall_s": ("train wall (s)", 1, ".1f"), "bottom_compute_s": ("bottom (s)", 1, ".1f"),
     "mechanism_compute_s": ("mechanism (s)", 1, ".2f"), "top_compute_s": ("top (s)", 1, ".1f"),
     "max_eia_asr_top1": ("max EIA ASR (%)", *PCT), "max_aia_advantage": ("max AIA adv. (pp)", *PP),
@@ -129,8 +130,11 @@ def _provenance(root: Path, sweeps: list[Path], sims: list[Path], trains: list[P
 
 def _headline(sweeps: list[Path], root: Path, threshold: float) -> str:
     limit = f"{100 * threshold:g}%"
-    text = [f"## Headline\n\nPer mechanism and split depth: the best dev accuracy among points whose max EIA ASR top-1 "
-            f"is at most {limit}, and its drop against `none` at the same depth (pp = percentage points)."]  # fmt: skip
+    text = [f"## Headline\n\nPer mechanism and split depth: the best utility (dev accuracy; F1 for generation) among "
+            f"points whose max EIA ASR top-1 is at most {limit}, and its drop against `none` at the same depth "
+            f"(pp = percentage points). The best is taken over every swept variant of a mechanism (its privacy "
+            f"parameter and any other swept key, shown in `setting`), so a mechanism swept more widely has more "
+            f"chances; one seed unless `seed` is swept."]  # fmt: skip
     for path in sweeps:
         table = headline_table(load_sweep(path), threshold)
         title = f"\n\n### Sweep `{_rel(path, root)}`\n\n" if len(sweeps) > 1 else "\n\n"

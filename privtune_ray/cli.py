@@ -19,6 +19,7 @@ import argparse
 import sys
 
 from .errors import PrivtuneError
+from .sweep.spec import EXECUTORS
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -55,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="override a key of the base config (repeatable)")
     sweep.add_argument("--out", help="sweep directory (default: runs/<name>-sweep-<timestamp>); rerun it to resume")
     sweep.add_argument("--data-dir", help="data directory (overrides data.data_dir and $PRIVTUNE_DATA_DIR)")
-    sweep.add_argument("--executor", choices=["ray", "local"], help="ray: parallel Ray tasks (default); local: no Ray, --local-workers points at once")
+    sweep.add_argument("--executor", choices=EXECUTORS, help="ray: parallel Ray tasks (default); local: no Ray, --local-workers points at once")
     sweep.add_argument("--local-workers", type=int, help="executor local: points run at once in subprocesses (default 1)")
     sweep.add_argument("--address", help="Ray cluster address ('auto' or host:port); default a local Ray")
     sweep.add_argument("--dry-run", action="store_true", help="list the points and stop")
@@ -143,6 +144,8 @@ def _account(args) -> None:
 def _sweep(args) -> None:
     import time
 
+    from analysis.tables import failed_points
+
     from .sweep import load_sweep, run_sweep
 
     overrides = list(args.overrides) + ([f"data.data_dir={args.data_dir}"] if args.data_dir else [])
@@ -158,17 +161,10 @@ def _sweep(args) -> None:
         return
     out = args.out or f"runs/{base.get('name', 'run')}-sweep-{time.strftime('%Y%m%d-%H%M%S')}"
     run_sweep(base, spec, points, out)
-    failed = _failed_points(out)
+    failed = list(failed_points(out)["point"])
     if failed:
         raise PrivtuneError(f"{len(failed)} point(s) failed: {', '.join(failed)}; their logs are in {out}/points/")
     print(f"privtune-ray: wrote {out}/sweep.csv; `privtune-ray report {out}` plots it")
-
-
-def _failed_points(out: str) -> list[str]:
-    import pandas as pd
-
-    table = pd.read_csv(f"{out}/sweep.csv")
-    return list(table.loc[table["status"] != "done", "point"])
 
 
 def _report(args) -> None:
@@ -200,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"privtune-ray: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("privtune-ray: interrupted; resume with the same command plus --resume", file=sys.stderr)
+        again = "the same command" if args.command == "sweep" else "the same command plus --resume"
+        print(f"privtune-ray: interrupted; resume with {again}", file=sys.stderr)
         return 130
     return 0
 

@@ -359,11 +359,14 @@ def read_config_file(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str
     return _merge(read_config_file(path.parent / str(parent), (*_seen, path.resolve())), raw)
 
 
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+REPLACED_ON_EXTEND = {"sweep.grid", "sweep.arms"}  # a child's grid or arms replace the parent's (null: defaults)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     merged = dict(base)
     for key, value in over.items():
-        both = isinstance(value, dict) and isinstance(merged.get(key), dict)
-        merged[key] = _merge(merged[key], value) if both else value
+        both = isinstance(value, dict) and isinstance(merged.get(key), dict) and prefix + key not in REPLACED_ON_EXTEND
+        merged[key] = _merge(merged[key], value, f"{prefix}{key}.") if both else value
     return merged
 
 

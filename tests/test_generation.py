@@ -103,3 +103,19 @@ def test_mismatched_task_and_model_fail_before_anything_is_written(overrides, ma
     with pytest.raises((ConfigError, Exception), match=match):
         run_training(cfg, tmp_path / "run", log=quiet)
     assert not (tmp_path / "run").exists()
+
+
+def test_observations_of_generation_batches_of_different_lengths_concatenate():
+    """Token targets [B, L] are no per-sample label: observations keep -1, so batches of any length join."""
+    from privtune_ray.attacks.observations import Observations
+
+    parts = [Observations(torch.zeros(2, n, 4), torch.ones(2, n, dtype=torch.long), torch.ones(2, n, dtype=torch.long),
+                          torch.full((2, n), IGNORE)) for n in (3, 5)]  # fmt: skip
+    joined = Observations.concat(parts)
+    assert joined.hidden.shape == (4, 5, 4) and joined.labels.tolist() == [-1, -1, -1, -1]
+
+
+def test_a_prompt_budget_too_small_for_the_answer_is_one_clear_error(tokenizer):
+    raw = load_split("squad", "dev", max_samples=2, seed=0)
+    with pytest.raises(ConfigError, match=r"model.max_length=8 leaves no room.*train.max_new_tokens"):
+        tokenize_generation(raw, tokenizer, max_length=8, max_answer_tokens=6)

@@ -51,6 +51,7 @@ def test_grid_argument_replaces_the_key_everywhere():
     ({"arms": [{"mechanism.eta": []}]}, r"'sweep.arms\[0\].mechanism.eta'.*at least one value"),
     ({"arms": {"mechanism.name": "none"}}, r"'sweep.arms' must be a list"),
     ({"local_workers": 0}, r"'sweep.local_workers'"),
+    ({"cpus_per_point": "two"}, r"'sweep.cpus_per_point' must be a number"),
 ])  # fmt: skip
 def test_bad_sweep_sections_name_the_key(section, match):
     with pytest.raises(ConfigError, match=match):
@@ -117,12 +118,19 @@ def test_rerunning_a_sweep_resumes_and_a_grown_grid_adds_points(ray_sweep):
     base, spec, points = load_sweep(CI_HEADLINE, grid_args=["model.split_depth=2,9"])
     run_sweep(base, spec, points, ray_sweep, log=quiet)
     table = pd.read_csv(ray_sweep / "sweep.csv").set_index("point")
-    assert list(table.index) == ["none-m2", "none-m9", "privtune-eta5-m2", "privtune-eta5-m9"]
+    assert list(table.index) == ["none-m2", "privtune-eta5-m2", "none-m9", "privtune-eta5-m9"]  # earlier points first
     # m = 9 is beyond MiniLM's 6 blocks: those points fail with the model's own message, the others stand.
     assert table.loc["none-m9", "status"] == "failed" and "split_depth" in table.loc["none-m9", "error"]
     assert table.loc["none-m2", "utility"] == before.set_index("point").loc["none-m2", "utility"]
+    # A run over other points of the same sweep keeps the earlier rows in the table.
+    base, spec, points = load_sweep(CI_HEADLINE, grid_args=["model.split_depth=9"])
+    run_sweep(base, spec, points, ray_sweep, log=quiet)
+    assert list(pd.read_csv(ray_sweep / "sweep.csv")["point"]) == list(table.index)
     base, spec, points = load_sweep(CI_HEADLINE, overrides=["train.lr=1e-3"])
     with pytest.raises(ConfigError, match="another base config"):
+        run_sweep(base, spec, points, ray_sweep, log=quiet)
+    base, spec, points = load_sweep(CI_HEADLINE, overrides=["sweep.runner=attack"])
+    with pytest.raises(ConfigError, match="run by 'train', not 'attack'"):
         run_sweep(base, spec, points, ray_sweep, log=quiet)
 
 

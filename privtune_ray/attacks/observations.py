@@ -24,9 +24,13 @@ class Observations:
     hidden: torch.Tensor  # h̃ [N, L, d] float32, as uploaded (L = longest sentence of the set)
     attention_mask: torch.Tensor  # [N, L] int64
     input_ids: torch.Tensor  # [N, L] ground truth (pad where mask = 0)
-    labels: torch.Tensor  # [N] task labels
+    labels: torch.Tensor  # [N] task labels (-1: none, e.g. generation, whose messages carry token targets)
     attributes: dict[str, np.ndarray] = field(default_factory=dict)  # private attributes, one string each
     texts: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.labels.dim() > 1:  # a causal LM's [N, L] token targets: no per-sample label to attack
+            self.labels = torch.full((self.labels.shape[0],), -1, dtype=torch.long)
 
     def __len__(self) -> int:
         return int(self.hidden.shape[0])

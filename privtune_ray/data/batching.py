@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..errors import ConfigError
+
 
 IGNORE = -100  # target of a position the loss skips (cross_entropy's ignore_index)
 
@@ -59,15 +61,21 @@ def tokenize_split(dataset, tokenizer, max_length: int, attributes: tuple[str, .
 
 def tokenize_generation(dataset, tokenizer, max_length: int, max_answer_tokens: int = 24) -> TokenizedSplit:
     """Prompt + answer as one causal-LM sequence per sample: ``text + " answer:"`` then ``" " + target`` and the
-    end token. The prompt body is cut (from its end: the question comes first) so the whole fits ``max_length``."""
+    end token. Every prompt body is cut (from its end: the question comes first) to the same budget,
+    ``max_length − len(" answer:") − max_answer_tokens − 1``, so the prompt does not depend on the answer and a
+    generated answer still fits ``max_length``."""
     end_id = end_token_id(tokenizer)
     suffix = tokenizer(" answer:", add_special_tokens=False)["input_ids"]
+    budget = max_length - len(suffix) - max_answer_tokens - 1
+    if budget < 1:
+        raise ConfigError(f"model.max_length={max_length} leaves no room for a prompt beside {max_answer_tokens} answer "
+                          f"tokens (train.max_new_tokens): raise model.max_length or lower train.max_new_tokens")  # fmt: skip
     bodies = tokenizer(list(dataset["text"]), add_special_tokens=False)["input_ids"]
     targets = tokenizer([" " + t for t in dataset["target"]], add_special_tokens=False)["input_ids"]
     input_ids, prompt_lengths = [], []
     for body, target in zip(bodies, targets, strict=True):
         target = target[:max_answer_tokens] + [end_id]
-        prompt = body[: max(1, max_length - len(suffix) - len(target))] + suffix
+        prompt = body[:budget] + suffix
         input_ids.append(prompt + target)
         prompt_lengths.append(len(prompt))
     return TokenizedSplit(input_ids=input_ids, labels=np.full(len(input_ids), -1), texts=list(dataset["text"]),

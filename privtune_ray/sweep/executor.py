@@ -24,7 +24,7 @@ import pandas as pd
 
 from ..errors import ConfigError
 from ..runs import git_revision, package_versions
-from .runner import ROW_KEYS, run_point
+from .runner import ROW_KEYS, read_row, run_point
 from .spec import Point, SweepSpec, point_config
 
 
@@ -43,8 +43,10 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _record(out: Path, base: dict[str, Any], spec: SweepSpec, points: list[Point]) -> None:
+def _record(out: Path, base: dict[str, Any], spec: SweepSpec, points: list[Point]) -> list[Point]:
+    """Write ``sweep.json``; returns every point the directory holds (earlier runs' first, then the new ones)."""
     meta_path = out / "sweep.json"
+    known: list[Point] = []
     if meta_path.exists():
         previous = json.loads(meta_path.read_text())
         if previous.get("base") != json.loads(json.dumps(base)):
@@ -52,14 +54,17 @@ def _record(out: Path, base: dict[str, Any], spec: SweepSpec, points: list[Point
                 f"{str(out)!r} holds a sweep of another base config: choose another --out, or run the same config "
                 f"(only the grid may grow) to resume it"
             )
-        known = {p["slug"] for p in previous.get("points", [])}
-        points_all = previous["points"] + [{"slug": p.slug, "overrides": p.overrides} for p in points if p.slug not in known]
-    else:
-        points_all = [{"slug": p.slug, "overrides": p.overrides} for p in points]
+        if previous.get("spec", {}).get("runner", spec.runner) != spec.runner:
+            raise ConfigError(f"{str(out)!r} holds a sweep run by {previous['spec']['runner']!r}, not {spec.runner!r}: "
+                              f"choose another --out")  # fmt: skip
+        known = [Point(i, p["slug"], p["overrides"]) for i, p in enumerate(previous.get("points", []))]
+    slugs = {p.slug for p in known}
+    every = known + [Point(len(known) + i, p.slug, p.overrides) for i, p in enumerate(q for q in points if q.slug not in slugs)]
     _write_atomic(meta_path, json.dumps({
-        "base": base, "spec": asdict(spec), "points": points_all, "versions": package_versions(), "git": git_revision(),
-        "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "base": base, "spec": asdict(spec), "points": [{"slug": p.slug, "overrides": p.overrides} for p in every],
+        "versions": package_versions(), "git": git_revision(), "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }, indent=2, default=str))  # fmt: skip
+    return every
 
 
 def _run_local(base, spec: SweepSpec, points: list[Point], out: Path, finished) -> None:
@@ -83,21 +88,26 @@ def _run_local(base, spec: SweepSpec, points: list[Point], out: Path, finished) 
 
 def run_sweep(base: dict[str, Any], spec: SweepSpec, points: list[Point], out: str | Path, log=print) -> Path:
     """Run every point (see the module doc); returns ``out``. Rows reach ``sweep.csv`` as points finish."""
-    out = Path(out)
+    out = Path(out).resolve()  # absolute: Ray workers (on other nodes too) write the points' directories
+    if spec.executor == "ray":
+        _check_gpus(base, spec)
     (out / "points").mkdir(parents=True, exist_ok=True)
-    _record(out, base, spec, points)
+    every = _record(out, base, spec, points)
     table_path = out / "sweep.csv"
-    rows: dict[str, dict[str, Any]] = {}
+    # Points of earlier runs of this directory that are not in this run stay in the table.
+    current = {p.slug for p in points}
+    rows = {p.slug: read_row(out / "points" / p.slug) for p in every if p.slug not in current}
+    rows = {slug: row for slug, row in rows.items() if row is not None}
+    done_now = []
 
     def finished(point: Point, row: dict[str, Any]) -> None:
         rows[point.slug] = row
-        tmp = table_path.with_suffix(".csv.tmp")
-        sweep_table(points, rows).to_csv(tmp, index=False)
-        os.replace(tmp, table_path)
+        done_now.append(point.slug)
+        _write_atomic(table_path, sweep_table(every, rows).to_csv(index=False))
         numbers = [f"{label} {row[key]:.4f}" for label, key in (("utility", "utility"), ("max EIA ASR", "max_eia_asr_top1"))
                    if isinstance(row.get(key), (int, float))]  # fmt: skip
         done = ", ".join(numbers) or "done" if row["status"] == "done" else f"FAILED ({row['error']})"
-        log(f"privtune-ray: [{len(rows)}/{len(points)}] {point.slug}: {done}")
+        log(f"privtune-ray: [{len(done_now)}/{len(points)}] {point.slug}: {done}")
 
     log(f"privtune-ray: sweep of {len(points)} points ({spec.runner}, {spec.executor}) into {out}")
     if spec.executor == "local":
@@ -112,12 +122,27 @@ def run_sweep(base: dict[str, Any], spec: SweepSpec, points: list[Point], out: s
     task = ray.remote(num_cpus=spec.cpus_per_point, num_gpus=spec.gpus_per_point)(run_point)
     threads = max(1, int(spec.cpus_per_point))
     pending = {task.remote(point_config(base, p), str(out / "points" / p.slug), spec.runner, threads): p for p in points}
-    while pending:
-        ready, _ = ray.wait(list(pending), num_returns=1)
-        point = pending.pop(ready[0])
-        try:
-            row = ray.get(ready[0])
-        except Exception as exc:  # noqa: BLE001 - a crashed task (e.g. out of memory) fails its point only
-            row = {"point": point.slug, "status": "failed", "error": f"{exc.__class__.__name__}: {exc}".splitlines()[0]}
-        finished(point, row)
+    try:
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)  # short waits: Ctrl-C stops the sweep
+            if not ready:
+                continue
+            point = pending.pop(ready[0])
+            try:
+                row = ray.get(ready[0])
+            except Exception as exc:  # noqa: BLE001 - a crashed task (e.g. out of memory) fails its point only
+                row = {"point": point.slug, "status": "failed", "error": f"{exc.__class__.__name__}: {exc}".splitlines()[0]}
+            finished(point, row)
+    except KeyboardInterrupt:
+        for ref in pending:  # no task goes on writing into a point a rerun will resume
+            ray.cancel(ref, force=True)
+        raise
     return out
+
+
+def _check_gpus(base: dict[str, Any], spec: SweepSpec) -> None:
+    """Ray hides GPUs from a task that asks for none: a point whose top wants one must ask for a share."""
+    device = (base.get("train") or {}).get("device", "cpu")
+    if device in ("cuda", "auto") and spec.gpus_per_point == 0:
+        raise ConfigError(f"train.device={device!r} but Ray gives each point no GPU: set sweep.gpus_per_point "
+                          f"(e.g. --set sweep.gpus_per_point=0.25), or run with --executor local")  # fmt: skip

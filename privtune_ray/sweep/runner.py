@@ -81,6 +81,12 @@ def run_point(cfg: Config, out: str | Path, runner: str, threads: int | None = N
             except Exception as exc:  # noqa: BLE001 - recorded in the row, the sweep goes on
                 error = f"{exc.__class__.__name__}: {exc}"
                 log(traceback.format_exc())
+    return read_row(out) or {"point": out.name, "status": "failed", "error": error or "the run wrote no summary.json"}
+
+
+def read_row(out: Path) -> dict[str, Any] | None:
+    """The row of a finished point's run directory (None while it has no ``summary.json``)."""
+    summary_path = Path(out) / "summary.json"
     if not summary_path.exists():
-        return {"point": out.name, "status": "failed", "error": error or "the run wrote no summary.json"}
-    return {**row_from_summary(json.loads(summary_path.read_text())), "point": out.name, "status": "done", "error": ""}
+        return None
+    return {**row_from_summary(json.loads(summary_path.read_text())), "point": Path(out).name, "status": "done", "error": ""}

@@ -105,16 +105,23 @@ def parse_sweep(raw: dict[str, Any] | None) -> SweepSpec:
         if key not in known:
             raise ConfigError(f"unknown config key 'sweep.{key}'; valid keys at sweep: {', '.join(sorted(known))}")
     spec = SweepSpec()
-    if "grid" in raw:
-        spec.grid = _axes(raw.pop("grid") or {}, "sweep.grid")
-    if "arms" in raw:
+    if raw.get("grid", None) is not None:  # null or absent: the default grid
+        spec.grid = _axes(raw.pop("grid"), "sweep.grid")
+    raw.pop("grid", None)
+    if raw.get("arms", None) is None:  # null or absent: the default arms
+        raw.pop("arms", None)
+    else:
         arms = raw.pop("arms")
         if not isinstance(arms, list):
             raise ConfigError("config key 'sweep.arms' must be a list of mappings, e.g. [{mechanism.name: none}]")
         spec.arms = [_axes(arm, f"sweep.arms[{i}]") for i, arm in enumerate(arms)] or [{}]
     for key, value in raw.items():
         setattr(spec, key, value)
-    spec.cpus_per_point, spec.gpus_per_point = float(spec.cpus_per_point), float(spec.gpus_per_point)
+    for key in ("cpus_per_point", "gpus_per_point"):
+        value = getattr(spec, key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key 'sweep.{key}' must be a number, got {value!r}")
+        setattr(spec, key, float(value))
     spec.validate()
     return spec
 
@@ -142,7 +149,7 @@ def _slug(overrides: dict[str, Any]) -> str:
 def expand(spec: SweepSpec) -> list[Point]:
     """Every point, arms in order; within a point the mechanism's keys come first, then the others in order."""
     points: list[Point] = []
-    seen: set[str] = set()
+    seen: dict[str, dict[str, Any]] = {}
     for arm in spec.arms or [{}]:
         axes = {**{k: v for k, v in spec.grid.items() if k not in arm}, **arm}
         # The mechanism, then its parameters: the slug reads "privtune-eta10-m2".
@@ -151,8 +158,11 @@ def expand(spec: SweepSpec) -> list[Point]:
             overrides = dict(zip(keys, values))
             slug = _slug(overrides)
             if slug in seen:
-                continue  # two arms that name the same run (e.g. `none` listed twice)
-            seen.add(slug)
+                if seen[slug] == overrides:
+                    continue  # two arms that name the same run (e.g. `none` listed twice)
+                raise ConfigError(f"sweep points {seen[slug]} and {overrides} would share the directory {slug!r}: "
+                                  f"use values that print differently, or keys whose last parts differ")  # fmt: skip
+            seen[slug] = overrides
             points.append(Point(len(points), slug, overrides))
     return points
 

@@ -43,25 +43,26 @@ def squad_scores(prediction: str, answers: list[str]) -> tuple[float, float]:
 @torch.no_grad()
 def greedy_answers(client: SplitClient, server: TopServer, split: TokenizedSplit, indices, pad_id: int, end_id: int,
                    max_new_tokens: int, upload) -> list[list[int]]:  # fmt: skip
-    """Continue each prompt at ``indices`` with the top's most likely token until the end token (or the limit)."""
+    """Continue each prompt at ``indices`` with the top's most likely token until the end token (or the limit).
+    A finished answer leaves the batch: only unfinished prefixes are released again."""
     seqs = [list(split.input_ids[i][: split.prompt_lengths[i]]) for i in indices]
     starts = [len(s) for s in seqs]
-    done = [False] * len(seqs)
+    active = list(range(len(seqs)))
     for _ in range(max_new_tokens):
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+        width = max(len(seqs[b]) for b in active)
+        ids = torch.full((len(active), width), pad_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
-        for b, s in enumerate(seqs):
-            ids[b, : len(s)], mask[b, : len(s)] = torch.tensor(s), 1
-        msg = upload(client.encode(Batch(ids, mask, torch.full((len(seqs),), -1), np.asarray(indices))))
+        for row, b in enumerate(active):
+            ids[row, : len(seqs[b])], mask[row, : len(seqs[b])] = torch.tensor(seqs[b]), 1
+        msg = upload(client.encode(Batch(ids, mask, torch.full((len(active),), -1), np.asarray(indices)[active])))
         logits = server.predict(msg)
-        last = torch.tensor([len(s) - 1 for s in seqs])
-        for b, token in enumerate(logits[torch.arange(len(seqs)), last].argmax(-1).tolist()):
-            if not done[b]:
-                done[b] = token == end_id
-                if not done[b]:
-                    seqs[b].append(token)
-        if all(done):
+        last = torch.tensor([len(seqs[b]) - 1 for b in active])
+        tokens = logits[torch.arange(len(active)), last].argmax(-1).tolist()
+        for b, token in zip(active, tokens, strict=True):
+            if token != end_id:
+                seqs[b].append(token)
+        active = [b for b, token in zip(active, tokens, strict=True) if token != end_id]
+        if not active:
             break
     return [s[start:] for s, start in zip(seqs, starts, strict=True)]
 

@@ -342,7 +342,7 @@ def _checkpoint(run: RunDir, top, optimizer, scheduler, mechanism, counters: Cou
 
 
 def _restore(run: RunDir, top, optimizer, scheduler, mechanism) -> Counters:
-    state = torch.load(run.checkpoint_path, weights_only=False)
+    state = torch.load(run.checkpoint_path, weights_only=False, map_location="cpu")  # a GPU run resumes anywhere
     mechanism.load_state_dict(state["mechanism"])
     top.load_state_dict(state["top"])
     optimizer.load_state_dict(state["optimizer"])
