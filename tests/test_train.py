@@ -129,7 +129,7 @@ def test_lora_freezes_base_weights(minilm):
         (["model.split_depth=9"], r"outside 0\.\.6"),
         (["model.name=/no/such/model"], "no config.json"),
         (["data.data_dir=/no/such/dir"], "does not exist"),
-        (["data.dataset=squad"], "classification"),
+        (["data.dataset=squad"], "generation task: set model.task=causal-lm"),
     ],
 )
 def test_bad_input_is_one_clear_error_and_writes_nothing(tmp_path, capsys, overrides, match):
