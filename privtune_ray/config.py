@@ -295,6 +295,32 @@ class SimulationConfig:
         _require(self.eval_every is None or self.eval_every >= 1, f"{key}.eval_every", "must be >= 1 or null")
 
 
+DESIGNS = ("split", "ewtune")
+
+
+@dataclass
+class DesignConfig:
+    """How the trainable part is fine-tuned. ``split``: plain SGD on uploaded h (PrivTune and the perturbation
+    baselines protect h). ``ewtune``: DP-SGD (EW-Tune) on the top model: Poisson-sampled batches of expected
+    size ``train.batch_size``, per-sample gradients clipped to ``clip_norm``, Gaussian noise σ·C with σ calibrated
+    by the Edgeworth accountant so the whole run spends ``target_epsilon`` at ``delta`` (PLD and RDP ε beside it)."""
+
+    name: str = "split"  # split | ewtune
+    target_epsilon: float = 3.0  # ewtune: ε (nats) of the whole run at delta
+    delta: float = 1.0e-5
+    clip_norm: float = 1.0  # C: per-sample gradient L2 bound
+    max_noise_multiplier: float = 100.0  # the largest σ the calibration may pick; above it a target is unreachable
+    edgeworth_order: int = 2
+
+    def validate(self, key: str) -> None:
+        _require(self.name in DESIGNS, f"{key}.name", f"unknown design {self.name!r}; choose one of {', '.join(DESIGNS)}")
+        _require(self.target_epsilon > 0, f"{key}.target_epsilon", "must be > 0")
+        _require(0 < self.delta < 1, f"{key}.delta", "must be in (0, 1), e.g. 1e-5")
+        _require(self.clip_norm > 0, f"{key}.clip_norm", "must be > 0")
+        _require(self.max_noise_multiplier > 0.3, f"{key}.max_noise_multiplier", "must be > 0.3")
+        _require(self.edgeworth_order in (1, 2), f"{key}.edgeworth_order", "must be 1 or 2")
+
+
 @dataclass
 class Config:
     """A whole run. ``name`` labels the run directory; ``seed`` fixes data order, init and noise."""
@@ -307,6 +333,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
+    design: DesignConfig = field(default_factory=DesignConfig)
 
     def validate(self, key: str = "") -> None:
         _require(self.seed >= 0, "seed", "must be >= 0")
@@ -316,6 +343,7 @@ class Config:
         self.train.validate("train")
         self.attack.validate("attack")
         self.simulation.validate("simulation")
+        self.design.validate("design")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -9,6 +9,8 @@ add-or-remove-one neighbouring, ε in nats.
 
 from __future__ import annotations
 
+import logging
+
 import dp_accounting
 from dp_accounting import pld, rdp
 
@@ -32,7 +34,13 @@ def epsilon_of_event(event: dp_accounting.DpEvent, delta: float, accountant: str
         acc = rdp.RdpAccountant()
     else:
         raise ValueError(f"accountant must be 'pld' or 'rdp', got {accountant!r}")
-    return float(acc.compose(event).get_epsilon(delta))
+    # dp-accounting logs a warning for each Rényi order whose series does not converge (it drops that order).
+    level = logging.getLogger("absl").level
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    try:
+        return float(acc.compose(event).get_epsilon(delta))
+    finally:
+        logging.getLogger("absl").setLevel(level)
 
 
 def pld_epsilon(delta: float, q: float, sigma: float, steps: int) -> float:

@@ -145,6 +145,7 @@ def load_task_data(cfg: Config, tokenizer, spec) -> tuple[TokenizedSplit, Tokeni
 
 def run_training(cfg: Config, out: str | os.PathLike | None = None, resume: bool = False, log=print) -> Path:
     """Fine-tune ``cfg.model`` split at ``cfg.model.split_depth`` on ``cfg.data``; returns the run directory."""
+    from ..designs.ewtune import DPTopServer, plan_dp_sgd, poisson_batches, spent_epsilon, steps_per_epoch  # uses .server
     spec = train_spec(cfg)
     device = top_device(cfg.train.device)
     seed_everything(cfg.seed)  # before loading: the fresh task head is initialised from it
@@ -159,6 +160,15 @@ def run_training(cfg: Config, out: str | os.PathLike | None = None, resume: bool
     aux = None
     if cfg.attack.enabled:
         aux, train_split = attacker_data(cfg, tokenizer, train_split)
+    batches_per_epoch = -(-len(train_split) // cfg.train.batch_size)
+    dp_plan = None
+    if cfg.design.name == "ewtune":  # Poisson batches: 1/q per epoch; σ calibrated for the whole run
+        batches_per_epoch = steps_per_epoch(min(1.0, cfg.train.batch_size / len(train_split)))
+    total_steps = cfg.train.epochs * batches_per_epoch
+    if cfg.train.max_steps is not None:
+        total_steps = min(total_steps, cfg.train.max_steps)
+    if cfg.design.name == "ewtune":
+        dp_plan = plan_dp_sgd(cfg.design, len(train_split), cfg.train.batch_size, total_steps)
 
     run = RunDir.create(cfg, out, resume=resume)
     log(f"privtune-ray: writing run to {run.path}")
@@ -171,13 +181,15 @@ def run_training(cfg: Config, out: str | os.PathLike | None = None, resume: bool
     top = split_model.top
     if cfg.train.lora.enabled:
         top = apply_lora(top, split_model.family, cfg.train.lora)
-    batches_per_epoch = -(-len(train_split) // cfg.train.batch_size)
-    total_steps = cfg.train.epochs * batches_per_epoch
-    if cfg.train.max_steps is not None:
-        total_steps = min(total_steps, cfg.train.max_steps)
     optimizer, scheduler = build_optimizer(top, cfg.train, total_steps)
     client = SplitClient(split_model.bottom, mechanism)
-    server = TopServer(top, optimizer, scheduler, device=device)
+    if dp_plan is None:
+        server = TopServer(top, optimizer, scheduler, device=device)
+    else:
+        server = DPTopServer(top, optimizer, scheduler, dp_plan, cfg.train.batch_size, device=device, seed=cfg.seed)
+        log(f"privtune-ray: EW-Tune DP-SGD: q = {dp_plan.sample_rate:.5f}, T = {dp_plan.steps}, sigma = "
+            f"{dp_plan.noise_multiplier:.4f}, C = {dp_plan.clip_norm:g}: epsilon {dp_plan.epsilon_edgeworth:.3f} (Edgeworth), "
+            f"{dp_plan.epsilon_pld:.3f} (PLD), {dp_plan.epsilon_rdp:.3f} (RDP) at delta {dp_plan.delta:g}")  # fmt: skip
 
     counters = Counters()
     if resume:
@@ -195,13 +207,21 @@ def run_training(cfg: Config, out: str | os.PathLike | None = None, resume: bool
     session_start = time.perf_counter()
     train_s_before = counters.train_s
     while counters.step < total_steps:
-        batches = batch_indices(train_split.lengths, cfg.train.batch_size, shuffle=True,
-                                bucketing=cfg.train.length_bucketing, seed=cfg.seed * 1000 + counters.epoch)  # fmt: skip
+        epoch_seed = cfg.seed * 1000 + counters.epoch
+        if dp_plan is None:
+            batches = batch_indices(train_split.lengths, cfg.train.batch_size, shuffle=True,
+                                    bucketing=cfg.train.length_bucketing, seed=epoch_seed)  # fmt: skip
+        else:
+            batches = poisson_batches(len(train_split), cfg.train.batch_size, batches_per_epoch, seed=epoch_seed)
         for idx in batches[counters.batch_in_epoch :]:
-            loss = split_step(client, server, collate(train_split, idx, pad_id), counters,
-                              attacks.observe if attacks else None)  # fmt: skip
+            if len(idx) == 0:  # an empty Poisson batch: a noise-only step
+                server.step(0)
+                counters.step += 1
+            else:
+                window_loss.append(split_step(client, server, collate(train_split, idx, pad_id), counters,
+                                              attacks.observe if attacks else None))  # fmt: skip
+            loss = window_loss[-1] if window_loss else float("nan")
             counters.batch_in_epoch += 1
-            window_loss.append(loss)
             window_samples += len(idx)
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}", epoch=counters.epoch)
@@ -209,12 +229,13 @@ def run_training(cfg: Config, out: str | os.PathLike | None = None, resume: bool
             if counters.step % cfg.train.log_every == 0 or counters.step == total_steps:
                 now = time.perf_counter()
                 run.append("metrics", {
-                    "step": counters.step, "epoch": counters.epoch, "loss": float(np.mean(window_loss)),
+                    "step": counters.step, "epoch": counters.epoch, "loss": float(np.mean(window_loss)) if window_loss else float("nan"),
                     "lr": server.lr, "samples": counters.samples, "tokens": counters.tokens,
                     "bytes_up": counters.bytes_up, "samples_per_s": window_samples / max(now - window_start, 1e-9),
                     "bottom_s": client.compute_s, "mechanism_s": client.mechanism_s, "top_s": server.compute_s,
                     "comm_s": counters.comm_s,
                     "elapsed_s": counters.train_s,
+                    **(spent_epsilon(dp_plan, counters.step) if dp_plan else {}),
                 })  # fmt: skip
                 window_loss, window_samples, window_start = [], 0, now
             if cfg.train.eval_every and counters.step % cfg.train.eval_every == 0 and counters.step < total_steps:
@@ -264,6 +285,8 @@ def run_training(cfg: Config, out: str | os.PathLike | None = None, resume: bool
         "top_compute_s": server.compute_s,
         "comm_s": counters.comm_s,
         "trainable_params": sum(p.numel() for p in top.parameters() if p.requires_grad),
+        "design": cfg.design.name,
+        **({"dp_sgd": {**dp_plan.to_dict(), "spent": spent_epsilon(dp_plan, counters.step)}} if dp_plan else {}),
         **attack_summary,
         "run_dir": str(run.path),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -1,0 +1,152 @@
+"""EW-Tune: DP-SGD on the cloud's top model, its noise calibrated by the Edgeworth accountant.
+
+Each step takes a Poisson sample of the training set (Opacus' ``DPDataLoader``: every sample joins with
+probability q = batch_size / N), computes per-sample gradients of the top's trainable parameters (Opacus'
+``GradSampleModule``), clips each to L2 norm C, sums them, adds N(0, σ²C²) and divides by the expected batch
+size (Opacus' ``DPOptimizer``). σ is the smallest value whose Edgeworth ε(δ) after T steps is at most the
+target (:func:`~privtune_ray.accounting.calibrate_sigma`); the PLD and RDP ε of the same (q, σ, T) are
+reported beside it, and the ε spent so far is recorded as training goes (a cumulative account, not per round).
+The guarantee covers the trained top model; what devices upload is protected only by the mechanism, if any.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from opacus import GradSampleModule
+from opacus.data_loader import DPDataLoader
+from opacus.optimizers import DPOptimizer
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..accounting import EdgeworthAccountant, calibrate_sigma, pld_epsilon, rdp_epsilon
+from ..config import DesignConfig
+from ..message import Message
+from ..training.server import TopServer, summed_loss
+
+
+@dataclass
+class DPPlan:
+    """The DP-SGD schedule: q (Poisson sample rate), T (steps), σ (noise multiplier), C, and ε per accountant (nats)."""
+
+    sample_rate: float
+    steps: int
+    noise_multiplier: float
+    clip_norm: float
+    delta: float
+    target_epsilon: float
+    epsilon_edgeworth: float
+    epsilon_pld: float
+    epsilon_rdp: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def plan_dp_sgd(design: DesignConfig, n_samples: int, batch_size: int, steps: int) -> DPPlan:
+    """Calibrate σ for ``design.target_epsilon`` over ``steps`` Poisson steps of rate batch_size / n_samples.
+
+    An unreachable target (σ would exceed ``design.max_noise_multiplier``) raises one ConfigError naming the fix.
+    """
+    q = min(1.0, batch_size / n_samples)
+    sigma = calibrate_sigma(design.target_epsilon, design.delta, q, steps, order=design.edgeworth_order,
+                            sigma_range=(0.3, design.max_noise_multiplier))  # fmt: skip
+    accountant = EdgeworthAccountant(order=design.edgeworth_order)
+    accountant.step(noise_multiplier=sigma, sample_rate=q, num_steps=steps)
+    return DPPlan(q, steps, sigma, design.clip_norm, design.delta, design.target_epsilon,
+                  accountant.get_epsilon(design.delta), pld_epsilon(design.delta, q, sigma, steps),
+                  rdp_epsilon(design.delta, q, sigma, steps))  # fmt: skip
+
+
+def spent_epsilon(plan: DPPlan, steps_done: int) -> dict[str, float]:
+    """ε spent after ``steps_done`` of the plan's steps, per accountant (0 before the first step)."""
+    if steps_done == 0:
+        return {"epsilon_edgeworth": 0.0, "epsilon_pld": 0.0, "epsilon_rdp": 0.0}
+    accountant = EdgeworthAccountant()
+    accountant.step(noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate, num_steps=steps_done)
+    return {"epsilon_edgeworth": accountant.get_epsilon(plan.delta),
+            "epsilon_pld": pld_epsilon(plan.delta, plan.sample_rate, plan.noise_multiplier, steps_done),
+            "epsilon_rdp": rdp_epsilon(plan.delta, plan.sample_rate, plan.noise_multiplier, steps_done)}  # fmt: skip
+
+
+class _Indices(torch.utils.data.Dataset):
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> tuple[int]:
+        return (i,)  # Opacus' loader expects a tuple per item
+
+
+def poisson_batches(n_samples: int, batch_size: int, n_batches: int, seed: int) -> list[np.ndarray]:
+    """``n_batches`` Poisson samples of ``range(n_samples)`` from Opacus' DPDataLoader (rate batch_size / n,
+    so sizes vary and may be 0); the same seed gives the same batches (a resumed run redraws them)."""
+    generator = torch.Generator().manual_seed(seed)
+    loader = DPDataLoader.from_data_loader(DataLoader(_Indices(n_samples), batch_size=batch_size), generator=generator)
+    batches = []
+    while len(batches) < n_batches:
+        for (idx,) in loader:
+            batches.append(np.asarray(idx, dtype=np.int64).reshape(-1))
+            if len(batches) == n_batches:
+                break
+    return batches
+
+
+def dp_top(top: nn.Module) -> GradSampleModule:
+    """The top with per-sample gradient hooks; modules Opacus has no hook for fall back to functorch."""
+    try:
+        return GradSampleModule(top, loss_reduction="mean")
+    except NotImplementedError:
+        return GradSampleModule(top, loss_reduction="mean", force_functorch=True)
+
+
+class DPTopServer(TopServer):
+    """:class:`TopServer` doing DP-SGD: one Poisson batch per step, per-sample clipping, noise, the AdamW step.
+
+    ``accumulate`` backpropagates the batch-mean loss through the GradSampleModule (per-sample gradients land
+    in ``p.grad_sample``); ``step`` is the DPOptimizer's: clip, sum, add noise, divide by the expected batch size.
+    An empty Poisson batch still takes a step of pure noise.
+    """
+
+    def __init__(self, top: nn.Module, optimizer: torch.optim.Optimizer, scheduler, plan: DPPlan, expected_batch_size: int,
+                 device: str | torch.device = "cpu", seed: int = 0):  # fmt: skip
+        super().__init__(dp_top(top), optimizer, scheduler, device=device)
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        self.optimizer = DPOptimizer(optimizer, noise_multiplier=plan.noise_multiplier, max_grad_norm=plan.clip_norm,
+                                     expected_batch_size=expected_batch_size, loss_reduction="mean", generator=generator)  # fmt: skip
+        self.plan = plan
+
+    def accumulate(self, msg: Message) -> float:
+        """Per-sample gradients of the batch's loss; returns the summed loss (nats)."""
+        start = time.perf_counter()
+        self.top.train()
+        loss_sum = summed_loss(self._logits(msg), msg.labels.to(self.device))
+        with warnings.catch_warnings():  # h needs no gradient: Opacus' hooks fire on module outputs, as intended
+            warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
+            (loss_sum / msg.batch_size).backward()
+        self.compute_s += time.perf_counter() - start
+        return float(loss_sum.detach())
+
+    def step(self, n_samples: int) -> None:
+        start = time.perf_counter()
+        if n_samples == 0:  # an empty Poisson batch: the step adds noise only
+            for p in self.trainable():
+                p.grad_sample = torch.zeros((0, *p.shape), device=p.device, dtype=p.dtype)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.compute_s += time.perf_counter() - start
+
+
+def steps_per_epoch(sample_rate: float) -> int:
+    """Poisson batches per epoch: 1/q rounded (each sample is expected once per epoch)."""
+    return max(1, round(1 / sample_rate))
+
+
+__all__ = ["DPPlan", "DPTopServer", "dp_top", "plan_dp_sgd", "poisson_batches", "spent_epsilon", "steps_per_epoch"]

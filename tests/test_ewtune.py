@@ -1,0 +1,120 @@
+"""EW-Tune: DP-SGD on the top model through Opacus, σ calibrated by the Edgeworth accountant, ε accumulated."""
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from privtune_ray.config import DesignConfig, TrainConfig, load_config
+from privtune_ray.data import load_split
+from privtune_ray.data.batching import collate, tokenize_split
+from privtune_ray.designs import DPPlan, DPTopServer, plan_dp_sgd, poisson_batches, spent_epsilon
+from privtune_ray.errors import ConfigError
+from privtune_ray.mechanisms.base import Mechanism
+from privtune_ray.models import split_model
+from privtune_ray.training.client import SplitClient
+from privtune_ray.training.loop import run_training
+from privtune_ray.training.server import TopServer, build_optimizer
+
+BASELINE = Path(__file__).parents[1] / "simulations" / "sst2_baseline.yaml"
+
+
+def quiet(*_):
+    pass
+
+
+def _no_dropout(module):
+    for m in module.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    return module
+
+
+def _sgd(top):
+    optimizer = torch.optim.SGD(top.parameters(), lr=0.5)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+
+
+def test_a_dp_step_without_noise_or_clipping_equals_a_plain_step(minilm, tokenizer):
+    """σ = 0 and C = ∞: the DPOptimizer's sum of per-sample gradients / B is the plain mean gradient."""
+    split = split_model(copy.deepcopy(minilm), 2)
+    dev = tokenize_split(load_split("sst2", "dev", max_samples=8, seed=0), tokenizer, 64)
+    msg = SplitClient(split.bottom, Mechanism()).encode(collate(dev, np.arange(8), tokenizer.pad_token_id))
+    plan = DPPlan(sample_rate=0.1, steps=1, noise_multiplier=0.0, clip_norm=1e9, delta=1e-5, target_epsilon=1.0,
+                  epsilon_edgeworth=float("inf"), epsilon_pld=float("inf"), epsilon_rdp=float("inf"))  # fmt: skip
+    tops = [_no_dropout(copy.deepcopy(split.top)) for _ in range(2)]
+    plain = TopServer(tops[0], *_sgd(tops[0]))  # SGD: the step is the gradient itself (Adam's first step is ~sign(g))
+    dp = DPTopServer(tops[1], *_sgd(tops[1]), plan, expected_batch_size=8)
+    assert dp.train_step(msg) == pytest.approx(plain.train_step(msg), rel=1e-6)
+    for a, b in zip(tops[0].parameters(), tops[1].parameters(), strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7)
+    assert any(not torch.equal(a, b) for a, b in zip(tops[1].parameters(), split.top.parameters(), strict=True))
+
+
+def test_clipping_and_noise_change_the_step(minilm, tokenizer):
+    split = split_model(copy.deepcopy(minilm), 2)
+    dev = tokenize_split(load_split("sst2", "dev", max_samples=8, seed=0), tokenizer, 64)
+    msg = SplitClient(split.bottom, Mechanism()).encode(collate(dev, np.arange(8), tokenizer.pad_token_id))
+    steps = {}
+    for name, sigma, clip in [("plain", 0.0, 1e9), ("clipped", 0.0, 1e-3), ("noisy", 1.0, 1e9)]:
+        plan = DPPlan(0.1, 1, sigma, clip, 1e-5, 1.0, 0.0, 0.0, 0.0)
+        top = _no_dropout(copy.deepcopy(split.top))
+        server = DPTopServer(top, *build_optimizer(top, TrainConfig(lr=1e-3, warmup_ratio=0.0, weight_decay=0.0), 10), plan, 8)
+        server.train_step(msg)
+        steps[name] = torch.cat([(p - q).flatten() for p, q in zip(top.parameters(), split.top.parameters(), strict=True)])
+    assert not torch.allclose(steps["clipped"], steps["plain"]) and not torch.allclose(steps["noisy"], steps["plain"])
+
+
+def test_sigma_is_calibrated_by_edgeworth_with_pld_and_rdp_beside_it():
+    plan = plan_dp_sgd(DesignConfig(name="ewtune", target_epsilon=3.0), n_samples=67_000, batch_size=32, steps=2_000)
+    assert plan.sample_rate == pytest.approx(32 / 67_000)
+    assert plan.epsilon_edgeworth == pytest.approx(3.0, abs=1e-3) and plan.noise_multiplier > 0.3
+    assert plan.epsilon_pld > 0 and plan.epsilon_rdp >= plan.epsilon_pld  # RDP is the looser bound
+    spent = [spent_epsilon(plan, t)["epsilon_pld"] for t in (0, 500, 1_000, 2_000)]
+    assert spent[0] == 0 and spent == sorted(spent) and spent[-1] == pytest.approx(plan.epsilon_pld)
+
+
+def test_an_unreachable_target_is_one_clear_error():
+    with pytest.raises(ConfigError, match=r"target epsilon 0.01 is unreachable with a noise multiplier up to 2"):
+        plan_dp_sgd(DesignConfig(name="ewtune", target_epsilon=0.01, max_noise_multiplier=2.0), 1_000, 100, 500)
+
+
+def test_poisson_batches_come_from_opacus_and_repeat_under_a_seed():
+    a, b = poisson_batches(10_000, 100, 50, seed=3), poisson_batches(10_000, 100, 50, seed=3)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    sizes = np.array([len(x) for x in a])
+    assert len(set(sizes)) > 5 and abs(sizes.mean() - 100) < 10  # sizes vary around q·N
+    assert not np.array_equal(a[0], poisson_batches(10_000, 100, 1, seed=4)[0])
+
+
+@pytest.mark.parametrize("override,match", [
+    ("design.name=ew-tune", r"unknown design 'ew-tune'"),
+    ("design.target_epsilon=-1", r"'design.target_epsilon'.*> 0"),
+    ("design.clip_norm=0", r"'design.clip_norm'"),
+])  # fmt: skip
+def test_bad_design_keys_name_the_key(override, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(BASELINE, [override])
+
+
+def test_ewtune_training_records_the_epsilon_spent_as_it_goes(tmp_path):
+    cfg = load_config(BASELINE, ["design.name=ewtune", "design.target_epsilon=8", "data.max_train_samples=320",
+                                 "data.max_eval_samples=64", "train.max_steps=6", "train.log_every=2",
+                                 "train.progress=false", "train.threads=2"])  # fmt: skip
+    run = run_training(cfg, tmp_path / "run", log=quiet)
+    summary = json.loads((run / "summary.json").read_text())
+    metrics = pd.read_csv(run / "metrics.csv")
+    dp = summary["dp_sgd"]
+    assert summary["design"] == "ewtune" and dp["steps"] == summary["steps"] == 6
+    assert dp["epsilon_edgeworth"] == pytest.approx(8.0, abs=1e-3) and dp["sample_rate"] == pytest.approx(32 / 320)
+    assert list(metrics["epsilon_pld"]) == sorted(metrics["epsilon_pld"])  # cumulative, never reset per round
+    assert metrics["epsilon_pld"].iloc[-1] == pytest.approx(dp["spent"]["epsilon_pld"])
+    with pytest.raises(ConfigError, match="unreachable"):
+        run_training(load_config(BASELINE, ["design.name=ewtune", "design.target_epsilon=0.01",
+                                            "design.max_noise_multiplier=1", "data.max_train_samples=320",
+                                            "train.max_steps=6"]), tmp_path / "bad", log=quiet)  # fmt: skip
+    assert not (tmp_path / "bad").exists()
