@@ -311,8 +311,10 @@ class DesignConfig:
     clip_norm: float = 1.0  # C: per-sample gradient L2 bound
     max_noise_multiplier: float = 100.0  # the largest σ the calibration may pick; above it a target is unreachable
     edgeworth_order: int = 2
+    bits: int | None = None  # b-bit per-row quantisation of h̃ on the wire, 2..16 (None: fp32)
 
     def validate(self, key: str) -> None:
+        _require(self.bits is None or 2 <= self.bits <= 16, f"{key}.bits", "must be an integer in 2..16 (or null for fp32)")
         _require(self.name in DESIGNS, f"{key}.name", f"unknown design {self.name!r}; choose one of {', '.join(DESIGNS)}")
         _require(self.target_epsilon > 0, f"{key}.target_epsilon", "must be > 0")
         _require(0 < self.delta < 1, f"{key}.delta", "must be in (0, 1), e.g. 1e-5")

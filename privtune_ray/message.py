@@ -3,7 +3,8 @@
 A :class:`Message` carries the (perturbed) bottom output h̃ ∈ R^{B×L×d}, the attention mask and the
 labels (SPEC §1: labels travel with the activations; the cloud computes the loss). It has no field for
 token ids or text. Its size is ``len(to_bytes())``: the safetensors payload (8-byte header length, JSON
-header, raw little-endian tensor bytes), i.e. about B·L·d·4 bytes for fp32 h̃ plus B·L for the mask.
+header, raw little-endian tensor bytes), i.e. about B·L·d·4 bytes for fp32 h̃ plus B·L for the mask; with
+``bits`` = b, h̃ travels as b-bit per-row codes (``designs/quantisation.py``): ⌈B·L·d·b/8⌉ + 8·B·L bytes.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ class Message:
     device_id: int = 0
     split_depth: int | None = None  # m of the device that sent it (where h enters the top model)
     meta: dict[str, str] = field(default_factory=dict)  # e.g. mechanism name and parameters
+    bits: int | None = None  # quantise h̃ to b bits per value on the wire (None: fp32)
 
     @property
     def batch_size(self) -> int:
@@ -31,11 +33,19 @@ class Message:
     def to_bytes(self) -> bytes:
         """Serialise for upload (safetensors; the mask as uint8)."""
         tensors = {
-            "hidden": self.hidden.detach().contiguous().cpu(),
             "attention_mask": self.attention_mask.to(torch.uint8).contiguous().cpu(),
             "labels": self.labels.to(torch.long).contiguous().cpu(),
         }
         header = {"device_id": str(self.device_id), **self.meta}
+        if self.bits is None:
+            tensors["hidden"] = self.hidden.detach().contiguous().cpu()
+        else:
+            from .designs.quantisation import quantise
+
+            q = quantise(self.hidden, self.bits)
+            tensors.update(hidden_codes=torch.frombuffer(bytearray(q.payload), dtype=torch.uint8),
+                           hidden_scale=q.scale, hidden_offset=q.offset)  # fmt: skip
+            header.update(bits=str(self.bits), hidden_shape=",".join(map(str, q.shape)))
         if self.split_depth is not None:
             header["split_depth"] = str(self.split_depth)
         return st_save(tensors, metadata=header)
@@ -46,13 +56,22 @@ class Message:
         meta = _metadata(payload)
         device_id = int(meta.pop("device_id", 0))
         depth = meta.pop("split_depth", None)
+        bits = meta.pop("bits", None)
+        hidden = tensors.get("hidden")
+        if bits is not None:
+            from .designs.quantisation import Quantised, dequantise
+
+            shape = tuple(int(n) for n in meta.pop("hidden_shape").split(","))
+            hidden = dequantise(Quantised(tensors["hidden_codes"].numpy().tobytes(), tensors["hidden_scale"],
+                                          tensors["hidden_offset"], shape, int(bits)))  # fmt: skip
         return cls(
-            hidden=tensors["hidden"],
+            hidden=hidden,
             attention_mask=tensors["attention_mask"].to(torch.long),
             labels=tensors["labels"],
             device_id=device_id,
             split_depth=None if depth is None else int(depth),
             meta=meta,
+            bits=None if bits is None else int(bits),
         )
 
 

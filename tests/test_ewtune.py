@@ -12,7 +12,7 @@ import torch
 from privtune_ray.config import DesignConfig, TrainConfig, load_config
 from privtune_ray.data import load_split
 from privtune_ray.data.batching import collate, tokenize_split
-from privtune_ray.designs import DPPlan, DPTopServer, plan_dp_sgd, poisson_batches, spent_epsilon
+from privtune_ray.designs.ewtune import DPPlan, DPTopServer, plan_dp_sgd, poisson_batches, spent_epsilon
 from privtune_ray.errors import ConfigError
 from privtune_ray.mechanisms.base import Mechanism
 from privtune_ray.models import split_model

@@ -17,7 +17,7 @@ def test_round_trip_is_exact_and_carries_no_token_ids():
     assert torch.equal(back.attention_mask, msg.attention_mask)
     assert torch.equal(back.labels, msg.labels)
     assert back.device_id == 17 and back.split_depth == 2 and back.meta == {"mechanism": "none"}
-    assert {f.name for f in dataclasses.fields(Message)} == {"hidden", "attention_mask", "labels", "device_id", "split_depth", "meta"}
+    assert {f.name for f in dataclasses.fields(Message)} == {"hidden", "attention_mask", "labels", "device_id", "split_depth", "meta", "bits"}
     assert Message.from_bytes(dataclasses.replace(msg, split_depth=None).to_bytes()).split_depth is None
 
 

@@ -68,3 +68,26 @@ def test_distance_correlation_is_differentiable_towards_decorrelation():
     with torch.no_grad():
         after = distance_correlation(x, a - 0.5 * a.grad / a.grad.norm())
     assert after < before
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_a_quantised_message_round_trips_and_is_smaller_by_the_stated_bytes(bits):
+    from privtune_ray.message import Message
+
+    hidden = torch.randn(4, 16, 384)
+    mask, labels = torch.ones(4, 16, dtype=torch.long), torch.tensor([0, 1, 1, 0])
+    fp32 = Message(hidden, mask, labels, split_depth=2).to_bytes()
+    wire = Message(hidden, mask, labels, split_depth=2, bits=bits).to_bytes()
+    back = Message.from_bytes(wire)
+    q = quantise(hidden, bits)
+    torch.testing.assert_close(back.hidden, dequantise(q))
+    assert back.bits == bits and back.split_depth == 2 and torch.equal(back.labels, labels)
+    saved = (len(fp32) - hidden.numel() * 4) - (len(wire) - quantised_bytes(hidden.shape, bits))
+    assert abs(saved) < 300  # the rest is the same mask, labels and a slightly different JSON header
+
+
+def test_design_bits_outside_2_to_16_is_one_clear_error():
+    from privtune_ray.config import load_config
+
+    with pytest.raises(ConfigError, match=r"'design.bits'.*2..16"):
+        load_config(None, ["design.bits=32"])

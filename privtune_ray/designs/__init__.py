@@ -1,5 +1,9 @@
-"""Fine-tuning designs beside plain split learning: EW-Tune (DP-SGD on the top model, Edgeworth-calibrated)."""
+"""Fine-tuning designs beside plain split learning and what they share.
 
-from .ewtune import DPPlan, DPTopServer, plan_dp_sgd, poisson_batches, spent_epsilon, steps_per_epoch
+* ``ewtune.py``: EW-Tune, DP-SGD on the top model with Edgeworth-calibrated noise (``design: ewtune``).
+* ``quantisation.py``: b-bit per-row quantisation of what crosses a cut (``design.bits``).
+* ``dcor.py``: distance correlation, GuardedTuning's decorrelation regulariser.
 
-__all__ = ["DPPlan", "DPTopServer", "plan_dp_sgd", "poisson_batches", "spent_epsilon", "steps_per_epoch"]
+Import the modules themselves (``from privtune_ray.designs.ewtune import ...``): the message format uses the
+quantiser, so this package imports nothing eagerly.
+"""

@@ -72,7 +72,7 @@ class DeviceWorker:
 
     def run(self, task: DeviceTask) -> tuple[DeviceReport, bytes]:
         """Act as device ``task.device`` for round ``task.round``: the report and the upload's bytes."""
-        client = SplitClient(self._split(task.depth).bottom, self._mechanism(task), device_id=task.device)
+        client = SplitClient(self._split(task.depth).bottom, self._mechanism(task), device_id=task.device, bits=self.cfg.design.bits)
         batch = collate(self.setup.train, task.samples, self.pad_id)
         payload = client.encode(batch).to_bytes()
         report = DeviceReport(round=task.round, device=task.device, depth=task.depth, samples=len(task.samples),
@@ -84,7 +84,7 @@ class DeviceWorker:
         """A message of eval samples from a device of ``depth`` [ours: its mechanism fitted on the whole training split]."""
         task = DeviceTask(round=-1, device=-1, depth=depth, samples=indices, data=np.arange(len(self.setup.train)),
                           seed=seed, fit_seed=self.cfg.seed)  # fmt: skip
-        client = SplitClient(self._split(depth).bottom, self._mechanism(task), device_id=-1)
+        client = SplitClient(self._split(depth).bottom, self._mechanism(task), device_id=-1, bits=self.cfg.design.bits)
         return client.encode(collate(self.setup.eval, indices, self.pad_id)).to_bytes()
 
 

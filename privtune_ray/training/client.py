@@ -16,8 +16,9 @@ class SplitClient:
     h = f_bottom(x), h̃ = M(h); ``compute_s`` and ``mechanism_s`` accumulate their measured seconds.
     """
 
-    def __init__(self, bottom: BottomModel, mechanism: Mechanism | None = None, device_id: int = 0):
+    def __init__(self, bottom: BottomModel, mechanism: Mechanism | None = None, device_id: int = 0, bits: int | None = None):
         self.bottom = bottom
+        self.bits = bits  # b-bit quantisation of h̃ on the wire (None: fp32)
         self.mechanism = mechanism or Mechanism()
         self.device_id = device_id
         self.compute_s = 0.0
@@ -32,4 +33,5 @@ class SplitClient:
         self.compute_s += mid - start
         self.mechanism_s += end - mid
         return Message(hidden=released.contiguous(), attention_mask=batch.attention_mask, labels=batch.labels,
-                       device_id=self.device_id, split_depth=self.bottom.m, meta={"mechanism": self.mechanism.name})  # fmt: skip
+                       device_id=self.device_id, split_depth=self.bottom.m, meta={"mechanism": self.mechanism.name},
+                       bits=self.bits)  # fmt: skip

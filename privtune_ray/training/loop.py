@@ -182,7 +182,7 @@ def run_training(cfg: Config, out: str | os.PathLike | None = None, resume: bool
     if cfg.train.lora.enabled:
         top = apply_lora(top, split_model.family, cfg.train.lora)
     optimizer, scheduler = build_optimizer(top, cfg.train, total_steps)
-    client = SplitClient(split_model.bottom, mechanism)
+    client = SplitClient(split_model.bottom, mechanism, bits=cfg.design.bits)
     if dp_plan is None:
         server = TopServer(top, optimizer, scheduler, device=device)
     else:
