@@ -45,6 +45,7 @@ bench: install
 	$(BIN)/python benchmarks/bench_mechanisms.py --out benchmarks/results/mechanisms.json
 	$(BIN)/python benchmarks/bench_attacks.py --out benchmarks/results/attacks.json
 	$(BIN)/python benchmarks/bench_simulation.py --out benchmarks/results/simulation.json
+	$(BIN)/python benchmarks/bench_communication.py --out benchmarks/results/communication.json
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
