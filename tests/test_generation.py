@@ -90,7 +90,7 @@ def test_squad_ci_variant_runs_with_its_attacks(tiny_decoder, tmp_path):
     table = pd.read_csv(run_sweep(base, spec, points, tmp_path / "squad", log=quiet) / "sweep.csv").set_index("point")
     assert set(table["status"]) == {"done"}
     assert "aia_label:advantage" not in table.columns  # no class label to infer in generation
-    assert table.loc["privtune-eta5-m2", "max_eia_asr_top1"] < table.loc["none-m2", "max_eia_asr_top1"]
+    assert table.loc["dchi-eta5-m2", "max_eia_asr_top1"] < table.loc["none-m2", "max_eia_asr_top1"]
 
 
 @pytest.mark.parametrize("overrides,match", [
