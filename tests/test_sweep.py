@@ -10,7 +10,7 @@ import yaml
 from privtune_ray.cli import main
 from privtune_ray.config import load_config, read_config_file
 from privtune_ray.errors import ConfigError
-from privtune_ray.sweep import DEFAULT_ARMS, expand, load_sweep, parse_sweep, run_sweep
+from privtune_ray.sweep import DEFAULT_ARMS, expand, load_sweep, parse_sweep, row_from_summary, run_sweep
 
 SIMULATIONS = Path(__file__).parents[1] / "simulations"
 CI_HEADLINE = SIMULATIONS / "ci" / "sst2_headline.yaml"
@@ -31,12 +31,19 @@ def test_points_cross_the_grid_with_each_arm():
     assert points[3].override_args() == ["mechanism.name=privtune", "mechanism.eta=5", "model.split_depth=2"]
 
 
-def test_default_sweep_covers_every_mechanism_at_every_depth():
+def test_default_sweep_covers_every_mechanism_and_design_at_every_depth():
     points = expand(parse_sweep(None))
-    per_depth = 1 + sum(len(next(iter(grid.values()))) for grid in DEFAULT_ARMS.values() if grid)
+    per_depth = 1 + sum(len(next(iter(grid.values()))) for grid in DEFAULT_ARMS.values() if grid) + 3  # + EW-Tune ε
     assert len(points) == 4 * per_depth
-    assert {p.overrides["mechanism.name"] for p in points} == set(DEFAULT_ARMS)
+    assert {p.overrides["mechanism.name"] for p in points if "mechanism.name" in p.overrides} == set(DEFAULT_ARMS)
     assert {p.overrides["model.split_depth"] for p in points} == {0, 1, 2, 3}
+    assert "ewtune-eps3-m2" in {p.slug for p in points}
+
+
+@pytest.mark.parametrize("design,mechanism,label", [("split", "privtune", "privtune"), ("ewtune", "none", "ewtune"),
+                                                    ("ewtune", "dchi", "ewtune+dchi")])  # fmt: skip
+def test_rows_name_the_design_beside_the_mechanism(design, mechanism, label):
+    assert row_from_summary({"design": design, "mechanism": mechanism, "dev_accuracy": 0.8})["mechanism"] == label
 
 
 def test_grid_argument_replaces_the_key_everywhere():

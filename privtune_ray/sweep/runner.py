@@ -41,7 +41,7 @@ def row_from_summary(summary: dict[str, Any]) -> dict[str, Any]:
     """A run's ``summary.json`` as one flat row: utility = dev accuracy; ASR/advantage per attack."""
     privacy = summary.get("privacy") or {}
     row: dict[str, Any] = {
-        "mechanism": summary.get("mechanism"), "split_depth": summary.get("split_depth"),
+        "mechanism": _defence(summary), "split_depth": summary.get("split_depth"),
         "utility": summary.get("utility", summary.get("dev_accuracy")), "max_eia_asr_top1": summary.get("max_eia_asr_top1"),
         "max_aia_advantage": summary.get("max_aia_advantage"), "epsilon": privacy.get("epsilon"),
         "eta_per_unit": privacy.get("eta_per_unit"), "bytes_up_per_sample": summary.get("bytes_up_per_sample"),
@@ -54,6 +54,14 @@ def row_from_summary(summary: dict[str, Any]) -> dict[str, Any]:
         metric = "asr_top1" if result.get("kind") == "inversion" else "advantage"
         row[f"{attack}:{metric}"] = result.get(metric)
     return row
+
+
+def _defence(summary: dict[str, Any]) -> str | None:
+    """The row's ``mechanism`` label: the mechanism, or the design (``ewtune``, ``ewtune+privtune``) when not split."""
+    mechanism, design = summary.get("mechanism"), summary.get("design", "split")
+    if design == "split":
+        return mechanism
+    return design if mechanism in (None, "none") else f"{design}+{mechanism}"
 
 
 def run_point(cfg: Config, out: str | Path, runner: str, threads: int | None = None) -> dict[str, Any]:

@@ -41,8 +41,14 @@ DEFAULT_ARMS: dict[str, dict[str, list[Any]]] = {
     "laplace": {"mechanism.noise_multiplier": [0.05, 0.1, 0.2, 0.5]},
     "privtune": {"mechanism.eta": [2.0, 5.0, 10.0, 50.0]},
 }
+# Designs other than plain split learning, each over its privacy parameter (EW-Tune: the run's target ε).
+DEFAULT_DESIGN_ARMS: dict[str, dict[str, list[Any]]] = {
+    "ewtune": {"design.target_epsilon": [1.0, 3.0, 8.0]},
+}
 DEFAULT_GRID: dict[str, list[Any]] = {"model.split_depth": [0, 1, 2, 3]}
-SHORT_KEYS = {"mechanism.name": "", "model.split_depth": "m", "mechanism.noise_multiplier": "sigma", "seed": "seed"}
+SHORT_KEYS = {"mechanism.name": "", "design.name": "", "model.split_depth": "m", "mechanism.noise_multiplier": "sigma",
+              "design.target_epsilon": "eps", "seed": "seed"}  # fmt: skip
+NAME_KEYS = ("mechanism.name", "design.name")
 
 
 @dataclass
@@ -88,7 +94,8 @@ class Point:
 
 
 def default_arms() -> list[dict[str, list[Any]]]:
-    return [{"mechanism.name": [name], **copy.deepcopy(grid)} for name, grid in DEFAULT_ARMS.items()]
+    mechanisms = [{"mechanism.name": [name], **copy.deepcopy(grid)} for name, grid in DEFAULT_ARMS.items()]
+    return mechanisms + [{"design.name": [name], **copy.deepcopy(grid)} for name, grid in DEFAULT_DESIGN_ARMS.items()]
 
 
 def _axes(raw: Any, where: str) -> dict[str, list[Any]]:
@@ -152,8 +159,8 @@ def expand(spec: SweepSpec) -> list[Point]:
     seen: dict[str, dict[str, Any]] = {}
     for arm in spec.arms or [{}]:
         axes = {**{k: v for k, v in spec.grid.items() if k not in arm}, **arm}
-        # The mechanism, then its parameters: the slug reads "privtune-eta10-m2".
-        keys = sorted(axes, key=lambda k: (k != "mechanism.name", not k.startswith("mechanism."), list(axes).index(k)))
+        # The mechanism (or design), then its parameters: the slug reads "privtune-eta10-m2", "ewtune-eps3-m2".
+        keys = sorted(axes, key=lambda k: (k not in NAME_KEYS, not k.startswith(("mechanism.", "design.")), list(axes).index(k)))
         for values in itertools.product(*(axes[k] for k in keys)):
             overrides = dict(zip(keys, values))
             slug = _slug(overrides)
