@@ -46,7 +46,7 @@ HEADLINE_VIEW: View = {
     "drop_relative": ("drop (% of none)", *PCT), "note": ("note", 1, ""),
 }  # fmt: skip
 TRAIN_VIEW: View = {
-    "name": ("run", 1, ""), "dataset": ("dataset", 1, ""), "mechanism": ("mechanism", 1, ""),
+    "name": ("run", 1, ""), "dataset": ("dataset", 1, ""), "design": ("design", 1, ""), "mechanism": ("mechanism", 1, ""),
     "split_depth": ("m", 1, ""),
     "dev_accuracy": ("dev acc. (%)", *PCT), "dev_exact_match": ("dev EM (%)", *PCT), "dev_f1": ("dev F1 (%)", *PCT),
     "bytes_up_per_sample": ("up (KiB/sample)", *KIB_FMT),
