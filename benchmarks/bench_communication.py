@@ -10,37 +10,25 @@ EW-Tune uploads what plain split learning does (its DP acts on the cloud's updat
 
 from __future__ import annotations
 
-import argparse
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from privtune_ray.benchmarking import interleaved_timings, ratio_to, write_results  # noqa: E402
+from privtune_ray.benchmarking import (  # noqa: E402
+    device_bench_args, full_sst2_batch, interleaved_timings, ratio_to, write_results,
+)
 from privtune_ray.config import MechanismConfig  # noqa: E402
-from privtune_ray.data import collate, load_split, tokenize_split  # noqa: E402
 from privtune_ray.designs.quantisation import dequantise, quantise, quantised_bytes  # noqa: E402
 from privtune_ray.mechanisms import build_mechanism  # noqa: E402
-from privtune_ray.models import load_split_model, load_tokenizer, resolve_model  # noqa: E402
+from privtune_ray.models import resolve_model  # noqa: E402
 from privtune_ray.training.client import SplitClient  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="all-MiniLM-L6-v2")
-    parser.add_argument("--m", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=os.cpu_count())
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--out", default="benchmarks/results/communication.json")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-
-    tokenizer = load_tokenizer(args.model)
-    split = load_split_model(args.model, args.m, num_labels=2)
-    data = tokenize_split(load_split("sst2", "train", max_samples=20000, seed=0), tokenizer, 64)
-    batch = collate(data, np.argsort(-data.lengths, kind="stable")[:32], tokenizer.pad_token_id)  # a full 32 × 64
+    args = device_bench_args(__doc__.split("\n")[0], "benchmarks/results/communication.json")
+    tokenizer, split, data, batch = full_sst2_batch(args.model, args.m)
     mechanism = build_mechanism(MechanismConfig(name="privtune"), split, tokenizer, resolve_model(args.model), seed=0)
     mechanism.fit(data)
     formats = {}

@@ -11,7 +11,6 @@ Measured in one process, on the same cores (MiniLM, m=2, defaults of MechanismCo
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 from functools import partial
@@ -19,34 +18,21 @@ from functools import partial
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 from privtune_ray.accounting import calibrate_sigma, edgeworth_epsilon, pld_epsilon  # noqa: E402
 from privtune_ray.config import MechanismConfig  # noqa: E402
-from privtune_ray.data import collate, load_split, tokenize_split  # noqa: E402
 from privtune_ray.mechanisms import MECHANISMS, build_mechanism, privtune_params  # noqa: E402
 from privtune_ray.mechanisms.privtune import PrivTune  # noqa: E402
 from privtune_ray.mechanisms.privtune_graph import build_token_graph  # noqa: E402
-from privtune_ray.models import load_split_model, load_tokenizer, resolve_model  # noqa: E402
-from privtune_ray.benchmarking import interleaved_timings, ratio_to, write_results  # noqa: E402
+from privtune_ray.models import resolve_model  # noqa: E402
+from privtune_ray.benchmarking import (  # noqa: E402
+    device_bench_args, full_sst2_batch, interleaved_timings, ratio_to, write_results,
+)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="all-MiniLM-L6-v2")
-    parser.add_argument("--m", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=os.cpu_count())
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--out", default="benchmarks/results/mechanisms.json")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-
-    tokenizer = load_tokenizer(args.model)
-    split = load_split_model(args.model, args.m, num_labels=2)
-    data = tokenize_split(load_split("sst2", "train", max_samples=20000, seed=0), tokenizer, 64)
-    # A full 32 × 64 batch: the 32 longest sentences, truncated at 64 tokens.
-    batch = collate(data, np.argsort(-data.lengths, kind="stable")[:32], tokenizer.pad_token_id)
-    assert batch.input_ids.shape == (32, 64), batch.input_ids.shape
+    args = device_bench_args(__doc__.split("\n")[0], "benchmarks/results/mechanisms.json")
+    tokenizer, split, data, batch = full_sst2_batch(args.model, args.m)
 
     # The one-off graph build, from scratch (build_token_graph neither reads nor writes the cache).
     start = time.perf_counter()

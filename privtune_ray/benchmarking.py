@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -38,3 +40,32 @@ def write_results(path: str | Path, results: dict[str, Any]) -> None:
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps({k: v for k, v in results.items() if k not in ("versions", "git")}, indent=2))
     print(f"wrote {out}")
+
+
+def device_bench_args(description: str, out: str) -> argparse.Namespace:
+    """The command line the device-side benchmarks share (--model, --m, --threads, --repeats, --out); sets the
+    torch threads."""
+    import torch
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--model", default="all-MiniLM-L6-v2")
+    parser.add_argument("--m", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--out", default=out)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    return args
+
+
+def full_sst2_batch(model: str, m: int):
+    """(tokenizer, split model, 20,000 tokenised SST-2 train sentences, one full 32 × 64 batch of the longest)."""
+    from .data import collate, load_split, tokenize_split
+    from .models import load_split_model, load_tokenizer
+
+    tokenizer = load_tokenizer(model)
+    split = load_split_model(model, m, num_labels=2)
+    data = tokenize_split(load_split("sst2", "train", max_samples=20000, seed=0), tokenizer, 64)
+    batch = collate(data, np.argsort(-data.lengths, kind="stable")[:32], tokenizer.pad_token_id)
+    assert batch.input_ids.shape == (32, 64), batch.input_ids.shape
+    return tokenizer, split, data, batch
