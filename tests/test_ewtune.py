@@ -79,7 +79,7 @@ def test_sigma_is_calibrated_by_edgeworth_with_pld_and_rdp_beside_it():
 
 
 def test_an_unreachable_target_is_one_clear_error():
-    with pytest.raises(ConfigError, match=r"target epsilon 0.01 is unreachable with a noise multiplier up to 2"):
+    with pytest.raises(ConfigError, match=r"design.target_epsilon=0.01 is unreachable .* design.max_noise_multiplier=2 .*raise"):
         plan_dp_sgd(DesignConfig(name="ewtune", target_epsilon=0.01, max_noise_multiplier=2.0), 1_000, 100, 500)
 
 

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 
 from ..accounting import EdgeworthAccountant, calibrate_sigma, pld_epsilon, rdp_epsilon
 from ..config import DesignConfig
+from ..errors import ConfigError
 from ..message import Message
 from ..training.server import TopServer, summed_loss
 
@@ -53,8 +54,15 @@ def plan_dp_sgd(design: DesignConfig, n_samples: int, batch_size: int, steps: in
     An unreachable target (σ would exceed ``design.max_noise_multiplier``) raises one ConfigError naming the fix.
     """
     q = min(1.0, batch_size / n_samples)
-    sigma = calibrate_sigma(design.target_epsilon, design.delta, q, steps, order=design.edgeworth_order,
-                            sigma_range=(0.3, design.max_noise_multiplier))  # fmt: skip
+    try:
+        sigma = calibrate_sigma(design.target_epsilon, design.delta, q, steps, order=design.edgeworth_order,
+                                sigma_range=(0.3, design.max_noise_multiplier))  # fmt: skip
+    except ConfigError:
+        raise ConfigError(
+            f"design.target_epsilon={design.target_epsilon:g} is unreachable with a noise multiplier up to "
+            f"design.max_noise_multiplier={design.max_noise_multiplier:g} (q = {q:.3g}, {steps} steps, delta = "
+            f"{design.delta:g}): raise design.target_epsilon or design.max_noise_multiplier, or train fewer steps"
+        ) from None
     accountant = EdgeworthAccountant(order=design.edgeworth_order)
     accountant.step(noise_multiplier=sigma, sample_rate=q, num_steps=steps)
     return DPPlan(q, steps, sigma, design.clip_norm, design.delta, design.target_epsilon,
