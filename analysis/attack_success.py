@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .headline import best_within, lowest_asr
 from .style import NothingToPlot, bar_chart_width, figure_legend, grouped_bars, label, mechanism_colors, panels, save
 from .tables import ASR, ADVANTAGE, aia_columns, depth_label, eia_columns, mechanisms, privacy_parameter, setting
 
@@ -14,22 +15,17 @@ def select_points(table: pd.DataFrame, threshold: float = 0.10) -> pd.DataFrame:
     """One row per mechanism: its best-utility point with max EIA ASR <= ``threshold``; failing that, its
     strongest-noise point, taken as the one with the lowest max EIA ASR (its first point if none measured).
     All at one split depth where they can be: that of the best qualifying point of any defence."""
-    qualifying = table[(table["mechanism"] != "none") & (table["max_eia_asr_top1"] <= threshold + 1e-12)]
-    if qualifying["utility"].notna().any() and "split_depth" in table:
-        depth = qualifying.loc[qualifying["utility"].idxmax(), "split_depth"]
-        same = table[table["split_depth"] == depth]
+    best = best_within(table[table["mechanism"] != "none"], threshold)
+    if best is not None and "split_depth" in table:
+        same = table[table["split_depth"] == table.loc[best, "split_depth"]]
         if set(mechanisms(same)) == set(mechanisms(table)):
             table = same
     chosen = []
     for mechanism in mechanisms(table):
         points = table[table["mechanism"] == mechanism]
-        safe = points[points["max_eia_asr_top1"] <= threshold + 1e-12]
-        if safe["utility"].notna().any():
-            chosen.append(safe["utility"].idxmax())
-        elif points["max_eia_asr_top1"].notna().any():
-            chosen.append(points["max_eia_asr_top1"].idxmin())
-        else:
-            chosen.append(points.index[0])
+        pick = best_within(points, threshold)
+        pick = lowest_asr(points) if pick is None else pick
+        chosen.append(points.index[0] if pick is None else pick)
     return table.loc[chosen]
 
 

@@ -18,6 +18,17 @@ def _at_depth(table: pd.DataFrame, depth: object) -> pd.DataFrame:
     return table[table["split_depth"].isna()] if pd.isna(depth) else table[table["split_depth"] == depth]
 
 
+def best_within(points: pd.DataFrame, threshold: float):
+    """Index of the best-utility point whose max EIA ASR top-1 is at most ``threshold`` (None if none is)."""
+    safe = points[(points["max_eia_asr_top1"] <= threshold + 1e-12) & points["utility"].notna()]
+    return None if safe.empty else safe["utility"].idxmax()
+
+
+def lowest_asr(points: pd.DataFrame):
+    """Index of the point with the lowest max EIA ASR top-1, the strongest noise (None if none measured)."""
+    return points["max_eia_asr_top1"].idxmin() if points["max_eia_asr_top1"].notna().any() else None
+
+
 def headline_table(table: pd.DataFrame, threshold: float = 0.10) -> pd.DataFrame:
     """One row per mechanism other than ``none`` and split depth (fractions in [0, 1]):
 
@@ -33,15 +44,15 @@ def headline_table(table: pd.DataFrame, threshold: float = 0.10) -> pd.DataFrame
         reference = here.loc[here["mechanism"] == REFERENCE, "utility"].mean()
         for mechanism in (m for m in mechanisms(here) if m != REFERENCE):
             points = here[here["mechanism"] == mechanism]
-            safe = points[(points["max_eia_asr_top1"] <= threshold + 1e-12) & points["utility"].notna()]
+            best, low = best_within(points, threshold), lowest_asr(points)
             row = {"mechanism": mechanism, "split_depth": depth, "setting": "", "utility": float("nan"),
                    "max_eia_asr_top1": float("nan"), "reference_utility": reference, "note": ""}  # fmt: skip
-            if not safe.empty:
-                best = safe.loc[safe["utility"].idxmax()]
+            if best is not None:
+                best = points.loc[best]
                 row.update(setting=setting(best, privacy_parameter(table, mechanism)), utility=best["utility"],
                            max_eia_asr_top1=best["max_eia_asr_top1"])  # fmt: skip
-            elif points["max_eia_asr_top1"].notna().any():
-                low = points.loc[points["max_eia_asr_top1"].idxmin()]
+            elif low is not None:
+                low = points.loc[low]
                 where = setting(low, privacy_parameter(table, mechanism))
                 row["note"] = (f"no point with max EIA ASR <= {limit}; lowest ASR {100 * low['max_eia_asr_top1']:.1f}%"
                                f" at utility {100 * low['utility']:.1f}%" + (f" ({where})" if where else ""))

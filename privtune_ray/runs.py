@@ -139,9 +139,15 @@ class RunDir:
         self._write_json("summary.json", summary)
 
     def _write_json(self, name: str, obj: dict[str, Any]) -> None:
-        tmp = self.path / f".{name}.tmp"
-        tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-        os.replace(tmp, self.path / name)
+        write_atomic(self.path / name, json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``: readers see the old
+    file or the new one, never half of it."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def _flat_diff(a: Any, b: Any, prefix: str = "") -> list[str]:

@@ -22,7 +22,7 @@ from ..message import Message
 from ..models.loading import load_task_model
 from ..models.split import split_model
 from ..training.loop import seed_everything
-from ..training.server import TopServer, apply_lora, build_optimizer
+from ..training.server import TopServer, apply_lora, build_optimizer, summed_loss
 from .protocol import TopResult
 
 
@@ -81,7 +81,7 @@ class TopReplica:
         """(correct, summed cross-entropy in nats, samples) of one eval message."""
         msg = Message.from_bytes(payload)
         logits = self.server.predict(msg)
-        loss = float(torch.nn.functional.cross_entropy(logits, msg.labels, reduction="sum"))
+        loss = float(summed_loss(logits, msg.labels))
         return int((logits.argmax(-1) == msg.labels).sum()), loss, msg.batch_size
 
     def state(self) -> bytes:

@@ -23,7 +23,7 @@ from typing import Any
 import pandas as pd
 
 from ..errors import ConfigError
-from ..runs import git_revision, package_versions
+from ..runs import git_revision, package_versions, write_atomic
 from .runner import ROW_KEYS, read_row, run_point
 from .spec import Point, SweepSpec, point_config
 
@@ -35,12 +35,6 @@ def sweep_table(points: list[Point], rows: dict[str, dict[str, Any]]) -> pd.Data
     attack_keys = sorted({k for r in records for k in r if ":" in k})
     columns = [*ROW_KEYS, *(k for k in override_keys if k not in ROW_KEYS), *attack_keys]
     return pd.DataFrame(records, columns=columns)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _record(out: Path, base: dict[str, Any], spec: SweepSpec, points: list[Point]) -> list[Point]:
@@ -60,7 +54,7 @@ def _record(out: Path, base: dict[str, Any], spec: SweepSpec, points: list[Point
         known = [Point(i, p["slug"], p["overrides"]) for i, p in enumerate(previous.get("points", []))]
     slugs = {p.slug for p in known}
     every = known + [Point(len(known) + i, p.slug, p.overrides) for i, p in enumerate(q for q in points if q.slug not in slugs)]
-    _write_atomic(meta_path, json.dumps({
+    write_atomic(meta_path, json.dumps({
         "base": base, "spec": asdict(spec), "points": [{"slug": p.slug, "overrides": p.overrides} for p in every],
         "versions": package_versions(), "git": git_revision(), "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }, indent=2, default=str))  # fmt: skip
@@ -103,7 +97,7 @@ def run_sweep(base: dict[str, Any], spec: SweepSpec, points: list[Point], out: s
     def finished(point: Point, row: dict[str, Any]) -> None:
         rows[point.slug] = row
         done_now.append(point.slug)
-        _write_atomic(table_path, sweep_table(every, rows).to_csv(index=False))
+        write_atomic(table_path, sweep_table(every, rows).to_csv(index=False))
         numbers = [f"{label} {row[key]:.4f}" for label, key in (("utility", "utility"), ("max EIA ASR", "max_eia_asr_top1"))
                    if isinstance(row.get(key), (int, float))]  # fmt: skip
         done = ", ".join(numbers) or "done" if row["status"] == "done" else f"FAILED ({row['error']})"

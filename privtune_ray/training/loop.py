@@ -30,7 +30,7 @@ from ..models.loading import load_split_model, load_tokenizer, resolve_model
 from ..runs import RunDir
 from .client import SplitClient
 from .generation import evaluate_generation
-from .server import TopServer, apply_lora, build_optimizer
+from .server import TopServer, apply_lora, build_optimizer, summed_loss
 
 
 def seed_everything(seed: int) -> None:
@@ -98,7 +98,7 @@ def evaluate(client: SplitClient, server: TopServer, split: TokenizedSplit, batc
         msg = upload(client.encode(collate(split, idx, pad_id)), counters)
         logits = server.predict(msg)
         correct += int((logits.argmax(-1) == msg.labels).sum())
-        loss_sum += float(torch.nn.functional.cross_entropy(logits, msg.labels, reduction="sum"))
+        loss_sum += float(summed_loss(logits, msg.labels))
     n = len(split)
     return {"accuracy": correct / n, "loss": loss_sum / n, "samples": n, "bytes_up": counters.bytes_up}
 
@@ -255,6 +255,7 @@ def run_training(cfg: Config, out: str | os.PathLike | None = None, resume: bool
     attack_summary = attacks.round(counters.step, log=log) if attacks else {}
     epochs_done = counters.samples / len(train_split)
     # A sample is released once per epoch in which it is sent (a partial epoch counts as one).
+    metric = "accuracy" if "accuracy" in result else "f1"  # classification, or generation's token F1
     privacy = mechanism.guarantee(releases=max(1, math.ceil(epochs_done - 1e-9)), max_length=cfg.model.max_length)
     summary = {
         "name": cfg.name,
@@ -271,8 +272,8 @@ def run_training(cfg: Config, out: str | os.PathLike | None = None, resume: bool
         "train_split_size": len(train_split),
         **({"dev_accuracy": result["accuracy"]} if "accuracy" in result else
            {"dev_exact_match": result["exact_match"], "dev_f1": result["f1"]}),
-        "utility": result.get("accuracy", result.get("f1")),
-        "utility_metric": "accuracy" if "accuracy" in result else "f1",
+        "utility": result[metric],
+        "utility_metric": metric,
         "dev_loss": result["loss"],
         "dev_samples": result["samples"],
         "bytes_up": counters.bytes_up,
@@ -295,7 +296,6 @@ def run_training(cfg: Config, out: str | os.PathLike | None = None, resume: bool
     if run.checkpoint_path.exists():
         run.checkpoint_path.unlink()  # the run is complete; summary.json marks it
     log(f"privtune-ray: mechanism {mechanism.name}: {privacy.statement}")
-    metric = "accuracy" if "accuracy" in result else "f1"
     log(f"privtune-ray: dev {metric} {result[metric]:.4f} on {result['samples']} samples after {counters.step} steps")
     log(f"privtune-ray: wrote {run.summary_path}")
     return run.path

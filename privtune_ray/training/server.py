@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..config import LoraConfig, TrainConfig
+from ..data.batching import IGNORE
 from ..message import Message
 from ..models.families import Family
 
@@ -50,7 +51,7 @@ def summed_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     (causal LM): position t predicts token t+1, summed over the targets that are not -100."""
     if labels.dim() == 1:
         return nn.functional.cross_entropy(logits, labels, reduction="sum")
-    return nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100, reduction="sum")
+    return nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=IGNORE, reduction="sum")
 
 
 class TopServer:
