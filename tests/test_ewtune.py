@@ -70,7 +70,7 @@ def test_clipping_and_noise_change_the_step(minilm, tokenizer):
 
 
 def test_sigma_is_calibrated_by_edgeworth_with_pld_and_rdp_beside_it():
-    plan = plan_dp_sgd(DesignConfig(name="ewtune", target_epsilon=3.0), n_samples=67_000, batch_size=32, steps=2_000)
+    plan = plan_dp_sgd(DesignConfig(name="ewtune", target_epsilon=3.0), sample_rate=32 / 67_000, steps=2_000)
     assert plan.sample_rate == pytest.approx(32 / 67_000)
     assert plan.epsilon_edgeworth == pytest.approx(3.0, abs=1e-3) and plan.noise_multiplier > 0.3
     assert plan.epsilon_pld > 0 and plan.epsilon_rdp >= plan.epsilon_pld  # RDP is the looser bound
@@ -80,7 +80,7 @@ def test_sigma_is_calibrated_by_edgeworth_with_pld_and_rdp_beside_it():
 
 def test_an_unreachable_target_is_one_clear_error():
     with pytest.raises(ConfigError, match=r"design.target_epsilon=0.01 is unreachable .* design.max_noise_multiplier=2 .*raise"):
-        plan_dp_sgd(DesignConfig(name="ewtune", target_epsilon=0.01, max_noise_multiplier=2.0), 1_000, 100, 500)
+        plan_dp_sgd(DesignConfig(name="ewtune", target_epsilon=0.01, max_noise_multiplier=2.0), 0.1, 500)
 
 
 def test_poisson_batches_come_from_opacus_and_repeat_under_a_seed():

@@ -48,12 +48,13 @@ class DPPlan:
         return asdict(self)
 
 
-def plan_dp_sgd(design: DesignConfig, n_samples: int, batch_size: int, steps: int) -> DPPlan:
-    """Calibrate σ for ``design.target_epsilon`` over ``steps`` Poisson steps of rate batch_size / n_samples.
+def plan_dp_sgd(design: DesignConfig, sample_rate: float, steps: int) -> DPPlan:
+    """Calibrate σ for ``design.target_epsilon`` over ``steps`` Poisson steps of rate q = ``sample_rate``
+    (``train``: batch_size / N; ``simulate``: the Poisson round's :meth:`Population.dp_sample_rate`).
 
     An unreachable target (σ would exceed ``design.max_noise_multiplier``) raises one ConfigError naming the fix.
     """
-    q = min(1.0, batch_size / n_samples)
+    q = min(1.0, sample_rate)
     try:
         sigma = calibrate_sigma(design.target_epsilon, design.delta, q, steps, order=design.edgeworth_order,
                                 sigma_range=(0.3, design.max_noise_multiplier))  # fmt: skip
@@ -117,9 +118,11 @@ def dp_top(top: nn.Module) -> GradSampleModule:
 class DPTopServer(TopServer):
     """:class:`TopServer` doing DP-SGD: one Poisson batch per step, per-sample clipping, noise, the AdamW step.
 
-    ``accumulate`` backpropagates the batch-mean loss through the GradSampleModule (per-sample gradients land
-    in ``p.grad_sample``); ``step`` is the DPOptimizer's: clip, sum, add noise, divide by the expected batch size.
-    An empty Poisson batch still takes a step of pure noise.
+    ``accumulate`` backpropagates a message's batch-mean loss through the GradSampleModule (per-sample
+    gradients land in ``p.grad_sample``), then clips them and adds them to the DPOptimizer's running sum (a
+    skipped step), so a step may span many messages (a simulation round: every device's share of the Poisson
+    batch). ``step`` adds N(0, σ²C²) to the sum once and divides by the expected batch size, then takes the
+    AdamW step. An empty Poisson batch still takes a step of pure noise.
     """
 
     def __init__(self, top: nn.Module, optimizer: torch.optim.Optimizer, scheduler, plan: DPPlan, expected_batch_size: int,
@@ -138,14 +141,21 @@ class DPTopServer(TopServer):
         with warnings.catch_warnings():  # h needs no gradient: Opacus' hooks fire on module outputs, as intended
             warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
             (loss_sum / msg.batch_size).backward()
+        for p in self.trainable():  # blocks a deeper device's h skips: a zero per-sample gradient
+            if getattr(p, "grad_sample", None) is None:
+                p.grad_sample = torch.zeros((msg.batch_size, *p.shape), device=p.device, dtype=p.dtype)
+        self.optimizer.signal_skip_step(do_skip=True)  # clip this message's per-sample gradients into the sum
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)  # drops grad_sample, keeps the clipped sum of a skipped step
         self.compute_s += time.perf_counter() - start
         return float(loss_sum.detach())
 
     def step(self, n_samples: int) -> None:
+        """Noise on the clipped sum of the step's messages, ÷ the expected batch size, AdamW (``n_samples``
+        is not used: DP-SGD divides by the expected, not the realised, batch size)."""
         start = time.perf_counter()
-        if n_samples == 0:  # an empty Poisson batch: the step adds noise only
-            for p in self.trainable():
-                p.grad_sample = torch.zeros((0, *p.shape), device=p.device, dtype=p.dtype)
+        for p in self.trainable():  # every message is already in the sum: the last (real) step adds nothing
+            p.grad_sample = torch.zeros((0, *p.shape), device=p.device, dtype=p.dtype)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)

@@ -85,6 +85,7 @@ class Setup:
     attack_split: object = None  # the split model the attack suite fits on (attack.enabled)
     tokenizer: object = None
     aux: TokenizedSplit | None = None
+    dp_plan: object = None  # design ewtune: the DP-SGD plan (designs/ewtune.py DPPlan), one step per round
 
 
 def prepare(cfg: Config) -> Setup:
@@ -108,10 +109,29 @@ def prepare(cfg: Config) -> Setup:
     weights = np.array([t.data_weight for t in sim.tiers])[tiers]
     skew = {"dirichlet": {"alpha": sim.partition_alpha}, "lognormal": {"sigma": sim.partition_sigma}}.get(sim.partition, {})
     parts = partition(train.labels, sim.devices, sim.partition, seed=cfg.seed, weights=weights, **skew)
-    population = Population(sim, cfg.seed, tiers, tier_depth[tiers], parts)
+    population = Population(sim, cfg.seed, tiers, tier_depth[tiers], parts, poisson=cfg.design.name == "ewtune")
     downloads = {int(m): footprint.download_bytes(BottomModel(full.family, task_model, int(m))) for m in np.unique(population.depth)}
     attack_split = requested if cfg.attack.enabled else None
-    return Setup(cfg, population, train, evals, tokenizer.pad_token_id, downloads, spec.num_labels, attack_split, tokenizer, aux)
+    dp_plan = plan_simulated_dp(cfg, population) if cfg.design.name == "ewtune" else None
+    return Setup(cfg, population, train, evals, tokenizer.pad_token_id, downloads, spec.num_labels, attack_split, tokenizer,
+                 aux, dp_plan)  # fmt: skip
+
+
+def plan_simulated_dp(cfg: Config, population: Population):
+    """EW-Tune across devices: one DP-SGD step per round on a Poisson round (``Population.poisson``), σ
+    calibrated for ``simulation.rounds`` steps at q = :meth:`Population.dp_sample_rate`. One top replica
+    (the noise is added once, to the round's clipped sum) and no deadline (which messages are late depends on
+    the data's compute time, so a deadline would make inclusion data-dependent)."""
+    from ..designs.ewtune import plan_dp_sgd
+
+    sim = cfg.simulation
+    if sim.top_replicas != 1:
+        raise ConfigError(f"design.name=ewtune adds the DP noise once per round on one top replica: set "
+                          f"simulation.top_replicas=1 (got {sim.top_replicas})")  # fmt: skip
+    if sim.deadline_s is not None:
+        raise ConfigError("design.name=ewtune needs every sampled message in its round: set simulation.deadline_s=null "
+                          "(a deadline drops messages by their compute time, which depends on the data)")  # fmt: skip
+    return plan_dp_sgd(cfg.design, population.dp_sample_rate(), steps=sim.rounds)
 
 
 def start_backend(setup: Setup) -> Backend:
@@ -120,16 +140,17 @@ def start_backend(setup: Setup) -> Backend:
     cfg, sim = setup.cfg, setup.cfg.simulation
     cores = os.cpu_count() or 1
     entry = int(setup.population.depth.min())  # the shallowest device's h enters the top first
+    dp = None if setup.dp_plan is None else (setup.dp_plan, setup.population.expected_batch_size())
     if sim.backend == "inprocess":
         threads = cfg.train.threads or cores
         torch.set_num_threads(threads)
         worker_setup = WorkerSetup(cfg, setup.num_labels, setup.train, setup.eval, threads=threads)
-        replica_setup = ReplicaSetup(cfg, setup.num_labels, entry, threads, device=top_device(cfg.train.device))
+        replica_setup = ReplicaSetup(cfg, setup.num_labels, entry, threads, device=top_device(cfg.train.device), dp=dp)
         return InProcessBackend(worker_setup, replica_setup, sim.device_workers, sim.top_replicas)
     connect_ray(sim.address)
     worker_setup = WorkerSetup(cfg, setup.num_labels, setup.train, setup.eval, threads=sim.worker_threads or max(1, cores // sim.device_workers))
     replica_threads = sim.replica_threads or max(1, cores // sim.top_replicas)
-    return RayBackend(worker_setup, ReplicaSetup(cfg, setup.num_labels, entry, replica_threads), sim)
+    return RayBackend(worker_setup, ReplicaSetup(cfg, setup.num_labels, entry, replica_threads, dp=dp), sim)
 
 
 class Coordinator:
@@ -309,7 +330,16 @@ class Coordinator:
             "bytes_up": sums["bytes_up"], "bytes_down": sums["bytes_down"], "device_compute_s": device_s,
             "top_step_s": step_s, "sim_start_s": clock.start_s, "sim_end_s": clock.end_s,
             "sim_round_s": clock.duration_s, "wall_s": t.train_wall_s, "samples_total": t.samples,
+            **self.dp_spent(),
         })  # fmt: skip
+
+    def dp_spent(self) -> dict[str, float]:
+        """EW-Tune: the DP-SGD ε spent after the rounds done (Edgeworth, PLD, RDP; cumulative); {} otherwise."""
+        if self.setup.dp_plan is None:
+            return {}
+        from ..designs.ewtune import spent_epsilon
+
+        return spent_epsilon(self.setup.dp_plan, self.totals.rounds_done)
 
     def privacy(self, releases: int) -> tuple[float, float]:
         """(ε of an (ε, δ) statement, η per unit of a metric-DP one) after ``releases`` releases; NaN if n/a."""
@@ -369,6 +399,11 @@ def run_simulation(cfg: Config, out: str | os.PathLike | None = None, resume: bo
         if resume and run.summary_path.exists():
             raise ConfigError(f"--resume: the run in {str(run.path)!r} has finished (summary.json exists); start a new one")
         log(f"privtune-ray: writing simulation to {run.path} ({backend.name} backend, {cfg.simulation.devices} devices)")
+        if setup.dp_plan is not None:
+            p = setup.dp_plan
+            log(f"privtune-ray: EW-Tune DP-SGD, one step per Poisson round: q = {p.sample_rate:.5f}, T = {p.steps}, "
+                f"sigma = {p.noise_multiplier:.4f}, C = {p.clip_norm:g}: epsilon {p.epsilon_edgeworth:.3f} (Edgeworth), "
+                f"{p.epsilon_pld:.3f} (PLD), {p.epsilon_rdp:.3f} (RDP) at delta {p.delta:g}")  # fmt: skip
         coordinator = Coordinator(setup, backend, run, log=log, hooks=hooks)
         if cfg.attack.enabled:
             from ..attacks.suite import AttackSuite
@@ -410,6 +445,9 @@ def _summary(c: Coordinator, result: dict, attack_summary: dict) -> dict:
         "device_compute_s": t.device_compute_s, "top_s": t.top_s, "sim_time_s": t.sim_time_s,
         "train_wall_s": t.train_wall_s, "train_samples_per_s": t.samples / max(t.train_wall_s, 1e-9),
         "dropped": t.dropped, "late": t.late, "rollbacks": t.rollbacks,
-        "max_releases": releases, "backend": c.backend.describe(), **attack_summary,
+        "max_releases": releases, "backend": c.backend.describe(), "design": cfg.design.name,
+        **({"dp_sgd": {**c.setup.dp_plan.to_dict(), "expected_batch_size": pop.expected_batch_size(),
+                       "spent": c.dp_spent()}} if c.setup.dp_plan else {}),
+        **attack_summary,
         "run_dir": str(c.run.path), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }  # fmt: skip

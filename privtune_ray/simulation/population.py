@@ -7,6 +7,13 @@ part. A sample is therefore released once per local epoch (``releases`` = e + 1 
 Round planning is a pure function of (seed, round, state): which devices are online
 (P = ``availability``), which K of them are selected, which drop out mid-round (P = ``dropout``), and the
 bandwidth jitter of each transfer. A dropped device's samples stay unsent (its cursor does not move).
+
+With ``poisson`` (DP-SGD, ``design: ewtune``) a round is a Poisson sample instead [ours, as DP-FedAvg treats
+client sampling]: each online device joins independently with p = devices_per_round / devices, and each of
+its n_i samples joins independently with min(1, local_batch_size / n_i); a device that draws none sits the
+round out. Every sample is then in a round's batch with probability at most
+q = p · max_i min(1, b / n_i) (:meth:`dp_sample_rate`), the rate the accountant composes; availability and
+drop-outs, being independent of the data, only lower it.
 """
 
 from __future__ import annotations
@@ -51,6 +58,7 @@ class Population:
     tier: np.ndarray  # int16 [N]
     depth: np.ndarray  # int16 [N]
     parts: list[np.ndarray]  # sample indices of each device
+    poisson: bool = False  # Poisson rounds for DP-SGD (see the module docstring)
     epoch: np.ndarray = field(init=False)  # int32 [N]: local epochs begun
     cursor: np.ndarray = field(init=False)  # int32 [N]: position in the current local epoch
     downloaded: np.ndarray = field(init=False)  # bool [N]: holds the bottom weights
@@ -63,6 +71,7 @@ class Population:
         self._availability = np.array([t.availability for t in self.sim.tiers])[self.tier]
         self._dropout = np.array([t.dropout for t in self.sim.tiers])[self.tier]
         self._jitter = np.array([t.jitter for t in self.sim.tiers])[self.tier]
+        self._rates = np.minimum(1.0, self.sim.local_batch_size / np.array([max(len(p), 1) for p in self.parts]))
 
     def __len__(self) -> int:
         return len(self.parts)
@@ -73,26 +82,52 @@ class Population:
         """Who takes part in ``round_`` and what each sends; changes nothing (see :meth:`commit`)."""
         rng = np.random.default_rng([self.seed, round_, 0x0C0D])
         online = np.flatnonzero(rng.random(len(self)) < self._availability)
-        k = min(self.sim.devices_per_round, len(online))
-        chosen = np.sort(rng.choice(online, size=k, replace=False)) if k else np.zeros(0, dtype=np.int64)
+        drawn = None
+        if self.poisson:
+            joins = online[rng.random(len(online)) < self.device_rate]
+            drawn = {int(i): self._poisson_samples(round_, int(i)) for i in joins}
+            chosen = np.array([i for i, s in drawn.items() if len(s)], dtype=np.int64)
+        else:
+            k = min(self.sim.devices_per_round, len(online))
+            chosen = np.sort(rng.choice(online, size=k, replace=False)) if k else np.zeros(0, dtype=np.int64)
+        k = len(chosen)
         dropped = rng.random(k) < self._dropout[chosen]
         jitter = rng.lognormal(0.0, 1.0, size=(k, 2)) ** self._jitter[chosen, None]  # exp(σ·N(0,1))
         devices = []
         for j, i in enumerate(chosen.tolist()):
-            task = None if dropped[j] else self._task(round_, i)
+            task = None if dropped[j] else self._task(round_, i, None if drawn is None else drawn[i])
             devices.append(PlannedDevice(device=i, tier=int(self.tier[i]), depth=int(self.depth[i]), dropped=bool(dropped[j]),
                                          first_time=not self.downloaded[i], up_jitter=float(jitter[j, 0]),
                                          down_jitter=float(jitter[j, 1]), task=task))  # fmt: skip
         return RoundPlan(round=round_, devices=devices, online=len(online))
 
-    def _task(self, round_: int, i: int) -> DeviceTask:
-        epoch, cursor = int(self.epoch[i]), int(self.cursor[i])
-        if cursor >= len(self.parts[i]):
-            epoch, cursor = epoch + 1, 0
-        order = self.local_order(i, epoch)
-        return DeviceTask(round=round_, device=i, depth=int(self.depth[i]),
-                          samples=order[cursor : cursor + self.sim.local_batch_size], data=self.parts[i],
+    def _task(self, round_: int, i: int, samples: np.ndarray | None = None) -> DeviceTask:
+        if samples is None:  # the next local batch of its current local epoch
+            epoch, cursor = int(self.epoch[i]), int(self.cursor[i])
+            if cursor >= len(self.parts[i]):
+                epoch, cursor = epoch + 1, 0
+            samples = self.local_order(i, epoch)[cursor : cursor + self.sim.local_batch_size]
+        return DeviceTask(round=round_, device=i, depth=int(self.depth[i]), samples=samples, data=self.parts[i],
                           seed=derive_seed(self.seed, i, round_), fit_seed=derive_seed(self.seed, i))  # fmt: skip
+
+    # ------------------------------------------------------------------ Poisson rounds (DP-SGD)
+
+    @property
+    def device_rate(self) -> float:
+        """p: the probability that an online device joins a Poisson round."""
+        return min(1.0, self.sim.devices_per_round / len(self))
+
+    def _poisson_samples(self, round_: int, i: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, i, round_, 0x9015])
+        return self.parts[i][rng.random(len(self.parts[i])) < self._rates[i]]
+
+    def dp_sample_rate(self) -> float:
+        """q: the largest probability with which any one sample is in a Poisson round's batch."""
+        return float(self.device_rate * self._rates.max())
+
+    def expected_batch_size(self) -> float:
+        """E[samples in a Poisson round] if every device were online: p · Σ_i min(b, n_i)."""
+        return float(self.device_rate * sum(min(self.sim.local_batch_size, len(p)) for p in self.parts))
 
     def local_order(self, i: int, epoch: int) -> np.ndarray:
         return np.random.default_rng([self.seed, i, epoch, 0x0E0C]).permutation(self.parts[i])

@@ -33,6 +33,7 @@ class ReplicaSetup:
     entry_depth: int  # m_min: the shallowest device's depth; deeper devices' h enter later
     threads: int
     device: str = "cpu"  # "cuda" on a GPU replica
+    dp: tuple | None = None  # design ewtune: (DPPlan, expected samples per round): DP-SGD steps
 
 
 class TopReplica:
@@ -46,7 +47,14 @@ class TopReplica:
         top = apply_lora(split.top, split.family, cfg.train.lora) if cfg.train.lora.enabled else split.top
         optimizer, scheduler = build_optimizer(top, cfg.train, cfg.simulation.rounds)
         device = setup.device if setup.device == "cpu" or torch.cuda.is_available() else "cpu"
-        self.server = TopServer(top, optimizer, scheduler, device=device)
+        if setup.dp is None:
+            self.server = TopServer(top, optimizer, scheduler, device=device)
+        else:
+            from ..designs.ewtune import DPTopServer
+
+            plan, expected = setup.dp
+            self.server = DPTopServer(top, optimizer, scheduler, plan, expected_batch_size=max(1, round(expected)),
+                                      device=device, seed=cfg.seed)  # fmt: skip
 
     def ping(self) -> int:
         return os.getpid()

@@ -168,7 +168,7 @@ def run_training(cfg: Config, out: str | os.PathLike | None = None, resume: bool
     if cfg.train.max_steps is not None:
         total_steps = min(total_steps, cfg.train.max_steps)
     if cfg.design.name == "ewtune":
-        dp_plan = plan_dp_sgd(cfg.design, len(train_split), cfg.train.batch_size, total_steps)
+        dp_plan = plan_dp_sgd(cfg.design, cfg.train.batch_size / len(train_split), total_steps)
 
     run = RunDir.create(cfg, out, resume=resume)
     log(f"privtune-ray: writing run to {run.path}")
