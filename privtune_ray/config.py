@@ -295,7 +295,7 @@ class SimulationConfig:
         _require(self.eval_every is None or self.eval_every >= 1, f"{key}.eval_every", "must be >= 1 or null")
 
 
-DESIGNS = ("split", "ewtune")
+DESIGNS = ("split", "ewtune", "online", "gradfree", "offline")
 
 
 @dataclass
@@ -303,17 +303,26 @@ class DesignConfig:
     """How the trainable part is fine-tuned. ``split``: plain SGD on uploaded h (PrivTune and the perturbation
     baselines protect h). ``ewtune``: DP-SGD (EW-Tune) on the top model: Poisson-sampled batches of expected
     size ``train.batch_size``, per-sample gradients clipped to ``clip_norm``, Gaussian noise σ·C with σ calibrated
-    by the Edgeworth accountant so the whole run spends ``target_epsilon`` at ``delta`` (PLD and RDP ε beside it)."""
+    by the Edgeworth accountant so the whole run spends ``target_epsilon`` at ``delta`` (PLD and RDP ε beside it).
+    ``online`` / ``gradfree`` / ``offline``: the GuardedTuning designs (``designs/guarded.py``): the device holds
+    ``adapter_layers`` trainable blocks after its frozen bottom and before the head, the cloud the middle; dCor
+    weight α = ``dcor_weight``; the offline emulator keeps ``emulator_keep`` of the middle's blocks."""
 
-    name: str = "split"  # split | ewtune
+    name: str = "split"  # split | ewtune | online | gradfree | offline
     target_epsilon: float = 3.0  # ewtune: ε (nats) of the whole run at delta
     delta: float = 1.0e-5
     clip_norm: float = 1.0  # C: per-sample gradient L2 bound
     max_noise_multiplier: float = 100.0  # the largest σ the calibration may pick; above it a target is unreachable
     edgeworth_order: int = 2
-    bits: int | None = None  # b-bit per-row quantisation of h̃ on the wire, 2..16 (None: fp32)
+    bits: int | None = None  # b-bit per-row quantisation of what crosses a cut, 2..16 (None: fp32)
+    adapter_layers: int = 1  # GuardedTuning: a, trainable blocks the device holds at each end
+    dcor_weight: float = 0.5  # GuardedTuning: α of α·dCor(E(x), A1) (online, offline)
+    emulator_keep: float = 0.5  # GuardedTuning offline: fraction of the middle's blocks the emulator keeps
 
     def validate(self, key: str) -> None:
+        _require(self.adapter_layers >= 1, f"{key}.adapter_layers", "must be >= 1 block per adapter")
+        _require(self.dcor_weight >= 0, f"{key}.dcor_weight", "must be >= 0 (0: no decorrelation)")
+        _require(0 < self.emulator_keep <= 1, f"{key}.emulator_keep", "must be in (0, 1]")
         _require(self.bits is None or 2 <= self.bits <= 16, f"{key}.bits", "must be an integer in 2..16 (or null for fp32)")
         _require(self.name in DESIGNS, f"{key}.name", f"unknown design {self.name!r}; choose one of {', '.join(DESIGNS)}")
         _require(self.target_epsilon > 0, f"{key}.target_epsilon", "must be > 0")

@@ -37,15 +37,7 @@ class Message:
             "labels": self.labels.to(torch.long).contiguous().cpu(),
         }
         header = {"device_id": str(self.device_id), **self.meta}
-        if self.bits is None:
-            tensors["hidden"] = self.hidden.detach().contiguous().cpu()
-        else:
-            from .designs.quantisation import quantise
-
-            q = quantise(self.hidden, self.bits)
-            tensors.update(hidden_codes=torch.frombuffer(bytearray(q.payload), dtype=torch.uint8),
-                           hidden_scale=q.scale, hidden_offset=q.offset)  # fmt: skip
-            header.update(bits=str(self.bits), hidden_shape=",".join(map(str, q.shape)))
+        _pack(self.hidden, self.bits, tensors, header)
         if self.split_depth is not None:
             header["split_depth"] = str(self.split_depth)
         return st_save(tensors, metadata=header)
@@ -56,14 +48,8 @@ class Message:
         meta = _metadata(payload)
         device_id = int(meta.pop("device_id", 0))
         depth = meta.pop("split_depth", None)
-        bits = meta.pop("bits", None)
-        hidden = tensors.get("hidden")
-        if bits is not None:
-            from .designs.quantisation import Quantised, dequantise
-
-            shape = tuple(int(n) for n in meta.pop("hidden_shape").split(","))
-            hidden = dequantise(Quantised(tensors["hidden_codes"].numpy().tobytes(), tensors["hidden_scale"],
-                                          tensors["hidden_offset"], shape, int(bits)))  # fmt: skip
+        bits = meta.get("bits")
+        hidden = _unpack(tensors, meta)
         return cls(
             hidden=hidden,
             attention_mask=tensors["attention_mask"].to(torch.long),
@@ -73,6 +59,43 @@ class Message:
             meta=meta,
             bits=None if bits is None else int(bits),
         )
+
+
+def _pack(x: torch.Tensor, bits: int | None, tensors: dict, header: dict) -> None:
+    """Put ``x`` into a payload: fp32 as ``hidden``, or b-bit codes with per-row scale and offset."""
+    if bits is None:
+        tensors["hidden"] = x.detach().contiguous().cpu()
+        return
+    from .designs.quantisation import quantise
+
+    q = quantise(x, bits)
+    tensors.update(hidden_codes=torch.frombuffer(bytearray(q.payload), dtype=torch.uint8), hidden_scale=q.scale,
+                   hidden_offset=q.offset)  # fmt: skip
+    header.update(bits=str(bits), hidden_shape=",".join(map(str, q.shape)))
+
+
+def _unpack(tensors: dict, meta: dict[str, str]) -> torch.Tensor:
+    """The tensor :func:`_pack` stored (``bits`` and ``hidden_shape`` are taken out of ``meta``)."""
+    bits = meta.pop("bits", None)
+    if bits is None:
+        return tensors["hidden"]
+    from .designs.quantisation import Quantised, dequantise
+
+    shape = tuple(int(n) for n in meta.pop("hidden_shape").split(","))
+    return dequantise(Quantised(tensors["hidden_codes"].numpy().tobytes(), tensors["hidden_scale"],
+                                tensors["hidden_offset"], shape, int(bits)))  # fmt: skip
+
+
+def tensor_to_bytes(x: torch.Tensor, bits: int | None = None) -> bytes:
+    """One tensor as it crosses a cut (GuardedTuning's A2 and gradients): safetensors, fp32 or b-bit codes,
+    ⌈numel·b/8⌉ + 8 bytes per row (+ the header)."""
+    tensors, header = {}, {}
+    _pack(x, bits, tensors, header)
+    return st_save(tensors, metadata=header)
+
+
+def tensor_from_bytes(payload: bytes) -> torch.Tensor:
+    return _unpack(st_load(payload), _metadata(payload))
 
 
 def _metadata(payload: bytes) -> dict[str, str]:

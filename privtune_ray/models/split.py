@@ -37,7 +37,7 @@ def depth_of(task_model: nn.Module) -> int:
     return len(family.blocks(family.base(task_model)))
 
 
-def _run_blocks(blocks: nn.ModuleList, hidden: torch.Tensor, context: dict) -> torch.Tensor:
+def run_blocks(blocks: nn.ModuleList, hidden: torch.Tensor, context: dict) -> torch.Tensor:
     for block in blocks:
         out = block(hidden, **context)
         hidden = out[0] if isinstance(out, tuple) else out
@@ -80,7 +80,7 @@ class BottomModel(nn.Module):
         What an attacker who knows the bottom weights runs to invert it (SPEC §3, EIA-optimisation).
         """
         hidden = self.embedding(input_ids, attention_mask, inputs_embeds)
-        return _run_blocks(self.blocks, hidden, self.context(hidden, attention_mask))
+        return run_blocks(self.blocks, hidden, self.context(hidden, attention_mask))
 
 
 class TopModel(nn.Module):
@@ -108,7 +108,7 @@ class TopModel(nn.Module):
         start = 0 if depth is None else depth - self.m
         if not 0 <= start <= len(self.blocks):
             raise ModelError(f"h from depth {depth} cannot enter a top model that holds blocks {self.m + 1}..{self.m + len(self.blocks)}")
-        hidden = _run_blocks(self.blocks[start:], hidden, self.context(hidden, attention_mask))
+        hidden = run_blocks(self.blocks[start:], hidden, self.context(hidden, attention_mask))
         return self.head(self.final(hidden), attention_mask)
 
 

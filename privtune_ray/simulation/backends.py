@@ -85,16 +85,44 @@ class Backend(ABC):
         for g, part in zip([g for g in groups if g], self._replica_get(handles)):
             for j, result in zip(g, part):
                 results[j] = result
-        n = sum(r.samples for r in results)
-        if n_rep == 1:
-            step_s, lr = self._replica_get([self._call(self.replicas[0], "step", n)])[0]
-            return results, step_s, lr
+        return (results, *self.step_replicas(sum(r.samples for r in results)))
+
+    def step_replicas(self, n: int) -> tuple[float, float]:
+        """The replicas' synchronous step on the gradients they accumulated (summed in replica order) over
+        ``n`` samples: (measured seconds, the lr used)."""
+        if len(self.replicas) == 1:
+            return self._replica_get([self._call(self.replicas[0], "step", n)])[0]
         start = time.perf_counter()
         grads = self._replica_get([self._call(r, "gradients") for r in self.replicas])
         total = [_sum(parts) for parts in zip(*grads)]
         reduce_s = time.perf_counter() - start  # the all-reduce, measured
         steps = self._replica_get([self._call(r, "step", n, total) for r in self.replicas])
-        return results, reduce_s + max(s for s, _ in steps), steps[0][1]
+        return reduce_s + max(s for s, _ in steps), steps[0][1]
+
+    # ------------------------------------------------------------------ GuardedTuning phases (simulation/guarded.py)
+
+    def share(self, obj):
+        """An object every actor reads this round (Ray: put in the object store once)."""
+        return obj
+
+    def broadcast(self, method: str, *args) -> None:
+        self._get([self._call(w, method, *args) for w in self.workers])
+
+    def on_workers(self, method: str, calls: list[tuple]) -> list:
+        """``worker.method(*args)`` for each tuple (round-robin over the workers); results in call order."""
+        return self._get([self._call(self.workers[j % len(self.workers)], method, *args) for j, args in enumerate(calls)])
+
+    def middle(self, method: str, keys: list[int], payloads: list, *args) -> tuple[list, list[float]]:
+        """Message j → replica j mod R (the same replica for a message's forward and backward): (outputs, seconds)."""
+        n_rep = len(self.replicas)
+        groups = [list(range(i, len(payloads), n_rep)) for i in range(n_rep)]
+        handles = [self._call(self.replicas[i], method, [keys[j] for j in g], [payloads[j] for j in g], *args)
+                   for i, g in enumerate(groups) if g]  # fmt: skip
+        outputs, seconds = [None] * len(payloads), [0.0] * len(payloads)
+        for g, part in zip([g for g in groups if g], self._replica_get(handles)):
+            for j, (out, s) in zip(g, part):
+                outputs[j], seconds[j] = out, s
+        return outputs, seconds
 
     def _replica_get(self, handles):
         return self._get(handles)
@@ -241,6 +269,9 @@ class RayBackend(Backend):
 
     def _call(self, actor, method: str, *args):
         return getattr(actor, method).remote(*args)
+
+    def share(self, obj):
+        return self.ray.put(obj)
 
     def _get(self, handles):
         return self.ray.get(handles)

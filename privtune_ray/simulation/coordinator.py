@@ -33,11 +33,12 @@ from tqdm.auto import tqdm
 from ..config import Config
 from ..data.batching import TokenizedSplit, batch_indices, collate
 from ..data.partition import partition
+from ..designs.guarded import CHANNELS, GUARDED, guarded_layout
 from ..errors import ConfigError
 from ..mechanisms import config_guarantee
 from ..message import Message
 from ..models.loading import load_task_model, load_tokenizer, resolve_model
-from ..models.split import BottomModel, split_model
+from ..models.split import BottomModel, depth_of, split_model
 from ..runs import RunDir
 from ..attacks.suite import VictimSample
 from ..training.loop import AttackRounds, attacker_data, classification_spec, load_task_data, seed_everything, top_device
@@ -50,6 +51,7 @@ from .tiers import BottomFootprint, assign_tiers
 from .worker import WorkerSetup
 
 EVAL_SEED = 0xE7A1
+UPLINKS = ("act_up", "grad_up", "adapter_up")
 
 
 @dataclass
@@ -86,6 +88,7 @@ class Setup:
     tokenizer: object = None
     aux: TokenizedSplit | None = None
     dp_plan: object = None  # design ewtune: the DP-SGD plan (designs/ewtune.py DPPlan), one step per round
+    guarded: object = None  # designs online / gradfree / offline: simulation/guarded.py GuardedRounds
 
 
 def prepare(cfg: Config) -> Setup:
@@ -98,6 +101,10 @@ def prepare(cfg: Config) -> Setup:
     full = split_model(task_model, 0, task=cfg.model.task, name=cfg.model.name)
     footprint = BottomFootprint.measure(full, task_model.config, sim.local_batch_size, cfg.model.max_length)
     tier_depth = np.array([footprint.max_depth(t, cfg.model.split_depth) for t in sim.tiers], dtype=np.int16)
+    guarded = None
+    if cfg.design.name in GUARDED:
+        guarded = prepare_guarded(cfg, task_model, footprint)
+        requested = split_model(task_model, guarded.layout.m + guarded.layout.a, task=cfg.model.task, name=cfg.model.name)
 
     tokenizer = load_tokenizer(cfg.model.name)
     train, evals = load_task_data(cfg, tokenizer, spec)
@@ -114,7 +121,32 @@ def prepare(cfg: Config) -> Setup:
     attack_split = requested if cfg.attack.enabled else None
     dp_plan = plan_simulated_dp(cfg, population) if cfg.design.name == "ewtune" else None
     return Setup(cfg, population, train, evals, tokenizer.pad_token_id, downloads, spec.num_labels, attack_split, tokenizer,
-                 aux, dp_plan)  # fmt: skip
+                 aux, dp_plan, guarded)  # fmt: skip
+
+
+def prepare_guarded(cfg: Config, task_model, footprint: BottomFootprint):
+    """GuardedTuning's checks and its global adapters. Every device runs the same layout, so every tier must hold
+    the frozen bottom and both adapters (memory as for a bottom of m + 2a blocks) [ours]."""
+    from .guarded import GuardedRounds
+
+    sim, layout = cfg.simulation, guarded_layout(cfg, depth_of(task_model))
+    needs = {"mechanism.name": (cfg.mechanism.name == "none", "none (GuardedTuning protects A1 by dCor and quantisation)"),
+             "train.lora.enabled": (not cfg.train.lora.enabled, "false (the middle and adapters are fully fine-tuned)"),
+             "simulation.prefetch": (not sim.prefetch, "false (a round's uploads depend on the adapters of that round)"),
+             "simulation.deadline_s": (sim.deadline_s is None, "null (every exchange of a round is waited for)")}  # fmt: skip
+    for key, (ok, fix) in needs.items():
+        if not ok:
+            raise ConfigError(f"design.name={cfg.design.name} needs {key}={fix}")
+    blocks = layout.m + 2 * layout.a
+    for tier in sim.tiers:
+        if footprint.max_depth(tier, blocks) < blocks:
+            raise ConfigError(
+                f"device tier {tier.name!r} (memory_mb={tier.memory_mb:g}) cannot hold GuardedTuning's {layout.m} frozen "
+                f"and {2 * layout.a} adapter blocks: raise its memory_mb, or lower model.split_depth or design.adapter_layers"
+            )
+    rounds = GuardedRounds(cfg, task_model, layout)
+    rounds.first_extra_bytes = rounds.first_download_bytes(task_model)
+    return rounds
 
 
 def plan_simulated_dp(cfg: Config, population: Population):
@@ -162,6 +194,8 @@ class Coordinator:
         self.hooks = hooks or {}
         self.totals = Totals()
         self.attacks = None
+        self.label_attack = None  # GuardedTuning online: gradient matching on the returned ∂ℓ/∂A2
+        self.guarded = setup.guarded
         self._privacy: dict[int, tuple[float, float]] = {}
 
     # ------------------------------------------------------------------ checkpoints
@@ -171,7 +205,8 @@ class Coordinator:
         return self.run.checkpoint_path
 
     def checkpoint(self) -> None:
-        state = {"totals": asdict(self.totals), "population": self.population.state_dict(), "top": self.backend.top_state()}
+        state = {"totals": asdict(self.totals), "population": self.population.state_dict(), "top": self.backend.top_state(),
+                 "guarded": self.guarded.state_dict() if self.guarded else None}  # fmt: skip
         tmp = self.checkpoint_path.with_suffix(".tmp")
         torch.save(state, tmp)
         os.replace(tmp, self.checkpoint_path)
@@ -183,6 +218,8 @@ class Coordinator:
         self.totals = Totals(**state["totals"])  # (the wall clock of the rounds row keeps counting real time)
         self.population.load_state_dict(state["population"])
         self.backend.restore_replicas(state["top"], at_round)
+        if self.guarded is not None:
+            self.guarded.load_state_dict(state["guarded"])
         done = self.totals.rounds_done
         for table in ("rounds", "devices"):
             self.run.truncate(table, done - 1, key="round")  # rows of rounds 0..done-1 stay
@@ -206,6 +243,8 @@ class Coordinator:
         while self.totals.rounds_done < self.sim.rounds:
             r = self.totals.rounds_done
             plan = self.population.plan(r)
+            if self.guarded is not None:  # the round's adapters, on every worker before its devices run
+                self.backend.broadcast("load_adapters", self.backend.share(self.guarded.state_blob()))
             pending = prefetched[1] if prefetched and prefetched[0] == r else self.backend.run_devices(plan.tasks)
             prefetched = None
             self._hook("devices_started", r)
@@ -252,6 +291,8 @@ class Coordinator:
         """Clock, top step and records of one round whose device results are in."""
         r, tiers = plan.round, self.sim.tiers
         by_device = {report.device: (report, payload, attempts) for report, payload, attempts in results}
+        if self.guarded is not None:
+            return self._guarded_round(plan, by_device)
         timings, bytes_down = [], {}
         for d in plan.devices:
             tier = tiers[d.tier]
@@ -281,13 +322,56 @@ class Coordinator:
         clock = simulate_round(self.totals.sim_time_s, timings, len(self.backend.replicas), step_s, self.sim.deadline_s)
         self._record(plan, by_device, bytes_down, clock, top_results, step_s, lr, timings)
 
+    def _guarded_round(self, plan: RoundPlan, by_device: dict) -> None:
+        """GuardedTuning: the protocol's phases for every device that did not drop out (no deadline), then the
+        middle's and the adapters' synchronous step. The clock charges each device every transfer of its
+        exchange (each with its latency) and all its compute, and serves the middle's seconds FCFS after the
+        device's uploads [ours: the phases' interleaving is folded into one service]."""
+        r, g = plan.round, self.guarded
+        tasks = {d.device: d.task for d in plan.devices if d.task is not None}
+        on_time = [d.device for d in plan.devices if d.task is not None]
+        exchanges, top_results = g.exchange(self.backend, on_time, tasks, {i: by_device[i][1] for i in on_time},
+                                            {i: by_device[i][0] for i in on_time})  # fmt: skip
+        n = sum(x.samples for x in top_results)
+        step_s, lr = self.backend.step_replicas(n) if on_time else (0.0, float("nan"))
+        lr = g.step(n) if on_time else lr
+        if self.attacks is not None and g.design != "offline":
+            self._observe(plan, on_time, [by_device[i][1] for i in on_time])
+        if self.label_attack is not None:
+            self.label_attack.observe(exchanges, tasks)
+        timings, bytes_down, channels = [], {}, {}
+        for d in plan.devices:
+            tier = self.sim.tiers[d.tier]
+            latency, ex = tier.latency_ms / 1000, exchanges.get(d.device)
+            first = self.setup.download_bytes[d.depth] + g.first_extra_bytes if d.first_time else 0
+            model_down = len(self._request(r, d)) + first + g.trainable_bytes
+            down_s = transfer_s(model_down, tier.downlink_mbps, latency, d.down_jitter)
+            if ex is None:
+                bytes_down[d.device], channels[d.device] = model_down, {}
+                timings.append(DeviceTiming(d.device, down_s, 0.0, 0.0, 0.0, dropped=True))
+                continue
+            ex.channels["adapter_down"] = g.trainable_bytes
+            channels[d.device] = ex.channels
+            bytes_down[d.device] = model_down + sum(ex.transfers_down)
+            down_s += sum(transfer_s(b, tier.downlink_mbps, latency, d.down_jitter) for b in ex.transfers_down)
+            up_s = sum(transfer_s(b, tier.uplink_mbps, latency, d.up_jitter) for b in ex.transfers_up)
+            compute = (by_device[d.device][0].compute_s + ex.compute_s) * tier.compute_factor
+            timings.append(DeviceTiming(d.device, down_s, compute, up_s, ex.middle_s))
+        clock = simulate_round(self.totals.sim_time_s, timings, len(self.backend.replicas), step_s, None)
+        self._record(plan, by_device, bytes_down, clock, top_results, step_s, lr, timings, channels,
+                     {i: x.compute_s for i, x in exchanges.items()})  # fmt: skip
+
     def _request(self, r: int, d) -> bytes:
         """The round's instruction to a device (what it downloads besides, once, the bottom's weights)."""
         n = 0 if d.task is None else len(d.task.samples)
         return json.dumps({"round": r, "device": d.device, "samples": n, "split_depth": d.depth,
                            "mechanism": self.cfg.mechanism.name}).encode()  # fmt: skip
 
-    def _record(self, plan, by_device, bytes_down, clock, top_results, step_s, lr, timings) -> None:
+    def _record(self, plan, by_device, bytes_down, clock, top_results, step_s, lr, timings, channels=None,
+                extra_compute=None) -> None:  # fmt: skip
+        """``channels``: bytes per channel and device, ``extra_compute``: device seconds after the task (GuardedTuning);
+        else the upload is the one ``act_up`` channel."""
+        extra_compute = extra_compute or {}
         r, t = plan.round, self.totals
         rows, timing = [], {x.device: x for x in timings}
         loss_sum = sum(x.loss_sum for x in top_results)
@@ -295,13 +379,17 @@ class Coordinator:
         for d in plan.devices:
             event, tm, tier = clock.events[d.device], timing[d.device], self.sim.tiers[d.tier]
             report, _, attempts = by_device.get(d.device, (None, None, 0))
+            ch = channels.get(d.device, {}) if channels is not None else {"act_up": report.bytes_up if report else 0}
             releases = self.population.releases(d.device)
             eps, eta = self.privacy(releases)
             rows.append({
                 "round": r, "device": d.device, "tier": tier.name, "depth": d.depth, "status": event.status,
                 "samples": report.samples if report else 0, "tokens": report.tokens if report else 0,
-                "bytes_up": report.bytes_up if report else 0, "bytes_down": bytes_down[d.device],
-                "compute_s": report.compute_s if report else 0.0, "mechanism_s": report.mechanism_s if report else 0.0,
+                "bytes_up": sum(ch[c] for c in UPLINKS if c in ch) if channels is not None else (report.bytes_up if report else 0),
+                "bytes_down": bytes_down[d.device],
+                **{f"bytes_{c}": ch.get(c, 0) for c in CHANNELS},
+                "compute_s": (report.compute_s + extra_compute.get(d.device, 0.0)) if report else 0.0,
+                "mechanism_s": report.mechanism_s if report else 0.0,
                 "top_s": tm.top_s, "sim_download_s": tm.download_s, "sim_compute_s": tm.compute_s,
                 "sim_upload_s": tm.upload_s, "sim_arrival_s": event.arrival_s, "sim_top_start_s": event.top_start_s,
                 "sim_top_end_s": event.top_end_s, "releases": releases,
@@ -357,8 +445,13 @@ class Coordinator:
         batches = batch_indices(self.setup.eval.lengths, self.cfg.train.eval_batch_size, shuffle=False, bucketing=True)
         depths, counts = np.unique(self.population.depth, return_counts=True)
         per_depth = {}
+        if self.guarded is not None:
+            self.backend.broadcast("load_adapters", self.backend.share(self.guarded.state_blob()))
         for m, count in zip(depths.tolist(), counts.tolist()):
-            correct, loss, n = self.backend.evaluate(m, batches, derive_seed(self.cfg.seed, EVAL_SEED, m, 0, 0))
+            if self.guarded is not None:
+                correct, loss, n = self.guarded.evaluate(self.backend, batches)
+            else:
+                correct, loss, n = self.backend.evaluate(m, batches, derive_seed(self.cfg.seed, EVAL_SEED, m, 0, 0))
             per_depth[m] = {"accuracy": correct / n, "loss": loss / n, "samples": n, "devices": count}
             self.run.append("eval", {"rounds_done": self.totals.rounds_done, "depth": m, **per_depth[m]})
         weights = np.array([v["devices"] for v in per_depth.values()], dtype=float)

@@ -48,6 +48,8 @@ class DeviceReport:
     compute_s: float  # bottom forward, measured seconds on this machine
     mechanism_s: float  # the mechanism's perturbation, measured seconds
     worker: str = ""
+    loss_sum: float = 0.0  # GuardedTuning offline: Σ CE of the local step (nats)
+    penalty: float = 0.0  # GuardedTuning offline: α·B·dCor of the local step
 
 
 @dataclass

@@ -20,7 +20,8 @@ import torch
 from ..config import Config
 from ..message import Message
 from ..models.loading import load_task_model
-from ..models.split import split_model
+from ..designs.guarded import GUARDED, Blocks, MiddleServer, guarded_layout
+from ..models.split import depth_of, split_model
 from ..training.loop import seed_everything
 from ..training.server import TopServer, apply_lora, build_optimizer, summed_loss
 from .protocol import TopResult
@@ -42,11 +43,17 @@ class TopReplica:
         torch.set_num_threads(setup.threads)
         cfg = setup.cfg
         seed_everything(cfg.seed)  # the fresh head is initialised from the seed: identical on every replica
-        split = split_model(load_task_model(cfg.model.name, cfg.model.task, setup.num_labels), setup.entry_depth,
-                            task=cfg.model.task, name=cfg.model.name)  # fmt: skip
+        task_model = load_task_model(cfg.model.name, cfg.model.task, setup.num_labels)
+        device = setup.device if setup.device == "cpu" or torch.cuda.is_available() else "cpu"
+        if cfg.design.name in GUARDED:  # the cloud holds GuardedTuning's middle
+            middle = Blocks(task_model, guarded_layout(cfg, depth_of(task_model)).middle)
+            middle.requires_grad_(cfg.design.name == "online")
+            optimizer, scheduler = build_optimizer(middle, cfg.train, cfg.simulation.rounds)
+            self.server = MiddleServer(middle, optimizer, scheduler, cfg.design.name == "online", cfg.design.bits, device)
+            return
+        split = split_model(task_model, setup.entry_depth, task=cfg.model.task, name=cfg.model.name)
         top = apply_lora(split.top, split.family, cfg.train.lora) if cfg.train.lora.enabled else split.top
         optimizer, scheduler = build_optimizer(top, cfg.train, cfg.simulation.rounds)
-        device = setup.device if setup.device == "cpu" or torch.cuda.is_available() else "cpu"
         if setup.dp is None:
             self.server = TopServer(top, optimizer, scheduler, device=device)
         else:
@@ -73,6 +80,23 @@ class TopReplica:
             loss_sum = self.server.accumulate(msg)
             results.append(TopResult(loss_sum=loss_sum, samples=msg.batch_size, top_s=time.perf_counter() - start))
         return results
+
+    def middle_forward(self, keys: list[int], payloads: list[bytes], train: bool) -> list[tuple[bytes, float]]:
+        """GuardedTuning: A2 = M(A1) per message (key j seeds its dropout and names it for ``middle_backward``)."""
+        out = []
+        for key, payload in zip(keys, payloads, strict=True):
+            start = time.perf_counter()
+            torch.manual_seed(key)
+            out.append((self.server.forward(key, payload, train), time.perf_counter() - start))
+        return out
+
+    def middle_backward(self, keys: list[int], payloads: list[bytes]) -> list[tuple[bytes, float]]:
+        """GuardedTuning online: ∂ℓ/∂A2 in, ∂ℓ/∂A1 out, the middle's gradients accumulated."""
+        out = []
+        for key, payload in zip(keys, payloads, strict=True):
+            start = time.perf_counter()
+            out.append((self.server.backward(key, payload), time.perf_counter() - start))
+        return out
 
     def gradients(self) -> list[torch.Tensor]:
         return self.server.gradients()
