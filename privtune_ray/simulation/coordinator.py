@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -71,6 +71,7 @@ class Totals:
     dropped: int = 0
     late: int = 0
     rollbacks: int = 0
+    channel_bytes: dict = field(default_factory=dict)  # bytes per channel (act_up, grad_down, ...), all devices
 
 
 @dataclass
@@ -227,6 +228,8 @@ class Coordinator:
         self.run.truncate("attacks", done)
         if self.attacks is not None:
             self.attacks.sample = VictimSample(self.cfg.attack.victim_samples)  # the redone rounds refill it
+        if self.label_attack is not None:
+            self.label_attack.victims.parts = []
 
     # ------------------------------------------------------------------ rounds
 
@@ -282,8 +285,11 @@ class Coordinator:
             by_depth = ", ".join(f"m={m} {v['accuracy']:.4f}" for m, v in result["per_depth"].items())
             self.log(f"privtune-ray: round {done}/{self.sim.rounds}: dev accuracy {result['accuracy']:.4f} "
                      f"(by depth: {by_depth}); simulated {self.totals.sim_time_s:.0f} s")  # fmt: skip
-        if self.attacks and self.cfg.attack.every and done % self.cfg.attack.every == 0 and done < self.sim.rounds:
-            self.attacks.round(done)
+        if self.cfg.attack.every and done % self.cfg.attack.every == 0 and done < self.sim.rounds:
+            if self.attacks:
+                self.attacks.round(done)
+            if self.label_attack:
+                self.label_attack.round(done)
         if done % self.sim.checkpoint_every == 0 and done < self.sim.rounds:
             self.checkpoint()
 
@@ -338,7 +344,7 @@ class Coordinator:
         if self.attacks is not None and g.design != "offline":
             self._observe(plan, on_time, [by_device[i][1] for i in on_time])
         if self.label_attack is not None:
-            self.label_attack.observe(exchanges, tasks)
+            self.label_attack.observe(g.last_returned, tasks)
         timings, bytes_down, channels = [], {}, {}
         for d in plan.devices:
             tier = self.sim.tiers[d.tier]
@@ -407,6 +413,8 @@ class Coordinator:
         t.tokens += sums["tokens"]
         t.bytes_up += sums["bytes_up"]
         t.bytes_down += sums["bytes_down"]
+        for c in CHANNELS:
+            t.channel_bytes[c] = t.channel_bytes.get(c, 0) + sum(row[f"bytes_{c}"] for row in rows)
         t.device_compute_s += device_s
         t.top_s += sums["top_s"] + step_s
         t.dropped += status.count("dropped")
@@ -465,7 +473,10 @@ class Coordinator:
         for i, payload in zip(on_time, payloads):
             if tasks[i].depth == self.cfg.model.split_depth:
                 msg = Message.from_bytes(self.backend.fetch(payload))
-                self.attacks.observe(msg, collate(self.setup.train, tasks[i].samples, self.setup.pad_id))
+                batch = collate(self.setup.train, tasks[i].samples, self.setup.pad_id)
+                if msg.labels.numel() == 0:  # GuardedTuning keeps labels on the device: ground truth for scoring only
+                    msg.labels = batch.labels
+                self.attacks.observe(msg, batch)
 
     def _fault(self, r: int, component: str, index: int, what: str, action: str) -> None:
         self.backend.faults.append({"round": r, "component": component, "index": index, "what": what, "action": action})
@@ -498,15 +509,13 @@ def run_simulation(cfg: Config, out: str | os.PathLike | None = None, resume: bo
                 f"sigma = {p.noise_multiplier:.4f}, C = {p.clip_norm:g}: epsilon {p.epsilon_edgeworth:.3f} (Edgeworth), "
                 f"{p.epsilon_pld:.3f} (PLD), {p.epsilon_rdp:.3f} (RDP) at delta {p.delta:g}")  # fmt: skip
         coordinator = Coordinator(setup, backend, run, log=log, hooks=hooks)
-        if cfg.attack.enabled:
-            from ..attacks.suite import AttackSuite
-
-            suite = AttackSuite.fit_on(cfg, setup.attack_split, setup.tokenizer, resolve_model(cfg.model.name), setup.aux,
-                                       cfg.data.dataset, setup.train.texts, log=log)  # fmt: skip
-            coordinator.attacks = AttackRounds(suite, cfg.attack, setup.train, run)
+        start_attacks(coordinator, log)
         coordinator.train(resume=resume)
         result = coordinator.evaluate()
-        attack_summary = coordinator.attacks.round(coordinator.totals.rounds_done, log=log) if coordinator.attacks else {}
+        done = coordinator.totals.rounds_done
+        attack_summary = coordinator.attacks.round(done, log=log) if coordinator.attacks else {}
+        if coordinator.label_attack is not None:
+            attack_summary = merge_attack_rows(attack_summary, coordinator.label_attack.round(done, log=log))
         summary = _summary(coordinator, result, attack_summary)
         run.write_summary(summary)
         if run.checkpoint_path.exists():
@@ -517,6 +526,49 @@ def run_simulation(cfg: Config, out: str | os.PathLike | None = None, resume: bo
         return run.path
     finally:
         backend.shutdown()
+
+
+def guarded_summary(cfg: Config, g) -> dict:
+    """The GuardedTuning layout (1-based block numbers) and settings of a run."""
+    lay = g.layout
+    span = lambda blocks: f"{blocks[0] + 1}..{blocks[-1] + 1}" if blocks else ""  # noqa: E731
+    return {"design": cfg.design.name, "frozen_bottom_blocks": span(list(range(lay.m))), "bottom_adapter_blocks": span(lay.bottom_adapter),
+            "middle_blocks": span(lay.middle), "top_adapter_blocks": span(list(range(lay.top_adapter_start, lay.depth))),
+            "emulator_blocks": [b + 1 for b in lay.emulator] if cfg.design.name == "offline" else None,
+            "dcor_weight": cfg.design.dcor_weight if cfg.design.name != "gradfree" else 0.0, "bits": cfg.design.bits,
+            "adapter_bytes_per_round": g.trainable_bytes, "first_download_extra_bytes": g.first_extra_bytes}  # fmt: skip
+
+
+def start_attacks(coordinator: Coordinator, log) -> None:
+    """The attack suite on what devices upload (the bottom's h̃, or GuardedTuning's A1), fitted at the depth it is
+    released from; gradient matching on online's returned gradients. Offline releases no per-sample tensor."""
+    cfg, setup = coordinator.cfg, coordinator.setup
+    if not cfg.attack.enabled:
+        return
+    if cfg.design.name == "offline":
+        log("privtune-ray: design offline: no per-sample tensor leaves a device while it trains; no attack to run")
+        return
+    from ..attacks.suite import AttackSuite
+
+    suite = AttackSuite.fit_on(cfg, setup.attack_split, setup.tokenizer, resolve_model(cfg.model.name), setup.aux,
+                               cfg.data.dataset, setup.train.texts, log=log)  # fmt: skip
+    coordinator.attacks = AttackRounds(suite, cfg.attack, setup.train, coordinator.run)
+    if cfg.design.name == "online":
+        from .guarded import LabelAttackRounds
+
+        task_model = load_task_model(cfg.model.name, cfg.model.task, setup.num_labels)
+        coordinator.label_attack = LabelAttackRounds(cfg, task_model, setup.guarded.layout, setup.aux, setup.train,
+                                                     setup.pad_id, coordinator.run, log=log)  # fmt: skip
+
+
+def merge_attack_rows(summary: dict, rows: list[dict]) -> dict:
+    """Add attribute-attack rows (gradient matching) to an attack summary and its max AIA advantage."""
+    merged = {**summary, "attacks": {**summary.get("attacks", {})}}
+    for row in rows:
+        merged["attacks"][row["attack"]] = {k: v for k, v in row.items() if k != "attack"}
+    advantages = [v["advantage"] for v in merged["attacks"].values() if v.get("kind") == "attribute"]
+    merged["max_aia_advantage"] = max(advantages) if advantages else None
+    return merged
 
 
 def _summary(c: Coordinator, result: dict, attack_summary: dict) -> dict:
@@ -539,6 +591,8 @@ def _summary(c: Coordinator, result: dict, attack_summary: dict) -> dict:
         "train_wall_s": t.train_wall_s, "train_samples_per_s": t.samples / max(t.train_wall_s, 1e-9),
         "dropped": t.dropped, "late": t.late, "rollbacks": t.rollbacks,
         "max_releases": releases, "backend": c.backend.describe(), "design": cfg.design.name,
+        "bytes_by_channel": dict(t.channel_bytes),
+        **({"guarded": guarded_summary(cfg, c.guarded)} if c.guarded else {}),
         **({"dp_sgd": {**c.setup.dp_plan.to_dict(), "expected_batch_size": pop.expected_batch_size(),
                        "spent": c.dp_spent()}} if c.setup.dp_plan else {}),
         **attack_summary,

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from ..config import Config
+from ..data.batching import collate
 from ..designs.guarded import ClientAdapters, GuardedLayout, gradients_from_bytes, module_bytes
 from ..training.server import build_optimizer
 from .protocol import TopResult
@@ -95,6 +96,7 @@ class GuardedRounds:
                 if grad_up is not None:
                     e.channels["grad_up"] = len(grad_up)
                     e.transfers_up.append(len(grad_up))
+            self.last_returned = {i: (a2[j], tops[j][1]) for j, i in enumerate(on_time)} if self.design == "online" else {}
             if self.design == "online":
                 ga1, back_s = backend.middle("middle_backward", on_time, [tops[j][1] for j in range(len(on_time))])
                 bottoms = backend.on_workers("guarded_bottom", [(tasks[i], ga1[j]) for j, i in enumerate(on_time)])
@@ -159,3 +161,48 @@ class GuardedRounds:
         self.adapters.load_state_dict(state["adapters"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+
+
+class LabelAttackRounds:
+    """Gradient matching (``attacks/gradient_matching.py``) on online's returned ∂ℓ/∂A2: the cloud's attacker
+    fits its surrogate A_t on its auxiliary text once, then attacks the latest ``attack.victim_samples``
+    samples every ``attack.every`` rounds and at the end; rows go to ``attacks.csv`` as the suite's do."""
+
+    def __init__(self, cfg: Config, task_model, layout: GuardedLayout, aux, train, pad_id: int, run, log=print):
+        from ..attacks.gradient_matching import GradientMatchingLabels, GradientVictims, surrogate_top
+        from ..designs.guarded import Blocks
+        from ..models.split import BottomModel, family_of
+
+        self.cfg, self.train, self.pad_id, self.run = cfg, train, pad_id, run
+        bottom = BottomModel(family_of(task_model), task_model, layout.m)
+        adapter, middle = Blocks(task_model, layout.bottom_adapter).eval(), Blocks(task_model, layout.middle).eval()
+
+        def encode(ids, mask):  # the attacker's copy: pretrained bottom, A_b and middle
+            return middle(adapter(bottom(ids, mask), mask), mask)
+
+        top = ClientAdapters(task_model, layout, cfg.model.task).top
+        self.attack = GradientMatchingLabels(surrogate_top(top, cfg.seed + 0xA77), cfg.attack, cfg.seed)
+        a2, mask = self.attack.observe_aux(encode, aux, pad_id, cfg.model.max_length)
+        history = self.attack.fit(a2, mask, torch.as_tensor(aux.labels))
+        log(f"privtune-ray: attack {self.attack.name} fitted its surrogate top adapter on {len(aux)} auxiliary sentences "
+            f"(loss {history[0]:.3f} -> {history[-1]:.3f} nats)")  # fmt: skip
+        self.victims = GradientVictims(cfg.attack.victim_samples, cfg.model.max_length)
+
+    def observe(self, exchanged: dict, tasks: dict) -> None:
+        """``exchanged``: device → (A2 payload, ∂ℓ/∂A2 payload) of the round."""
+        from ..message import tensor_from_bytes
+
+        for i, (a2, grad) in exchanged.items():
+            batch = collate(self.train, tasks[i].samples, self.pad_id)
+            self.victims.add(tensor_from_bytes(a2), batch.attention_mask, tensor_from_bytes(grad), batch.labels)
+
+    def round(self, rounds_done: int, log=None) -> list[dict]:
+        from ..attacks.suite import long_rows
+
+        if not len(self.victims):
+            return []
+        row = self.attack.run(*self.victims.take())
+        self.run.append_rows("attacks", long_rows([row], step=rounds_done, victims=row["samples"]))
+        if log is not None:
+            log(f"privtune-ray: attack {row['attack']:<22} advantage {row['advantage']:+.3f} on {row['samples']} victim samples")
+        return [row]

@@ -1,0 +1,121 @@
+"""Gradient matching on what a device sends back: label inference from GuardedTuning online's ∂ℓ/∂A2.
+
+The cloud computed A2 = M(A1) itself and receives g = ∂ℓ/∂A2 (ℓ = Σ CE of the device's top adapter A_t,
+whose head and labels never leave the device). It holds a surrogate Â_t: the pretrained blocks L−a+1..L
+and a head it fits on its auxiliary labelled text pushed through its own copy of the bottom, the pretrained
+A_b and its middle. For victim sample i and every class c it computes ĝ_{i,c} = ∂CE(Â_t(A2_i), c)/∂A2_i
+and guesses
+
+    ŷ_i = argmax_c cos(g_i, ĝ_{i,c})      (both flattened over the real positions of sample i)
+
+Per-sample rows of g are the sample's own gradient (blocks act on each sample alone), so the batch sum
+needs no unmixing. Scored like every attribute attack: accuracy against the majority class (advantage).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import AttackConfig
+from ..data.batching import TokenizedSplit, batch_indices, collate
+from .base import fit_minibatch
+from .scoring import score_classes
+
+NAME = "gm_label"
+
+
+def _pad(t: torch.Tensor, length: int) -> torch.Tensor:
+    return F.pad(t, (0, 0, 0, length - t.shape[1])) if t.dim() == 3 else F.pad(t, (0, length - t.shape[1]))
+
+
+class GradientMatchingLabels:
+    """``fit`` on auxiliary (A2, mask, y); ``run`` on victims' (A2, mask, g, y) → the attribute-attack row."""
+
+    name, kind = NAME, "attribute"
+
+    def __init__(self, surrogate_top: nn.Module, cfg: AttackConfig, seed: int = 0):
+        self.top, self.cfg, self.seed = surrogate_top, cfg, seed
+        self.majority = 0
+        self.classes = 2
+
+    @torch.no_grad()
+    def observe_aux(self, encode, data: TokenizedSplit, pad_id: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The attacker's own A2 of ``data``: ``encode(input_ids, mask)`` is its bottom → A_b → middle."""
+        a2, masks = [], []
+        for idx in batch_indices(data.lengths, 64, shuffle=False, bucketing=False):
+            batch = collate(data, idx, pad_id)
+            a2.append(_pad(encode(batch.input_ids, batch.attention_mask), length))
+            masks.append(_pad(batch.attention_mask, length))
+        return torch.cat(a2), torch.cat(masks)
+
+    def fit(self, a2: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> list[float]:
+        """Fit the surrogate Â_t with cross-entropy on the auxiliary A2 (``attack.probe_epochs``, ``probe_lr``)."""
+        labels = labels.long()
+        counts = np.bincount(labels.numpy())
+        self.majority, self.classes = int(counts.argmax()), max(2, len(counts))
+
+        def loss_of(idx):
+            idx = torch.as_tensor(idx)
+            return F.cross_entropy(self.top(a2[idx], mask[idx]), labels[idx])
+
+        return fit_minibatch(self.top, len(labels), loss_of, self.cfg.probe_epochs, self.cfg.batch_size, self.cfg.probe_lr,
+                             self.seed)  # fmt: skip
+
+    def predict(self, a2: torch.Tensor, mask: torch.Tensor, grads: torch.Tensor) -> np.ndarray:
+        """ŷ per sample: the class whose surrogate gradient is closest in cosine to the received one."""
+        self.top.eval()
+        real = mask.unsqueeze(-1).float()
+        observed = (grads.float() * real).flatten(1)
+        scores = []
+        for c in range(self.classes):
+            x = a2.detach().float().clone().requires_grad_(True)
+            logits = self.top(x, mask)
+            loss = F.cross_entropy(logits, torch.full((len(x),), c, dtype=torch.long), reduction="sum")
+            (g,) = torch.autograd.grad(loss, x)
+            scores.append(F.cosine_similarity((g * real).flatten(1), observed, dim=1))
+        return torch.stack(scores, 1).argmax(1).numpy()
+
+    def run(self, a2: torch.Tensor, mask: torch.Tensor, grads: torch.Tensor, labels: torch.Tensor) -> dict:
+        predicted = np.concatenate([self.predict(a2[i : i + 64], mask[i : i + 64], grads[i : i + 64])
+                                    for i in range(0, len(a2), 64)])  # fmt: skip
+        return {"attack": self.name, "kind": self.kind, **score_classes(predicted, labels.numpy(), self.majority)}
+
+
+class GradientVictims:
+    """The latest ``size`` samples' (A2, mask, g, y) the cloud saw, padded to ``length`` positions."""
+
+    def __init__(self, size: int | None, length: int):
+        self.size, self.length = size, length
+        self.parts: list[tuple[torch.Tensor, ...]] = []
+
+    def add(self, a2: torch.Tensor, mask: torch.Tensor, grads: torch.Tensor, labels: torch.Tensor) -> None:
+        self.parts.append((_pad(a2, self.length), _pad(mask, self.length), _pad(grads, self.length), labels))
+        while self.size is not None and len(self.parts) > 1 and sum(len(p[3]) for p in self.parts[1:]) >= self.size:
+            self.parts.pop(0)
+
+    def take(self) -> tuple[torch.Tensor, ...]:
+        a2, mask, grads, labels = (torch.cat(x) for x in zip(*self.parts))
+        self.parts = []
+        keep = slice(-self.size, None) if self.size is not None else slice(None)
+        return a2[keep], mask[keep], grads[keep], labels[keep]
+
+    def __len__(self) -> int:
+        return sum(len(p[3]) for p in self.parts)
+
+
+def surrogate_top(top_adapter: nn.Module, seed: int) -> nn.Module:
+    """A copy of the pretrained A_t with the head re-initialised from the attacker's own seed (it never sees the device's)."""
+    surrogate = copy.deepcopy(top_adapter)
+    generator_state = torch.get_rng_state()
+    torch.manual_seed(seed)
+    for module in surrogate.head.modules():
+        if isinstance(module, nn.Linear):
+            module.reset_parameters()
+    torch.set_rng_state(generator_state)
+    surrogate.requires_grad_(True)
+    return surrogate
