@@ -48,3 +48,29 @@ def plot_simulation_communication(runs: Mapping[str, pd.DataFrame], path: str | 
     grouped_bars(ax, values[sorted(values.columns)], value_format="{:.1f}")
     label(ax, "Uplink per training sample by split depth", "simulation run", "uplink (KiB / sample)")
     return save(fig, path)
+
+
+CHANNEL_PREFIX = "bytes_per_sample:"
+
+
+def channels_per_sample(table: pd.DataFrame) -> pd.DataFrame:
+    """KiB per sent sample on every channel (act_up, act_down, grad_up, grad_down, adapter_up, adapter_down),
+    one row per design/mechanism (mean over its points): what a simulation's devices exchanged beyond the bottom's
+    one-time download. Sweeps of ``runner: simulate`` have these columns; others raise NothingToPlot."""
+    columns = [c for c in table.columns if c.startswith(CHANNEL_PREFIX)]
+    rows = table.dropna(subset=columns, how="all") if columns else table.iloc[0:0]
+    if rows.empty:
+        raise NothingToPlot("no point reports bytes per channel (only `runner: simulate` sweeps do)")
+    wide = rows.groupby("mechanism", sort=False)[columns].mean() / KIB
+    wide.columns = [c.removeprefix(CHANNEL_PREFIX) for c in columns]
+    return wide.loc[[m for m in mechanisms(rows) if m in wide.index]].fillna(0.0)
+
+
+def plot_channels(table: pd.DataFrame, path: str | Path) -> Path:
+    """Grouped bars: KiB per sample on each channel, one group per design/mechanism, one bar per channel."""
+    values = channels_per_sample(table)
+    fig, (ax,) = panels(1, size=(bar_chart_width(values.size), 3.8))
+    grouped_bars(ax, values, value_format="{:.0f}")
+    ax.set_yscale("symlog", linthresh=1.0)
+    label(ax, "Traffic per sample and channel", "design / mechanism", "KiB / sample (symlog)")
+    return save(fig, path)

@@ -16,7 +16,7 @@ from privtune_ray import __version__
 from privtune_ray.errors import ConfigError
 
 from .attack_success import plot_attack_success
-from .communication import plot_communication, plot_simulation_communication
+from .communication import channels_per_sample, plot_channels, plot_communication, plot_simulation_communication
 from .frontier import plot_frontier
 from .headline import headline_table, markdown_table
 from .overhead import overhead_by_tier, plot_overhead
@@ -158,6 +158,7 @@ def _sweep_section(path: Path, root: Path, out: Path, threshold: float) -> str:
                      threshold=threshold),
              "### Communication",
              _figure(out, f"communication-{slug}.png", "uplink per sample", plot_communication, table),
+             *_channel_parts(table, out, slug),
              "### All finished points",
              _view(table, _sweep_view(table)) if not table.empty else "No point finished.",
              "### Failed points",
@@ -165,9 +166,34 @@ def _sweep_section(path: Path, root: Path, out: Path, threshold: float) -> str:
     return "\n\n".join(parts)
 
 
+def _channel_parts(table: pd.DataFrame, out: Path, slug: str) -> list[str]:
+    """Bytes per channel (simulate sweeps: GuardedTuning's activations, gradients and adapters beside the uploads
+    of the split designs); nothing for sweeps without them."""
+    try:
+        values = channels_per_sample(table)
+    except NothingToPlot:
+        return []
+    return ["### Traffic per channel",
+            "KiB per sent sample and channel, mean over each design's points (`_up`: device → cloud; the bottom's "
+            "and emulator's one-time download is not included):",
+            markdown_table(values, ".1f", index=True),
+            _figure(out, f"channels-{slug}.png", "traffic per channel", plot_channels, table)]  # fmt: skip
+
+
+def _channel_totals(run: SimulationRun) -> str:
+    """Bytes per channel of a simulation run (summary ``bytes_by_channel``), total and per sent sample."""
+    channels = {k: v for k, v in (run.summary.get("bytes_by_channel") or {}).items() if v}
+    if not channels:
+        return ""
+    sent = max(run.summary.get("sent_samples") or 0, 1)
+    frame = pd.DataFrame({"channel": list(channels), "MiB": [v / MIB for v in channels.values()],
+                          "KiB per sample": [v / KIB / sent for v in channels.values()]})  # fmt: skip
+    return f"Bytes per channel (design `{run.summary.get('design', 'split')}`):\n\n" + markdown_table(frame, ".1f")
+
+
 def _run_numbers(run: SimulationRun) -> str:
     s = run.summary
-    numbers = [("dataset", s.get("dataset")), ("mechanism", s.get("mechanism")), ("devices", s.get("devices")),
+    numbers = [("dataset", s.get("dataset")), ("mechanism", s.get("mechanism")), ("design", s.get("design", "split")), ("devices", s.get("devices")),
                ("rounds", s.get("rounds")), ("dev accuracy (%)", _scaled(s.get("dev_accuracy"), 100, ".2f")),
                ("uplink total (MiB)", _scaled(s.get("bytes_up"), 1 / MIB, ".1f")),
                ("downlink total (MiB)", _scaled(s.get("bytes_down"), 1 / MIB, ".1f")),
@@ -217,6 +243,7 @@ def _simulation_section(path: Path, root: Path, out: Path) -> str:
              "### Communication",
              _figure(out, f"communication-{slug}.png", "uplink per sample by depth", plot_simulation_communication,
                      {run.name: run.devices}),
+             _channel_totals(run),
              f"### Round timeline{timeline_round}",
              _figure(out, f"timeline-{slug}.png", "round timeline", plot_timeline, run.devices, run.rounds),
              "### Accuracy by depth",

@@ -25,6 +25,9 @@ from .suite import AttackSuite, headline, load_aux, long_rows, probe_attributes
 
 
 def run_attack_evaluation(cfg: Config, out: str | os.PathLike | None = None, log=print) -> Path:
+    from ..training.loop import require_one_cut
+
+    require_one_cut(cfg, "attack")
     spec = get_spec(cfg.data.dataset)
     probe_attributes(cfg.attack, cfg.data.dataset)  # bad input fails before anything is written
     split = load_split_model(cfg.model.name, cfg.model.split_depth, num_labels=max(spec.num_labels, 2))

@@ -57,7 +57,7 @@ class GuardedLayout:
     def check(cls, depth: int, m: int, a: int, emulator_keep: float = 0.5, model: str = "the model") -> "GuardedLayout":
         if a < 1 or m + 2 * a > depth - 1:
             most = (depth - 1 - m) // 2
-            fix = (f"set design.adapter_layers to 1..{most}" if most >= 1 else
+            fix = (f"set design.adapter_layers={most}" if most == 1 else f"set design.adapter_layers to 1..{most}" if most > 1 else
                    f"lower model.split_depth to at most {depth - 3}")  # fmt: skip
             raise ConfigError(
                 f"design.adapter_layers={a} with model.split_depth={m} leaves no middle block on the server in "

@@ -50,6 +50,13 @@ def row_from_summary(summary: dict[str, Any]) -> dict[str, Any]:
         "device_compute_s": summary.get("device_compute_s", summary.get("bottom_compute_s")),
         "top_s": summary.get("top_s", summary.get("top_compute_s")), "run_dir": summary.get("run_dir"),
     }  # fmt: skip
+    sent = summary.get("sent_samples") or summary.get("train_samples") or 0
+    for channel, n_bytes in (summary.get("bytes_by_channel") or {}).items():  # simulate: what crossed, per channel
+        row[f"bytes_per_sample:{channel}"] = n_bytes / sent if sent else None
+    spent = (summary.get("dp_sgd") or {}).get("spent") or {}
+    for accountant in ("edgeworth", "pld", "rdp"):  # EW-Tune: the DP-SGD ε spent, per accountant
+        if f"epsilon_{accountant}" in spent:
+            row[f"dp_epsilon_{accountant}"] = spent[f"epsilon_{accountant}"]
     for attack, result in (summary.get("attacks") or {}).items():
         metric = "asr_top1" if result.get("kind") == "inversion" else "advantage"
         row[f"{attack}:{metric}"] = result.get(metric)

@@ -114,9 +114,22 @@ def classification_spec(cfg: Config, command: str):
     return spec
 
 
+def require_one_cut(cfg: Config, command: str) -> None:
+    """``train`` and ``attack`` run the designs with one cut (split, ewtune); GuardedTuning's run in ``simulate``."""
+    from ..designs.guarded import GUARDED
+
+    if cfg.design.name in GUARDED:
+        raise ConfigError(
+            f"design.name={cfg.design.name} (GuardedTuning) runs under `privtune-ray simulate`, not `{command}`: a "
+            f"population of one device is the single-client setting (--set simulation.devices=1 "
+            f"--set simulation.devices_per_round=1), e.g. simulations/sst2_designs.yaml"
+        )
+
+
 def train_spec(cfg: Config):
     """``privtune-ray train``: a classification dataset with a classifier, or a generation dataset (SQuAD)
     with a causal LM; a mismatch is an error naming the key to change."""
+    require_one_cut(cfg, "train")
     spec = get_spec(cfg.data.dataset)
     if spec.task == "generation" and cfg.model.task != "causal-lm":
         raise ConfigError(f"data.dataset={cfg.data.dataset!r} is a generation task: set model.task=causal-lm and a "
