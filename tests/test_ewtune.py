@@ -118,3 +118,72 @@ def test_ewtune_training_records_the_epsilon_spent_as_it_goes(tmp_path):
                                             "design.max_noise_multiplier=1", "data.max_train_samples=320",
                                             "train.max_steps=6"]), tmp_path / "bad", log=quiet)  # fmt: skip
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_dp_step_over_several_messages_equals_one_over_their_union(minilm, tokenizer):
+    """σ = 0, C = ∞: clipped sums accumulated message by message (a simulation round) = the plain summed gradient."""
+    split = split_model(copy.deepcopy(minilm), 2)
+    dev = tokenize_split(load_split("sst2", "dev", max_samples=8, seed=0), tokenizer, 64)
+    client = SplitClient(split.bottom, Mechanism())
+    parts = [client.encode(collate(dev, idx, tokenizer.pad_token_id)) for idx in (np.arange(3), np.arange(3, 8))]
+    plan = DPPlan(0.1, 1, 0.0, 1e9, 1e-5, 1.0, 0.0, 0.0, 0.0)
+    tops = [_no_dropout(copy.deepcopy(split.top)) for _ in range(2)]
+    plain, dp = TopServer(tops[0], *_sgd(tops[0])), DPTopServer(tops[1], *_sgd(tops[1]), plan, expected_batch_size=8)
+    for server in (plain, dp):
+        for msg in parts:
+            server.accumulate(msg)
+        server.step(8)
+    for a, b in zip(tops[0].parameters(), tops[1].parameters(), strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-7)
+
+
+SIM = ["data.max_train_samples=400", "data.max_eval_samples=64", "simulation.devices=20", "simulation.rounds=4",
+       "simulation.devices_per_round=4", "simulation.local_batch_size=16", "train.progress=false", "design.name=ewtune",
+       "design.target_epsilon=8", "simulation.partition=iid", "simulation.tiers=[{name: one, memory_mb: 4096}]"]  # fmt: skip
+DEVICES = Path(__file__).parents[1] / "simulations" / "sst2_devices.yaml"
+
+
+def test_ewtune_in_simulate_composes_epsilon_over_poisson_rounds(tmp_path):
+    from privtune_ray.simulation import run_simulation
+
+    run = run_simulation(load_config(DEVICES, SIM), out=tmp_path / "sim", log=quiet)
+    rounds, devices = pd.read_csv(run / "rounds.csv"), pd.read_csv(run / "devices.csv")
+    summary = json.loads((run / "summary.json").read_text())
+    dp = summary["dp_sgd"]
+    # 20 devices of 20 samples, 4 per round expected: q = (4/20)·min(1, 16/20) = 0.16 per sample per round
+    assert dp["sample_rate"] == pytest.approx(0.2 * 16 / 20) and dp["steps"] == 4
+    assert dp["epsilon_edgeworth"] == pytest.approx(8.0, abs=1e-3)
+    # cumulative: ε grows every round and ends at the plan's, the PLD beside the Edgeworth one
+    for accountant in ("epsilon_edgeworth", "epsilon_pld", "epsilon_rdp"):
+        assert rounds[accountant].is_monotonic_increasing and rounds[accountant].iloc[-1] == pytest.approx(dp[accountant])
+    plan = DPPlan(**{k: v for k, v in dp.items() if k in DPPlan.__dataclass_fields__})
+    assert rounds["epsilon_pld"].tolist() == pytest.approx([spent_epsilon(plan, r)["epsilon_pld"] for r in (1, 2, 3, 4)])
+    # Poisson rounds: the number of devices and of their samples varies
+    assert rounds["selected"].nunique() > 1 or devices["samples"].nunique() > 1
+    assert summary["design"] == "ewtune" and rounds["samples"].sum() == summary["train_samples"]
+
+
+def test_poisson_rounds_repeat_under_a_seed_and_sample_at_rate_q():
+    from privtune_ray.config import SimulationConfig
+    from privtune_ray.simulation.population import Population
+
+    sim = SimulationConfig(devices=50, devices_per_round=5, local_batch_size=4)
+    parts = [np.arange(10 * i, 10 * i + 10) for i in range(50)]
+    pops = [Population(sim, 3, np.zeros(50, np.int16), np.full(50, 2, np.int16), parts, poisson=True) for _ in range(2)]
+    plans = [[p.plan(r) for r in range(400)] for p in pops]
+    assert all([t.samples.tolist() for t in a.tasks] == [t.samples.tolist() for t in b.tasks] for a, b in zip(*plans))
+    sent = np.concatenate([t.samples for plan in plans[0] for t in plan.tasks])
+    # every sample: P(in a round) = (5/50)·(4/10) = 0.04, i.e. 16 of 400 rounds on average
+    assert pops[0].dp_sample_rate() == pytest.approx(0.04)
+    assert abs(len(sent) / (400 * 500) - 0.04) < 0.004
+    assert pops[0].expected_batch_size() == pytest.approx(0.1 * 50 * 4)
+
+
+@pytest.mark.parametrize("override,match", [("simulation.top_replicas=2", "top_replicas=1"),
+                                            ("simulation.deadline_s=5", "deadline_s=null")])  # fmt: skip
+def test_ewtune_in_simulate_refuses_what_breaks_its_account(override, match, tmp_path):
+    from privtune_ray.simulation import run_simulation
+
+    with pytest.raises(ConfigError, match=match):
+        run_simulation(load_config(DEVICES, SIM + [override]), out=tmp_path / "never", log=quiet)
+    assert not (tmp_path / "never").exists()

@@ -255,10 +255,7 @@ class MiddleServer(TopServer):
 
     def step(self, n_samples: int) -> None:
         self._pending.clear()
-        if self.trains:
-            super().step(n_samples)
-        else:
-            self.scheduler.step()
+        super().step(n_samples)  # a frozen middle has no trainable parameter: only the schedule moves
 
 
 def module_bytes(module: nn.Module) -> int:

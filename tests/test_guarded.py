@@ -1,0 +1,233 @@
+"""GuardedTuning: the layout, the protocol's gradients against plain autograd, the three designs in `simulate`
+(bytes per channel, attacks, gradient matching), bad input."""
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from privtune_ray.attacks.gradient_matching import GradientMatchingLabels
+from privtune_ray.config import AttackConfig, load_config
+from privtune_ray.data import load_split
+from privtune_ray.data.batching import collate, tokenize_split
+from privtune_ray.designs.guarded import (Blocks, ClientAdapters, GuardedClient, GuardedLayout, MiddleServer,
+                                          gradients_from_bytes, guarded_layout)  # fmt: skip
+from privtune_ray.designs.quantisation import quantised_bytes
+from privtune_ray.errors import ConfigError
+from privtune_ray.message import tensor_from_bytes
+from privtune_ray.models.split import BottomModel, family_of
+from privtune_ray.simulation import run_simulation
+from privtune_ray.training.loop import run_training
+from privtune_ray.training.server import build_optimizer, summed_loss
+
+DESIGNS = Path(__file__).parents[1] / "simulations" / "sst2_designs.yaml"
+# 12 devices, 3 rounds of 3 devices x 8 samples, no attacks unless a test asks.
+SMALL = ["data.max_train_samples=240", "data.max_eval_samples=32", "simulation.devices=12", "simulation.rounds=3",
+         "simulation.devices_per_round=3", "simulation.local_batch_size=8", "attack.enabled=false", "train.threads=2"]  # fmt: skip
+
+
+def quiet(*_):
+    pass
+
+
+def small(*extra):
+    return load_config(DESIGNS, SMALL + list(extra))
+
+
+def _no_dropout(module):
+    for m in module.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    return module
+
+
+@pytest.fixture(scope="module")
+def batch(tokenizer):
+    dev = tokenize_split(load_split("sst2", "dev", max_samples=6, seed=0), tokenizer, 32)
+    return collate(dev, np.arange(6), tokenizer.pad_token_id)
+
+
+def test_layout_puts_adapters_at_both_ends_and_refuses_a_missing_middle():
+    lay = GuardedLayout.check(6, 2, 1)
+    assert (lay.bottom_adapter, lay.middle, lay.top_adapter_start) == ([2], [3, 4], 5)
+    emulator = GuardedLayout.check(12, 0, 1, emulator_keep=0.5).emulator  # 10 middle blocks (2..11), half kept
+    assert len(emulator) == 5 and emulator[0] == 1 and emulator[-1] == 10 and emulator == sorted(set(emulator))
+    assert GuardedLayout.check(12, 0, 1, emulator_keep=1.0).emulator == list(range(1, 11))
+    with pytest.raises(ConfigError, match=r"design.adapter_layers=2 with model.split_depth=2 leaves no middle block.*adapter_layers=1"):
+        GuardedLayout.check(6, 2, 2)
+    with pytest.raises(ConfigError, match="lower model.split_depth"):
+        GuardedLayout.check(6, 4, 1)
+
+
+def test_online_protocol_gives_the_gradients_of_the_whole_model(minilm, batch):
+    """Cut twice, sent through fp32 payloads both ways: the same gradients as autograd on A_t(M(A_b(bottom(x))))."""
+    model = _no_dropout(copy.deepcopy(minilm))
+    lay = GuardedLayout.check(6, 2, 1)
+    family = family_of(model)
+    bottom = BottomModel(family, model, 2)
+    adapters = ClientAdapters(model, lay, "classification")
+    middle = Blocks(copy.deepcopy(model), lay.middle)
+    reference = (copy.deepcopy(adapters), copy.deepcopy(middle))
+
+    client = GuardedClient("online", bottom, adapters, dcor_weight=0.0, bits=None)
+    server = MiddleServer(middle, *build_optimizer(middle, load_config(None).train, 10), trains=True, bits=None)
+    a1 = client.upload(batch)
+    a2 = server.forward(7, a1, train=True)
+    loss, grad_up, top_grads = client.top_step(batch, a2)
+    grad_down = server.backward(7, grad_up)
+    _, bottom_grads = client.backward_bottom(batch, grad_down)
+
+    ref_adapters, ref_middle = reference
+    h = bottom(batch.input_ids, batch.attention_mask)
+    logits = ref_adapters.top(ref_middle(ref_adapters.bottom(h, batch.attention_mask), batch.attention_mask), batch.attention_mask)
+    ref_loss = summed_loss(logits, batch.labels)
+    ref_loss.backward()
+    assert loss == pytest.approx(ref_loss.item(), rel=1e-5)
+    for got, ref in [(top_grads, ref_adapters.top), (bottom_grads, ref_adapters.bottom)]:
+        for g, p in zip(got, ref.parameters(), strict=True):
+            torch.testing.assert_close(g, p.grad, rtol=1e-4, atol=1e-6)
+    for p, q in zip(middle.parameters(), ref_middle.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_gradfree_sends_no_gradient_and_offline_trains_against_the_emulator(minilm, batch):
+    model = _no_dropout(copy.deepcopy(minilm))
+    lay = GuardedLayout.check(6, 1, 1, emulator_keep=0.5)
+    assert lay.middle == [2, 3, 4] and lay.emulator == [2, 4]  # offsite-tuning drops every other middle block
+    bottom = BottomModel(family_of(model), model, 1)
+    gradfree = GuardedClient("gradfree", bottom, ClientAdapters(model, lay, "classification"), 0.5, bits=None)
+    middle = Blocks(copy.deepcopy(model), lay.middle)
+    server = MiddleServer(middle, *build_optimizer(middle.requires_grad_(False), load_config(None).train, 10), trains=False, bits=None)
+    a2 = server.forward(0, gradfree.upload(batch), train=True)
+    _, grad_up, top_grads = gradfree.top_step(batch, a2)
+    assert grad_up is None and all(g is not None for g in top_grads)
+    assert all(p.grad is None and not p.requires_grad for p in middle.parameters())
+
+    emulator = Blocks(copy.deepcopy(model), lay.emulator).requires_grad_(False)
+    adapters = ClientAdapters(model, lay, "classification")
+    offline = GuardedClient("offline", bottom, adapters, dcor_weight=0.5, bits=None, emulator=emulator)
+    loss, penalty, grads = offline.offline_step(batch)
+    ref = copy.deepcopy(adapters)
+    from privtune_ray.designs.dcor import distance_correlation
+
+    h = bottom(batch.input_ids, batch.attention_mask)
+    a1 = ref.bottom(h, batch.attention_mask)
+    total = summed_loss(ref.top(emulator(a1, batch.attention_mask), batch.attention_mask), batch.labels)
+    emb = bottom.embedding(batch.input_ids, batch.attention_mask, None)
+    total = total + 0.5 * len(a1) * distance_correlation(emb, a1)
+    total.backward()
+    assert 0 < penalty <= 0.5 * len(a1) and loss + penalty == pytest.approx(total.item(), rel=1e-5)
+    for g, p in zip(grads, ref.parameters(), strict=True):
+        torch.testing.assert_close(g, p.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_quantised_channels_cost_b_bits_per_value(minilm, batch):
+    model = copy.deepcopy(minilm)
+    lay = GuardedLayout.check(6, 2, 1)
+    client = GuardedClient("online", BottomModel(family_of(model), model, 2), ClientAdapters(model, lay, "classification"),
+                           0.0, bits=4)  # fmt: skip
+    middle = Blocks(copy.deepcopy(model), lay.middle)
+    server = MiddleServer(middle, *build_optimizer(middle, load_config(None).train, 10), trains=True, bits=4)
+    a2 = server.forward(1, client.upload(batch), train=True)
+    _, grad_up, _ = client.top_step(batch, a2)
+    shape = tuple(batch.attention_mask.shape) + (384,)
+    for payload in (a2, grad_up):
+        codes = quantised_bytes(shape, 4)
+        assert codes < len(payload) < codes + 600  # the codes, per-row scale and offset, and the safetensors header
+    exact = tensor_from_bytes(a2)
+    assert exact.shape == shape
+
+
+def test_guarded_layout_of_a_config_names_the_keys():
+    with pytest.raises(ConfigError, match="design.adapter_layers"):
+        guarded_layout(small("design.name=online", "model.split_depth=3", "design.adapter_layers=2"), 6)
+    for key, value, match in [("design.adapter_layers", 0, "adapter_layers"), ("design.dcor_weight", -1, "dcor_weight"),
+                              ("design.emulator_keep", 0, "emulator_keep"), ("design.bits", 17, "design.bits")]:  # fmt: skip
+        with pytest.raises(ConfigError, match=match):
+            small("design.name=online", f"{key}={value}")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """online with the attacks (a small suite and gradient matching), gradfree and offline at 8 bits."""
+    root = tmp_path_factory.mktemp("guarded")
+    attack = ["attack.enabled=true", "attack.names=[eia_knn_l2, aia_label]", "attack.aux_samples=60",
+              "attack.victim_samples=24", "attack.probe_epochs=3"]  # fmt: skip
+    return {"online": run_simulation(small("design.name=online", *attack), out=root / "online", log=quiet),
+            "gradfree": run_simulation(small("design.name=gradfree", "design.bits=8"), out=root / "gradfree", log=quiet),
+            "offline": run_simulation(small("design.name=offline", "design.bits=8", *attack), out=root / "offline",
+                                      log=quiet)}  # fmt: skip
+
+
+def test_each_design_records_the_bytes_of_every_channel(runs):
+    frames = {d: pd.read_csv(p / "devices.csv") for d, p in runs.items()}
+    sums = {d: json.loads((p / "summary.json").read_text()) for d, p in runs.items()}
+    for design, devices in frames.items():
+        up = devices[["bytes_act_up", "bytes_grad_up", "bytes_adapter_up"]].sum(axis=1)
+        assert (devices["bytes_up"] == up).all() and (devices["bytes_adapter_down"] > 1e6).all()
+        assert sums[design]["bytes_by_channel"]["adapter_up"] == devices["bytes_adapter_up"].sum()
+        assert sums[design]["design"] == design and 0 <= sums[design]["dev_accuracy"] <= 1
+    online, gradfree, offline = frames["online"], frames["gradfree"], frames["offline"]
+    # online: activations and gradients cross both cuts, the same shape each way (fp32)
+    assert (online["bytes_act_up"] > online["tokens"] * 384 * 4).all()
+    assert (online["bytes_grad_up"] == online["bytes_act_down"]).all() and (online["bytes_grad_down"] == online["bytes_act_down"]).all()
+    # gradfree: forward only, and 8-bit: about a quarter of online's fp32 activations
+    assert (gradfree[["bytes_grad_up", "bytes_grad_down"]] == 0).all().all()
+    ratio = gradfree["bytes_act_up"].sum() / online["bytes_act_up"].sum()
+    assert 0.2 < ratio < 0.3  # (d + 8) / (4d + 1) bytes per row, over the samples each run drew
+    assert gradfree["bytes_adapter_up"].iloc[0] < online["bytes_adapter_up"].iloc[0]  # only A_t's gradients
+    # offline: no per-sample tensor crosses; the emulator comes with the first download
+    assert (offline[["bytes_act_up", "bytes_act_down", "bytes_grad_up", "bytes_grad_down"]] == 0).all().all()
+    assert sums["offline"]["guarded"]["first_download_extra_bytes"] > 1e6 and sums["offline"]["guarded"]["emulator_blocks"] == [4]
+    first = offline.groupby("device").head(1)
+    assert (first["bytes_down"] > offline.drop(first.index)["bytes_down"].max()).all()
+    assert "attacks" not in sums["offline"] and not (runs["offline"] / "attacks.csv").exists()
+
+
+def test_online_is_attacked_on_its_uploads_and_by_gradient_matching(runs):
+    summary = json.loads((runs["online"] / "summary.json").read_text())
+    attacks = summary["attacks"]
+    assert set(attacks) == {"eia_knn_l2", "aia_label", "gm_label"}
+    # the server computed A2 and gets ∂ℓ/∂A2 back: the labels that never left the device are read off the gradients
+    assert attacks["gm_label"]["accuracy"] >= 0.9 and attacks["gm_label"]["advantage"] > 0.2
+    assert summary["max_aia_advantage"] == pytest.approx(max(a["advantage"] for a in attacks.values() if a["kind"] == "attribute"))
+    assert attacks["eia_knn_l2"]["asr_top1"] > 0.3  # A1 = blocks 1..3 of MiniLM: still close to its tokens
+    rows = pd.read_csv(runs["online"] / "attacks.csv")
+    assert set(rows["attack"]) == {"eia_knn_l2", "aia_label", "gm_label"}
+
+
+def test_gradient_matching_with_the_true_top_adapter_reads_every_label(minilm, batch):
+    """Against the device's own A_t the matched gradient is the received one: every label comes out."""
+    model = _no_dropout(copy.deepcopy(minilm))
+    lay = GuardedLayout.check(6, 2, 1)
+    adapters = ClientAdapters(model, lay, "classification")
+    a2 = torch.randn(len(batch.labels), batch.attention_mask.shape[1], 384)
+    x = a2.clone().requires_grad_(True)
+    (grads,) = torch.autograd.grad(summed_loss(adapters.top(x, batch.attention_mask), batch.labels), x)
+    attack = GradientMatchingLabels(adapters.top, AttackConfig())
+    assert (attack.predict(a2, batch.attention_mask, grads) == batch.labels.numpy()).all()
+
+
+def test_guarded_designs_refuse_what_they_cannot_do(tmp_path):
+    out = tmp_path / "never"
+    for extra, match in [(["mechanism.name=privtune"], "mechanism.name=none"), (["simulation.prefetch=true"], "prefetch"),
+                         (["simulation.deadline_s=5"], "deadline_s"), (["train.lora.enabled=true"], "lora"),
+                         (["design.adapter_layers=2"], "no middle block"),
+                         (["simulation.tiers=[{name: small, memory_mb: 75}]"], "cannot hold GuardedTuning")]:  # fmt: skip
+        with pytest.raises(ConfigError, match=match):
+            run_simulation(small("design.name=online", *extra), out=out, log=quiet)
+    with pytest.raises(ConfigError, match="runs under `privtune-ray simulate`"):
+        run_training(small("design.name=gradfree"), out=out, log=quiet)
+    assert not out.exists()
+
+
+def test_gradients_travel_as_safetensors():
+    from privtune_ray.designs.guarded import gradients_to_bytes
+
+    grads = [torch.randn(3, 2), None, torch.randn(4)]
+    back = gradients_from_bytes(gradients_to_bytes(grads), 3)
+    assert back[1] is None and torch.equal(back[0], grads[0]) and torch.equal(back[2], grads[2])
