@@ -5,6 +5,12 @@ uploads: fp32 h̃, and h̃ as 8-bit and 4-bit per-row codes (``design.bits``). A
 quantisation as a ratio to the bottom forward of the same batch, and its mean absolute error against fp32.
 EW-Tune uploads what plain split learning does (its DP acts on the cloud's update), so its bytes are the fp32 row.
 
+``designs``: bytes per training step and channel of the same batch for PrivTune (one upload) and the three
+GuardedTuning designs at m = 2 with one adapter block per end, fp32, 8-bit and 4-bit, each measured from the
+payloads of one real step of the protocol (online: A1 up, A2 down, ∂ℓ/∂A2 up, ∂ℓ/∂A1 down; gradfree: A1 up, A2
+down; offline: nothing per step, its one-time download and upload beside). One client, as in the papers: the
+adapter synchronisation of a many-device simulation comes on top (``simulate`` records it as adapter_up/down).
+
     python benchmarks/bench_communication.py [--out benchmarks/results/communication.json]
 """
 
@@ -48,12 +54,49 @@ def main() -> None:
         "quantise_8bit": lambda: quantise(hidden, 8),
     }, args.repeats)  # fmt: skip
     error = {f"{b}-bit": float((dequantise(quantise(hidden, b)) - hidden).abs().mean()) for b in (8, 4)}
+    designs = {"privtune": {f: {"act_up": row["bytes_per_step"]} for f, row in formats.items()}}
+    designs.update(guarded_step_bytes(split, batch, args.model))
     write_results(args.out, {
         "benchmark": "communication", "model": args.model, "split_depth": args.m, "batch": list(batch.input_ids.shape),
         "mechanism": "privtune", "threads": args.threads, "formats": formats,
         "quantise_8bit_ratio_to_bottom_forward": ratio_to(times, "quantise_8bit", "bottom_forward"),
         "mean_abs_error": error, "mean_abs_hidden": float(hidden.abs().mean()),
+        "designs": designs,
     })  # fmt: skip
+
+
+def guarded_step_bytes(split, batch, model_name: str) -> dict:
+    """Per channel, per wire format: the bytes of one step of each GuardedTuning design (and offline's one-time)."""
+    from privtune_ray.config import Config, DesignConfig, ModelConfig, TrainConfig
+    from privtune_ray.designs.guarded import Blocks, ClientAdapters, GuardedClient, MiddleServer, guarded_layout, module_bytes
+    from privtune_ray.models import load_task_model
+    from privtune_ray.models.split import depth_of
+    from privtune_ray.training.server import build_optimizer
+
+    task_model = load_task_model(model_name, num_labels=2)
+    cfg = Config(model=ModelConfig(name=model_name, split_depth=split.m), design=DesignConfig(name="online"))
+    layout = guarded_layout(cfg, depth_of(task_model))
+    out = {}
+    for design in ("online", "gradfree", "offline"):
+        out[design] = {}
+        for bits, fmt in ((None, "fp32"), (8, "8-bit"), (4, "4-bit")):
+            adapters = ClientAdapters(task_model, layout, "classification")
+            if design == "offline":
+                emulator = Blocks(task_model, layout.emulator)
+                out[design][fmt] = {"per_step": 0, "once_down": module_bytes(split.bottom)
+                                    + module_bytes(emulator) + module_bytes(adapters), "once_up": module_bytes(adapters)}  # fmt: skip
+                continue
+            client = GuardedClient(design, split.bottom, adapters, 0.5, bits)
+            middle = Blocks(task_model, layout.middle).requires_grad_(design == "online")
+            server = MiddleServer(middle, *build_optimizer(middle, TrainConfig(), 10), trains=design == "online", bits=bits)
+            a1 = client.upload(batch)
+            a2 = server.forward(0, a1, train=True)
+            _, grad_up, _ = client.top_step(batch, a2)
+            row = {"act_up": len(a1), "act_down": len(a2)}
+            if grad_up is not None:
+                row.update(grad_up=len(grad_up), grad_down=len(server.backward(0, grad_up)))
+            out[design][fmt] = {**row, "per_step": sum(row.values())}
+    return out
 
 
 if __name__ == "__main__":
