@@ -88,3 +88,27 @@ def test_cluster_launcher_config_passes_rays_schema():
     config = yaml.safe_load((Path(__file__).parents[1] / "simulations" / "cluster.yaml").read_text())
     validate_config(config)  # raises on an unknown or missing key
     assert any('pip install "torch==2.13.*" -e .' in c for c in config["setup_commands"])  # the Makefile's pin
+
+
+def test_guarded_online_on_ray_survives_a_killed_worker(ray_session, tmp_path):
+    """GuardedTuning online on actors: a worker killed between the protocol's phases is replaced (with the round's
+    adapters) and its phase re-run; the records equal the in-process run's."""
+    from test_guarded import small as guarded
+
+    killed = []
+
+    def kill_worker(coordinator, r):
+        if r == 1 and not killed:  # the A1 uploads are in; guarded_top and guarded_bottom are still to run
+            ray_session.kill(coordinator.backend.workers[0])
+            killed.append(r)
+
+    base = guarded("design.name=online", "design.bits=8")
+    inproc = run_simulation(base, out=tmp_path / "inprocess", log=quiet)
+    ray_cfg = guarded("design.name=online", "design.bits=8", *RAY, "simulation.device_workers=1")
+    out = run_simulation(ray_cfg, out=tmp_path / "ray", log=quiet, hooks={"training": kill_worker})
+    assert killed == [1] and "device_worker" in set(pd.read_csv(out / "faults.csv")["component"])
+    columns = ["round", "device", "status", "samples", "bytes_up", "bytes_down", "bytes_act_up", "bytes_grad_down"]
+    pd.testing.assert_frame_equal(pd.read_csv(out / "devices.csv")[columns], pd.read_csv(inproc / "devices.csv")[columns])
+    assert np.allclose(pd.read_csv(out / "rounds.csv")["loss"], pd.read_csv(inproc / "rounds.csv")["loss"], atol=1e-3)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["backend"]["backend"] == "ray" and summary["design"] == "online"

@@ -41,6 +41,7 @@ class Backend(ABC):
         self.workers = [self._start_worker() for _ in range(n_workers)]
         self.replicas = [self._start_replica() for _ in range(n_replicas)]
         self.faults: list[dict[str, Any]] = []  # drained by the coordinator into faults.csv
+        self.current_round = -1  # set by the coordinator: the round a fault is recorded under
 
     # ------------------------------------------------------------------ how a call is made (per backend)
 
@@ -262,7 +263,41 @@ class RayBackend(Backend):
         self._get([w.ping.remote() for w in self.workers] + [r.describe.remote() for r in self.replicas])  # started
 
     def _start_worker(self):
-        return self._worker_cls.remote(self._worker_ref)
+        worker = self._worker_cls.remote(self._worker_ref)
+        if getattr(self, "_broadcast", None):  # a replacement gets what every worker was told this round
+            method, args = self._broadcast
+            getattr(worker, method).remote(*args)
+        return worker
+
+    def broadcast(self, method: str, *args) -> None:
+        self._broadcast = (method, args)
+        super().broadcast(method, *args)
+
+    def on_workers(self, method: str, calls: list[tuple]) -> list:
+        """As :meth:`Backend.on_workers`; a call whose worker died re-runs on a replacement (the phases are
+        stateless and seeded, so the re-run returns what the lost one would have)."""
+        from ray.exceptions import RayActorError
+
+        n = len(self.workers)
+        refs = [self._call(self.workers[j % n], method, *args) for j, args in enumerate(calls)]
+        out = []
+        for j, (ref, args) in enumerate(zip(refs, calls)):
+            attempts = 1
+            while True:
+                try:
+                    out.append(self.ray.get(ref))
+                    break
+                except RayActorError as exc:
+                    if attempts > self.sim.max_retries:
+                        raise PrivtuneError(f"{method} failed {attempts} times: {exc}") from exc
+                    index = j % n
+                    if not self._alive(self.workers[index]):
+                        self.ray.kill(self.workers[index])
+                        self.workers[index] = self._start_worker()
+                        self.faults.append({"round": self.current_round, "component": "device_worker", "index": index,
+                                            "what": f"died ({exc.__class__.__name__})", "action": f"replaced; {method} re-run"})  # fmt: skip
+                    ref, attempts = self._call(self.workers[index], method, *args), attempts + 1
+        return out
 
     def _start_replica(self):
         return self._replica_cls.remote(self._replica_ref)

@@ -246,6 +246,7 @@ class Coordinator:
         while self.totals.rounds_done < self.sim.rounds:
             r = self.totals.rounds_done
             plan = self.population.plan(r)
+            self.backend.current_round = r
             if self.guarded is not None:  # the round's adapters, on every worker before its devices run
                 self.backend.broadcast("load_adapters", self.backend.share(self.guarded.state_blob()))
             pending = prefetched[1] if prefetched and prefetched[0] == r else self.backend.run_devices(plan.tasks)
