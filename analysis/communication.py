@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from privtune_ray.message import CHANNELS
+
 from .style import KIB, NothingToPlot, bar_chart_width, grouped_bars, label, mechanism_colors, panels, save
 from .tables import depth_label, mechanisms
 
@@ -57,7 +59,9 @@ def channels_per_sample(table: pd.DataFrame) -> pd.DataFrame:
     """KiB per sent sample on every channel (act_up, act_down, grad_up, grad_down, adapter_up, adapter_down),
     one row per design/mechanism (mean over its points): what a simulation's devices exchanged beyond the bottom's
     one-time download. Sweeps of ``runner: simulate`` have these columns; others raise NothingToPlot."""
-    columns = [c for c in table.columns if c.startswith(CHANNEL_PREFIX)]
+    order = {c: i for i, c in enumerate(CHANNELS)}
+    columns = sorted((c for c in table.columns if c.startswith(CHANNEL_PREFIX)),
+                     key=lambda c: order.get(c.removeprefix(CHANNEL_PREFIX), len(order)))  # fmt: skip
     rows = table.dropna(subset=columns, how="all") if columns else table.iloc[0:0]
     if rows.empty:
         raise NothingToPlot("no point reports bytes per channel (only `runner: simulate` sweeps do)")

@@ -16,6 +16,11 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 
+# What crosses a cut, by channel (``devices.csv`` has a ``bytes_<channel>`` column each): the split designs send
+# act_up only; GuardedTuning adds A2 (act_down), the gradients both ways and the adapters' synchronisation.
+CHANNELS = ("act_up", "act_down", "grad_up", "grad_down", "adapter_up", "adapter_down")
+
+
 @dataclass
 class Message:
     hidden: torch.Tensor  # h̃, float [B, L, d]

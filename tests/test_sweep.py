@@ -182,3 +182,22 @@ def test_simulate_and_attack_runners_fill_the_table(runner, tmp_path):
         assert row["rounds"] == summary["rounds"] == 2 and row["sim_time_s"] > 0 and row["utility"] == summary["dev_accuracy"]
     else:
         assert summary["victims"] == 16 and pd.isna(row["utility"])
+
+
+def test_designs_sweep_puts_every_design_in_the_table_and_the_report(tmp_path):
+    """The designs side by side (CI variant of simulations/sst2_designs.yaml): one row each, bytes per channel, the
+    DP-SGD ε of EW-Tune, gradient matching on online; the report's traffic-per-channel table."""
+    from analysis.report import write_report
+
+    base, spec, points = load_sweep(SIMULATIONS / "ci" / "sst2_designs.yaml")
+    out = run_sweep(base, spec, points, tmp_path / "designs", log=quiet)
+    table = pd.read_csv(out / "sweep.csv").set_index("mechanism")
+    assert (table["status"] == "done").all(), table["error"].tolist()
+    assert set(table.index) == {"none", "ewtune", "online", "gradfree", "offline"}
+    assert table.loc["online", "bytes_per_sample:grad_up"] > 0 and table.loc["gradfree", "bytes_per_sample:grad_up"] == 0
+    assert table.loc["offline", "bytes_per_sample:act_up"] == 0 and pd.isna(table.loc["offline", "max_eia_asr_top1"])
+    assert table.loc["none", "bytes_per_sample:act_up"] > 4 * table.loc["online", "bytes_per_sample:act_up"] * 0.9  # 8-bit
+    assert 0 < table.loc["ewtune", "dp_epsilon_edgeworth"] <= 8.0 + 1e-6 and table.loc["ewtune", "dp_epsilon_pld"] > 0
+    assert table.loc["online", "gm_label:advantage"] > 0
+    report = write_report(out).read_text()
+    assert "### Traffic per channel" in report and "| online |" in report and (out / "report" / "channels-designs.png").is_file()

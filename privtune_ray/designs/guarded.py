@@ -35,13 +35,12 @@ from safetensors.torch import save as st_save
 from torch import nn
 
 from ..errors import ConfigError
-from ..message import Message, tensor_from_bytes, tensor_to_bytes
+from ..message import CHANNELS, Message, tensor_from_bytes, tensor_to_bytes
 from ..models.split import BottomModel, TopModel, family_of, run_blocks
 from ..training.server import TopServer, summed_loss
 from .dcor import distance_correlation
 
 GUARDED = ("online", "gradfree", "offline")
-CHANNELS = ("act_up", "act_down", "grad_up", "grad_down", "adapter_up", "adapter_down")
 
 
 @dataclass(frozen=True)

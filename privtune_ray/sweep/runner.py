@@ -13,7 +13,7 @@ from ..config import Config
 # Columns every row has, in this order; the per-attack columns follow.
 ROW_KEYS = (
     "point", "status", "mechanism", "split_depth", "utility", "max_eia_asr_top1", "max_aia_advantage", "epsilon",
-    "eta_per_unit", "bytes_up_per_sample", "bytes_up", "bytes_down", "steps", "rounds", "train_wall_s", "sim_time_s",
+    "eta_per_unit", "dp_epsilon_edgeworth", "dp_epsilon_pld", "dp_epsilon_rdp", "bytes_up_per_sample", "bytes_up", "bytes_down", "steps", "rounds", "train_wall_s", "sim_time_s",
     "device_compute_s", "top_s", "run_dir", "error",
 )  # fmt: skip
 
