@@ -9,7 +9,8 @@ Round planning is a pure function of (seed, round, state): which devices are onl
 bandwidth jitter of each transfer. A dropped device's samples stay unsent (its cursor does not move).
 
 With ``poisson`` (DP-SGD, ``design: ewtune``) a round is a Poisson sample instead [ours, as DP-FedAvg treats
-client sampling]: each online device joins independently with p = devices_per_round / devices, and each of
+client sampling], drawn by Opacus' Poisson sampler: each online device joins independently with
+p = devices_per_round / devices, and each of
 its n_i samples joins independently with min(1, local_batch_size / n_i); a device that draws none sits the
 round out. Every sample is then in a round's batch with probability at most
 q = p · max_i min(1, b / n_i) (:meth:`dp_sample_rate`), the rate the accountant composes; availability and
@@ -21,9 +22,22 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 from ..config import SimulationConfig
 from .protocol import DeviceTask, derive_seed
+
+
+def poisson_sample(n: int, rate: float, seed: int) -> np.ndarray:
+    """Positions in range(n), each kept independently with probability ``rate``: one draw of Opacus' Poisson
+    sampler (``UniformWithReplacementSampler``, what its ``DPDataLoader`` batches by), seeded."""
+    from opacus.utils.uniform_sampler import UniformWithReplacementSampler
+
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    sampler = UniformWithReplacementSampler(num_samples=n, sample_rate=rate, steps=1,
+                                            generator=torch.Generator().manual_seed(seed))  # fmt: skip
+    return np.asarray(next(iter(sampler)), dtype=np.int64).reshape(-1)
 
 
 @dataclass
@@ -84,7 +98,7 @@ class Population:
         online = np.flatnonzero(rng.random(len(self)) < self._availability)
         drawn = None
         if self.poisson:
-            joins = online[rng.random(len(online)) < self.device_rate]
+            joins = online[poisson_sample(len(online), self.device_rate, derive_seed(self.seed, round_, 0x9015))]
             drawn = {int(i): self._poisson_samples(round_, int(i)) for i in joins}
             chosen = np.array([i for i, s in drawn.items() if len(s)], dtype=np.int64)
         else:
@@ -118,8 +132,7 @@ class Population:
         return min(1.0, self.sim.devices_per_round / len(self))
 
     def _poisson_samples(self, round_: int, i: int) -> np.ndarray:
-        rng = np.random.default_rng([self.seed, i, round_, 0x9015])
-        return self.parts[i][rng.random(len(self.parts[i])) < self._rates[i]]
+        return self.parts[i][poisson_sample(len(self.parts[i]), float(self._rates[i]), derive_seed(self.seed, i, round_, 0x9015))]
 
     def dp_sample_rate(self) -> float:
         """q: the largest probability with which any one sample is in a Poisson round's batch."""
