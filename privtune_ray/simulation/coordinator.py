@@ -582,7 +582,8 @@ def _summary(c: Coordinator, result: dict, attack_summary: dict) -> dict:
         tiers.append({"name": tier.name, "devices": int(members.sum()), "split_depth": int(pop.depth[members][0]) if members.any() else None,
                       "samples": int(sum(len(pop.parts[i]) for i in np.flatnonzero(members)))})  # fmt: skip
     return {
-        "name": cfg.name, "dataset": cfg.data.dataset, "model": cfg.model.name, "mechanism": cfg.mechanism.name,
+        "name": cfg.name, "dataset": cfg.data.dataset, "model": cfg.model.name, "split_depth": cfg.model.split_depth,
+        "mechanism": cfg.mechanism.name,
         "privacy": privacy.to_dict(), "seed": cfg.seed, "devices": len(pop), "tiers": tiers,
         "rounds": t.rounds_done, "dev_accuracy": result["accuracy"], "dev_loss": result["loss"],
         "dev_by_depth": {str(m): v for m, v in result["per_depth"].items()},

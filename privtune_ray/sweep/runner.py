@@ -104,4 +104,9 @@ def read_row(out: Path) -> dict[str, Any] | None:
     summary_path = Path(out) / "summary.json"
     if not summary_path.exists():
         return None
-    return {**row_from_summary(json.loads(summary_path.read_text())), "point": Path(out).name, "status": "done", "error": ""}
+    row = row_from_summary(json.loads(summary_path.read_text()))
+    if row["split_depth"] is None and (Path(out) / "config.yaml").exists():  # a summary without it: the run's config says
+        import yaml
+
+        row["split_depth"] = yaml.safe_load((Path(out) / "config.yaml").read_text())["model"]["split_depth"]
+    return {**row, "point": Path(out).name, "status": "done", "error": ""}
