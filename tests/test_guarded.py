@@ -231,3 +231,23 @@ def test_gradients_travel_as_safetensors():
     grads = [torch.randn(3, 2), None, torch.randn(4)]
     back = gradients_from_bytes(gradients_to_bytes(grads), 3)
     assert back[1] is None and torch.equal(back[0], grads[0]) and torch.equal(back[2], grads[2])
+
+
+def test_an_interrupted_guarded_run_resumes_to_the_same_records(tmp_path):
+    """A checkpoint holds the middle and the adapters with their optimisers: the resumed run's records are the
+    uninterrupted run's."""
+    cfg = ["design.name=online", "design.bits=8", "simulation.rounds=4", "simulation.checkpoint_every=2"]
+    full = run_simulation(small(*cfg), out=tmp_path / "full", log=quiet)
+
+    def interrupt(coordinator, r):
+        if r == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_simulation(small(*cfg), out=tmp_path / "cut", log=quiet, hooks={"training": interrupt})
+    resumed = run_simulation(small(*cfg), out=tmp_path / "cut", resume=True, log=quiet)
+    columns = ["round", "device", "status", "samples", "bytes_up", "bytes_act_down", "bytes_adapter_up"]
+    pd.testing.assert_frame_equal(pd.read_csv(resumed / "devices.csv")[columns], pd.read_csv(full / "devices.csv")[columns])
+    assert pd.read_csv(resumed / "rounds.csv")["loss"].tolist() == pytest.approx(pd.read_csv(full / "rounds.csv")["loss"].tolist(), abs=1e-6)
+    a, b = (json.loads((p / "summary.json").read_text()) for p in (resumed, full))
+    assert a["dev_loss"] == pytest.approx(b["dev_loss"], abs=1e-5)

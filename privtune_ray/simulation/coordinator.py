@@ -145,9 +145,7 @@ def prepare_guarded(cfg: Config, task_model, footprint: BottomFootprint):
                 f"device tier {tier.name!r} (memory_mb={tier.memory_mb:g}) cannot hold GuardedTuning's {layout.m} frozen "
                 f"and {2 * layout.a} adapter blocks: raise its memory_mb, or lower model.split_depth or design.adapter_layers"
             )
-    rounds = GuardedRounds(cfg, task_model, layout)
-    rounds.first_extra_bytes = rounds.first_download_bytes(task_model)
-    return rounds
+    return GuardedRounds(cfg, task_model, layout)
 
 
 def plan_simulated_dp(cfg: Config, population: Population):

@@ -53,6 +53,9 @@ class GuardedRounds:
         self.params = self.adapters.trainable(self.design)
         self.optimizer, self.scheduler = build_optimizer(self.adapters, cfg.train, cfg.simulation.rounds)
         self.trainable_bytes = module_bytes(self.adapters.top if self.design == "gradfree" else self.adapters)
+        self.first_extra_bytes = self.first_download_bytes(task_model)  # once, beside the bottom
+        self._blobs: dict[int, list[bytes]] = {}  # the round's adapter gradients per device, until step
+        self.last_returned: dict[int, tuple[bytes, bytes]] = {}  # online: (A2, ∂ℓ/∂A2) per device, for gradient matching
 
     def first_download_bytes(self, task_model) -> int:
         """What a device downloads once besides the bottom: A_b where it is frozen (gradfree), the emulator (offline)."""
@@ -70,7 +73,8 @@ class GuardedRounds:
     # ------------------------------------------------------------------ a round
 
     def exchange(self, backend, on_time: list[int], tasks: dict, payloads: dict, reports: dict) -> tuple[dict, list[TopResult]]:
-        """Run the phases after the device tasks for the ``on_time`` devices; returns their exchanges and results."""
+        """Run the phases after the device tasks for the ``on_time`` devices; returns their exchanges and results.
+        The devices' adapter gradients are held until :meth:`step`."""
         ex = {i: DeviceExchange() for i in on_time}
         if self.design == "offline":
             blobs = {i: [backend.fetch(payloads[i])] for i in on_time}
@@ -82,7 +86,8 @@ class GuardedRounds:
             for i in on_time:
                 ex[i].channels["act_up"] = len(a1[i])
                 ex[i].transfers_up.append(len(a1[i]))
-            a2, middle_s = backend.middle("middle_forward", on_time, [a1[i] for i in on_time], True)
+            keys = [tasks[i].seed for i in on_time]  # per (device, round): names the message, seeds the middle's dropout
+            a2, middle_s = backend.middle("middle_forward", keys, [a1[i] for i in on_time], True)
             tops = backend.on_workers("guarded_top", [(tasks[i], a2[j]) for j, i in enumerate(on_time)])
             blobs = {}
             for j, i in enumerate(on_time):
@@ -98,7 +103,7 @@ class GuardedRounds:
                     e.transfers_up.append(len(grad_up))
             self.last_returned = {i: (a2[j], tops[j][1]) for j, i in enumerate(on_time)} if self.design == "online" else {}
             if self.design == "online":
-                ga1, back_s = backend.middle("middle_backward", on_time, [tops[j][1] for j in range(len(on_time))])
+                ga1, back_s = backend.middle("middle_backward", keys, [tops[j][1] for j in range(len(on_time))])
                 bottoms = backend.on_workers("guarded_bottom", [(tasks[i], ga1[j]) for j, i in enumerate(on_time)])
                 for j, i in enumerate(on_time):
                     penalty, bottom_blob, seconds = bottoms[j]
@@ -124,7 +129,7 @@ class GuardedRounds:
         lr = self.optimizer.param_groups[0]["lr"]
         n_params = len(self.params)
         total: list[torch.Tensor | None] = [None] * n_params
-        for blobs in getattr(self, "_blobs", {}).values():
+        for blobs in self._blobs.values():
             grads = self._device_gradients(blobs)
             for k, g in enumerate(grads):
                 if g is not None:
