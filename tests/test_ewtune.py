@@ -74,6 +74,10 @@ def test_sigma_is_calibrated_by_edgeworth_with_pld_and_rdp_beside_it():
     assert plan.sample_rate == pytest.approx(32 / 67_000)
     assert plan.epsilon_edgeworth == pytest.approx(3.0, abs=1e-3) and plan.noise_multiplier > 0.3
     assert plan.epsilon_pld > 0 and plan.epsilon_rdp >= plan.epsilon_pld  # RDP is the looser bound
+    # at q = 32/67,000 the Edgeworth expansion is far off (PLD 6.9 for the target 3) and the plan says so; at q = 1/30,
+    # T = 600 it is within 4 % and above the PLD bound: no warning
+    assert "PLD gives epsilon 6.9" in plan.pld_warning()
+    assert plan_dp_sgd(DesignConfig(name="ewtune", target_epsilon=3.0), 1 / 30, 600).pld_warning() is None
     spent = [spent_epsilon(plan, t)["epsilon_pld"] for t in (0, 500, 1_000, 2_000)]
     assert spent[0] == 0 and spent == sorted(spent) and spent[-1] == pytest.approx(plan.epsilon_pld)
 
@@ -146,8 +150,11 @@ DEVICES = Path(__file__).parents[1] / "simulations" / "sst2_devices.yaml"
 def test_ewtune_in_simulate_composes_epsilon_over_poisson_rounds(tmp_path):
     from privtune_ray.simulation import run_simulation
 
-    run = run_simulation(load_config(DEVICES, SIM), out=tmp_path / "sim", log=quiet)
+    lines = []
+    run = run_simulation(load_config(DEVICES, SIM), out=tmp_path / "sim", log=lines.append)
     rounds, devices = pd.read_csv(run / "rounds.csv"), pd.read_csv(run / "devices.csv")
+    # 4 steps at q = 0.16: the Edgeworth ε meets the target 8, the PLD bound does not, and the run says so
+    assert any("warning: PLD gives epsilon 10." in line for line in lines)
     summary = json.loads((run / "summary.json").read_text())
     dp = summary["dp_sgd"]
     # 20 devices of 20 samples, 4 per round expected: q = (4/20)·min(1, 16/20) = 0.16 per sample per round

@@ -47,6 +47,14 @@ class DPPlan:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def pld_warning(self, tolerance: float = 0.05) -> str | None:
+        """A line when the PLD ε (a bound) exceeds the target the Edgeworth ε (an approximation) was calibrated to."""
+        if self.epsilon_pld <= self.target_epsilon * (1 + tolerance):
+            return None
+        return (f"warning: PLD gives epsilon {self.epsilon_pld:.3f} for this schedule, above the target "
+                f"{self.target_epsilon:g} that the Edgeworth approximation meets (q = {self.sample_rate:.3g}, T = {self.steps}): "
+                f"the Edgeworth expansion is not a bound; quote the PLD epsilon, or lower design.target_epsilon")
+
 
 def plan_dp_sgd(design: DesignConfig, sample_rate: float, steps: int) -> DPPlan:
     """Calibrate σ for ``design.target_epsilon`` over ``steps`` Poisson steps of rate q = ``sample_rate``

@@ -203,6 +203,8 @@ def run_training(cfg: Config, out: str | os.PathLike | None = None, resume: bool
         log(f"privtune-ray: EW-Tune DP-SGD: q = {dp_plan.sample_rate:.5f}, T = {dp_plan.steps}, sigma = "
             f"{dp_plan.noise_multiplier:.4f}, C = {dp_plan.clip_norm:g}: epsilon {dp_plan.epsilon_edgeworth:.3f} (Edgeworth), "
             f"{dp_plan.epsilon_pld:.3f} (PLD), {dp_plan.epsilon_rdp:.3f} (RDP) at delta {dp_plan.delta:g}")  # fmt: skip
+        if dp_plan.pld_warning():
+            log(f"privtune-ray: {dp_plan.pld_warning()}")
 
     counters = Counters()
     if resume:
