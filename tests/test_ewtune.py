@@ -157,8 +157,8 @@ def test_ewtune_in_simulate_composes_epsilon_over_poisson_rounds(tmp_path):
     assert any("warning: PLD gives epsilon" in line and "above the target 8" in line for line in lines), lines[:3]
     summary = json.loads((run / "summary.json").read_text())
     dp = summary["dp_sgd"]
-    # 20 devices of 20 samples, 4 per round expected: q = (4/20)·min(1, 16/20) = 0.16 per sample per round
-    assert dp["sample_rate"] == pytest.approx(0.2 * 16 / 20) and dp["steps"] == 4
+    # 400 samples on 20 devices, 4 × 16 expected per round: every sample joins a round with q = 64 / 400 = 0.16
+    assert dp["sample_rate"] == pytest.approx(64 / 400) and dp["steps"] == 4
     assert dp["epsilon_edgeworth"] == pytest.approx(8.0, abs=1e-3)
     # cumulative: ε grows every round and ends at the plan's, the PLD beside the Edgeworth one
     for accountant in ("epsilon_edgeworth", "epsilon_pld", "epsilon_rdp"):
@@ -180,10 +180,15 @@ def test_poisson_rounds_repeat_under_a_seed_and_sample_at_rate_q():
     plans = [[p.plan(r) for r in range(400)] for p in pops]
     assert all([t.samples.tolist() for t in a.tasks] == [t.samples.tolist() for t in b.tasks] for a, b in zip(*plans))
     sent = np.concatenate([t.samples for plan in plans[0] for t in plan.tasks])
-    # every sample: P(in a round) = (5/50)·(4/10) = 0.04, i.e. 16 of 400 rounds on average
+    # every sample independently: P(in a round) = 5 · 4 / 500 = 0.04, i.e. 16 of 400 rounds on average
     assert pops[0].dp_sample_rate() == pytest.approx(0.04)
     assert abs(len(sent) / (400 * 500) - 0.04) < 0.004
-    assert pops[0].expected_batch_size() == pytest.approx(0.1 * 50 * 4)
+    assert pops[0].expected_batch_size() == pytest.approx(0.04 * 500)
+    # releases count each sample's draws
+    for plan in plans[0]:
+        pops[0].commit(plan)
+    counts = np.bincount(sent, minlength=500)
+    assert [pops[0].releases(i) for i in range(3)] == [int(counts[10 * i : 10 * i + 10].max()) for i in range(3)]
 
 
 @pytest.mark.parametrize("override,match", [("simulation.top_replicas=2", "top_replicas=1"),
@@ -194,3 +199,24 @@ def test_ewtune_in_simulate_refuses_what_breaks_its_account(override, match, tmp
     with pytest.raises(ConfigError, match=match):
         run_simulation(load_config(DEVICES, SIM + [override]), out=tmp_path / "never", log=quiet)
     assert not (tmp_path / "never").exists()
+
+
+def test_an_interrupted_ewtune_simulation_resumes_with_the_same_noise(tmp_path):
+    """The checkpoint keeps the DP noise generator: the resumed run's losses and ε rows equal an uninterrupted run's."""
+    from privtune_ray.simulation import run_simulation
+
+    cfg = SIM + ["simulation.checkpoint_every=2"]
+    full = run_simulation(load_config(DEVICES, cfg), out=tmp_path / "full", log=quiet)
+
+    def interrupt(coordinator, r):
+        if r == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_simulation(load_config(DEVICES, cfg), out=tmp_path / "cut", log=quiet, hooks={"training": interrupt})
+    resumed = run_simulation(load_config(DEVICES, cfg), out=tmp_path / "cut", resume=True, log=quiet)
+    a, b = pd.read_csv(resumed / "rounds.csv"), pd.read_csv(full / "rounds.csv")
+    assert a["samples"].tolist() == b["samples"].tolist() and a["epsilon_pld"].tolist() == b["epsilon_pld"].tolist()
+    assert a["loss"].tolist() == pytest.approx(b["loss"].tolist(), abs=1e-6)
+    sa, sb = (json.loads((p / "summary.json").read_text()) for p in (resumed, full))
+    assert sa["dev_loss"] == pytest.approx(sb["dev_loss"], abs=1e-6)

@@ -43,6 +43,7 @@ class DPPlan:
     epsilon_edgeworth: float
     epsilon_pld: float
     epsilon_rdp: float
+    edgeworth_order: int = 2
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -76,14 +77,14 @@ def plan_dp_sgd(design: DesignConfig, sample_rate: float, steps: int) -> DPPlan:
     accountant.step(noise_multiplier=sigma, sample_rate=q, num_steps=steps)
     return DPPlan(q, steps, sigma, design.clip_norm, design.delta, design.target_epsilon,
                   accountant.get_epsilon(design.delta), pld_epsilon(design.delta, q, sigma, steps),
-                  rdp_epsilon(design.delta, q, sigma, steps))  # fmt: skip
+                  rdp_epsilon(design.delta, q, sigma, steps), design.edgeworth_order)  # fmt: skip
 
 
 def spent_epsilon(plan: DPPlan, steps_done: int) -> dict[str, float]:
     """ε spent after ``steps_done`` of the plan's steps, per accountant (0 before the first step)."""
     if steps_done == 0:
         return {"epsilon_edgeworth": 0.0, "epsilon_pld": 0.0, "epsilon_rdp": 0.0}
-    accountant = EdgeworthAccountant()
+    accountant = EdgeworthAccountant(order=plan.edgeworth_order)
     accountant.step(noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate, num_steps=steps_done)
     return {"epsilon_edgeworth": accountant.get_epsilon(plan.delta),
             "epsilon_pld": pld_epsilon(plan.delta, plan.sample_rate, plan.noise_multiplier, steps_done),

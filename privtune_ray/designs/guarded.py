@@ -57,7 +57,8 @@ class GuardedLayout:
         if a < 1 or m + 2 * a > depth - 1:
             most = (depth - 1 - m) // 2
             fix = (f"set design.adapter_layers={most}" if most == 1 else f"set design.adapter_layers to 1..{most}" if most > 1 else
-                   f"lower model.split_depth to at most {depth - 3}")  # fmt: skip
+                   f"lower model.split_depth to at most {depth - 1 - 2 * a}" if depth - 1 - 2 * a >= 0 else
+                   "use a deeper model")  # fmt: skip
             raise ConfigError(
                 f"design.adapter_layers={a} with model.split_depth={m} leaves no middle block on the server in "
                 f"{model}'s {depth} blocks (GuardedTuning needs split_depth + 2·adapter_layers <= {depth - 1}): {fix}"
@@ -202,6 +203,7 @@ class GuardedClient:
         """offline: A_t(M'(A1)) against the emulator, all on the device. Returns (Σ CE, α·B·dCor, adapter gradients)."""
         start = time.perf_counter()
         emb, a1 = self._a1(batch, grad=True)
+        self.adapters.top.train()
         loss = summed_loss(self.adapters.top(self.emulator(a1, batch.attention_mask), batch.attention_mask), batch.labels)
         penalty = self._decorrelation(emb, a1)
         params = list(self.adapters.parameters())

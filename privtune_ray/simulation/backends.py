@@ -270,8 +270,15 @@ class RayBackend(Backend):
         return worker
 
     def broadcast(self, method: str, *args) -> None:
+        """As :meth:`Backend.broadcast`; a worker found dead is replaced (the replacement is told the same)."""
+        from ray.exceptions import RayActorError
+
         self._broadcast = (method, args)
-        super().broadcast(method, *args)
+        for index, ref in enumerate([self._call(w, method, *args) for w in self.workers]):
+            try:
+                self.ray.get(ref)
+            except RayActorError as exc:
+                self._replace_dead_worker(index, exc, method)
 
     def on_workers(self, method: str, calls: list[tuple]) -> list:
         """As :meth:`Backend.on_workers`; a call whose worker died re-runs on a replacement (the phases are
@@ -290,26 +297,17 @@ class RayBackend(Backend):
                 except RayActorError as exc:
                     if attempts > self.sim.max_retries:
                         raise PrivtuneError(f"{method} failed {attempts} times: {exc}") from exc
-                    index = j % n
-                    if not self._alive(self.workers[index]):
-                        self.ray.kill(self.workers[index])
-                        self.workers[index] = self._start_worker()
-                        self.faults.append({"round": self.current_round, "component": "device_worker", "index": index,
-                                            "what": f"died ({exc.__class__.__name__})", "action": f"replaced; {method} re-run"})  # fmt: skip
-                    ref, attempts = self._call(self.workers[index], method, *args), attempts + 1
+                    self._replace_dead_worker(j % n, exc, method)
+                    ref, attempts = self._call(self.workers[j % n], method, *args), attempts + 1
         return out
 
-    def _start_replica(self):
-        return self._replica_cls.remote(self._replica_ref)
-
-    def _call(self, actor, method: str, *args):
-        return getattr(actor, method).remote(*args)
-
-    def share(self, obj):
-        return self.ray.put(obj)
-
-    def _get(self, handles):
-        return self.ray.get(handles)
+    def _replace_dead_worker(self, index: int, exc: Exception, what: str, round_: int | None = None) -> None:
+        """Replace worker ``index`` if Ray reports it dead (a busy one is left alone) and record the fault."""
+        if not self._alive(self.workers[index]):
+            self.ray.kill(self.workers[index])  # frees its resources if any part of it lingers
+            self.workers[index] = self._start_worker()
+            self.faults.append({"round": self.current_round if round_ is None else round_, "component": "device_worker",
+                                "index": index, "what": f"died ({exc.__class__.__name__})", "action": f"replaced; {what} re-run"})  # fmt: skip
 
     def _run_task(self, worker_index: int, task: DeviceTask):
         return self.workers[worker_index].run.options(num_returns=2).remote(task)
@@ -334,12 +332,7 @@ class RayBackend(Backend):
         return out
 
     def _replace_worker(self, index: int, task: DeviceTask, exc: Exception) -> int:
-        dead = self.workers[index]
-        if not self._alive(dead):
-            self.ray.kill(dead)  # frees its resources if any part of it lingers
-            self.workers[index] = self._start_worker()
-            self.faults.append({"round": task.round, "component": "device_worker", "index": index,
-                                "what": f"died ({exc.__class__.__name__})", "action": "replaced; tasks re-run"})  # fmt: skip
+        self._replace_dead_worker(index, exc, "tasks", round_=task.round)
         self.faults.append({"round": task.round, "component": "device_task", "index": task.device,
                             "what": "lost with its worker", "action": f"re-run on worker {index}"})  # fmt: skip
         return index

@@ -149,8 +149,9 @@ def prepare_guarded(cfg: Config, task_model, footprint: BottomFootprint):
 
 
 def plan_simulated_dp(cfg: Config, population: Population):
-    """EW-Tune across devices: one DP-SGD step per round on a Poisson round (``Population.poisson``), σ
-    calibrated for ``simulation.rounds`` steps at q = :meth:`Population.dp_sample_rate`. One top replica
+    """EW-Tune across devices: one DP-SGD step per round on a Poisson round (``Population.poisson``: every sample
+    joins with the public rate q = :meth:`Population.dp_sample_rate`), σ calibrated for ``simulation.rounds``
+    steps at q. One top replica
     (the noise is added once, to the round's clipped sum) and no deadline (which messages are late depends on
     the data's compute time, so a deadline would make inclusion data-dependent)."""
     from ..designs.ewtune import plan_dp_sgd
@@ -321,6 +322,8 @@ class Coordinator:
             top_results, step_s, lr = self.backend.train(payloads, [derive_seed(self.cfg.seed, i, r, 1) for i in on_time])
             if self.attacks is not None:
                 self._observe(plan, on_time, payloads)
+        elif self.setup.dp_plan is not None:  # an empty Poisson round: DP-SGD still takes its (noise-only) step
+            step_s, lr = self.backend.step_replicas(0)
         top_s = {i: res.top_s for i, res in zip(on_time, top_results)}
         for t in timings:
             t.top_s = top_s.get(t.device, 0.0)
@@ -351,8 +354,8 @@ class Coordinator:
             first = self.setup.download_bytes[d.depth] + g.first_extra_bytes if d.first_time else 0
             model_down = len(self._request(r, d)) + first + g.trainable_bytes
             down_s = transfer_s(model_down, tier.downlink_mbps, latency, d.down_jitter)
-            if ex is None:
-                bytes_down[d.device], channels[d.device] = model_down, {}
+            if ex is None:  # dropped after downloading the round's adapters
+                bytes_down[d.device], channels[d.device] = model_down, {"adapter_down": g.trainable_bytes}
                 timings.append(DeviceTiming(d.device, down_s, 0.0, 0.0, 0.0, dropped=True))
                 continue
             ex.channels["adapter_down"] = g.trainable_bytes

@@ -8,13 +8,15 @@ Round planning is a pure function of (seed, round, state): which devices are onl
 (P = ``availability``), which K of them are selected, which drop out mid-round (P = ``dropout``), and the
 bandwidth jitter of each transfer. A dropped device's samples stay unsent (its cursor does not move).
 
-With ``poisson`` (DP-SGD, ``design: ewtune``) a round is a Poisson sample instead [ours, as DP-FedAvg treats
-client sampling], drawn by Opacus' Poisson sampler: each online device joins independently with
-p = devices_per_round / devices, and each of
-its n_i samples joins independently with min(1, local_batch_size / n_i); a device that draws none sits the
-round out. Every sample is then in a round's batch with probability at most
-q = p · max_i min(1, b / n_i) (:meth:`dp_sample_rate`), the rate the accountant composes; availability and
-drop-outs, being independent of the data, only lower it.
+With ``poisson`` (DP-SGD, ``design: ewtune``) a round is a Poisson sample of the training samples instead,
+drawn by Opacus' Poisson sampler: every sample of every online device joins independently with the public rate
+q = devices_per_round · local_batch_size / N (:meth:`dp_sample_rate`; N = the training split), and a device
+sends the samples it drew (one that drew none sits the round out). That is exactly the Poisson subsampling
+the accountant composes at q. Availability and drop-outs act per device, independently of the data: the
+round is then a mixture of the q-sampled mechanism and one that reveals nothing about a sample, whose
+privacy loss is at most the q-sampled one's, so q stays a valid rate. (Sampling devices first and then
+their samples would not be: the device's other gradients reveal whether it joined, so its samples would be
+subsampled only at the second stage's rate.) ``releases`` then counts each sample's draws.
 """
 
 from __future__ import annotations
@@ -85,7 +87,8 @@ class Population:
         self._availability = np.array([t.availability for t in self.sim.tiers])[self.tier]
         self._dropout = np.array([t.dropout for t in self.sim.tiers])[self.tier]
         self._jitter = np.array([t.jitter for t in self.sim.tiers])[self.tier]
-        self._rates = np.minimum(1.0, self.sim.local_batch_size / np.array([max(len(p), 1) for p in self.parts]))
+        self._n_samples = int(sum(len(p) for p in self.parts))
+        self.draws = np.zeros(max((int(p.max()) + 1 for p in self.parts if len(p)), default=0), dtype=np.int32)
 
     def __len__(self) -> int:
         return len(self.parts)
@@ -98,8 +101,7 @@ class Population:
         online = np.flatnonzero(rng.random(len(self)) < self._availability)
         drawn = None
         if self.poisson:
-            joins = online[poisson_sample(len(online), self.device_rate, derive_seed(self.seed, round_, 0x9015))]
-            drawn = {int(i): self._poisson_samples(round_, int(i)) for i in joins}
+            drawn = {int(i): self._poisson_samples(round_, int(i)) for i in online}
             chosen = np.array([i for i, s in drawn.items() if len(s)], dtype=np.int64)
         else:
             k = min(self.sim.devices_per_round, len(online))
@@ -126,27 +128,25 @@ class Population:
 
     # ------------------------------------------------------------------ Poisson rounds (DP-SGD)
 
-    @property
-    def device_rate(self) -> float:
-        """p: the probability that an online device joins a Poisson round."""
-        return min(1.0, self.sim.devices_per_round / len(self))
-
     def _poisson_samples(self, round_: int, i: int) -> np.ndarray:
-        return self.parts[i][poisson_sample(len(self.parts[i]), float(self._rates[i]), derive_seed(self.seed, i, round_, 0x9015))]
+        return self.parts[i][poisson_sample(len(self.parts[i]), self.dp_sample_rate(), derive_seed(self.seed, i, round_, 0x9015))]
 
     def dp_sample_rate(self) -> float:
-        """q: the largest probability with which any one sample is in a Poisson round's batch."""
-        return float(self.device_rate * self._rates.max())
+        """q: the probability with which each sample is in a Poisson round's batch (public: K·b / N)."""
+        return min(1.0, self.sim.devices_per_round * self.sim.local_batch_size / max(self._n_samples, 1))
 
     def expected_batch_size(self) -> float:
-        """E[samples in a Poisson round] if every device were online: p · Σ_i min(b, n_i)."""
-        return float(self.device_rate * sum(min(self.sim.local_batch_size, len(p)) for p in self.parts))
+        """E[samples in a Poisson round]: q · Σ_i availability_i · (1 − dropout_i) · n_i."""
+        sizes = np.array([len(p) for p in self.parts])
+        return float(self.dp_sample_rate() * (self._availability * (1 - self._dropout) * sizes).sum())
 
     def local_order(self, i: int, epoch: int) -> np.ndarray:
         return np.random.default_rng([self.seed, i, epoch, 0x0E0C]).permutation(self.parts[i])
 
     def releases(self, i: int) -> int:
-        """How many times the device's most-sent sample has been sent (local epochs begun)."""
+        """How many times the device's most-sent sample has been sent (local epochs begun; Poisson: draws)."""
+        if self.poisson:
+            return int(self.draws[self.parts[i]].max()) if len(self.parts[i]) else 0
         return 0 if self.epoch[i] == 0 and self.cursor[i] == 0 else int(self.epoch[i]) + 1
 
     # ------------------------------------------------------------------ state
@@ -158,13 +158,18 @@ class Population:
             if d.task is None:
                 continue
             i = d.device
+            if self.poisson:
+                self.draws[d.task.samples] += 1
+                continue
             if self.cursor[i] >= len(self.parts[i]):
                 self.epoch[i] += 1
                 self.cursor[i] = 0
             self.cursor[i] += len(d.task.samples)
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch.copy(), "cursor": self.cursor.copy(), "downloaded": self.downloaded.copy()}
+        return {"epoch": self.epoch.copy(), "cursor": self.cursor.copy(), "downloaded": self.downloaded.copy(),
+                "draws": self.draws.copy()}  # fmt: skip
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.cursor, self.downloaded = state["epoch"].copy(), state["cursor"].copy(), state["downloaded"].copy()
+        self.draws = state["draws"].copy()

@@ -120,7 +120,10 @@ class TopReplica:
         """Top weights, optimiser and schedule, serialised (what a checkpoint holds)."""
         buffer = io.BytesIO()
         s = self.server
-        torch.save({"top": s.top.state_dict(), "optimizer": s.optimizer.state_dict(), "scheduler": s.scheduler.state_dict()}, buffer)
+        state = {"top": s.top.state_dict(), "optimizer": s.optimizer.state_dict(), "scheduler": s.scheduler.state_dict()}
+        if getattr(s.optimizer, "generator", None) is not None:  # EW-Tune: the DP noise goes on where it left off
+            state["noise_rng"] = s.optimizer.generator.get_state()
+        torch.save(state, buffer)
         return buffer.getvalue()
 
     def load_state(self, blob: bytes) -> None:
@@ -128,5 +131,7 @@ class TopReplica:
         self.server.top.load_state_dict(state["top"])
         self.server.optimizer.load_state_dict(state["optimizer"])
         self.server.scheduler.load_state_dict(state["scheduler"])
+        if "noise_rng" in state:
+            self.server.optimizer.generator.set_state(state["noise_rng"].cpu() if self.server.device.type == "cpu" else state["noise_rng"])
         self.server.optimizer.zero_grad(set_to_none=True)  # a survivor of a failed round holds its partial sums
 

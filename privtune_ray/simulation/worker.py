@@ -26,7 +26,7 @@ from ..message import tensor_from_bytes
 from ..models.split import depth_of, split_model
 from ..training.client import SplitClient
 from ..training.server import summed_loss
-from .protocol import DeviceReport, DeviceTask
+from .protocol import DeviceReport, DeviceTask, derive_seed
 
 
 @dataclass
@@ -118,7 +118,7 @@ class DeviceWorker:
         client, batch = self._guarded(), collate(self.setup.train, task.samples, self.pad_id)
         client.compute_s, loss_sum, penalty = 0.0, 0.0, 0.0
         if self.cfg.design.name == "offline":
-            torch.manual_seed(task.seed)  # A_t's dropout
+            torch.manual_seed(derive_seed(task.seed, 2))  # A_t's dropout (the middle's is seeded by task.seed)
             loss_sum, penalty, grads = client.offline_step(batch)
             payload = gradients_to_bytes(grads)
         else:
@@ -132,7 +132,7 @@ class DeviceWorker:
         """(Σ CE, the ∂ℓ/∂A2 upload or None, A_t's gradients, measured seconds)."""
         client, batch = self._guarded(), collate(self.setup.train, task.samples, self.pad_id)
         client.compute_s = 0.0
-        torch.manual_seed(task.seed)  # A_t's dropout
+        torch.manual_seed(derive_seed(task.seed, 2))  # A_t's dropout (the middle's is seeded by task.seed)
         loss_sum, grad_up, grads = client.top_step(batch, a2_payload)
         return loss_sum, grad_up, gradients_to_bytes(grads), client.compute_s
 
