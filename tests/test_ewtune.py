@@ -191,13 +191,14 @@ def test_poisson_rounds_repeat_under_a_seed_and_sample_at_rate_q():
     assert [pops[0].releases(i) for i in range(3)] == [int(counts[10 * i : 10 * i + 10].max()) for i in range(3)]
 
 
-@pytest.mark.parametrize("override,match", [("simulation.top_replicas=2", "top_replicas=1"),
-                                            ("simulation.deadline_s=5", "deadline_s=null")])  # fmt: skip
-def test_ewtune_in_simulate_refuses_what_breaks_its_account(override, match, tmp_path):
+@pytest.mark.parametrize("overrides,match", [(["simulation.top_replicas=2"], "top_replicas=1"),
+                                             (["simulation.deadline_s=5"], "deadline_s=null"),
+                                             (["design.target_epsilon=0.01", "design.max_noise_multiplier=1"], "unreachable")])  # fmt: skip
+def test_ewtune_in_simulate_refuses_what_breaks_its_account(overrides, match, tmp_path):
     from privtune_ray.simulation import run_simulation
 
     with pytest.raises(ConfigError, match=match):
-        run_simulation(load_config(DEVICES, SIM + [override]), out=tmp_path / "never", log=quiet)
+        run_simulation(load_config(DEVICES, SIM + overrides), out=tmp_path / "never", log=quiet)
     assert not (tmp_path / "never").exists()
 
 
