@@ -6,7 +6,9 @@ Per round r (the data path, top to bottom):
 2. devices: each task runs bottom_{m_i} → mechanism → serialised message on a device worker;
 3. clock: download, compute × factor, upload, arrival, FCFS queue at the replicas (``clock.simulate_round``);
    messages after the deadline are late and discarded;
-4. top: one synchronous AdamW step on the mean loss of the round's on-time messages (all replicas);
+4. top: one synchronous AdamW step on the mean loss of the round's on-time messages (all replicas); EW-Tune:
+   one DP-SGD step on the Poisson round; GuardedTuning: the protocol's remaining phases between devices and the
+   middle, then the middle's and the adapters' step (``simulation/guarded.py``);
 5. record: ``devices.csv`` (one row per selected device), ``rounds.csv``, ``eval.csv``, ``faults.csv``,
    ``attacks.csv``, appended as produced; a checkpoint every ``checkpoint_every`` rounds.
 
