@@ -309,6 +309,18 @@ class RayBackend(Backend):
             self.faults.append({"round": self.current_round if round_ is None else round_, "component": "device_worker",
                                 "index": index, "what": f"died ({exc.__class__.__name__})", "action": f"replaced; {what} re-run"})  # fmt: skip
 
+    def _start_replica(self):
+        return self._replica_cls.remote(self._replica_ref)
+
+    def _call(self, actor, method: str, *args):
+        return getattr(actor, method).remote(*args)
+
+    def share(self, obj):
+        return self.ray.put(obj)
+
+    def _get(self, handles):
+        return self.ray.get(handles)
+
     def _run_task(self, worker_index: int, task: DeviceTask):
         return self.workers[worker_index].run.options(num_returns=2).remote(task)
 
