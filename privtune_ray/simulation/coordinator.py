@@ -153,9 +153,8 @@ def prepare_guarded(cfg: Config, task_model, footprint: BottomFootprint):
 def plan_simulated_dp(cfg: Config, population: Population):
     """EW-Tune across devices: one DP-SGD step per round on a Poisson round (``Population.poisson``: every sample
     joins with the public rate q = :meth:`Population.dp_sample_rate`), σ calibrated for ``simulation.rounds``
-    steps at q. One top replica
-    (the noise is added once, to the round's clipped sum) and no deadline (which messages are late depends on
-    the data's compute time, so a deadline would make inclusion data-dependent)."""
+    steps at q. One top replica (the noise is added once, to the round's clipped sum) and no deadline (which
+    messages are late depends on the data's compute time, so a deadline would make inclusion data-dependent)."""
     from ..designs.ewtune import plan_dp_sgd
 
     sim = cfg.simulation
