@@ -24,17 +24,15 @@ from torch import nn
 from ..config import AttackConfig
 from ..data.batching import TokenizedSplit, batch_indices, collate
 from .base import fit_minibatch
+from .observations import Observations
 from .scoring import score_classes
 
 NAME = "gm_label"
 
 
-def _pad(t: torch.Tensor, length: int) -> torch.Tensor:
-    return F.pad(t, (0, 0, 0, length - t.shape[1])) if t.dim() == 3 else F.pad(t, (0, length - t.shape[1]))
-
-
 class GradientMatchingLabels:
-    """``fit`` on auxiliary (A2, mask, y); ``run`` on victims' (A2, mask, g, y) → the attribute-attack row."""
+    """``fit`` on the attacker's auxiliary :class:`Observations` (its own A2 as ``hidden``, labels); ``run`` on the
+    victims' (A2 as ``hidden`` and the returned ``gradients``; labels for scoring) → the attribute-attack row."""
 
     name, kind = NAME, "attribute"
 
@@ -43,19 +41,20 @@ class GradientMatchingLabels:
         self.majority = 0
         self.classes = 2
 
+    @staticmethod
     @torch.no_grad()
-    def observe_aux(self, encode, data: TokenizedSplit, pad_id: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def observe_aux(encode, data: TokenizedSplit, pad_id: int) -> Observations:
         """The attacker's own A2 of ``data``: ``encode(input_ids, mask)`` is its bottom → A_b → middle."""
-        a2, masks = [], []
+        parts = []
         for idx in batch_indices(data.lengths, 64, shuffle=False, bucketing=False):
             batch = collate(data, idx, pad_id)
-            a2.append(_pad(encode(batch.input_ids, batch.attention_mask), length))
-            masks.append(_pad(batch.attention_mask, length))
-        return torch.cat(a2), torch.cat(masks)
+            parts.append(Observations(encode(batch.input_ids, batch.attention_mask), batch.attention_mask, batch.input_ids,
+                                      batch.labels))  # fmt: skip
+        return Observations.concat(parts)
 
-    def fit(self, a2: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> list[float]:
+    def fit(self, aux: Observations) -> list[float]:
         """Fit the surrogate Â_t with cross-entropy on the auxiliary A2 (``attack.probe_epochs``, ``probe_lr``)."""
-        labels = labels.long()
+        a2, mask, labels = aux.hidden, aux.attention_mask, aux.labels.long()
         counts = np.bincount(labels.numpy())
         self.majority, self.classes = int(counts.argmax()), max(2, len(counts))
 
@@ -80,42 +79,20 @@ class GradientMatchingLabels:
             scores.append(F.cosine_similarity((g * real).flatten(1), observed, dim=1))
         return torch.stack(scores, 1).argmax(1).numpy()
 
-    def run(self, a2: torch.Tensor, mask: torch.Tensor, grads: torch.Tensor, labels: torch.Tensor) -> dict:
-        predicted = np.concatenate([self.predict(a2[i : i + 64], mask[i : i + 64], grads[i : i + 64])
-                                    for i in range(0, len(a2), 64)])  # fmt: skip
-        return {"attack": self.name, "kind": self.kind, **score_classes(predicted, labels.numpy(), self.majority)}
-
-
-class GradientVictims:
-    """The latest ``size`` samples' (A2, mask, g, y) the cloud saw, padded to ``length`` positions."""
-
-    def __init__(self, size: int | None, length: int):
-        self.size, self.length = size, length
-        self.parts: list[tuple[torch.Tensor, ...]] = []
-
-    def add(self, a2: torch.Tensor, mask: torch.Tensor, grads: torch.Tensor, labels: torch.Tensor) -> None:
-        self.parts.append((_pad(a2, self.length), _pad(mask, self.length), _pad(grads, self.length), labels))
-        while self.size is not None and len(self.parts) > 1 and sum(len(p[3]) for p in self.parts[1:]) >= self.size:
-            self.parts.pop(0)
-
-    def take(self) -> tuple[torch.Tensor, ...]:
-        a2, mask, grads, labels = (torch.cat(x) for x in zip(*self.parts))
-        self.parts = []
-        keep = slice(-self.size, None) if self.size is not None else slice(None)
-        return a2[keep], mask[keep], grads[keep], labels[keep]
-
-    def __len__(self) -> int:
-        return sum(len(p[3]) for p in self.parts)
+    def run(self, victims: Observations) -> dict:
+        predicted = np.concatenate([self.predict(v.hidden, v.attention_mask, v.gradients)
+                                    for v in (victims.subset(range(i, min(i + 64, len(victims))))
+                                              for i in range(0, len(victims), 64))])  # fmt: skip
+        return {"attack": self.name, "kind": self.kind, **score_classes(predicted, victims.labels.numpy(), self.majority)}
 
 
 def surrogate_top(top_adapter: nn.Module, seed: int) -> nn.Module:
     """A copy of the pretrained A_t with the head re-initialised from the attacker's own seed (it never sees the device's)."""
     surrogate = copy.deepcopy(top_adapter)
-    generator_state = torch.get_rng_state()
-    torch.manual_seed(seed)
-    for module in surrogate.head.modules():
-        if isinstance(module, nn.Linear):
-            module.reset_parameters()
-    torch.set_rng_state(generator_state)
+    with torch.random.fork_rng(devices=[]):  # the caller's random stream is left as it was
+        torch.manual_seed(seed)
+        for module in surrogate.head.modules():
+            if isinstance(module, nn.Linear):
+                module.reset_parameters()
     surrogate.requires_grad_(True)
     return surrogate

@@ -27,6 +27,7 @@ class Observations:
     labels: torch.Tensor  # [N] task labels (-1: none, e.g. generation, whose messages carry token targets)
     attributes: dict[str, np.ndarray] = field(default_factory=dict)  # private attributes, one string each
     texts: list[str] = field(default_factory=list)
+    gradients: torch.Tensor | None = None  # [N, L, d] what the device returned for h̃ (GuardedTuning online's ∂ℓ/∂A2)
 
     def __post_init__(self) -> None:
         if self.labels.dim() > 1:  # a causal LM's [N, L] token targets: no per-sample label to attack
@@ -43,6 +44,7 @@ class Observations:
             input_ids=self.input_ids[idx, :length], labels=self.labels[idx],
             attributes={k: v[idx.numpy()] for k, v in self.attributes.items()},
             texts=[self.texts[i] for i in idx.tolist()] if self.texts else [],
+            gradients=None if self.gradients is None else self.gradients[idx, :length],
         )  # fmt: skip
 
     @classmethod
@@ -62,6 +64,7 @@ class Observations:
             labels=torch.cat([p.labels for p in parts]),
             attributes={k: np.concatenate([p.attributes[k] for p in parts]) for k in parts[0].attributes},
             texts=[t for p in parts for t in p.texts],
+            gradients=None if parts[0].gradients is None else torch.cat([pad(p.gradients) for p in parts]),
         )
 
     @classmethod

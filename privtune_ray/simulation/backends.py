@@ -78,15 +78,21 @@ class Backend(ABC):
         """One synchronous step on all of a round's messages: message j → replica j mod R accumulates
         ∇ Σ CE; the replicas' gradients are summed (in replica order) and applied by every replica.
         Returns the per-message results (in message order), the step's measured seconds and the lr used."""
-        n_rep = len(self.replicas)
-        groups = [list(range(i, len(payloads), n_rep)) for i in range(n_rep)]
-        handles = [self._call(self.replicas[i], "accumulate", [seeds[j] for j in g], *[payloads[j] for j in g])
-                   for i, g in enumerate(groups) if g]  # fmt: skip
-        results: list[TopResult] = [None] * len(payloads)  # type: ignore[list-item]
-        for g, part in zip([g for g in groups if g], self._replica_get(handles)):
-            for j, result in zip(g, part):
-                results[j] = result
+        results: list[TopResult] = self._on_replicas("accumulate", seeds, payloads)
         return (results, *self.step_replicas(sum(r.samples for r in results)))
+
+    def _on_replicas(self, method: str, keys: list[int], payloads: list, *args) -> list:
+        """Message j → replica j mod R, as ``replica.method(its messages' keys, *args, *their payloads)`` (payloads
+        as top-level arguments, so Ray resolves their object refs); one result per message, in message order."""
+        n_rep = len(self.replicas)
+        groups = [(i, list(range(i, len(payloads), n_rep))) for i in range(min(n_rep, len(payloads)))]
+        handles = [self._call(self.replicas[i], method, [keys[j] for j in g], *args, *[payloads[j] for j in g])
+                   for i, g in groups]  # fmt: skip
+        results = [None] * len(payloads)
+        for (_, g), part in zip(groups, self._replica_get(handles)):
+            for j, result in zip(g, part, strict=True):
+                results[j] = result
+        return results
 
     def step_replicas(self, n: int) -> tuple[float, float]:
         """The replicas' synchronous step on the gradients they accumulated (summed in replica order) over
@@ -115,15 +121,8 @@ class Backend(ABC):
 
     def middle(self, method: str, keys: list[int], payloads: list, *args) -> tuple[list, list[float]]:
         """Message j → replica j mod R (the same replica for a message's forward and backward): (outputs, seconds)."""
-        n_rep = len(self.replicas)
-        groups = [list(range(i, len(payloads), n_rep)) for i in range(n_rep)]
-        handles = [self._call(self.replicas[i], method, [keys[j] for j in g], [payloads[j] for j in g], *args)
-                   for i, g in enumerate(groups) if g]  # fmt: skip
-        outputs, seconds = [None] * len(payloads), [0.0] * len(payloads)
-        for g, part in zip([g for g in groups if g], self._replica_get(handles)):
-            for j, (out, s) in zip(g, part):
-                outputs[j], seconds[j] = out, s
-        return outputs, seconds
+        results = self._on_replicas(method, keys, payloads, *args)
+        return [out for out, _ in results], [s for _, s in results]
 
     def _replica_get(self, handles):
         return self._get(handles)

@@ -229,7 +229,7 @@ class Coordinator:
         if self.attacks is not None:
             self.attacks.sample = VictimSample(self.cfg.attack.victim_samples)  # the redone rounds refill it
         if self.label_attack is not None:
-            self.label_attack.victims.parts = []
+            self.label_attack.victims = VictimSample(self.cfg.attack.victim_samples)
 
     # ------------------------------------------------------------------ rounds
 
@@ -304,7 +304,7 @@ class Coordinator:
         for d in plan.devices:
             tier = tiers[d.tier]
             latency = tier.latency_ms / 1000
-            bytes_down[d.device] = len(self._request(r, d)) + (self.setup.download_bytes[d.depth] if d.first_time else 0)
+            bytes_down[d.device] = self._download_bytes(r, d)
             down_s = transfer_s(bytes_down[d.device], tier.downlink_mbps, latency, d.down_jitter)
             if d.dropped:
                 timings.append(DeviceTiming(d.device, down_s, 0.0, 0.0, 0.0, dropped=True))
@@ -352,8 +352,7 @@ class Coordinator:
         for d in plan.devices:
             tier = self.sim.tiers[d.tier]
             latency, ex = tier.latency_ms / 1000, exchanges.get(d.device)
-            first = self.setup.download_bytes[d.depth] + g.first_extra_bytes if d.first_time else 0
-            model_down = len(self._request(r, d)) + first + g.trainable_bytes
+            model_down = self._download_bytes(r, d)
             down_s = transfer_s(model_down, tier.downlink_mbps, latency, d.down_jitter)
             if ex is None:  # dropped after downloading the round's adapters
                 bytes_down[d.device], channels[d.device] = model_down, {"adapter_down": g.trainable_bytes}
@@ -369,6 +368,14 @@ class Coordinator:
         clock = simulate_round(self.totals.sim_time_s, timings, len(self.backend.replicas), step_s, None)
         self._record(plan, by_device, bytes_down, clock, top_results, step_s, lr, timings, channels,
                      {i: x.compute_s for i, x in exchanges.items()})  # fmt: skip
+
+    def _download_bytes(self, r: int, d) -> int:
+        """What a device downloads before its work in round ``r``: the instruction, the bottom's weights on its first
+        round and, for GuardedTuning, the round's adapters (and, the first time, A_b for gradfree, the emulator)."""
+        n = len(self._request(r, d)) + (self.setup.download_bytes[d.depth] if d.first_time else 0)
+        if self.guarded is not None:
+            n += self.guarded.trainable_bytes + (self.guarded.first_extra_bytes if d.first_time else 0)
+        return n
 
     def _request(self, r: int, d) -> bytes:
         """The round's instruction to a device (what it downloads besides, once, the bottom's weights)."""

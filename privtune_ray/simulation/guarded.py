@@ -174,7 +174,8 @@ class LabelAttackRounds:
     samples every ``attack.every`` rounds and at the end; rows go to ``attacks.csv`` as the suite's do."""
 
     def __init__(self, cfg: Config, task_model, layout: GuardedLayout, aux, train, pad_id: int, run, log=print):
-        from ..attacks.gradient_matching import GradientMatchingLabels, GradientVictims, surrogate_top
+        from ..attacks.gradient_matching import GradientMatchingLabels, surrogate_top
+        from ..attacks.suite import VictimSample
         from ..designs.guarded import Blocks
         from ..models.split import BottomModel, family_of
 
@@ -187,26 +188,27 @@ class LabelAttackRounds:
 
         top = ClientAdapters(task_model, layout, cfg.model.task).top
         self.attack = GradientMatchingLabels(surrogate_top(top, cfg.seed + 0xA77), cfg.attack, cfg.seed)
-        a2, mask = self.attack.observe_aux(encode, aux, pad_id, cfg.model.max_length)
-        history = self.attack.fit(a2, mask, torch.as_tensor(aux.labels))
+        history = self.attack.fit(self.attack.observe_aux(encode, aux, pad_id))
         log(f"privtune-ray: attack {self.attack.name} fitted its surrogate top adapter on {len(aux)} auxiliary sentences "
             f"(loss {history[0]:.3f} -> {history[-1]:.3f} nats)")  # fmt: skip
-        self.victims = GradientVictims(cfg.attack.victim_samples, cfg.model.max_length)
+        self.victims = VictimSample(cfg.attack.victim_samples)
 
     def observe(self, exchanged: dict, tasks: dict) -> None:
         """``exchanged``: device → (A2 payload, ∂ℓ/∂A2 payload) of the round."""
+        from ..attacks.observations import Observations
         from ..message import tensor_from_bytes
 
         for i, (a2, grad) in exchanged.items():
             batch = collate(self.train, tasks[i].samples, self.pad_id)
-            self.victims.add(tensor_from_bytes(a2), batch.attention_mask, tensor_from_bytes(grad), batch.labels)
+            self.victims.add(Observations(tensor_from_bytes(a2), batch.attention_mask, batch.input_ids, batch.labels,
+                                          gradients=tensor_from_bytes(grad)))  # fmt: skip
 
     def round(self, rounds_done: int, log=None) -> list[dict]:
         from ..attacks.suite import long_rows
 
-        if not len(self.victims):
+        if not self.victims.parts:
             return []
-        row = self.attack.run(*self.victims.take())
+        row = self.attack.run(self.victims.take())
         self.run.append_rows("attacks", long_rows([row], step=rounds_done, victims=row["samples"]))
         if log is not None:
             log(f"privtune-ray: attack {row['attack']:<22} advantage {row['advantage']:+.3f} on {row['samples']} victim samples")

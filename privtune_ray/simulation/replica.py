@@ -81,7 +81,7 @@ class TopReplica:
             results.append(TopResult(loss_sum=loss_sum, samples=msg.batch_size, top_s=time.perf_counter() - start))
         return results
 
-    def middle_forward(self, keys: list[int], payloads: list[bytes], train: bool) -> list[tuple[bytes, float]]:
+    def middle_forward(self, keys: list[int], train: bool, *payloads: bytes) -> list[tuple[bytes, float]]:
         """GuardedTuning: A2 = M(A1) per message (key j seeds its dropout and names it for ``middle_backward``)."""
         out = []
         for key, payload in zip(keys, payloads, strict=True):
@@ -90,7 +90,7 @@ class TopReplica:
             out.append((self.server.forward(key, payload, train), time.perf_counter() - start))
         return out
 
-    def middle_backward(self, keys: list[int], payloads: list[bytes]) -> list[tuple[bytes, float]]:
+    def middle_backward(self, keys: list[int], *payloads: bytes) -> list[tuple[bytes, float]]:
         """GuardedTuning online: ∂ℓ/∂A2 in, ∂ℓ/∂A1 out, the middle's gradients accumulated."""
         out = []
         for key, payload in zip(keys, payloads, strict=True):
