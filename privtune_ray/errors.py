@@ -15,3 +15,7 @@ class ModelError(PrivtuneError):
 
 class DataError(PrivtuneError):
     """A dataset, its directory or one of its files is missing, or a partition is empty."""
+
+
+class NonFiniteRelease(RuntimeError):
+    """A device was about to upload NaN or ±inf: a defect, not bad input, so it fails loudly (with a traceback)."""

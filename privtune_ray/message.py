@@ -1,10 +1,15 @@
 """The upload from a device to the cloud: the only thing that crosses the split boundary.
 
 A :class:`Message` carries the (perturbed) bottom output h̃ ∈ R^{B×L×d}, the attention mask and the
-labels (SPEC §1: labels travel with the activations; the cloud computes the loss). It has no field for
-token ids or text. Its size is ``len(to_bytes())``: the safetensors payload (8-byte header length, JSON
-header, raw little-endian tensor bytes), i.e. about B·L·d·4 bytes for fp32 h̃ plus B·L for the mask; with
-``bits`` = b, h̃ travels as b-bit per-row codes (``designs/quantisation.py``): ⌈B·L·d·b/8⌉ + 8·B·L bytes.
+classification labels (SPEC §1: labels travel with the activations; the cloud computes the loss). It has
+no field for token ids or text: a causal LM's [B, L] token targets are refused unless the run opted into
+uploading them (``targets_uploaded``, which the summary names as leaking them).
+
+Only the N = Σ mask real rows cross: padding rows (mask 0) have attended to the whole sentence at m ≥ 1
+and would carry it, so they are zero in every Message and are not sent; the receiver puts zeros there.
+The size is ``len(to_bytes())``: the safetensors payload (8-byte header length, JSON header, raw
+little-endian tensor bytes), i.e. N·d·4 bytes for fp32 h̃ plus B·L for the mask; with ``bits`` = b, the
+real rows travel as b-bit per-row codes (``designs/quantisation.py``): ⌈N·d·b/8⌉ + 8·N bytes.
 """
 
 from __future__ import annotations
@@ -21,15 +26,28 @@ from safetensors.torch import save as st_save
 CHANNELS = ("act_up", "act_down", "grad_up", "grad_down", "adapter_up", "adapter_down")
 
 
+def zero_padding(x: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """``x`` [B, L, ...] with every row at a mask-0 position set to 0 (they carry nothing)."""
+    keep = attention_mask.to(device=x.device, dtype=torch.bool).reshape(*attention_mask.shape, *([1] * (x.dim() - 2)))
+    return torch.where(keep, x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
 @dataclass
 class Message:
-    hidden: torch.Tensor  # h̃, float [B, L, d]
+    hidden: torch.Tensor  # h̃, float [B, L, d]; rows at mask-0 positions are zero (set here)
     attention_mask: torch.Tensor  # [B, L], 1 = real token
-    labels: torch.Tensor  # int64 [B] class ids, or [B, L] next-token targets (-100: no loss) for a causal LM
+    labels: torch.Tensor  # int64 [B] class ids, or [0] (none cross: GuardedTuning, a causal LM's device-side loss)
     device_id: int = 0
     split_depth: int | None = None  # m of the device that sent it (where h enters the top model)
     meta: dict[str, str] = field(default_factory=dict)  # e.g. mechanism name and parameters
     bits: int | None = None  # quantise h̃ to b bits per value on the wire (None: fp32)
+    targets_uploaded: bool = False  # opt-in: [B, L] causal-LM token targets travel (they leak the answer text)
+
+    def __post_init__(self) -> None:
+        if self.labels.dim() > 1 and not self.targets_uploaded:
+            raise ValueError("a Message carries no token ids: [B, L] token targets cross only with targets_uploaded=True "
+                             "(design.lm_head=cloud), which leaks them")  # fmt: skip
+        self.hidden = zero_padding(self.hidden, self.attention_mask)
 
     @property
     def batch_size(self) -> int:
@@ -42,6 +60,8 @@ class Message:
             "labels": self.labels.to(torch.long).contiguous().cpu(),
         }
         header = {"device_id": str(self.device_id), **self.meta}
+        if self.targets_uploaded:
+            header["targets_uploaded"] = "true"
         _pack(self.hidden, self.bits, tensors, header)
         if self.split_depth is not None:
             header["split_depth"] = str(self.split_depth)
@@ -54,6 +74,7 @@ class Message:
         device_id = int(meta.pop("device_id", 0))
         depth = meta.pop("split_depth", None)
         bits = meta.get("bits")
+        targets_uploaded = meta.pop("targets_uploaded", None) == "true"
         hidden = _unpack(tensors, meta)
         return cls(
             hidden=hidden,
@@ -63,11 +84,14 @@ class Message:
             split_depth=None if depth is None else int(depth),
             meta=meta,
             bits=None if bits is None else int(bits),
+            targets_uploaded=targets_uploaded,
         )
 
 
 def _pack(x: torch.Tensor, bits: int | None, tensors: dict, header: dict) -> None:
-    """Put ``x`` into a payload: fp32 as ``hidden``, or b-bit codes with per-row scale and offset."""
+    """Put ``x`` [B, L, d] into a payload: only the rows where ``tensors["attention_mask"]`` is 1, packed
+    [N, d] in row-major order; fp32 as ``hidden``, or b-bit codes with per-row scale and offset."""
+    x = x[tensors["attention_mask"].to(device=x.device, dtype=torch.bool)]
     if bits is None:
         tensors["hidden"] = x.detach().contiguous().cpu()
         return
@@ -80,21 +104,27 @@ def _pack(x: torch.Tensor, bits: int | None, tensors: dict, header: dict) -> Non
 
 
 def _unpack(tensors: dict, meta: dict[str, str]) -> torch.Tensor:
-    """The tensor :func:`_pack` stored (``bits`` and ``hidden_shape`` are taken out of ``meta``)."""
+    """The [B, L, d] tensor :func:`_pack` stored, zeros at mask-0 rows (``bits`` and ``hidden_shape`` are
+    taken out of ``meta``)."""
     bits = meta.pop("bits", None)
     if bits is None:
-        return tensors["hidden"]
-    from .designs.quantisation import Quantised, dequantise
+        rows = tensors["hidden"]
+    else:
+        from .designs.quantisation import Quantised, dequantise
 
-    shape = tuple(int(n) for n in meta.pop("hidden_shape").split(","))
-    return dequantise(Quantised(tensors["hidden_codes"].numpy().tobytes(), tensors["hidden_scale"],
-                                tensors["hidden_offset"], shape, int(bits)))  # fmt: skip
+        shape = tuple(int(n) for n in meta.pop("hidden_shape").split(","))
+        rows = dequantise(Quantised(tensors["hidden_codes"].numpy().tobytes(), tensors["hidden_scale"],
+                                    tensors["hidden_offset"], shape, int(bits)))  # fmt: skip
+    keep = tensors["attention_mask"].bool()
+    out = rows.new_zeros(*keep.shape, rows.shape[-1])
+    out[keep] = rows
+    return out
 
 
-def tensor_to_bytes(x: torch.Tensor, bits: int | None = None) -> bytes:
-    """One tensor as it crosses a cut (GuardedTuning's A2 and gradients): safetensors, fp32 or b-bit codes,
-    ⌈numel·b/8⌉ + 8 bytes per row (+ the header)."""
-    tensors, header = {}, {}
+def tensor_to_bytes(x: torch.Tensor, attention_mask: torch.Tensor, bits: int | None = None) -> bytes:
+    """One [B, L, d] tensor as it crosses a cut (GuardedTuning's A2 and gradients, a causal LM's returned
+    hidden states): its real rows (and the mask, B·L bytes), fp32 or b-bit codes (⌈N·d·b/8⌉ + 8·N bytes)."""
+    tensors, header = {"attention_mask": attention_mask.to(torch.uint8).contiguous().cpu()}, {}
     _pack(x, bits, tensors, header)
     return st_save(tensors, metadata=header)
 

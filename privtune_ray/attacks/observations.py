@@ -76,13 +76,13 @@ class Observations:
 
 def observe(bottom: BottomModel, mechanism: Mechanism, data: TokenizedSplit, pad_id: int,
             batch_size: int = 128) -> Observations:  # fmt: skip
-    """Push ``data`` through the bottom and the mechanism, as a device would before upload."""
+    """Push ``data`` through the bottom and the mechanism's release, as a device would before upload."""
     if len(data) == 0:
         raise DataError("no sentences to observe: the sample is empty (raise attack.victim_samples or aux_samples)")
     parts, order = [], []
     for idx in batch_indices(data.lengths, batch_size, shuffle=False, bucketing=True):
         batch = collate(data, idx, pad_id)
-        released = mechanism.perturb(bottom(batch.input_ids, batch.attention_mask), batch.attention_mask, batch.input_ids)
+        released = mechanism.release(bottom(batch.input_ids, batch.attention_mask), batch.attention_mask, batch.input_ids)
         parts.append(Observations(released.float(), batch.attention_mask, batch.input_ids, batch.labels))
         order.extend(batch.indices.tolist())
     obs = Observations.concat(parts).subset(np.argsort(np.asarray(order), kind="stable"))

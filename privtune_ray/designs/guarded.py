@@ -19,7 +19,8 @@ Everything that crosses a cut is b-bit quantised (``design.bits``; ``designs/qua
   adapters into the full model.
 
 dCor (``dcor.py``) is taken between the embedding output E(x) and A1, each sample flattened over its L×d
-values (pads included, as the batch is sent); B·dCor keeps it on the per-sample scale of Σ CE.
+values as the batch is sent (rows at padding positions zero in both, as in every message); B·dCor keeps it on
+the per-sample scale of Σ CE.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from safetensors.torch import save as st_save
 from torch import nn
 
 from ..errors import ConfigError
-from ..message import CHANNELS, Message, tensor_from_bytes, tensor_to_bytes
+from ..message import CHANNELS, Message, tensor_from_bytes, tensor_to_bytes, zero_padding
 from ..models.split import BottomModel, TopModel, family_of, run_blocks
 from ..training.server import TopServer, summed_loss
 from .dcor import distance_correlation
@@ -151,12 +152,13 @@ class GuardedClient:
         self.compute_s = 0.0
 
     def _a1(self, batch, grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """(E(x), A1 = A_b(bottom(x)))."""
-        emb = self.bottom.embedding(batch.input_ids, batch.attention_mask, None).detach()
-        h = self.bottom(batch.input_ids, batch.attention_mask)
+        """(E(x), A1 = A_b(bottom(x))), padding rows zero (as A1 is sent)."""
+        mask = batch.attention_mask
+        emb = zero_padding(self.bottom.embedding(batch.input_ids, mask, None).detach(), mask)
+        h = self.bottom(batch.input_ids, mask)
         self.adapters.bottom.eval()  # [ours] no dropout in A_b: the A1 recomputed for backward is the one sent
         with torch.set_grad_enabled(grad):
-            return emb, self.adapters.bottom(h, batch.attention_mask)
+            return emb, zero_padding(self.adapters.bottom(h, mask), mask)
 
     def _decorrelation(self, emb: torch.Tensor, a1: torch.Tensor) -> torch.Tensor:
         if self.alpha == 0 or len(a1) < 2:
@@ -184,7 +186,7 @@ class GuardedClient:
         params = list(self.adapters.top.parameters())
         wrt = params + ([a2] if self.design == "online" else [])
         grads = torch.autograd.grad(loss, wrt, allow_unused=True)
-        grad_up = tensor_to_bytes(grads[-1], self.bits) if self.design == "online" else None
+        grad_up = tensor_to_bytes(grads[-1], batch.attention_mask, self.bits) if self.design == "online" else None
         self.compute_s += time.perf_counter() - start
         return float(loss.detach()), grad_up, list(grads[: len(params)])
 
@@ -228,7 +230,7 @@ class MiddleServer(TopServer):
         middle.requires_grad_(trains)
         super().__init__(middle, optimizer, scheduler, device=device)
         self.trains, self.bits = trains, bits
-        self._pending: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._pending: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     def forward(self, key: int, payload: bytes, train: bool) -> bytes:
         """A2 = M(A1) as it crosses back (b-bit when set)."""
@@ -240,17 +242,17 @@ class MiddleServer(TopServer):
             a1.requires_grad_(train and self.trains)
             a2 = self.top(a1, msg.attention_mask.to(self.device))
         if train and self.trains:
-            self._pending[key] = (a1, a2)
-        out = tensor_to_bytes(a2.detach().cpu(), self.bits)
+            self._pending[key] = (a1, a2, msg.attention_mask)
+        out = tensor_to_bytes(a2.detach().cpu(), msg.attention_mask, self.bits)
         self.compute_s += time.perf_counter() - start
         return out
 
     def backward(self, key: int, grad_payload: bytes) -> bytes:
         """online: ∂ℓ/∂A2 in, the middle's gradients accumulated, ∂ℓ/∂A1 out."""
         start = time.perf_counter()
-        a1, a2 = self._pending.pop(key)
+        a1, a2, mask = self._pending.pop(key)
         a2.backward(tensor_from_bytes(grad_payload).to(self.device))
-        out = tensor_to_bytes(a1.grad.detach().cpu(), self.bits)
+        out = tensor_to_bytes(a1.grad.detach().cpu(), mask, self.bits)
         self.compute_s += time.perf_counter() - start
         return out
 

@@ -88,8 +88,12 @@ class LaplaceActivation(_ClippedNoise):
     norm_p = 1
 
     def noise(self, shape):
-        u = torch.rand(*shape, generator=self.torch_rng) - 0.5  # inverse CDF of Laplace(0, b)
-        return -(self.noise_multiplier * self.clip_norm) * torch.sign(u) * torch.log1p(-2 * u.abs())
+        """Laplace(0, b = λC) by the inverse CDF, b·sign(u)·(−log(1 − |u|)), with u uniform on the open interval
+        (ε₆₄ − 1, 1) in float64 (as torch.distributions.Laplace draws it): |u| < 1, so every draw is finite
+        (torch.rand's [0, 1) once gave log(0) = −inf); the tail is cut at b·log(1/ε₆₄) ≈ 36·b (mass 2e-16)."""
+        eps = torch.finfo(torch.float64).eps
+        u = torch.empty(shape, dtype=torch.float64).uniform_(eps - 1, 1, generator=self.torch_rng)
+        return -(self.noise_multiplier * self.clip_norm) * torch.sign(u) * torch.log1p(-u.abs())
 
     def sample_event(self, max_length):
         return dp_accounting.LaplaceDpEvent(self.noise_multiplier / (2 * max_length))

@@ -2,6 +2,7 @@
 
     mech.fit(device_data)                       per-device state from the device's own data (optional)
     h̃ = mech.perturb(h, attention_mask, input_ids)   h, h̃ ∈ R^{B×L×d}; only real tokens (mask = 1) change
+    h̃ = mech.release(h, attention_mask, input_ids)   what leaves the device: perturb, checked finite, pads zero
     mech.guarantee(releases, max_length)        the privacy statement for a sample sent ``releases`` times
 
 ``input_ids`` are the device's own tokens: a mechanism may read them (PrivTune's neighbour targets and
@@ -18,6 +19,8 @@ import numpy as np
 import torch
 
 from ..data.batching import TokenizedSplit
+from ..errors import NonFiniteRelease
+from ..message import zero_padding
 
 
 @dataclass
@@ -68,6 +71,16 @@ class Mechanism:
 
     def perturb(self, h: torch.Tensor, attention_mask: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
         return h
+
+    def release(self, h: torch.Tensor, attention_mask: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+        """h̃ as it may leave the device: :meth:`perturb`, refused if any value is NaN or ±inf (that voids every
+        guarantee and poisons the top), rows at padding positions zero (they attended to the sentence)."""
+        out = self.perturb(h, attention_mask, input_ids)
+        bad = int((~torch.isfinite(out)).sum())
+        if bad:
+            raise NonFiniteRelease(f"mechanism {self.name!r} produced {bad} non-finite value(s) in h̃ ({out.numel()} drawn): "
+                                   f"nothing was uploaded; this is a defect of the mechanism or of the bottom's numerics")  # fmt: skip
+        return zero_padding(out, attention_mask)
 
     def guarantee(self, releases: int = 1, max_length: int = 64) -> Guarantee:
         return Guarantee(kind="none", statement="no privacy: h is uploaded as computed", releases=releases)

@@ -28,7 +28,7 @@ class SplitClient:
         start = time.perf_counter()
         hidden = self.bottom(batch.input_ids, batch.attention_mask)
         mid = time.perf_counter()
-        released = self.mechanism.perturb(hidden, batch.attention_mask, batch.input_ids)
+        released = self.mechanism.release(hidden, batch.attention_mask, batch.input_ids)
         end = time.perf_counter()
         self.compute_s += mid - start
         self.mechanism_s += end - mid
