@@ -46,7 +46,7 @@ class Message:
     def __post_init__(self) -> None:
         if self.labels.dim() > 1 and not self.targets_uploaded:
             raise ValueError("a Message carries no token ids: [B, L] token targets cross only with targets_uploaded=True "
-                             "(design.lm_head=cloud), which leaks them")  # fmt: skip
+                             "(model.lm_head=cloud), which leaks them")  # fmt: skip
         self.hidden = zero_padding(self.hidden, self.attention_mask)
 
     @property

@@ -119,3 +119,62 @@ def test_a_prompt_budget_too_small_for_the_answer_is_one_clear_error(tokenizer):
     raw = load_split("squad", "dev", max_samples=2, seed=0)
     with pytest.raises(ConfigError, match=r"model.max_length=8 leaves no room.*train.max_new_tokens"):
         tokenize_generation(raw, tokenizer, max_length=8, max_answer_tokens=6)
+
+
+def _dropout_free_decoder(tokenizer):
+    torch.manual_seed(1)
+    config = GPT2Config(vocab_size=tokenizer.vocab_size, n_positions=64, n_embd=32, n_layer=3, n_head=2, resid_pdrop=0.0,
+                        embd_pdrop=0.0, attn_pdrop=0.0, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    return GPT2LMHeadModel(config)
+
+
+def test_u_shaped_split_gives_the_gradients_of_the_cloud_head_and_no_target_crosses(tokenizer):
+    """The LM head on the device: z down, ∂ℓ/∂z up. The top's and the head's gradients equal those of the plain
+    split whose cloud holds the head and receives the targets; the U-shaped upload carries no token target."""
+    import copy
+
+    from privtune_ray.message import Message
+    from privtune_ray.models.split import split_model
+    from privtune_ray.training.client import SplitClient
+    from privtune_ray.training.lm_head import DeviceHead, HiddenStateServer, detach_head
+    from privtune_ray.training.server import TopServer, build_optimizer
+
+    split = tokenize_generation(load_split("squad", "dev", max_samples=4, seed=0), tokenizer, max_length=48, max_answer_tokens=6)
+    batch = collate(split, np.arange(4), tokenizer.pad_token_id)
+    parts = split_model(_dropout_free_decoder(tokenizer), 1, task="causal-lm")
+    train_cfg = load_config(None).train
+
+    plain_top = copy.deepcopy(parts.top)
+    plain = TopServer(plain_top, *build_optimizer(plain_top, train_cfg, 10))
+    sent = Message.from_bytes(SplitClient(parts.bottom, upload_targets=True).encode(batch).to_bytes())
+    assert torch.equal(sent.labels, batch.labels)  # the opt-in: the answer's tokens cross
+    plain.accumulate(sent)
+
+    top = copy.deepcopy(parts.top)
+    head = detach_head(top)
+    device = SplitClient(parts.bottom, head=DeviceHead(head, *build_optimizer(head, train_cfg, 10)))
+    cloud = HiddenStateServer(top, *build_optimizer(top, train_cfg, 10))
+    msg = Message.from_bytes(device.encode(batch).to_bytes())
+    assert msg.labels.numel() == 0 and not msg.targets_uploaded
+    z = cloud.forward(msg)
+    _, grad = device.head.loss_and_grad(z, msg.attention_mask, batch.labels)
+    cloud.backward(grad)
+
+    plain_grads = dict(plain_top.named_parameters())
+    for name, p in top.named_parameters():
+        torch.testing.assert_close(p.grad, plain_grads[name].grad, rtol=1e-4, atol=1e-6)
+    for name, p in head.named_parameters():
+        torch.testing.assert_close(p.grad, plain_grads[f"head.{name}"].grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("lm_head", ["device", "cloud"])
+def test_the_summary_names_whether_the_targets_crossed(tiny_decoder, tmp_path, lm_head):
+    cfg = load_config(SIMULATIONS / "squad_generation.yaml", [
+        f"model.name={tiny_decoder}", "model.split_depth=1", "model.max_length=48", "attack.enabled=false",
+        "data.max_train_samples=8", "data.max_eval_samples=4", "train.batch_size=4", "train.max_steps=2",
+        "train.max_new_tokens=2", "train.progress=false", "train.threads=2", f"model.lm_head={lm_head}",
+    ])  # fmt: skip
+    summary = json.loads((run_training(cfg, tmp_path / "run", log=quiet) / "summary.json").read_text())
+    assert summary["lm_head"] == lm_head
+    assert summary["targets_uploaded"] is (lm_head == "cloud") and bool(summary["leaks"]) is (lm_head == "cloud")
+    assert (summary["bytes_down"] > 0) is (lm_head == "device")

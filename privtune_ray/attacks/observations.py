@@ -30,7 +30,7 @@ class Observations:
     gradients: torch.Tensor | None = None  # [N, L, d] what the device returned for h̃ (GuardedTuning online's ∂ℓ/∂A2)
 
     def __post_init__(self) -> None:
-        if self.labels.dim() > 1:  # a causal LM's [N, L] token targets: no per-sample label to attack
+        if self.labels.dim() > 1 or len(self.labels) != len(self.hidden):  # a causal LM: no per-sample label
             self.labels = torch.full((self.labels.shape[0],), -1, dtype=torch.long)
 
     def __len__(self) -> int:

@@ -2,7 +2,8 @@
 
 Decoding has no shortcut past the device: each new token re-runs bottom → mechanism → upload → top on the
 whole prefix (no KV cache crosses the cut), so a prompt of n tokens answered in k tokens is released k times
-with fresh noise, and the bytes of every release are counted.
+with fresh noise, and the bytes of every release are counted. With the LM head on the device (U-shaped,
+``training/lm_head.py``) the cloud returns z and the device picks the token; ``download`` counts those bytes.
 """
 
 from __future__ import annotations
@@ -18,6 +19,14 @@ from tqdm.auto import tqdm
 from ..data.batching import Batch, TokenizedSplit, batch_indices, collate
 from .client import SplitClient
 from .server import TopServer, summed_loss
+
+
+def next_token_logits(client: SplitClient, server: TopServer, msg, download) -> torch.Tensor:
+    """Logits [B, L, V] for a received message: the cloud's (LM head in the cloud), or the device head's on the z
+    the cloud returns (U-shaped; ``download(payload)`` counts and returns it)."""
+    if client.head is None:
+        return server.predict(msg)
+    return client.head.logits(download(server.predict_payload(msg)), msg.attention_mask)
 
 
 def normalize_answer(text: str) -> str:
@@ -42,7 +51,7 @@ def squad_scores(prediction: str, answers: list[str]) -> tuple[float, float]:
 
 @torch.no_grad()
 def greedy_answers(client: SplitClient, server: TopServer, split: TokenizedSplit, indices, pad_id: int, end_id: int,
-                   max_new_tokens: int, upload) -> list[list[int]]:  # fmt: skip
+                   max_new_tokens: int, upload, download) -> list[list[int]]:  # fmt: skip
     """Continue each prompt at ``indices`` with the top's most likely token until the end token (or the limit).
     A finished answer leaves the batch: only unfinished prefixes are released again."""
     seqs = [list(split.input_ids[i][: split.prompt_lengths[i]]) for i in indices]
@@ -55,7 +64,7 @@ def greedy_answers(client: SplitClient, server: TopServer, split: TokenizedSplit
         for row, b in enumerate(active):
             ids[row, : len(seqs[b])], mask[row, : len(seqs[b])] = torch.tensor(seqs[b]), 1
         msg = upload(client.encode(Batch(ids, mask, torch.full((len(active),), -1), np.asarray(indices)[active])))
-        logits = server.predict(msg)
+        logits = next_token_logits(client, server, msg, download)
         last = torch.tensor([len(seqs[b]) - 1 for b in active])
         tokens = logits[torch.arange(len(active)), last].argmax(-1).tolist()
         for b, token in zip(active, tokens, strict=True):
@@ -68,14 +77,16 @@ def greedy_answers(client: SplitClient, server: TopServer, split: TokenizedSplit
 
 
 def evaluate_generation(client: SplitClient, server: TopServer, split: TokenizedSplit, tokenizer, batch_size: int,
-                        pad_id: int, end_id: int, max_new_tokens: int, upload, progress: bool = True) -> dict:  # fmt: skip
+                        pad_id: int, end_id: int, max_new_tokens: int, upload, download, progress: bool = True) -> dict:  # fmt: skip
     """Exact match and token F1 of greedy answers (fractions), and the teacher-forced loss on the reference
-    answer (nats per sample), all through the upload path."""
+    answer (nats per sample, computed where the head runs), all through the upload path."""
     exact, f1, loss_sum = [], [], 0.0
     for idx in tqdm(batch_indices(split.lengths, batch_size, shuffle=False, bucketing=True), desc="eval", disable=not progress, leave=False):
-        msg = upload(client.encode(collate(split, idx, pad_id)))
-        loss_sum += float(summed_loss(server.predict(msg), msg.labels))
-        for i, tokens in zip(idx, greedy_answers(client, server, split, idx, pad_id, end_id, max_new_tokens, upload), strict=True):
+        batch = collate(split, idx, pad_id)
+        msg = upload(client.encode(batch))
+        loss_sum += float(summed_loss(next_token_logits(client, server, msg, download), batch.labels))
+        answers = greedy_answers(client, server, split, idx, pad_id, end_id, max_new_tokens, upload, download)
+        for i, tokens in zip(idx, answers, strict=True):
             em, f = squad_scores(tokenizer.decode(tokens, skip_special_tokens=True), split.answers[i])
             exact.append(em)
             f1.append(f)

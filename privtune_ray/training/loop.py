@@ -30,6 +30,7 @@ from ..models.loading import load_split_model, load_tokenizer, resolve_model
 from ..runs import RunDir
 from .client import SplitClient
 from .generation import evaluate_generation
+from .lm_head import DeviceHead, HiddenStateServer, detach_head
 from .server import TopServer, apply_lora, build_optimizer, summed_loss
 
 
@@ -49,6 +50,7 @@ class Counters:
     samples: int = 0
     tokens: int = 0
     bytes_up: int = 0
+    bytes_down: int = 0  # U-shaped causal LM: the z the cloud returns
     comm_s: float = 0.0  # serialisation + deserialisation seconds
     train_s: float = 0.0  # wall seconds spent in the training loop (all sessions of a resumed run)
     extra: dict = field(default_factory=dict)
@@ -73,6 +75,24 @@ def upload(msg: Message, counters: Counters) -> Message:
     return received
 
 
+def download(payload: bytes, counters: Counters) -> bytes:
+    """Count what the cloud sends back to the device (a U-shaped causal LM's z)."""
+    counters.bytes_down += len(payload)
+    return payload
+
+
+def u_shaped_step(client: SplitClient, server: HiddenStateServer, msg: Message, targets, counters: Counters) -> float:
+    """The cloud returns z, the device's head takes the loss on its own targets and sends ∂ℓ/∂z back; both
+    halves step. Returns the batch's mean loss (nats)."""
+    z = download(server.forward(msg), counters)
+    loss_sum, grad = client.head.loss_and_grad(z, msg.attention_mask, targets)
+    counters.bytes_up += len(grad)
+    server.backward(grad)
+    server.step(msg.batch_size)
+    client.head.step(msg.batch_size)
+    return loss_sum / msg.batch_size
+
+
 def split_step(client: SplitClient, server: TopServer, batch, counters: Counters, on_upload=None) -> float:
     """One step of split fine-tuning: device forward, upload, top-model update. Returns the loss (nats).
 
@@ -81,7 +101,10 @@ def split_step(client: SplitClient, server: TopServer, batch, counters: Counters
     msg = upload(client.encode(batch), counters)
     if on_upload is not None:
         on_upload(msg, batch)
-    loss = server.train_step(msg)
+    if client.head is None:
+        loss = server.train_step(msg)
+    else:
+        loss = u_shaped_step(client, server, msg, batch.labels, counters)
     counters.step += 1
     counters.samples += len(batch.indices)
     counters.tokens += batch.num_tokens
@@ -135,6 +158,9 @@ def train_spec(cfg: Config):
         raise ConfigError(f"data.dataset={cfg.data.dataset!r} is a generation task: set model.task=causal-lm and a "
                           f"decoder model (a gpt2, opt or llama checkpoint), as simulations/squad_generation.yaml does")  # fmt: skip
     if spec.task == "generation":
+        if cfg.design.name == "ewtune" and cfg.model.lm_head == "device":
+            raise ConfigError("design.name=ewtune clips per-sample gradients of a loss the cloud computes; with a causal "
+                              "LM that loss is on the device (model.lm_head=device): use design.name=split")  # fmt: skip
         return spec
     if cfg.model.task == "causal-lm":
         raise ConfigError(f"model.task=causal-lm needs a generation dataset (squad); {cfg.data.dataset!r} is a "
@@ -192,11 +218,18 @@ def run_training(cfg: Config, out: str | os.PathLike | None = None, resume: bool
                                                   train_split.texts, log=log), cfg.attack, train_split, run)  # fmt: skip
 
     top = split_model.top
+    device_head = None
+    if cfg.model.task == "causal-lm" and cfg.model.lm_head == "device":  # U-shaped: the head and the loss stay
+        head = detach_head(top)
+        device_head = DeviceHead(head, *build_optimizer(head, cfg.train, total_steps))
     if cfg.train.lora.enabled:
         top = apply_lora(top, split_model.family, cfg.train.lora)
     optimizer, scheduler = build_optimizer(top, cfg.train, total_steps)
-    client = SplitClient(split_model.bottom, mechanism, bits=cfg.design.bits)
-    if dp_plan is None:
+    client = SplitClient(split_model.bottom, mechanism, bits=cfg.design.bits, head=device_head,
+                         upload_targets=cfg.model.task == "causal-lm" and cfg.model.lm_head == "cloud")  # fmt: skip
+    if device_head is not None:
+        server = HiddenStateServer(top, optimizer, scheduler, device=device)
+    elif dp_plan is None:
         server = TopServer(top, optimizer, scheduler, device=device)
     else:
         server = DPTopServer(top, optimizer, scheduler, dp_plan, cfg.train.batch_size, device=device, seed=cfg.seed)
@@ -211,7 +244,7 @@ def run_training(cfg: Config, out: str | os.PathLike | None = None, resume: bool
         if run.summary_path.exists():
             raise ConfigError(f"--resume: the run in {str(run.path)!r} has finished (summary.json exists); start a new one")
         if run.checkpoint_path.exists():
-            counters = _restore(run, top, optimizer, scheduler, mechanism)
+            counters = _restore(run, top, optimizer, scheduler, mechanism, device_head)
         run.truncate("metrics", counters.step)  # rows written after the checkpoint are redone
         run.truncate("eval", counters.step)
         run.truncate("attacks", counters.step)
@@ -246,7 +279,7 @@ def run_training(cfg: Config, out: str | os.PathLike | None = None, resume: bool
                 run.append("metrics", {
                     "step": counters.step, "epoch": counters.epoch, "loss": float(np.mean(window_loss)) if window_loss else float("nan"),
                     "lr": server.lr, "samples": counters.samples, "tokens": counters.tokens,
-                    "bytes_up": counters.bytes_up, "samples_per_s": window_samples / max(now - window_start, 1e-9),
+                    "bytes_up": counters.bytes_up, "bytes_down": counters.bytes_down, "samples_per_s": window_samples / max(now - window_start, 1e-9),
                     "bottom_s": client.compute_s, "mechanism_s": client.mechanism_s, "top_s": server.compute_s,
                     "comm_s": counters.comm_s,
                     "elapsed_s": counters.train_s,
@@ -258,7 +291,7 @@ def run_training(cfg: Config, out: str | os.PathLike | None = None, resume: bool
             if attacks and cfg.attack.every and counters.step % cfg.attack.every == 0 and counters.step < total_steps:
                 attacks.round(counters.step)
             if counters.step % cfg.train.checkpoint_every == 0 and counters.step < total_steps:
-                _checkpoint(run, top, optimizer, scheduler, mechanism, counters)
+                _checkpoint(run, top, optimizer, scheduler, mechanism, counters, device_head)
             if counters.step >= total_steps:
                 break
         else:
@@ -293,7 +326,11 @@ def run_training(cfg: Config, out: str | os.PathLike | None = None, resume: bool
         "dev_samples": result["samples"],
         "bytes_up": counters.bytes_up,
         "bytes_up_per_sample": counters.bytes_up / max(counters.samples, 1),
+        "bytes_down": counters.bytes_down,
         "bytes_up_eval": result["bytes_up"],
+        **({"lm_head": cfg.model.lm_head, "targets_uploaded": client.upload_targets,
+            "leaks": ["the token targets (the answer text) are uploaded with h̃ (model.lm_head=cloud)"]
+            if client.upload_targets else []} if cfg.model.task == "causal-lm" else {}),
         "train_wall_s": counters.train_s,
         "train_samples_per_s": counters.samples / max(counters.train_s, 1e-9),
         "bottom_compute_s": client.compute_s,
@@ -311,6 +348,8 @@ def run_training(cfg: Config, out: str | os.PathLike | None = None, resume: bool
     if run.checkpoint_path.exists():
         run.checkpoint_path.unlink()  # the run is complete; summary.json marks it
     log(f"privtune-ray: mechanism {mechanism.name}: {privacy.statement}")
+    if client.upload_targets:
+        log("privtune-ray: warning: model.lm_head=cloud uploaded the token targets (the answer text) with every batch")
     log(f"privtune-ray: dev {metric} {result[metric]:.4f} on {result['samples']} samples after {counters.step} steps")
     log(f"privtune-ray: wrote {run.summary_path}")
     return run.path
@@ -358,15 +397,16 @@ def _evaluate_and_log(run, client, server, split, cfg: Config, tokenizer, step: 
     else:
         counters = Counters()
         result = evaluate_generation(client, server, split, tokenizer, cfg.train.eval_batch_size, pad_id,
-                                     end_token_id(tokenizer), cfg.train.max_new_tokens,
-                                     lambda msg: upload(msg, counters), progress=cfg.train.progress)  # fmt: skip
-        result["bytes_up"] = counters.bytes_up
+                                     end_token_id(tokenizer), cfg.train.max_new_tokens, lambda msg: upload(msg, counters),
+                                     lambda payload: download(payload, counters), progress=cfg.train.progress)  # fmt: skip
+        result["bytes_up"], result["bytes_down"] = counters.bytes_up, counters.bytes_down
     run.append("eval", {"step": step, "split": cfg.data.eval_split, **result})
     return result
 
 
-def _checkpoint(run: RunDir, top, optimizer, scheduler, mechanism, counters: Counters) -> None:
+def _checkpoint(run: RunDir, top, optimizer, scheduler, mechanism, counters: Counters, device_head=None) -> None:
     state = {
+        **({"device_head": _head_state(device_head)} if device_head is not None else {}),
         "mechanism": mechanism.state_dict(),
         "top": top.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -379,8 +419,16 @@ def _checkpoint(run: RunDir, top, optimizer, scheduler, mechanism, counters: Cou
     os.replace(tmp, run.checkpoint_path)
 
 
-def _restore(run: RunDir, top, optimizer, scheduler, mechanism) -> Counters:
+def _head_state(head: DeviceHead) -> dict:
+    return {"head": head.head.state_dict(), "optimizer": head.optimizer.state_dict(), "scheduler": head.scheduler.state_dict()}
+
+
+def _restore(run: RunDir, top, optimizer, scheduler, mechanism, device_head=None) -> Counters:
     state = torch.load(run.checkpoint_path, weights_only=False, map_location="cpu")  # a GPU run resumes anywhere
+    if device_head is not None:
+        device_head.head.load_state_dict(state["device_head"]["head"])
+        device_head.optimizer.load_state_dict(state["device_head"]["optimizer"])
+        device_head.scheduler.load_state_dict(state["device_head"]["scheduler"])
     mechanism.load_state_dict(state["mechanism"])
     top.load_state_dict(state["top"])
     optimizer.load_state_dict(state["optimizer"])
