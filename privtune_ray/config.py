@@ -26,11 +26,17 @@ class ModelConfig:
     split_depth: int = 2  # m: blocks on the device (0 = embeddings only)
     max_length: int = 64  # tokens per sample after truncation
     task: str = "classification"  # "classification" or "causal-lm"
+    # causal-lm: where the LM head and the loss run. "device" (U-shaped: the cloud returns the top's last hidden
+    # states and receives their gradient; no token crosses); "cloud" uploads the token targets (the answer
+    # text) with h̃, and the summary names that leak.
+    lm_head: str = "device"
 
     def validate(self, key: str) -> None:
         _require(self.split_depth >= 0, f"{key}.split_depth", "must be >= 0 (number of blocks on the device)")
         _require(self.max_length >= 2, f"{key}.max_length", "must be >= 2 tokens")
         _require(self.task in ("classification", "causal-lm"), f"{key}.task", "must be 'classification' or 'causal-lm'")
+        _require(self.lm_head in ("device", "cloud"), f"{key}.lm_head",
+                 "must be 'device' (U-shaped: no token leaves the device) or 'cloud' (uploads the token targets)")
 
 
 @dataclass
