@@ -1,9 +1,14 @@
 """Bytes one training step sends up, per wire format, and what quantising costs on the device.
 
-One full 32 × 64 SST-2 batch through MiniLM's bottom (m=2) and PrivTune, serialised as the Message a device
-uploads: fp32 h̃, and h̃ as 8-bit and 4-bit per-row codes (``design.bits``). Also the time of the 8-bit
+One 32 × 64 SST-2 batch of the longest sentences (1,820 real tokens of 2,048 rows) through MiniLM's bottom
+(m=2) and PrivTune, serialised as the Message a device uploads (real rows only): fp32 h̃, and h̃ as 8-bit and 4-bit per-row codes (``design.bits``). Also the time of the 8-bit
 quantisation as a ratio to the bottom forward of the same batch, and its mean absolute error against fp32.
 EW-Tune uploads what plain split learning does (its DP acts on the cloud's update), so its bytes are the fp32 row.
+
+``padding``: bytes per sample of the upload on real SST-2 batching, only the real rows packed (what is sent)
+against every B × L row (what was sent before padding rows were dropped: + (B·L − N)·d·4 bytes of fp32 h̃), for
+training batches (32, length-bucketed, the whole train split), simulate's device batches (16, unbucketed) and
+evaluation batches (128, bucketed, the dev split). Sizes depend on the shapes alone, so h̃ is zeros there.
 
 ``designs``: bytes per training step and channel of the same batch for PrivTune (one upload) and the three
 GuardedTuning designs at m = 2 with one adapter block per end, fp32, 8-bit and 4-bit, each measured from the
@@ -42,7 +47,7 @@ def main() -> None:
         msg = SplitClient(split.bottom, mechanism, bits=bits).encode(batch)
         formats["fp32" if bits is None else f"{bits}-bit"] = {
             "bytes_per_step": len(msg.to_bytes()),
-            "hidden_bytes_formula": msg.hidden.numel() * 4 if bits is None else quantised_bytes(tuple(msg.hidden.shape), bits),
+            "hidden_bytes_formula": _real_rows(msg) * 4 if bits is None else quantised_bytes((_real_rows(msg) // msg.hidden.shape[-1], msg.hidden.shape[-1]), bits),
         }  # fmt: skip
     for name, row in formats.items():
         row["ratio_to_fp32"] = row["bytes_per_step"] / formats["fp32"]["bytes_per_step"]
@@ -56,13 +61,52 @@ def main() -> None:
     error = {f"{b}-bit": float((dequantise(quantise(hidden, b)) - hidden).abs().mean()) for b in (8, 4)}
     designs = {"privtune": {f: {"act_up": row["bytes_per_step"]} for f, row in formats.items()}}
     designs.update(guarded_step_bytes(split, batch, args.model))
+    hidden_size = int(hidden.shape[-1])
     write_results(args.out, {
         "benchmark": "communication", "model": args.model, "split_depth": args.m, "batch": list(batch.input_ids.shape),
         "mechanism": "privtune", "threads": args.threads, "formats": formats,
         "quantise_8bit_ratio_to_bottom_forward": ratio_to(times, "quantise_8bit", "bottom_forward"),
         "mean_abs_error": error, "mean_abs_hidden": float(hidden.abs().mean()),
-        "designs": designs,
+        "designs": designs, "padding": padding_bytes(tokenizer, hidden_size),
     })  # fmt: skip
+
+
+def _real_rows(msg) -> int:
+    """Values of h̃ that travel: N real rows × d."""
+    return int(msg.attention_mask.sum()) * int(msg.hidden.shape[-1])
+
+
+def padding_bytes(tokenizer, hidden_size: int) -> dict:
+    """Upload bytes per sample, packed real rows vs all B × L rows, per batching of SST-2 (fp32, d = hidden_size)."""
+    import numpy as np
+
+    from privtune_ray.data import batch_indices, collate, load_split, tokenize_split
+    from privtune_ray.message import Message
+
+    train = tokenize_split(load_split("sst2", "train"), tokenizer, 64)
+    dev = tokenize_split(load_split("sst2", "dev"), tokenizer, 64)
+    settings = {
+        "train_32_bucketed": (train, batch_indices(train.lengths, 32, shuffle=True, bucketing=True, seed=0)),
+        "simulate_16_unbucketed": (train, batch_indices(train.lengths, 16, shuffle=True, bucketing=False, seed=0)),
+        "eval_128_bucketed": (dev, batch_indices(dev.lengths, 128, shuffle=False, bucketing=True)),
+    }
+    out = {}
+    for name, (data, batches) in settings.items():
+        packed = padded = samples = with_padding = 0
+        for idx in batches:
+            batch = collate(data, idx, tokenizer.pad_token_id)
+            B, L = batch.input_ids.shape
+            n = int(batch.attention_mask.sum())
+            size = len(Message(torch.zeros(B, L, hidden_size), batch.attention_mask, batch.labels).to_bytes())
+            packed += size
+            padded += size + (B * L - n) * hidden_size * 4
+            samples += B
+            with_padding += int((batch.attention_mask == 0).any(dim=1).sum())
+        out[name] = {"samples": samples, "bytes_per_sample_packed": packed / samples,
+                     "bytes_per_sample_all_rows": padded / samples, "ratio": packed / padded,
+                     "samples_with_padding_rows": with_padding / samples, "batches": len(batches),
+                     "mean_tokens": float(np.mean(data.lengths))}  # fmt: skip
+    return out
 
 
 def guarded_step_bytes(split, batch, model_name: str) -> dict:
