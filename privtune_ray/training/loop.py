@@ -328,6 +328,7 @@ def run_training(cfg: Config, out: str | os.PathLike | None = None, resume: bool
         "bytes_up_per_sample": counters.bytes_up / max(counters.samples, 1),
         "bytes_down": counters.bytes_down,
         "bytes_up_eval": result["bytes_up"],
+        "bytes_down_eval": result.get("bytes_down", 0),
         **({"lm_head": cfg.model.lm_head, "targets_uploaded": client.upload_targets,
             "leaks": ["the token targets (the answer text) are uploaded with h̃ (model.lm_head=cloud)"]
             if client.upload_targets else []} if cfg.model.task == "causal-lm" else {}),
