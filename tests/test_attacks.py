@@ -115,13 +115,31 @@ def test_empty_victim_sample_and_unknown_attack_are_errors():
         load_config(None, ["attack.names=[eia_magic]"])
 
 
-def test_attack_cli_runs_the_suite_on_all_of_sst2_dev(tmp_path):
-    """The small configuration of the six-attack evaluation on the 872 SST-2 dev sentences."""
-    out = tmp_path / "attacks"
+def _attack_cli(out, victims: int | None) -> dict:
+    """The small configuration of the six-attack evaluation on SST-2 dev (all of it, or its first ``victims``)."""
+    extra = [] if victims is None else ["--set", f"data.max_eval_samples={victims}"]
     rc = main(["attack", "simulations/sst2_attacks.yaml", "--out", str(out), "--set", "attack.aux_samples=300",
-               "--set", "attack.epochs=1", "--set", "attack.probe_epochs=2", "--set", "attack.opt_steps=5", "--set", "train.progress=false"])  # fmt: skip
+               "--set", "attack.epochs=1", "--set", "attack.probe_epochs=2", "--set", "attack.opt_steps=5",
+               "--set", "train.progress=false", *extra])  # fmt: skip
     assert rc == 0
-    summary = json.loads((out / "summary.json").read_text())
+    return json.loads((out / "summary.json").read_text())
+
+
+def test_attack_cli_runs_the_suite_end_to_end(tmp_path):
+    """Every attack of the suite through `privtune-ray attack` on 96 dev sentences (the whole dev set: ``slow``)."""
+    summary = _attack_cli(tmp_path / "attacks", victims=96)
+    assert summary["victims"] == 96
+    assert set(summary["attacks"]) == {"eia_knn_l2", "eia_knn_cosine", "eia_mlp", "eia_transformer", "eia_opt",
+                                       "aia_keyword", "aia_label"}  # fmt: skip
+    assert summary["max_eia_asr_top1"] >= 0.9
+    rows = pd.read_csv(tmp_path / "attacks" / "attacks.csv")
+    assert set(rows["attack"]) == set(summary["attacks"]) and np.isfinite(rows["value"]).all()
+
+
+@pytest.mark.slow
+def test_attack_cli_runs_the_suite_on_all_of_sst2_dev(tmp_path):
+    out = tmp_path / "attacks"
+    summary = _attack_cli(out, victims=None)
     assert summary["victims"] == 872
     assert set(summary["attacks"]) == {"eia_knn_l2", "eia_knn_cosine", "eia_mlp", "eia_transformer", "eia_opt",
                                        "aia_keyword", "aia_label"}  # fmt: skip

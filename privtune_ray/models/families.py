@@ -19,6 +19,7 @@ model's own modules together in the order its ``forward()`` does.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Callable
 
@@ -105,6 +106,10 @@ class BidirectionalContext(nn.Module):
         return {"attention_mask": mask}
 
 
+# No KV cache: transformers >= 5.x names the argument ``cache`` (``past_key_values`` before, now deprecated).
+_NO_CACHE = {("cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"): None}
+
+
 class CausalContext(nn.Module):
     """Decoders: causal mask and position ids; rotary ``(cos, sin)`` when the body has ``rotary_emb``."""
 
@@ -117,11 +122,7 @@ class CausalContext(nn.Module):
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> dict:
         position_ids = self.positions(attention_mask)
         mask = create_causal_mask(
-            config=self.config,
-            inputs_embeds=hidden,
-            attention_mask=attention_mask,
-            past_key_values=None,
-            position_ids=position_ids,
+            config=self.config, inputs_embeds=hidden, attention_mask=attention_mask, position_ids=position_ids, **_NO_CACHE
         )
         context = {"attention_mask": mask, "position_ids": position_ids}
         if self.rotary_emb is not None:
