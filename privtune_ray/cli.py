@@ -46,7 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     account.add_argument("--noise-multiplier", type=float, help="DP-SGD: noise multiplier sigma")
     account.add_argument("--steps", type=int, help="DP-SGD: number of steps T")
     account.add_argument("--delta", type=float, default=1e-5, help="delta (default 1e-5)")
-    account.add_argument("--target-epsilon", type=float, help="DP-SGD: calibrate sigma for this epsilon (Edgeworth)")
+    account.add_argument("--target-epsilon", type=float, help="DP-SGD: calibrate sigma for this epsilon")
+    account.add_argument("--calibrate-with", choices=("edgeworth", "pld"), default="edgeworth",
+                         help="DP-SGD: the accountant --target-epsilon calibrates with (default edgeworth, EW-Tune's)")
 
     sweep = sub.add_parser("sweep", help="run a grid of configs as parallel Ray tasks and collect one table (sweep.csv)")
     sweep.add_argument("config", help="YAML config with an optional sweep: section, e.g. simulations/sst2_headline.yaml")
@@ -102,9 +104,13 @@ def _attack(args) -> None:
 
 
 def _account(args) -> None:
+    """Print the guarantees. DP-SGD: ε (nats) per accountant at (q, σ, T, δ), PLD as the reference (on a 1e-4 grid:
+    the default 1e-3 grid overstates small ε), with a warning line wherever an Edgeworth ε is more than 10 % below
+    it and a line, not a number, where the expansion breaks down."""
     import math
 
-    from .accounting import calibrate_sigma, edgeworth_epsilon, pld_epsilon, prv_epsilon, rdp_epsilon
+    from .accounting import (EdgeworthBreakdown, SigmaOutOfRange, calibrate_sigma, calibrate_sigma_pld, edgeworth_epsilon,
+                             pld_epsilon, prv_epsilon, rdp_epsilon)  # fmt: skip
     from .config import load_config
     from .mechanisms import config_guarantee
 
@@ -123,20 +129,44 @@ def _account(args) -> None:
         q, steps, delta = args.sample_rate, args.steps, args.delta
         sigma = args.noise_multiplier
         if args.target_epsilon is not None:
-            sigma = calibrate_sigma(args.target_epsilon, delta, q, steps)
-            print(f"calibrated sigma = {sigma:.4f} for epsilon = {args.target_epsilon:g} (Edgeworth order 2)")
+            if args.calibrate_with == "pld":
+                sigma = calibrate_sigma_pld(args.target_epsilon, delta, q, steps)
+            else:
+                try:
+                    sigma = calibrate_sigma(args.target_epsilon, delta, q, steps)
+                except SigmaOutOfRange as exc:  # its fix "calibrate with the PLD accountant" is this flag
+                    hint = " (--calibrate-with pld)" if exc.reason in ("breakdown", "met_at_lo") else ""
+                    raise PrivtuneError(f"{exc}{hint}") from None
+            name = {"edgeworth": "Edgeworth order 2", "pld": "PLD, dp-accounting"}[args.calibrate_with]
+            print(f"calibrated sigma = {sigma:.4f} for epsilon = {args.target_epsilon:g} ({name})")
         if sigma is None:
             raise PrivtuneError("give --noise-multiplier or --target-epsilon")
         print(f"Poisson-subsampled Gaussian: q = {q:g}, sigma = {sigma:g}, T = {steps}, delta = {delta:g}")
-        rows = [("Edgeworth order 1", edgeworth_epsilon(delta, q, sigma, steps, 1)),
-                ("Edgeworth order 2", edgeworth_epsilon(delta, q, sigma, steps, 2)),
-                ("PLD (dp-accounting)", pld_epsilon(delta, q, sigma, steps)),
-                ("RDP (dp-accounting)", rdp_epsilon(delta, q, sigma, steps)),
-                ("PRV (Opacus)", prv_epsilon(delta, q, sigma, steps))]  # fmt: skip
-        pld = rows[2][1]
+        pld = pld_epsilon(delta, q, sigma, steps, interval=1e-4)
+        rows, warnings = [], []
+        for order in (1, 2):
+            name = f"Edgeworth order {order}"
+            try:
+                eps = edgeworth_epsilon(delta, q, sigma, steps, order)
+            except EdgeworthBreakdown:
+                rows.append((name, None))
+                continue
+            rows.append((name, eps))
+            if eps < 0.9 * pld:
+                warnings.append(f"warning: {name} gives epsilon {eps:.4f}, {(pld - eps) / pld:.0%} below the PLD bound "
+                                f"{pld:.4f} (q·T = {q * steps:.3g}): the expansion understates epsilon here; "
+                                f"quote the PLD epsilon")  # fmt: skip
+        rows += [("PLD (dp-accounting)", pld), ("RDP (dp-accounting)", rdp_epsilon(delta, q, sigma, steps)),
+                 ("PRV (Opacus)", prv_epsilon(delta, q, sigma, steps))]  # fmt: skip
         for name, eps in rows:
+            if eps is None:
+                print(f"  {name:22s} breaks down: claims (0, {delta:g})-DP at q·T = {q * steps:.3g} expected releases per "
+                      f"sample, where PLD gives epsilon {pld:.4f}; quote the PLD epsilon")  # fmt: skip
+                continue
             rel = "" if math.isclose(eps, pld) else f"  ({(eps - pld) / pld:+.1%} vs PLD)"
             print(f"  {name:22s} epsilon = {eps:.4f}{rel}")
+        for line in warnings:
+            print(line)
     elif not args.config:
         raise PrivtuneError("give a config, or --sample-rate, --steps and --noise-multiplier (or --target-epsilon)")
 

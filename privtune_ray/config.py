@@ -309,7 +309,9 @@ class DesignConfig:
     """How the trainable part is fine-tuned. ``split``: plain SGD on uploaded h (PrivTune and the perturbation
     baselines protect h). ``ewtune``: DP-SGD (EW-Tune) on the top model: Poisson-sampled batches of expected
     size ``train.batch_size``, per-sample gradients clipped to ``clip_norm``, Gaussian noise σ·C with σ calibrated
-    by the Edgeworth accountant so the whole run spends ``target_epsilon`` at ``delta`` (PLD and RDP ε beside it).
+    so the whole run spends ``target_epsilon`` at ``delta``: by the Edgeworth accountant (``calibrate_with:
+    edgeworth``, EW-Tune's, an approximation) or by dp-accounting's PLD bound (``pld``); both ε are reported. A run
+    whose PLD ε exceeds the target by more than 10 % stops before training unless ``allow_understated_epsilon``.
     ``online`` / ``gradfree`` / ``offline``: the GuardedTuning designs (``designs/guarded.py``): the device holds
     ``adapter_layers`` trainable blocks after its frozen bottom and before the head, the cloud the middle; dCor
     weight α = ``dcor_weight``; the offline emulator keeps ``emulator_keep`` of the middle's blocks."""
@@ -320,6 +322,8 @@ class DesignConfig:
     clip_norm: float = 1.0  # C: per-sample gradient L2 bound
     max_noise_multiplier: float = 100.0  # the largest σ the calibration may pick; above it a target is unreachable
     edgeworth_order: int = 2
+    calibrate_with: str = "edgeworth"  # ewtune: edgeworth (EW-Tune's estimate) | pld (the dp-accounting bound)
+    allow_understated_epsilon: bool = False  # ewtune: run even if the PLD ε exceeds target_epsilon by > 10 %
     bits: int | None = None  # b-bit per-row quantisation of what crosses a cut, 2..16 (None: fp32)
     adapter_layers: int = 1  # GuardedTuning: a, trainable blocks the device holds at each end
     dcor_weight: float = 0.5  # GuardedTuning: α of α·dCor(E(x), A1) (online, offline)
@@ -336,6 +340,8 @@ class DesignConfig:
         _require(self.clip_norm > 0, f"{key}.clip_norm", "must be > 0")
         _require(self.max_noise_multiplier > 0.3, f"{key}.max_noise_multiplier", "must be > 0.3")
         _require(self.edgeworth_order in (1, 2), f"{key}.edgeworth_order", "must be 1 or 2")
+        _require(self.calibrate_with in ("edgeworth", "pld"), f"{key}.calibrate_with",
+                 f"must be edgeworth (EW-Tune's estimate) or pld (the dp-accounting bound), got {self.calibrate_with!r}")
 
 
 @dataclass

@@ -91,3 +91,68 @@ def test_sigma_calibration_hits_the_target():
 def test_bad_accounting_input(call, match):
     with pytest.raises(ConfigError, match=match):
         call()
+
+
+def test_edgeworth_claiming_zero_epsilon_for_a_subsampled_mechanism_is_an_error():
+    # q·T = 0.1 releases per sample, σ = 0.6: PLD gives ε = 0.78, the expansion's δ(0) falls below δ (it said ε = 0)
+    assert pld_epsilon(DELTA, 0.001, 0.6, 100) > 0.5
+    for order in (1, 2):
+        with pytest.raises(ValueError, match=r"claims \(0, 1e-05\)-DP at q·T = 0.1 .*PLD accountant"):
+            edgeworth_epsilon(DELTA, 0.001, 0.6, 100, order)
+        acc = EdgeworthAccountant(order=order)
+        acc.step(noise_multiplier=0.6, sample_rate=0.001, num_steps=100)
+        with pytest.raises(ValueError, match="PLD accountant"):
+            acc.get_epsilon(DELTA)
+    # without subsampling the expansion is exact, and so is (0, δ)-DP where the Gaussian's total variation ≤ δ
+    assert edgeworth_epsilon(DELTA, 1.0, 1e5, 1) == dp_accounting.get_epsilon_gaussian(1e5, DELTA) == 0.0
+
+
+def test_calibration_at_the_bottom_of_its_range_is_an_error():
+    # ε at σ = 0.3 is already below the target: the smallest σ that meets it lies outside the range
+    with pytest.raises(ConfigError, match=r"target epsilon 50 is met already at sigma = 0.3.*lower the target epsilon"):
+        calibrate_sigma(50.0, DELTA, 0.01, 100)
+
+
+@pytest.mark.parametrize("q,steps", [(0.001, 100), (128 / 66_349, 120)])
+def test_calibration_where_the_expansion_breaks_down_is_an_error_naming_pld(q, steps):
+    # (0.001, 100): breakdown for σ below ~0.62, ε ≤ 0.21 above it; (128/66,349, 120), simulations/sst2_designs.yaml's
+    # EW-Tune arm: finite ε at σ ≤ 0.40 (σ = 0.365 gave ε = 3, PLD 8.2), breakdown at 0.42-0.48, ε ≤ 0.87 above
+    with pytest.raises(ConfigError, match=r"Edgeworth expansion breaks down below sigma = 0\.[56].*PLD accountant"):
+        calibrate_sigma(3.0, DELTA, q, steps)
+
+
+def test_pld_calibration_meets_the_target_through_dp_accounting():
+    from privtune_ray.accounting import calibrate_sigma_pld
+
+    for q, steps in ((0.001, 100), (0.01, 1000)):
+        sigma = calibrate_sigma_pld(3.0, DELTA, q, steps)
+        assert pld_epsilon(DELTA, q, sigma, steps) <= 3.0 and pld_epsilon(DELTA, q, sigma, steps) == pytest.approx(3.0, rel=1e-3)
+        assert pld_epsilon(DELTA, q, sigma * 0.99, steps) > 3.0
+    with pytest.raises(ConfigError, match="unreachable with a noise multiplier up to 5"):
+        calibrate_sigma_pld(1e-4, DELTA, 1.0, 10000, sigma_range=(0.3, 5.0))
+    with pytest.raises(ConfigError, match="met already at sigma = 0.3"):
+        calibrate_sigma_pld(50.0, DELTA, 0.01, 100)
+
+
+def _account(capsys, *args):
+    from privtune_ray.cli import main
+
+    rc = main(["account", *args])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_account_warns_where_edgeworth_understates_and_names_a_breakdown(capsys):
+    rc, out, _ = _account(capsys, "--sample-rate", "0.01", "--steps", "100", "--noise-multiplier", "0.6")
+    # Edgeworth 1.93 and 2.17 against PLD 3.82
+    assert rc == 0 and "warning: Edgeworth order 1" in out and "warning: Edgeworth order 2" in out and "below the PLD" in out
+    rc, out, _ = _account(capsys, "--sample-rate", "0.001", "--steps", "100", "--noise-multiplier", "0.6")
+    assert rc == 0 and out.count("breaks down") == 2 and "epsilon = 0.0000" not in out
+    rc, out, _ = _account(capsys, "--sample-rate", "0.01", "--steps", "1000", "--noise-multiplier", "1.0")
+    assert rc == 0 and "warning" not in out  # within 6 % of PLD
+    # the case: the bottom of the range, where Edgeworth says 0 and PLD 11.04, was printed as the calibrated σ
+    rc, out, err = _account(capsys, "--sample-rate", "0.001", "--steps", "100", "--target-epsilon", "3")
+    assert rc == 2 and "calibrated sigma" not in out and "breaks down" in err and "--calibrate-with pld" in err
+    assert len(err.strip().splitlines()) == 1
+    rc, out, _ = _account(capsys, "--sample-rate", "0.001", "--steps", "100", "--target-epsilon", "3", "--calibrate-with", "pld")
+    assert rc == 0 and "calibrated sigma = 0.46" in out and "PLD (dp-accounting)    epsilon = 3.00" in out

@@ -70,16 +70,44 @@ def test_clipping_and_noise_change_the_step(minilm, tokenizer):
 
 
 def test_sigma_is_calibrated_by_edgeworth_with_pld_and_rdp_beside_it():
-    plan = plan_dp_sgd(DesignConfig(name="ewtune", target_epsilon=3.0), sample_rate=32 / 67_000, steps=2_000)
-    assert plan.sample_rate == pytest.approx(32 / 67_000)
+    plan = plan_dp_sgd(DesignConfig(name="ewtune", target_epsilon=3.0), sample_rate=1 / 30, steps=600)
+    assert plan.sample_rate == pytest.approx(1 / 30) and plan.calibrated_with == "edgeworth"
     assert plan.epsilon_edgeworth == pytest.approx(3.0, abs=1e-3) and plan.noise_multiplier > 0.3
     assert plan.epsilon_pld > 0 and plan.epsilon_rdp >= plan.epsilon_pld  # RDP is the looser bound
-    # at q = 32/67,000 the Edgeworth expansion is far off (PLD 6.9 for the target 3) and the plan says so; at q = 1/30,
-    # T = 600 it is within 4 % and above the PLD bound: no warning
-    assert "PLD gives epsilon 6.9" in plan.pld_warning()
-    assert plan_dp_sgd(DesignConfig(name="ewtune", target_epsilon=3.0), 1 / 30, 600).pld_warning() is None
-    spent = [spent_epsilon(plan, t)["epsilon_pld"] for t in (0, 500, 1_000, 2_000)]
+    # at q = 1/30, T = 600 the Edgeworth ε is within 4 % of the PLD bound and above it: no warning
+    assert plan.pld_warning() is None
+    spent = [spent_epsilon(plan, t)["epsilon_pld"] for t in (0, 100, 300, 600)]
     assert spent[0] == 0 and spent == sorted(spent) and spent[-1] == pytest.approx(plan.epsilon_pld)
+
+
+def test_a_plan_whose_pld_epsilon_exceeds_the_target_stops_unless_allowed():
+    # q = 32/67,000, T = 2,000: the Edgeworth-calibrated σ = 0.38 gives PLD ε 6.9 for the target 3
+    fixes = r"design.calibrate_with=pld, or design.allow_understated_epsilon=true .*, or lower design.target_epsilon"
+    with pytest.raises(ConfigError, match=r"design.target_epsilon=3 is understated: .* PLD epsilon 6.9.*" + fixes):
+        plan_dp_sgd(DesignConfig(name="ewtune", target_epsilon=3.0), 32 / 67_000, 2_000)
+    allowed = plan_dp_sgd(DesignConfig(name="ewtune", target_epsilon=3.0, allow_understated_epsilon=True), 32 / 67_000, 2_000)
+    assert allowed.epsilon_edgeworth == pytest.approx(3.0, abs=1e-3) and "PLD gives epsilon 6.9" in allowed.pld_warning()
+    assert allowed.to_dict()["epsilon"] == allowed.epsilon_pld > 6.8  # the guarantee is the bound, not the target
+    # calibrated to the PLD bound instead: σ larger, PLD ε at most the target, Edgeworth's estimate beside it
+    plan = plan_dp_sgd(DesignConfig(name="ewtune", target_epsilon=3.0, calibrate_with="pld"), 32 / 67_000, 2_000)
+    assert plan.calibrated_with == "pld" and plan.noise_multiplier > allowed.noise_multiplier
+    assert plan.epsilon_pld <= 3.0 and plan.epsilon_pld == pytest.approx(3.0, rel=1e-3) and plan.pld_warning() is None
+    assert 0 < plan.epsilon_edgeworth < 3.0 and plan.epsilon_rdp >= plan.epsilon_pld
+    d = plan.to_dict()
+    assert d["epsilon"] == d["epsilon_pld"] and d["epsilon_edgeworth_estimate"] == d["epsilon_edgeworth"]
+    assert d["guarantee"] == "(3, 1e-05)-DP (PLD bound, dp-accounting)" and "epsilon_rdp" in d
+
+
+def test_calibration_outside_its_range_or_past_the_expansion_names_the_fix():
+    with pytest.raises(ConfigError, match=r"design.target_epsilon=50 is met already at sigma = 0.3.*design.calibrate_with=pld"):
+        plan_dp_sgd(DesignConfig(name="ewtune", target_epsilon=50.0), 0.01, 100)
+    # q·T = 0.1: the expansion breaks down below σ ≈ 0.62 and stays under ε 0.21 above it (PLD 11.04 at σ = 0.3)
+    with pytest.raises(ConfigError, match=r"cannot be calibrated by the Edgeworth expansion.*q·T = 0.1 .*set design.calibrate_with=pld"):
+        plan_dp_sgd(DesignConfig(name="ewtune", target_epsilon=3.0), 0.001, 100)
+    plan = plan_dp_sgd(DesignConfig(name="ewtune", target_epsilon=3.0, calibrate_with="pld"), 0.001, 100)
+    assert plan.epsilon_pld == pytest.approx(3.0, rel=1e-3) and np.isnan(plan.epsilon_edgeworth)  # no estimate there
+    spent = spent_epsilon(plan, 1)  # the per-step log records NaN, it does not stop the run
+    assert np.isnan(spent["epsilon_edgeworth"]) and 0 < spent["epsilon_pld"] < plan.epsilon_pld
 
 
 def test_an_unreachable_target_is_one_clear_error():
@@ -99,6 +127,7 @@ def test_poisson_batches_come_from_opacus_and_repeat_under_a_seed():
     ("design.name=ew-tune", r"unknown design 'ew-tune'"),
     ("design.target_epsilon=-1", r"'design.target_epsilon'.*> 0"),
     ("design.clip_norm=0", r"'design.clip_norm'"),
+    ("design.calibrate_with=rdp", r"'design.calibrate_with'.*edgeworth .* or pld"),
 ])  # fmt: skip
 def test_bad_design_keys_name_the_key(override, match):
     with pytest.raises(ConfigError, match=match):
@@ -106,22 +135,27 @@ def test_bad_design_keys_name_the_key(override, match):
 
 
 def test_ewtune_training_records_the_epsilon_spent_as_it_goes(tmp_path):
-    cfg = load_config(BASELINE, ["design.name=ewtune", "design.target_epsilon=8", "data.max_train_samples=320",
-                                 "data.max_eval_samples=64", "train.max_steps=6", "train.log_every=2",
-                                 "train.progress=false", "train.threads=2"])  # fmt: skip
+    # q = 0.1, T = 6: calibrated to the PLD bound (Edgeworth's σ would give PLD ε 12.1 for the target 8)
+    cfg = load_config(BASELINE, ["design.name=ewtune", "design.target_epsilon=8", "design.calibrate_with=pld",
+                                 "data.max_train_samples=320", "data.max_eval_samples=64", "train.max_steps=6",
+                                 "train.log_every=2", "train.progress=false", "train.threads=2"])  # fmt: skip
     run = run_training(cfg, tmp_path / "run", log=quiet)
     summary = json.loads((run / "summary.json").read_text())
     metrics = pd.read_csv(run / "metrics.csv")
     dp = summary["dp_sgd"]
-    assert summary["design"] == "ewtune" and dp["steps"] == summary["steps"] == 6
-    assert dp["epsilon_edgeworth"] == pytest.approx(8.0, abs=1e-3) and dp["sample_rate"] == pytest.approx(32 / 320)
+    assert summary["design"] == "ewtune" and dp["steps"] == summary["steps"] == 6 and dp["calibrated_with"] == "pld"
+    # the guarantee is the PLD ε, EW-Tune's Edgeworth ε beside it as an estimate
+    assert dp["epsilon"] == dp["epsilon_pld"] <= 8.0 and dp["epsilon"] == pytest.approx(8.0, rel=1e-3)
+    assert dp["guarantee"] == "(8, 1e-05)-DP (PLD bound, dp-accounting)"
+    assert dp["epsilon_edgeworth_estimate"] == dp["epsilon_edgeworth"] < 8.0 and dp["sample_rate"] == pytest.approx(32 / 320)
     assert list(metrics["epsilon_pld"]) == sorted(metrics["epsilon_pld"])  # cumulative, never reset per round
     assert metrics["epsilon_pld"].iloc[-1] == pytest.approx(dp["spent"]["epsilon_pld"])
-    with pytest.raises(ConfigError, match="unreachable"):
-        run_training(load_config(BASELINE, ["design.name=ewtune", "design.target_epsilon=0.01",
-                                            "design.max_noise_multiplier=1", "data.max_train_samples=320",
-                                            "train.max_steps=6"]), tmp_path / "bad", log=quiet)  # fmt: skip
-    assert not (tmp_path / "bad").exists()
+    base = ["design.name=ewtune", "data.max_train_samples=320", "train.max_steps=6"]
+    for overrides, match in ((["design.target_epsilon=0.01", "design.max_noise_multiplier=1"], "unreachable"),
+                             (["design.target_epsilon=8"], "understated")):  # fmt: skip
+        with pytest.raises(ConfigError, match=match):
+            run_training(load_config(BASELINE, base + overrides), tmp_path / "bad", log=quiet)
+        assert not (tmp_path / "bad").exists()
 
 
 def test_a_dp_step_over_several_messages_equals_one_over_their_union(minilm, tokenizer):
@@ -141,9 +175,11 @@ def test_a_dp_step_over_several_messages_equals_one_over_their_union(minilm, tok
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-7)
 
 
+# Edgeworth's σ for the target 8 at q = 0.16, T = 4 gives PLD ε 11.36: these runs allow it (and log the warning)
 SIM = ["data.max_train_samples=400", "data.max_eval_samples=64", "simulation.devices=20", "simulation.rounds=4",
        "simulation.devices_per_round=4", "simulation.local_batch_size=16", "train.progress=false", "design.name=ewtune",
-       "design.target_epsilon=8", "simulation.partition=iid", "simulation.tiers=[{name: one, memory_mb: 4096}]"]  # fmt: skip
+       "design.target_epsilon=8", "simulation.partition=iid", "simulation.tiers=[{name: one, memory_mb: 4096}]",
+       "design.allow_understated_epsilon=true"]  # fmt: skip
 DEVICES = Path(__file__).parents[1] / "simulations" / "sst2_devices.yaml"
 
 
@@ -193,7 +229,8 @@ def test_poisson_rounds_repeat_under_a_seed_and_sample_at_rate_q():
 
 @pytest.mark.parametrize("overrides,match", [(["simulation.top_replicas=2"], "top_replicas=1"),
                                              (["simulation.deadline_s=5"], "deadline_s=null"),
-                                             (["design.target_epsilon=0.01", "design.max_noise_multiplier=1"], "unreachable")])  # fmt: skip
+                                             (["design.target_epsilon=0.01", "design.max_noise_multiplier=1"], "unreachable"),
+                                             (["design.allow_understated_epsilon=false"], "understated.*PLD epsilon 11.3")])  # fmt: skip
 def test_ewtune_in_simulate_refuses_what_breaks_its_account(overrides, match, tmp_path):
     from privtune_ray.simulation import run_simulation
 

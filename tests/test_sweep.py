@@ -37,7 +37,7 @@ def test_default_sweep_covers_every_mechanism_and_design_at_every_depth():
     assert len(points) == 4 * per_depth
     assert {p.overrides["mechanism.name"] for p in points if "mechanism.name" in p.overrides} == set(DEFAULT_ARMS)
     assert {p.overrides["model.split_depth"] for p in points} == {0, 1, 2, 3}
-    assert "ewtune-eps3-m2" in {p.slug for p in points}
+    assert "ewtune-eps3-cal-pld-m2" in {p.slug for p in points}  # σ calibrated for the PLD bound
 
 
 @pytest.mark.parametrize("design,mechanism,label", [("split", "privtune", "privtune"), ("ewtune", "none", "ewtune"),

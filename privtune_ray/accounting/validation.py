@@ -39,3 +39,14 @@ def check_steps(steps: int) -> None:
 def check_eta(eta: float) -> None:
     if not (_finite(eta) and eta > 0.0):
         raise ConfigError(f"d_chi privacy parameter eta must be > 0, got {eta!r}; larger eta means less noise")
+
+
+class SigmaOutOfRange(ConfigError):
+    """σ's calibration has no answer inside its search range [lo, hi]. ``reason``: "unreachable" (ε at hi is
+    above the target), "met_at_lo" (ε at lo is already at most the target) or "breakdown" (the Edgeworth
+    expansion breaks down below ``sigma`` while its ε there is still at most the target). ``sigma``: the σ where
+    the search stopped; ``epsilon``: the ε there (nats; None when there is none)."""
+
+    def __init__(self, message: str, reason: str, sigma: float, epsilon: float | None = None):
+        super().__init__(message)
+        self.reason, self.sigma, self.epsilon = reason, sigma, epsilon

@@ -1,16 +1,20 @@
-"""EW-Tune: DP-SGD on the cloud's top model, its noise calibrated by the Edgeworth accountant.
+"""EW-Tune: DP-SGD on the cloud's top model, its noise calibrated by the Edgeworth accountant (or the PLD bound).
 
 Each step takes a Poisson sample of the training set (Opacus' ``DPDataLoader``: every sample joins with
 probability q = batch_size / N), computes per-sample gradients of the top's trainable parameters (Opacus'
 ``GradSampleModule``), clips each to L2 norm C, sums them, adds N(0, σ²C²) and divides by the expected batch
-size (Opacus' ``DPOptimizer``). σ is the smallest value whose Edgeworth ε(δ) after T steps is at most the
-target (:func:`~privtune_ray.accounting.calibrate_sigma`); the PLD and RDP ε of the same (q, σ, T) are
-reported beside it, and the ε spent so far is recorded as training goes (a cumulative account, not per round).
-The guarantee covers the trained top model; what devices upload is protected only by the mechanism, if any.
+size (Opacus' ``DPOptimizer``). σ is the smallest value whose ε(δ) after T steps is at most the target, by the
+Edgeworth accountant (``design.calibrate_with: edgeworth``, EW-Tune's :func:`~privtune_ray.accounting.calibrate_sigma`)
+or by dp-accounting's PLD (``pld``, :func:`~privtune_ray.accounting.calibrate_sigma_pld`). The guarantee is always
+the PLD ε (a bound); the Edgeworth ε is EW-Tune's estimate beside it (an approximation, which understates ε at
+small q·T: see :mod:`privtune_ray.accounting.edgeworth`), and a plan whose PLD ε exceeds the target by more than
+10 % stops before training unless ``design.allow_understated_epsilon``. The ε spent so far is recorded as training
+goes (a cumulative account, not per round). The guarantee covers the trained top model; what devices upload is
+protected only by the mechanism, if any.
 """
-
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -23,16 +27,22 @@ from opacus.optimizers import DPOptimizer
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..accounting import EdgeworthAccountant, calibrate_sigma, pld_epsilon, rdp_epsilon
+from ..accounting import (EdgeworthAccountant, EdgeworthBreakdown, SigmaOutOfRange, calibrate_sigma, calibrate_sigma_pld,
+                          pld_epsilon, rdp_epsilon)  # fmt: skip
 from ..config import DesignConfig
 from ..errors import ConfigError
 from ..message import Message
 from ..training.server import TopServer, summed_loss
 
 
+UNDERSTATED_TOLERANCE = 0.10  # a plan whose PLD ε exceeds the target by more than this fraction stops (see plan_dp_sgd)
+
+
 @dataclass
 class DPPlan:
-    """The DP-SGD schedule: q (Poisson sample rate), T (steps), σ (noise multiplier), C, and ε per accountant (nats)."""
+    """The DP-SGD schedule: q (Poisson sample rate), T (steps), σ (noise multiplier), C, and ε per accountant (nats;
+    ``epsilon_edgeworth`` is NaN where the expansion breaks down). ``calibrated_with``: the accountant σ was
+    calibrated by (edgeworth | pld)."""
 
     sample_rate: float
     steps: int
@@ -44,9 +54,22 @@ class DPPlan:
     epsilon_pld: float
     epsilon_rdp: float
     edgeworth_order: int = 2
+    calibrated_with: str = "edgeworth"
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields, plus the guarantee: ``epsilon`` is the PLD ε (a bound), ``epsilon_edgeworth_estimate`` EW-Tune's
+        Edgeworth ε beside it (an approximation)."""
+        return {**asdict(self), "epsilon": self.epsilon_pld,
+                "guarantee": f"({self.epsilon_pld:.4g}, {self.delta:g})-DP (PLD bound, dp-accounting)",
+                "epsilon_edgeworth_estimate": self.epsilon_edgeworth,
+                "estimate": f"EW-Tune's Edgeworth order-{self.edgeworth_order} approximation, not a bound"}  # fmt: skip
+
+    def describe(self) -> str:
+        """One log line: the schedule, σ, and ε by each accountant (the PLD ε is the guarantee)."""
+        edgeworth = "breaks down" if math.isnan(self.epsilon_edgeworth) else f"{self.epsilon_edgeworth:.3f}"
+        return (f"q = {self.sample_rate:.5f}, T = {self.steps}, sigma = {self.noise_multiplier:.4f} (calibrated with "
+                f"{self.calibrated_with}), C = {self.clip_norm:g}: epsilon {self.epsilon_pld:.3f} (PLD, the guarantee), "
+                f"{edgeworth} (Edgeworth, EW-Tune's estimate), {self.epsilon_rdp:.3f} (RDP) at delta {self.delta:g}")  # fmt: skip
 
     def pld_warning(self, tolerance: float = 0.05) -> str | None:
         """A line when the PLD ε (a bound) exceeds the target the Edgeworth ε (an approximation) was calibrated to."""
@@ -54,41 +77,83 @@ class DPPlan:
             return None
         return (f"warning: PLD gives epsilon {self.epsilon_pld:.3f} for this schedule, above the target "
                 f"{self.target_epsilon:g} that the Edgeworth approximation meets (q = {self.sample_rate:.3g}, T = {self.steps}): "
-                f"the Edgeworth expansion is not a bound; quote the PLD epsilon, or lower design.target_epsilon")
+                f"the Edgeworth expansion is not a bound; the guarantee is the PLD epsilon (design.calibrate_with=pld "
+                f"calibrates to it)")  # fmt: skip
+
+
+def _edgeworth_or_nan(order: int, delta: float, q: float, sigma: float, steps: int) -> float:
+    """The Edgeworth ε (nats), NaN where the expansion breaks down (claims (0, δ)-DP)."""
+    accountant = EdgeworthAccountant(order=order)
+    accountant.step(noise_multiplier=sigma, sample_rate=q, num_steps=steps)
+    try:
+        return accountant.get_epsilon(delta)
+    except EdgeworthBreakdown:
+        return float("nan")
+
+
+def _out_of_range(design: DesignConfig, exc: SigmaOutOfRange, q: float, steps: int) -> str:
+    """The calibration's :class:`SigmaOutOfRange` in config keys: one line naming the fix."""
+    where = f"q = {q:.3g}, {steps} steps, delta = {design.delta:g}"
+    t, accountant = design.target_epsilon, {"edgeworth": "Edgeworth", "pld": "PLD"}[design.calibrate_with]
+    if exc.reason == "unreachable":
+        return (f"design.target_epsilon={t:g} is unreachable with a noise multiplier up to design.max_noise_multiplier="
+                f"{design.max_noise_multiplier:g} ({where}): raise design.target_epsilon or design.max_noise_multiplier, "
+                f"or train fewer steps")  # fmt: skip
+    if exc.reason == "met_at_lo":
+        return (f"design.target_epsilon={t:g} is met already at sigma = {exc.sigma:g}, the smallest noise multiplier "
+                f"searched ({accountant} epsilon {exc.epsilon:.4g}; {where}): lower design.target_epsilon"
+                + (", or set design.calibrate_with=pld" if design.calibrate_with == "edgeworth" else ""))  # fmt: skip
+    side = "at" if exc.sigma == design.max_noise_multiplier else "below"
+    return (f"design.target_epsilon={t:g} cannot be calibrated by the Edgeworth expansion, which breaks down {side} "
+            f"sigma = {exc.sigma:.4g} (q·T = {q * steps:.3g} expected releases per sample; {where}): set "
+            f"design.calibrate_with=pld")  # fmt: skip
 
 
 def plan_dp_sgd(design: DesignConfig, sample_rate: float, steps: int) -> DPPlan:
     """Calibrate σ for ``design.target_epsilon`` over ``steps`` Poisson steps of rate q = ``sample_rate``
     (``train``: batch_size / N; ``simulate``: the Poisson round's :meth:`Population.dp_sample_rate`).
 
-    An unreachable target (σ would exceed ``design.max_noise_multiplier``) raises one ConfigError naming the fix.
+    σ is searched in [0.3, ``design.max_noise_multiplier``] by ``design.calibrate_with``: ``edgeworth`` (order
+    ``design.edgeworth_order``) or ``pld``. The Edgeworth, PLD and RDP ε of the chosen σ are all reported. Raises one
+    ConfigError naming the fix, before anything is written, when the calibration hits an end of its range or the
+    expansion breaks down, or when the PLD ε exceeds the target by more than 10 % (Edgeworth at small q·T) and
+    ``design.allow_understated_epsilon`` is false.
     """
     q = min(1.0, sample_rate)
+    where = f"q = {q:.3g}, {steps} steps, delta = {design.delta:g}"
+    sigma_range = (0.3, design.max_noise_multiplier)
     try:
-        sigma = calibrate_sigma(design.target_epsilon, design.delta, q, steps, order=design.edgeworth_order,
-                                sigma_range=(0.3, design.max_noise_multiplier))  # fmt: skip
-    except ConfigError:
+        if design.calibrate_with == "pld":
+            sigma = calibrate_sigma_pld(design.target_epsilon, design.delta, q, steps, sigma_range=sigma_range)
+        else:
+            sigma = calibrate_sigma(design.target_epsilon, design.delta, q, steps, order=design.edgeworth_order,
+                                    sigma_range=sigma_range)  # fmt: skip
+    except SigmaOutOfRange as exc:
+        raise ConfigError(_out_of_range(design, exc, q, steps)) from None
+    plan = DPPlan(q, steps, sigma, design.clip_norm, design.delta, design.target_epsilon,
+                  _edgeworth_or_nan(design.edgeworth_order, design.delta, q, sigma, steps),
+                  pld_epsilon(design.delta, q, sigma, steps), rdp_epsilon(design.delta, q, sigma, steps),
+                  design.edgeworth_order, design.calibrate_with)  # fmt: skip
+    if plan.epsilon_pld > design.target_epsilon * (1 + UNDERSTATED_TOLERANCE) and not design.allow_understated_epsilon:
         raise ConfigError(
-            f"design.target_epsilon={design.target_epsilon:g} is unreachable with a noise multiplier up to "
-            f"design.max_noise_multiplier={design.max_noise_multiplier:g} (q = {q:.3g}, {steps} steps, delta = "
-            f"{design.delta:g}): raise design.target_epsilon or design.max_noise_multiplier, or train fewer steps"
-        ) from None
-    accountant = EdgeworthAccountant(order=design.edgeworth_order)
-    accountant.step(noise_multiplier=sigma, sample_rate=q, num_steps=steps)
-    return DPPlan(q, steps, sigma, design.clip_norm, design.delta, design.target_epsilon,
-                  accountant.get_epsilon(design.delta), pld_epsilon(design.delta, q, sigma, steps),
-                  rdp_epsilon(design.delta, q, sigma, steps), design.edgeworth_order)  # fmt: skip
+            f"design.target_epsilon={design.target_epsilon:g} is understated: the Edgeworth-calibrated sigma = {sigma:.4f} "
+            f"gives PLD epsilon {plan.epsilon_pld:.3f} (the bound), more than {UNDERSTATED_TOLERANCE:.0%} above it "
+            f"({where}): set design.calibrate_with=pld, or design.allow_understated_epsilon=true to run anyway, "
+            f"or lower design.target_epsilon"
+        )  # fmt: skip
+    return plan
 
 
 def spent_epsilon(plan: DPPlan, steps_done: int) -> dict[str, float]:
-    """ε spent after ``steps_done`` of the plan's steps, per accountant (0 before the first step)."""
+    """ε (nats) spent after ``steps_done`` of the plan's steps, per accountant (0 before the first step). The
+    Edgeworth ε is NaN where the expansion breaks down (early steps at small q·T claim (0, δ)-DP): a log, not a run
+    stopper."""
     if steps_done == 0:
         return {"epsilon_edgeworth": 0.0, "epsilon_pld": 0.0, "epsilon_rdp": 0.0}
-    accountant = EdgeworthAccountant(order=plan.edgeworth_order)
-    accountant.step(noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate, num_steps=steps_done)
-    return {"epsilon_edgeworth": accountant.get_epsilon(plan.delta),
-            "epsilon_pld": pld_epsilon(plan.delta, plan.sample_rate, plan.noise_multiplier, steps_done),
-            "epsilon_rdp": rdp_epsilon(plan.delta, plan.sample_rate, plan.noise_multiplier, steps_done)}  # fmt: skip
+    q, sigma = plan.sample_rate, plan.noise_multiplier
+    return {"epsilon_edgeworth": _edgeworth_or_nan(plan.edgeworth_order, plan.delta, q, sigma, steps_done),
+            "epsilon_pld": pld_epsilon(plan.delta, q, sigma, steps_done),
+            "epsilon_rdp": rdp_epsilon(plan.delta, q, sigma, steps_done)}  # fmt: skip
 
 
 class _Indices(torch.utils.data.Dataset):

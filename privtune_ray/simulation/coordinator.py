@@ -515,9 +515,7 @@ def run_simulation(cfg: Config, out: str | os.PathLike | None = None, resume: bo
         log(f"privtune-ray: writing simulation to {run.path} ({backend.name} backend, {cfg.simulation.devices} devices)")
         if setup.dp_plan is not None:
             p = setup.dp_plan
-            log(f"privtune-ray: EW-Tune DP-SGD, one step per Poisson round: q = {p.sample_rate:.5f}, T = {p.steps}, "
-                f"sigma = {p.noise_multiplier:.4f}, C = {p.clip_norm:g}: epsilon {p.epsilon_edgeworth:.3f} (Edgeworth), "
-                f"{p.epsilon_pld:.3f} (PLD), {p.epsilon_rdp:.3f} (RDP) at delta {p.delta:g}")  # fmt: skip
+            log(f"privtune-ray: EW-Tune DP-SGD, one step per Poisson round: {p.describe()}")
             if p.pld_warning():
                 log(f"privtune-ray: {p.pld_warning()}")
         coordinator = Coordinator(setup, backend, run, log=log, hooks=hooks)

@@ -43,11 +43,11 @@ DEFAULT_ARMS: dict[str, dict[str, list[Any]]] = {
 }
 # Designs other than plain split learning, each over its privacy parameter (EW-Tune: the run's target ε).
 DEFAULT_DESIGN_ARMS: dict[str, dict[str, list[Any]]] = {
-    "ewtune": {"design.target_epsilon": [1.0, 3.0, 8.0]},
+    "ewtune": {"design.target_epsilon": [1.0, 3.0, 8.0], "design.calibrate_with": ["pld"]},  # σ for the PLD bound
 }
 DEFAULT_GRID: dict[str, list[Any]] = {"model.split_depth": [0, 1, 2, 3]}
 SHORT_KEYS = {"mechanism.name": "", "design.name": "", "model.split_depth": "m", "mechanism.noise_multiplier": "sigma",
-              "design.target_epsilon": "eps", "seed": "seed"}  # fmt: skip
+              "design.target_epsilon": "eps", "design.calibrate_with": "cal-", "seed": "seed"}  # fmt: skip
 NAME_KEYS = ("mechanism.name", "design.name")
 
 
@@ -159,7 +159,7 @@ def expand(spec: SweepSpec) -> list[Point]:
     seen: dict[str, dict[str, Any]] = {}
     for arm in spec.arms or [{}]:
         axes = {**{k: v for k, v in spec.grid.items() if k not in arm}, **arm}
-        # The mechanism (or design), then its parameters: the slug reads "privtune-eta10-m2", "ewtune-eps3-m2".
+        # The mechanism (or design), then its parameters: the slug reads "privtune-eta10-m2", "ewtune-eps3-cal-pld-m2".
         keys = sorted(axes, key=lambda k: (k not in NAME_KEYS, not k.startswith(("mechanism.", "design.")), list(axes).index(k)))
         for values in itertools.product(*(axes[k] for k in keys)):
             overrides = dict(zip(keys, values))

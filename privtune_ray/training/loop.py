@@ -233,9 +233,7 @@ def run_training(cfg: Config, out: str | os.PathLike | None = None, resume: bool
         server = TopServer(top, optimizer, scheduler, device=device)
     else:
         server = DPTopServer(top, optimizer, scheduler, dp_plan, cfg.train.batch_size, device=device, seed=cfg.seed)
-        log(f"privtune-ray: EW-Tune DP-SGD: q = {dp_plan.sample_rate:.5f}, T = {dp_plan.steps}, sigma = "
-            f"{dp_plan.noise_multiplier:.4f}, C = {dp_plan.clip_norm:g}: epsilon {dp_plan.epsilon_edgeworth:.3f} (Edgeworth), "
-            f"{dp_plan.epsilon_pld:.3f} (PLD), {dp_plan.epsilon_rdp:.3f} (RDP) at delta {dp_plan.delta:g}")  # fmt: skip
+        log(f"privtune-ray: EW-Tune DP-SGD: {dp_plan.describe()}")
         if dp_plan.pld_warning():
             log(f"privtune-ray: {dp_plan.pld_warning()}")
 
