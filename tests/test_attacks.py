@@ -117,7 +117,7 @@ def test_empty_victim_sample_and_unknown_attack_are_errors():
 
 def _attack_cli(out, victims: int | None) -> dict:
     """The small configuration of the six-attack evaluation on SST-2 dev (all of it, or its first ``victims``)."""
-    extra = [] if victims is None else ["--set", f"data.max_eval_samples={victims}"]
+    extra = [] if victims is None else ["--set", f"attack.victim_samples={victims}"]
     rc = main(["attack", "simulations/sst2_attacks.yaml", "--out", str(out), "--set", "attack.aux_samples=300",
                "--set", "attack.epochs=1", "--set", "attack.probe_epochs=2", "--set", "attack.opt_steps=5",
                "--set", "train.progress=false", *extra])  # fmt: skip

@@ -133,7 +133,9 @@ def test_u_shaped_split_gives_the_gradients_of_the_cloud_head_and_no_target_cros
     split whose cloud holds the head and receives the targets; the U-shaped upload carries no token target."""
     import copy
 
-    from privtune_ray.message import Message
+    from safetensors.torch import load as st_load
+
+    from privtune_ray.message import Message, tensor_from_bytes
     from privtune_ray.models.split import split_model
     from privtune_ray.training.client import SplitClient
     from privtune_ray.training.lm_head import DeviceHead, HiddenStateServer, detach_head
@@ -159,6 +161,10 @@ def test_u_shaped_split_gives_the_gradients_of_the_cloud_head_and_no_target_cros
     z = cloud.forward(msg)
     _, grad = device.head.loss_and_grad(z, msg.attention_mask, batch.labels)
     cloud.backward(grad)
+    pads = ~batch.attention_mask.bool()
+    for payload in (z, grad):  # z down and ∂ℓ/∂z up: the real rows only, zeros where the receiver pads
+        assert st_load(payload)["hidden"].shape[0] == int(batch.attention_mask.sum())
+        assert not tensor_from_bytes(payload)[pads].any()
 
     plain_grads = dict(plain_top.named_parameters())
     for name, p in top.named_parameters():

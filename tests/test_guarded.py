@@ -114,11 +114,14 @@ def test_gradfree_sends_no_gradient_and_offline_trains_against_the_emulator(mini
     ref = copy.deepcopy(adapters)
     from privtune_ray.designs.dcor import distance_correlation
 
-    h = bottom(batch.input_ids, batch.attention_mask)
-    a1 = ref.bottom(h, batch.attention_mask)
-    total = summed_loss(ref.top(emulator(a1, batch.attention_mask), batch.attention_mask), batch.labels)
-    emb = bottom.embedding(batch.input_ids, batch.attention_mask, None)
-    total = total + 0.5 * len(a1) * distance_correlation(emb, a1)
+    from privtune_ray.message import zero_padding
+
+    mask = batch.attention_mask
+    h = bottom(batch.input_ids, mask)
+    a1 = ref.bottom(h, mask)
+    total = summed_loss(ref.top(emulator(a1, mask), mask), batch.labels)
+    emb = bottom.embedding(batch.input_ids, mask, None)  # dCor over what A1 would send: padding rows zero in both
+    total = total + 0.5 * len(a1) * distance_correlation(zero_padding(emb, mask), zero_padding(a1, mask))
     total.backward()
     assert 0 < penalty <= 0.5 * len(a1) and loss + penalty == pytest.approx(total.item(), rel=1e-5)
     for g, p in zip(grads, ref.parameters(), strict=True):
@@ -135,8 +138,9 @@ def test_quantised_channels_cost_b_bits_per_value(minilm, batch):
     a2 = server.forward(1, client.upload(batch), train=True)
     _, grad_up, _ = client.top_step(batch, a2)
     shape = tuple(batch.attention_mask.shape) + (384,)
+    real_rows = (int(batch.attention_mask.sum()), 384)  # only the real rows cross
     for payload in (a2, grad_up):
-        codes = quantised_bytes(shape, 4)
+        codes = quantised_bytes(real_rows, 4) + batch.attention_mask.numel()  # + the uint8 mask
         assert codes < len(payload) < codes + 600  # the codes, per-row scale and offset, and the safetensors header
     exact = tensor_from_bytes(a2)
     assert exact.shape == shape
