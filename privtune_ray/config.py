@@ -7,6 +7,7 @@ Every key is checked: an unknown key or a value of the wrong type or range raise
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import asdict, dataclass, field
@@ -288,6 +289,9 @@ class SimulationConfig:
         _require(self.partition_sigma >= 0, f"{key}.partition_sigma", "must be >= 0")
         _require(self.rounds >= 1, f"{key}.rounds", "must be >= 1")
         _require(self.devices_per_round >= 1, f"{key}.devices_per_round", "must be >= 1")
+        _require(self.devices_per_round <= self.devices, f"{key}.devices_per_round",
+                 f"{self.devices_per_round} devices per round out of simulation.devices={self.devices}: lower it to at "
+                 f"most {self.devices} or raise simulation.devices")  # fmt: skip
         _require(self.local_batch_size >= 1, f"{key}.local_batch_size", "must be >= 1")
         _require(self.deadline_s is None or self.deadline_s > 0, f"{key}.deadline_s", "must be > 0 seconds or null")
         for name in ("device_workers", "top_replicas", "checkpoint_every"):
@@ -399,8 +403,16 @@ def read_config_file(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str
         raise ConfigError(f"config file {str(path)!r} not found: pass a YAML file such as simulations/sst2_baseline.yaml")
     if path.resolve() in _seen:
         raise ConfigError(f"config file {str(path)!r} extends itself (through {' -> '.join(map(str, _seen))})")
-    with path.open() as f:
-        loaded = yaml.safe_load(f)
+    try:
+        with path.open(encoding="utf-8") as f:
+            loaded = yaml.safe_load(f)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"config file {str(path)!r}{where}: not valid YAML ({what}): fix the file there") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {str(path)!r}: byte {exc.start} is not UTF-8: save the file as UTF-8 text") from None
     if loaded is not None and not isinstance(loaded, dict):
         raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys to values at top level")
     raw = loaded or {}
@@ -488,6 +500,8 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
                 pass
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         value = float(value) if ok else value
+        if ok and not math.isfinite(value):
+            raise ConfigError(f"config key '{key}' must be a finite number, got {value!r}")
     elif hint is str:
         ok = isinstance(value, str)
     else:  # pragma: no cover - a new annotation needs a branch here

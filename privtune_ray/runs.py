@@ -5,6 +5,7 @@
     metrics.csv     one row per ``train.log_every`` steps, appended as training goes
     eval.csv        one row per evaluation
     checkpoint.pt   the latest resumable state (every ``train.checkpoint_every`` steps)
+    checkpoint.prev.pt  the one before it: a resume falls back to it when the latest is corrupted
     summary.json    the final numbers, written when the run finishes
 """
 
@@ -113,6 +114,10 @@ class RunDir:
         return self.path / "checkpoint.pt"
 
     @property
+    def previous_checkpoint_path(self) -> Path:
+        return self.path / "checkpoint.prev.pt"
+
+    @property
     def summary_path(self) -> Path:
         return self.path / "summary.json"
 
@@ -134,6 +139,41 @@ class RunDir:
         if path.exists():
             df = pd.read_csv(path)
             df[df[key] <= after_step].to_csv(path, index=False)
+
+    def save_checkpoint(self, state: dict[str, Any]) -> None:
+        """Write ``state`` atomically as the latest checkpoint; the latest until now becomes the previous one."""
+        import torch
+
+        tmp = self.checkpoint_path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        if self.checkpoint_path.exists():
+            os.replace(self.checkpoint_path, self.previous_checkpoint_path)
+        os.replace(tmp, self.checkpoint_path)
+
+    def load_checkpoint(self, log=print) -> dict[str, Any]:
+        """The latest checkpoint's state; the previous one, with a warning, when the latest cannot be read. One
+        clear error naming the file when neither can (the rows after the state's step are then the caller's to drop)."""
+        import torch
+
+        errors = []
+        for path in (self.checkpoint_path, self.previous_checkpoint_path):
+            if not path.exists():
+                continue
+            try:
+                state = torch.load(path, weights_only=False, map_location="cpu")  # a GPU run resumes anywhere
+            except Exception as exc:  # noqa: BLE001 - a truncated zip, a pickle error: the file is unreadable
+                errors.append(f"{str(path)!r} is corrupted ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})")
+                continue
+            if errors:
+                log(f"privtune-ray: warning: {errors[0]}; resuming from the previous checkpoint {str(path)!r}")
+            return state
+        raise ConfigError(f"cannot resume: {'; '.join(errors) or 'no checkpoint in ' + repr(str(self.path))}: rerun without "
+                          f"--resume into a new --out to start fresh")  # fmt: skip
+
+    def remove_checkpoints(self) -> None:
+        """The run finished (summary.json marks it): its checkpoints are no longer needed."""
+        for path in (self.checkpoint_path, self.previous_checkpoint_path):
+            path.unlink(missing_ok=True)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         self._write_json("summary.json", summary)

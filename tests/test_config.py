@@ -72,3 +72,25 @@ def test_missing_config_file():
 def test_bad_mechanism_values_name_the_key(override, match):
     with pytest.raises(ConfigError, match=match):
         load_config(RUNS[0], [override])
+
+
+def test_a_yaml_syntax_error_names_the_file_line_and_column(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ntrain:\n  lr: [1e-4\n  epochs: 1\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml', line \d+, column \d+: not valid YAML .*fix the file"):
+        load_config(bad)
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_config(latin)
+
+
+@pytest.mark.parametrize("override", ["mechanism.eta=.inf", "train.lr=.nan", "design.target_epsilon=-.inf"])
+def test_a_non_finite_number_is_refused_everywhere(override):
+    with pytest.raises(ConfigError, match=f"'{override.split('=')[0]}' must be a finite number"):
+        load_config(None, [override])
+
+
+def test_more_devices_per_round_than_devices_is_refused():
+    with pytest.raises(ConfigError, match=r"devices_per_round.*8 devices per round out of simulation.devices=5"):
+        load_config(None, ["simulation.devices=5", "simulation.devices_per_round=8"])

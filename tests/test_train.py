@@ -65,7 +65,10 @@ def test_training_learns_sst2(tmp_path):
     assert losses.iloc[-1] < losses.iloc[0]
 
 
-def test_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch):
+@pytest.mark.parametrize("corrupt", [False, True], ids=["intact", "latest-checkpoint-truncated"])
+def test_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch, corrupt):
+    """Interrupted at step 7 (checkpoints at 3 and 6); with the latest checkpoint truncated, the resume falls back to
+    the previous one (step 3) and redoes steps 4..8: the same records either way."""
     cfg = _cfg("train.max_steps=8", "train.checkpoint_every=3")
     full = json.loads((run_training(cfg, out=tmp_path / "full", log=lambda *_: None) / "summary.json").read_text())
 
@@ -83,6 +86,9 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch):
         run_training(cfg, out=tmp_path / "cut", log=lambda *_: None)
     assert (tmp_path / "cut" / "checkpoint.pt").exists() and not (tmp_path / "cut" / "summary.json").exists()
     monkeypatch.setattr(TopServer, "train_step", original)
+    if corrupt:
+        latest = tmp_path / "cut" / "checkpoint.pt"
+        latest.write_bytes(latest.read_bytes()[: latest.stat().st_size // 2])
 
     resumed = json.loads((run_training(cfg, out=tmp_path / "cut", resume=True, log=lambda *_: None) / "summary.json").read_text())
     assert resumed["steps"] == 8 and resumed["train_samples"] == full["train_samples"]
@@ -90,6 +96,20 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch):
     assert resumed["dev_loss"] == pytest.approx(full["dev_loss"], abs=1e-5)
     steps = pd.read_csv(tmp_path / "cut" / "metrics.csv")["step"].tolist()
     assert steps == [2, 4, 6, 8]
+    assert not any((tmp_path / "cut").glob("checkpoint*"))
+
+
+def test_a_resume_with_no_readable_checkpoint_is_one_line_and_changes_nothing(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", BASELINE, "--out", str(out), *sum((["--set", s] for s in SMALL + ["train.max_steps=4"]), [])]
+    run_training(_cfg("train.max_steps=4"), out=out, log=lambda *_: None)
+    (out / "summary.json").unlink()  # as if it had died after its last checkpoint
+    (out / "checkpoint.pt").write_bytes(b"PK\x03\x04 truncated")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert main([*args, "--resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "checkpoint.pt' is corrupted" in err[0] and "start fresh" in err[0]
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
 def test_run_directory_guards(tmp_path):

@@ -208,14 +208,12 @@ class Coordinator:
     def checkpoint(self) -> None:
         state = {"totals": asdict(self.totals), "population": self.population.state_dict(), "top": self.backend.top_state(),
                  "guarded": self.guarded.state_dict() if self.guarded else None}  # fmt: skip
-        tmp = self.checkpoint_path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, self.checkpoint_path)
+        self.run.save_checkpoint(state)
 
     def restore(self, at_round: int) -> None:
         """Back to the last checkpoint (from round ``at_round``): top weights and optimiser, device cursors,
         totals; the rows written after it are dropped."""
-        state = torch.load(self.checkpoint_path, weights_only=False)
+        state = self.run.load_checkpoint(self.log)
         self.totals = Totals(**state["totals"])  # (the wall clock of the rounds row keeps counting real time)
         self.population.load_state_dict(state["population"])
         self.backend.restore_replicas(state["top"], at_round)
@@ -234,7 +232,7 @@ class Coordinator:
     # ------------------------------------------------------------------ rounds
 
     def train(self, resume: bool = False) -> None:
-        if resume and self.checkpoint_path.exists():
+        if resume and (self.checkpoint_path.exists() or self.run.previous_checkpoint_path.exists()):
             self.restore(at_round=-1)
             self.log(f"privtune-ray: resuming at round {self.totals.rounds_done}/{self.sim.rounds}")
         else:
@@ -528,8 +526,7 @@ def run_simulation(cfg: Config, out: str | os.PathLike | None = None, resume: bo
             attack_summary = merge_attack_rows(attack_summary, coordinator.label_attack.round(done, log=log))
         summary = _summary(coordinator, result, attack_summary)
         run.write_summary(summary)
-        if run.checkpoint_path.exists():
-            run.checkpoint_path.unlink()
+        run.remove_checkpoints()
         log(f"privtune-ray: dev accuracy {result['accuracy']:.4f} after {summary['rounds']} rounds; "
             f"simulated {summary['sim_time_s']:.1f} s; {summary['bytes_up']:,} bytes up")  # fmt: skip
         log(f"privtune-ray: wrote {run.summary_path}")

@@ -241,7 +241,7 @@ def run_training(cfg: Config, out: str | os.PathLike | None = None, resume: bool
     if resume:
         if run.summary_path.exists():
             raise ConfigError(f"--resume: the run in {str(run.path)!r} has finished (summary.json exists); start a new one")
-        if run.checkpoint_path.exists():
+        if run.checkpoint_path.exists() or run.previous_checkpoint_path.exists():
             counters = _restore(run, top, optimizer, scheduler, mechanism, device_head)
         run.truncate("metrics", counters.step)  # rows written after the checkpoint are redone
         run.truncate("eval", counters.step)
@@ -344,8 +344,7 @@ def run_training(cfg: Config, out: str | os.PathLike | None = None, resume: bool
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     run.write_summary(summary)
-    if run.checkpoint_path.exists():
-        run.checkpoint_path.unlink()  # the run is complete; summary.json marks it
+    run.remove_checkpoints()  # the run is complete; summary.json marks it
     log(f"privtune-ray: mechanism {mechanism.name}: {privacy.statement}")
     if client.upload_targets:
         log("privtune-ray: warning: model.lm_head=cloud uploaded the token targets (the answer text) with every batch")
@@ -413,9 +412,7 @@ def _checkpoint(run: RunDir, top, optimizer, scheduler, mechanism, counters: Cou
         "counters": counters.__dict__,
         "torch_rng": torch.get_rng_state(),
     }
-    tmp = run.checkpoint_path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, run.checkpoint_path)
+    run.save_checkpoint(state)
 
 
 def _head_state(head: DeviceHead) -> dict:
@@ -423,7 +420,7 @@ def _head_state(head: DeviceHead) -> dict:
 
 
 def _restore(run: RunDir, top, optimizer, scheduler, mechanism, device_head=None) -> Counters:
-    state = torch.load(run.checkpoint_path, weights_only=False, map_location="cpu")  # a GPU run resumes anywhere
+    state = run.load_checkpoint()
     if device_head is not None:
         device_head.head.load_state_dict(state["device_head"]["head"])
         device_head.optimizer.load_state_dict(state["device_head"]["optimizer"])
