@@ -160,3 +160,15 @@ def test_bad_input_fails_before_the_run_directory_is_written(tmp_path):
         run_simulation(small("simulation.devices=1000"), out=out, log=quiet)  # 400 samples, 1,000 devices
     assert not out.exists()
     assert main(["simulate", DEVICES, "--set", "simulation.tiers=[{name: tiny, memory_mb: 10}]", "--out", str(out)]) == 2
+
+
+def test_progress_off_a_terminal_is_one_plain_line_per_round(tmp_path, monkeypatch):
+    """Logged to a file or a pipe, `simulate` prints one plain line per round (no bar, no escape codes)."""
+    monkeypatch.setattr("privtune_ray.progress.on_terminal", lambda: False)
+    lines = []
+    run_simulation(small("train.progress=true", "simulation.rounds=2", "simulation.eval_every=null"), out=tmp_path / "run",
+                   log=lines.append)  # fmt: skip
+    rounds = [line for line in lines if ": loss " in line]
+    assert [line.split(":")[1].strip() for line in rounds] == ["round 1/2", "round 2/2"], lines
+    assert all("devices ok, simulated" in line and "MiB up" in line for line in rounds)
+    assert not any("\x1b[" in line for line in lines)

@@ -21,12 +21,15 @@ def _cfg(*extra):
     return load_config(BASELINE, SMALL + list(extra))
 
 
-def test_cli_train_writes_a_complete_run_directory(tmp_path, capsys):
+def test_cli_train_writes_a_complete_run_directory(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("privtune_ray.progress.on_terminal", lambda: False)
     out = tmp_path / "run"
-    code = main(["train", BASELINE, "--out", str(out), *sum((["--set", s] for s in SMALL + ["train.max_steps=4"]), [])])
+    code = main(["train", BASELINE, "--out", str(out), *sum((["--set", s] for s in SMALL + ["train.max_steps=4", "train.eval_every=2", "train.progress=true"]), [])])
     assert code == 0
     printed = capsys.readouterr().out
     assert str(out) in printed and "dev accuracy" in printed
+    assert "step 2: dev accuracy" in printed  # evaluations during training are printed, not only written
+    assert "step 2/4: loss" in printed and "\x1b[" not in printed  # off a terminal: plain progress lines
     for name in ("config.yaml", "env.json", "metrics.csv", "eval.csv", "summary.json"):
         assert (out / name).is_file(), name
     assert not (out / "checkpoint.pt").exists()

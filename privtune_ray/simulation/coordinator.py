@@ -30,7 +30,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..config import Config
 from ..data.batching import TokenizedSplit, batch_indices, collate
@@ -41,6 +40,7 @@ from ..mechanisms import config_guarantee
 from ..message import Message
 from ..models.loading import load_task_model, load_tokenizer, resolve_model
 from ..models.split import BottomModel, depth_of, split_model
+from ..progress import plain_lines, progress_bar
 from ..runs import RunDir
 from ..attacks.suite import VictimSample
 from ..training.loop import AttackRounds, attacker_data, classification_spec, load_task_data, seed_everything, top_device
@@ -240,7 +240,7 @@ class Coordinator:
         prefetched = None
         failures: dict[int, int] = {}
         self._wall = (time.perf_counter(), self.totals.train_wall_s)  # (session start, wall before it)
-        bar = tqdm(total=self.sim.rounds, initial=self.totals.rounds_done, desc="rounds", disable=not self.cfg.train.progress)
+        bar = progress_bar(total=self.sim.rounds, initial=self.totals.rounds_done, desc="rounds", enabled=self.cfg.train.progress)
         while self.totals.rounds_done < self.sim.rounds:
             r = self.totals.rounds_done
             plan = self.population.plan(r)
@@ -427,7 +427,7 @@ class Coordinator:
         t.top_s += sums["top_s"] + step_s
         t.dropped += status.count("dropped")
         t.late += status.count("late")
-        self.run.append("rounds", {
+        row = {
             "round": r, "online": plan.online, "selected": len(rows), "ok": status.count("ok"),
             "dropped": status.count("dropped"), "late": status.count("late"), "samples": trained,
             "loss": loss_sum / trained if trained else float("nan"), "lr": lr,
@@ -435,7 +435,12 @@ class Coordinator:
             "top_step_s": step_s, "sim_start_s": clock.start_s, "sim_end_s": clock.end_s,
             "sim_round_s": clock.duration_s, "wall_s": t.train_wall_s, "samples_total": t.samples,
             **self.dp_spent(),
-        })  # fmt: skip
+        }  # fmt: skip
+        self.run.append("rounds", row)
+        if plain_lines(self.cfg.train.progress):
+            self.log(f"privtune-ray: round {t.rounds_done}/{self.sim.rounds}: loss {row['loss']:.4f}, {row['ok']}/{row['selected']} "
+                     f"devices ok, simulated {t.sim_time_s:.0f} s, {t.bytes_up / 2**20:.1f} MiB up / "
+                     f"{t.bytes_down / 2**20:.1f} MiB down, {t.train_wall_s:.0f} s")  # fmt: skip
 
     def dp_spent(self) -> dict[str, float]:
         """EW-Tune: the DP-SGD ε spent after the rounds done (Edgeworth, PLD, RDP; cumulative); {} otherwise."""

@@ -14,8 +14,8 @@ import string
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
+from ..progress import progress_bar
 from ..data.batching import Batch, TokenizedSplit, batch_indices, collate
 from .client import SplitClient
 from .server import TopServer, summed_loss
@@ -81,7 +81,7 @@ def evaluate_generation(client: SplitClient, server: TopServer, split: Tokenized
     """Exact match and token F1 of greedy answers (fractions), and the teacher-forced loss on the reference
     answer (nats per sample, computed where the head runs), all through the upload path."""
     exact, f1, loss_sum = [], [], 0.0
-    for idx in tqdm(batch_indices(split.lengths, batch_size, shuffle=False, bucketing=True), desc="eval", disable=not progress, leave=False):
+    for idx in progress_bar(batch_indices(split.lengths, batch_size, shuffle=False, bucketing=True), desc="eval", enabled=progress, leave=False):
         batch = collate(split, idx, pad_id)
         msg = upload(client.encode(batch))
         loss_sum += float(summed_loss(next_token_logits(client, server, msg, download), batch.labels))

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..attacks.observations import Observations
 from ..attacks.suite import AttackSuite, VictimSample, carve_aux, headline, load_aux, long_rows, probe_attributes
@@ -27,6 +26,7 @@ from ..errors import ConfigError
 from ..mechanisms import build_mechanism
 from ..message import Message
 from ..models.loading import load_split_model, load_tokenizer, resolve_model
+from ..progress import plain_lines, progress_bar
 from ..runs import RunDir
 from .client import SplitClient
 from .generation import evaluate_generation
@@ -117,7 +117,7 @@ def evaluate(client: SplitClient, server: TopServer, split: TokenizedSplit, batc
     counters = Counters()
     correct, loss_sum = 0, 0.0
     batches = batch_indices(split.lengths, batch_size, shuffle=False, bucketing=True)
-    for idx in tqdm(batches, desc=desc, disable=not progress, leave=False):
+    for idx in progress_bar(batches, desc=desc, enabled=progress, leave=False):
         msg = upload(client.encode(collate(split, idx, pad_id)), counters)
         logits = server.predict(msg)
         correct += int((logits.argmax(-1) == msg.labels).sum())
@@ -248,7 +248,8 @@ def run_training(cfg: Config, out: str | os.PathLike | None = None, resume: bool
         run.truncate("attacks", counters.step)
         log(f"privtune-ray: resuming at step {counters.step}/{total_steps}")
 
-    bar = tqdm(total=total_steps, initial=counters.step, desc="train", disable=not cfg.train.progress)
+    bar = progress_bar(total=total_steps, initial=counters.step, desc="train", enabled=cfg.train.progress)
+    plain = plain_lines(cfg.train.progress)
     window_loss, window_samples, window_start = [], 0, time.perf_counter()
     session_start = time.perf_counter()
     train_s_before = counters.train_s
@@ -274,7 +275,7 @@ def run_training(cfg: Config, out: str | os.PathLike | None = None, resume: bool
             counters.train_s = train_s_before + time.perf_counter() - session_start
             if counters.step % cfg.train.log_every == 0 or counters.step == total_steps:
                 now = time.perf_counter()
-                run.append("metrics", {
+                row = {
                     "step": counters.step, "epoch": counters.epoch, "loss": float(np.mean(window_loss)) if window_loss else float("nan"),
                     "lr": server.lr, "samples": counters.samples, "tokens": counters.tokens,
                     "bytes_up": counters.bytes_up, "bytes_down": counters.bytes_down, "samples_per_s": window_samples / max(now - window_start, 1e-9),
@@ -282,10 +283,14 @@ def run_training(cfg: Config, out: str | os.PathLike | None = None, resume: bool
                     "comm_s": counters.comm_s,
                     "elapsed_s": counters.train_s,
                     **(spent_epsilon(dp_plan, counters.step) if dp_plan else {}),
-                })  # fmt: skip
+                }  # fmt: skip
+                run.append("metrics", row)
+                if plain:
+                    log(f"privtune-ray: step {counters.step}/{total_steps}: loss {row['loss']:.4f}, "
+                        f"{row['samples_per_s']:.1f} samples/s, {counters.bytes_up / 2**20:.1f} MiB up, {counters.train_s:.0f} s")  # fmt: skip
                 window_loss, window_samples, window_start = [], 0, now
             if cfg.train.eval_every and counters.step % cfg.train.eval_every == 0 and counters.step < total_steps:
-                _evaluate_and_log(run, client, server, eval_split, cfg, tokenizer, counters.step)
+                _evaluate_and_log(run, client, server, eval_split, cfg, tokenizer, counters.step, log=log)
             if attacks and cfg.attack.every and counters.step % cfg.attack.every == 0 and counters.step < total_steps:
                 attacks.round(counters.step)
             if counters.step % cfg.train.checkpoint_every == 0 and counters.step < total_steps:
@@ -388,7 +393,8 @@ class AttackRounds:
                 **headline(rows), "attack_setup": self.suite.describe()}  # fmt: skip
 
 
-def _evaluate_and_log(run, client, server, split, cfg: Config, tokenizer, step: int) -> dict:
+def _evaluate_and_log(run, client, server, split, cfg: Config, tokenizer, step: int, log=None) -> dict:
+    """Evaluate on ``split``, append the row to eval.csv, and print it when ``log`` is given."""
     pad_id = tokenizer.pad_token_id
     if split.prompt_lengths is None:
         result = evaluate(client, server, split, cfg.train.eval_batch_size, pad_id, progress=cfg.train.progress)
@@ -399,6 +405,9 @@ def _evaluate_and_log(run, client, server, split, cfg: Config, tokenizer, step: 
                                      lambda payload: download(payload, counters), progress=cfg.train.progress)  # fmt: skip
         result["bytes_up"], result["bytes_down"] = counters.bytes_up, counters.bytes_down
     run.append("eval", {"step": step, "split": cfg.data.eval_split, **result})
+    if log is not None:
+        scores = ", ".join(f"{k} {result[k]:.4f}" for k in ("accuracy", "exact_match", "f1", "loss") if k in result)
+        log(f"privtune-ray: step {step}: {cfg.data.eval_split} {scores}")
     return result
 
 
