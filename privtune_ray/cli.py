@@ -84,23 +84,26 @@ def _config(args):
 
 
 def _train(args) -> None:
+    cfg = _config(args)  # a bad config answers before torch and transformers are imported
     from .training.loop import run_training
 
-    run_training(_config(args), out=args.out, resume=args.resume)
+    run_training(cfg, out=args.out, resume=args.resume)
 
 
 def _simulate(args) -> None:
-    from .simulation import run_simulation
-
     if args.address:
         args.overrides += ["simulation.backend=ray", f"simulation.address={args.address}"]
-    run_simulation(_config(args), out=args.out, resume=args.resume)
+    cfg = _config(args)
+    from .simulation import run_simulation
+
+    run_simulation(cfg, out=args.out, resume=args.resume)
 
 
 def _attack(args) -> None:
+    cfg = _config(args)
     from .attacks.evaluation import run_attack_evaluation
 
-    run_attack_evaluation(_config(args), out=args.out)
+    run_attack_evaluation(cfg, out=args.out)
 
 
 def _account(args) -> None:
