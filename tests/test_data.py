@@ -164,3 +164,34 @@ def test_empty_partition_and_bad_parameters_are_errors():
         partition(LABELS, 10, "round-robin")
     with pytest.raises(DataError, match="alpha must be > 0"):
         partition(LABELS, 10, "dirichlet", alpha=-1.0)
+
+
+BAD_FILES = {
+    "missing-label-column": (b"sentence\tscore\na fine film\t1\n", r"no column 'label' \(its columns: sentence, score\)"),
+    "empty": (b"", r"holds no rows \(it is empty, or a header line only\)"),
+    "header-only": (b"sentence\tlabel\n", r"holds no rows \(it is empty, or a header line only\)"),
+    "not-utf8": (b"sentence\tlabel\na fine film\t1\ncaf\xe9 society\t0\n", r"line 3: byte 0xe9 is not UTF-8"),
+    "bad-label": (b"sentence\tlabel\na fine film\tgood\n", r"data row 1: unexpected value"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FILES))
+def test_a_broken_dataset_file_is_one_error_naming_it(tmp_path, case):
+    content, match = BAD_FILES[case]
+    (tmp_path / "sst2").mkdir()
+    (tmp_path / "sst2" / "dev.tsv").write_bytes(content)
+    with pytest.raises(DataError, match=match) as info:
+        load_split("sst2", "dev", tmp_path, hub_fallback=False)
+    assert str(tmp_path / "sst2" / "dev.tsv") in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_broken_dataset_file_stops_train_before_anything_is_written(tmp_path, capsys):
+    from privtune_ray.cli import main
+
+    (tmp_path / "data" / "sst2").mkdir(parents=True)
+    for split in ("train", "dev"):
+        (tmp_path / "data" / "sst2" / f"{split}.tsv").write_bytes(BAD_FILES["missing-label-column"][0])
+    out = tmp_path / "run"
+    assert main(["train", "simulations/sst2_baseline.yaml", "--data-dir", str(tmp_path / "data"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no column 'label'" in err[0] and not out.exists()

@@ -250,24 +250,57 @@ def load_split(
     return ds
 
 
-def _normalise(ds, to_example: Callable[[Row], Row], keep: Callable[[Row], bool] | None = None):
-    """Raw rows -> normalised rows, as a new in-memory ``datasets.Dataset`` (types inferred afresh)."""
+def _normalise(ds, to_example: Callable[[Row], Row], keep: Callable[[Row], bool] | None = None, source: str = ""):
+    """Raw rows -> normalised rows, as a new in-memory ``datasets.Dataset`` (types inferred afresh). A missing
+    column or a value of the wrong kind is a :class:`DataError` naming the file (``source``) and the row."""
     import datasets
 
-    return datasets.Dataset.from_list([to_example(row) for row in ds if keep is None or keep(row)])
+    rows = []
+    for i, row in enumerate(ds):
+        try:
+            if keep is None or keep(row):
+                rows.append(to_example(row))
+        except KeyError as exc:
+            raise DataError(f"dataset file {source}: no column {exc.args[0]!r} (its columns: {', '.join(ds.column_names)}): "
+                            f"restore the file (shared/data/README.md gives each dataset's columns)") from None  # fmt: skip
+        except (ValueError, TypeError) as exc:
+            raise DataError(f"dataset file {source}, data row {i + 1}: unexpected value ({exc}): fix or drop that row") from None
+    return datasets.Dataset.from_list(rows)
+
+
+def _check_utf8(path: Path) -> None:
+    """A dataset file must be UTF-8 text: a stray byte is one error naming its line, not a parser's traceback."""
+    raw = path.read_bytes()
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise DataError(f"dataset file {path}, line {line}: byte {raw[exc.start]:#04x} is not UTF-8: save the file as "
+                        f"UTF-8 text, or restore it") from None  # fmt: skip
 
 
 def _load_local(spec: DatasetSpec, split: str, path: Path):
     import datasets
 
-    if path.suffix == ".jsonl":
-        ds = datasets.load_dataset("json", data_files=str(path), split="train")
-    else:  # TSV with one header line and no quoting (shared/data/README.md)
-        ds = datasets.load_dataset(
-            "csv", data_files=str(path), split="train", sep="\t", quoting=3, keep_default_na=False
-        )
+    _check_utf8(path)
+    datasets.disable_progress_bars()  # a local file loads in a second: no "Generating train split" bars
+    kind = "JSON lines" if path.suffix == ".jsonl" else "a tab-separated table with a header line"
+    try:
+        if path.suffix == ".jsonl":
+            ds = datasets.load_dataset("json", data_files=str(path), split="train")
+        else:  # TSV with one header line and no quoting (shared/data/README.md)
+            ds = datasets.load_dataset(
+                "csv", data_files=str(path), split="train", sep="\t", quoting=3, keep_default_na=False
+            )
+    except Exception as exc:  # noqa: BLE001 - pyarrow, pandas and datasets each raise their own parse errors
+        if path.stat().st_size == 0 or "corresponds to no data" in str(exc) or "No columns to parse" in str(exc):
+            raise DataError(f"dataset file {path} holds no rows (it is empty, or a header line only): restore it") from None
+        first = (str(exc).strip().splitlines() or [""])[0][:160]
+        raise DataError(f"dataset file {path} cannot be read as {kind} ({type(exc).__name__}: {first}): fix or restore it") from None
+    if len(ds) == 0:
+        raise DataError(f"dataset file {path} holds no rows (it is empty, or a header line only): restore it")
     keep = (lambda row: spec.keep(split, row)) if spec.keep is not None else None
-    return _normalise(ds, spec.to_example, keep)
+    return _normalise(ds, spec.to_example, keep, str(path))
 
 
 def _load_hub(spec: DatasetSpec, split: str, missing: Path | None):
