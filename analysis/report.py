@@ -19,6 +19,7 @@ from .attack_success import plot_attack_success
 from .communication import channels_per_sample, plot_channels, plot_communication, plot_simulation_communication
 from .frontier import plot_frontier
 from .headline import headline_table, markdown_table
+from .learning_curve import plot_learning_curve, plot_time_and_bytes
 from .overhead import overhead_by_tier, plot_overhead
 from .style import KIB, MIB, NothingToPlot
 from .tables import (
@@ -251,10 +252,18 @@ def _simulation_section(path: Path, root: Path, out: Path) -> str:
     return "\n\n".join(p for p in parts if p)
 
 
-def _train_section(trains: list[Path], root: Path) -> str:
+def _train_section(trains: list[Path], root: Path, out: Path) -> str:
     summaries = [(p, load_summary(p)) for p in trains]
     rows = pd.DataFrame([{**s, "name": s.get("name") or _rel(p, root)} for p, s in summaries])
-    return "## Train runs\n\n" + _view(rows, TRAIN_VIEW)
+    parts = ["## Train runs", _view(rows, TRAIN_VIEW)]
+    for path, summary in summaries:
+        slug = _slug(path, root)
+        metrics = pd.read_csv(path / "metrics.csv") if (path / "metrics.csv").exists() else pd.DataFrame()
+        evals = pd.read_csv(path / "eval.csv") if (path / "eval.csv").exists() else None
+        parts += [f"### {summary.get('name') or _rel(path, root)}",
+                  _figure(out, f"learning-curve-{slug}.png", "learning curve", plot_learning_curve, metrics, evals),
+                  _figure(out, f"time-bytes-{slug}.png", "time and bytes", plot_time_and_bytes, summary)]  # fmt: skip
+    return "\n\n".join(parts)
 
 
 def write_report(root: str | Path, out: str | Path | None = None, asr_threshold: float = 0.10) -> Path:
@@ -273,7 +282,7 @@ def write_report(root: str | Path, out: str | Path | None = None, asr_threshold:
     sections += [_sweep_section(p, root, out, asr_threshold) for p in sweeps]
     sections += [_simulation_section(p, root, out) for p in sims]
     if trains:
-        sections.append(_train_section(trains, root))
+        sections.append(_train_section(trains, root, out))
     path = out / "report.md"
     path.write_text("\n\n".join(sections) + "\n")
     return path

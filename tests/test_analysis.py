@@ -104,7 +104,8 @@ def write_train_run(path):
         "name": "tiny-train", "dataset": "sst2", "mechanism": "privtune", "split_depth": 2, "dev_accuracy": 0.8123,
         "bytes_up_per_sample": 2048.0, "train_wall_s": 3.0, "bottom_compute_s": 1.0, "mechanism_compute_s": 0.1,
         "top_compute_s": 1.5}))  # fmt: skip
-    (path / "metrics.csv").write_text("step,loss\n1,0.7\n")
+    (path / "metrics.csv").write_text("step,loss\n1,0.7\n2,0.6\n")
+    (path / "eval.csv").write_text("step,split,accuracy,loss,samples\n2,dev,0.8123,0.55,64\n")
     return path
 
 
@@ -209,7 +210,8 @@ def test_write_report_on_a_folder_of_runs(tmp_path):
     report = write_report(tmp_path, tmp_path / "out")
     assert report == tmp_path / "out" / "report.md"
     names = _images(report)
-    assert {n.split("-", 1)[0] for n in names} == {"frontier", "attacks", "communication", "overhead", "timeline"}
+    assert {n.split("-", 1)[0] for n in names} == {"frontier", "attacks", "communication", "overhead", "timeline",
+                                                  "learning", "time"}  # the train run: learning curve, time and bytes
     text = report.read_text()
     assert "| dchi | 1 | eta=10 | 80.0 | 9.0 | 90.0 | 10.0 | 11.1 |" in text  # the headline row
     assert "| dchi | 2 | eta=10 | 82.0 | 10.0 | 88.0 | 6.0 | 6.8 |" in text
