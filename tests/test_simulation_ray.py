@@ -53,11 +53,19 @@ def test_killed_worker_and_replica_lose_no_sample(ray_session, inprocess, tmp_pa
             ray_session.kill(coordinator.backend.replicas[0])
             killed.append("replica")
 
+    def kill_worker_at_evaluation(coordinator, done):  # as an evaluation starts: in the round loop and the final one
+        ray_session.kill(coordinator.backend.workers[0])
+        killed.append(f"worker at evaluation {done}")
+
     out = run_simulation(small(*RAY), out=tmp_path / "faults", log=quiet,
-                         hooks={"devices_started": kill_worker, "training": kill_replica})  # fmt: skip
-    assert killed == ["worker", "replica"]
+                         hooks={"devices_started": kill_worker, "training": kill_replica,
+                                "evaluating": kill_worker_at_evaluation})  # fmt: skip
+    assert killed == ["worker", "worker at evaluation 2", "replica", "worker at evaluation 4"]
     faults = pd.read_csv(out / "faults.csv")
     assert {"device_worker", "device_task", "top_replica"} <= set(faults["component"])
+    # an evaluation's dead worker is replaced and its batches re-run: a device-worker fault, not a replica's
+    assert (faults["action"] == "replaced; encode_eval re-run").sum() == 2
+    assert set(faults.loc[faults["component"] == "top_replica", "round"]) == {3}  # the one killed in round 3 only
     assert "rolled back to the checkpoint after 2 rounds" in " ".join(faults["action"])
     devices = pd.read_csv(out / "devices.csv")
     assert not devices.duplicated(["round", "device"]).any()
@@ -65,6 +73,9 @@ def test_killed_worker_and_replica_lose_no_sample(ray_session, inprocess, tmp_pa
     assert len(sent0) > 0 and (sent0["attempts"] == 2).all()  # round 0's tasks re-ran on the new worker
     _same_result(out, inprocess)
     assert json.loads((out / "summary.json").read_text())["rollbacks"] == 1
+    ray_eval, reference = pd.read_csv(out / "eval.csv"), pd.read_csv(inprocess / "eval.csv")
+    assert ray_eval["rounds_done"].tolist() == reference["rounds_done"].tolist() == [2, 2, 4, 4]  # one row per depth
+    assert np.allclose(ray_eval["accuracy"], reference["accuracy"]) and np.allclose(ray_eval["loss"], reference["loss"], atol=1e-3)
 
 
 def test_pool_larger_than_the_cluster_is_refused_before_work(ray_session, tmp_path):
@@ -112,3 +123,4 @@ def test_guarded_online_on_ray_survives_a_killed_worker(ray_session, tmp_path):
     assert np.allclose(pd.read_csv(out / "rounds.csv")["loss"], pd.read_csv(inproc / "rounds.csv")["loss"], atol=1e-3)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["backend"]["backend"] == "ray" and summary["design"] == "online"
+

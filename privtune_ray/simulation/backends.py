@@ -132,9 +132,10 @@ class Backend(ABC):
         return self._get(handle)
 
     def evaluate(self, depth: int, batches: list, seed: int) -> tuple[int, float, int]:
-        """(correct, summed loss in nats, samples) of the eval split sent by a device of ``depth``."""
-        payloads = [self._call(self.workers[b % len(self.workers)], "encode_eval", idx, depth, derive_seed(seed, b))
-                    for b, idx in enumerate(batches)]  # fmt: skip
+        """(correct, summed loss in nats, samples) of the eval split sent by a device of ``depth``. The batches are
+        encoded through :meth:`on_workers`, so a worker that dies meanwhile is replaced and its batches re-run (a
+        device-worker fault), not mistaken for a lost replica."""
+        payloads = self.on_workers("encode_eval", [(idx, depth, derive_seed(seed, b)) for b, idx in enumerate(batches)])
         results = self._replica_get([self._call(self.replicas[0], "predict", p) for p in payloads])
         return sum(r[0] for r in results), sum(r[1] for r in results), sum(r[2] for r in results)
 

@@ -464,6 +464,7 @@ class Coordinator:
     def evaluate(self) -> dict:
         """Accuracy and loss on the eval split, sent by an evaluation device at every depth in the population."""
         batches = batch_indices(self.setup.eval.lengths, self.cfg.train.eval_batch_size, shuffle=False, bucketing=True)
+        self._hook("evaluating", self.totals.rounds_done)
         depths, counts = np.unique(self.population.depth, return_counts=True)
         per_depth = {}
         if self.guarded is not None:
@@ -525,6 +526,7 @@ def run_simulation(cfg: Config, out: str | os.PathLike | None = None, resume: bo
         start_attacks(coordinator, log)
         coordinator.train(resume=resume)
         result = coordinator.evaluate()
+        coordinator._drain_faults()  # a worker replaced during the final evaluation is recorded too
         done = coordinator.totals.rounds_done
         attack_summary = coordinator.attacks.round(done, log=log) if coordinator.attacks else {}
         if coordinator.label_attack is not None:
