@@ -34,13 +34,14 @@ def detach_head(top: nn.Module) -> nn.Module:
     return head
 
 
-class DeviceHead:
+class DeviceHead(TopServer):
     """The device's end of the U: the LM head, the loss on the local token targets, their gradient for z.
+    Its optimiser step is :meth:`TopServer.step` on the head (gradients ÷ samples, AdamW, the schedule);
     ``compute_s`` accumulates measured seconds."""
 
-    def __init__(self, head: nn.Module, optimizer: torch.optim.Optimizer, scheduler):
-        self.head, self.optimizer, self.scheduler = head, optimizer, scheduler
-        self.compute_s = 0.0
+    @property
+    def head(self) -> nn.Module:
+        return self.top
 
     def loss_and_grad(self, z_payload: bytes, attention_mask: torch.Tensor, targets: torch.Tensor) -> tuple[float, bytes]:
         """Σ CE (nats) of the received z against ``targets`` [B, L]; accumulates W's gradient and returns the
@@ -58,15 +59,6 @@ class DeviceHead:
     def logits(self, z_payload: bytes, attention_mask: torch.Tensor) -> torch.Tensor:
         self.head.eval()
         return self.head(tensor_from_bytes(z_payload), attention_mask)
-
-    def step(self, n_samples: int) -> None:
-        """W's gradient ÷ ``n_samples`` (the mean loss), AdamW, the schedule."""
-        for p in self.head.parameters():
-            if p.grad is not None:
-                p.grad.div_(max(n_samples, 1))
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
 
 
 class HiddenStateServer(TopServer):
