@@ -8,7 +8,7 @@ import pandas as pd
 
 from .headline import best_within, lowest_asr
 from .style import NothingToPlot, bar_chart_width, figure_legend, grouped_bars, label, mechanism_colors, panels, save
-from .tables import ASR, ADVANTAGE, aia_columns, depth_label, eia_columns, mechanisms, privacy_parameter, setting
+from .tables import ADVANTAGE, ASR, aia_columns, depth_label, eia_columns, mechanisms, privacy_parameter, setting
 
 
 def select_points(table: pd.DataFrame, threshold: float = 0.10) -> pd.DataFrame:
@@ -36,13 +36,17 @@ def point_label(table: pd.DataFrame, row: pd.Series) -> str:
     return f"{row['mechanism']} ({', '.join(details)})"
 
 
-def plot_attack_success(table: pd.DataFrame, path: str | Path, selection: pd.DataFrame | None = None,
-                        threshold: float = 0.10) -> Path:  # fmt: skip
+def plot_attack_success(
+    table: pd.DataFrame, path: str | Path, selection: pd.DataFrame | None = None, threshold: float = 0.10
+) -> Path:
     """Grouped bars, one group per attack and one bar per selected point (default :func:`select_points`):
     inversion ASR top-1 in % (dashed line at ``threshold``), and attribute-attack advantage in percentage points."""
     selection = select_points(table, threshold) if selection is None else selection
-    kinds = [(c, suffix) for c, suffix in ((eia_columns(table), ASR), (aia_columns(table), ADVANTAGE))
-             if c and selection[c].notna().any().any()]  # fmt: skip
+    kinds = [
+        (c, suffix)
+        for c, suffix in ((eia_columns(table), ASR), (aia_columns(table), ADVANTAGE))
+        if c and selection[c].notna().any().any()
+    ]
     if selection.empty or not kinds:
         raise NothingToPlot("the sweep has no per-attack results (attacks were off, or no point finished)")
     labels = [point_label(table, row) for _, row in selection.iterrows()]

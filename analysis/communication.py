@@ -60,8 +60,10 @@ def channels_per_sample(table: pd.DataFrame) -> pd.DataFrame:
     one row per design/mechanism (mean over its points): what a simulation's devices exchanged beyond the bottom's
     one-time download. Sweeps of ``runner: simulate`` have these columns; others raise NothingToPlot."""
     order = {c: i for i, c in enumerate(CHANNELS)}
-    columns = sorted((c for c in table.columns if c.startswith(CHANNEL_PREFIX)),
-                     key=lambda c: order.get(c.removeprefix(CHANNEL_PREFIX), len(order)))  # fmt: skip
+    columns = sorted(
+        (c for c in table.columns if c.startswith(CHANNEL_PREFIX)),
+        key=lambda c: order.get(c.removeprefix(CHANNEL_PREFIX), len(order)),
+    )
     rows = table.dropna(subset=columns, how="all") if columns else table.iloc[0:0]
     if rows.empty:
         raise NothingToPlot("no point reports bytes per channel (only `runner: simulate` sweeps do)")

@@ -38,8 +38,15 @@ def plot_frontier(table: pd.DataFrame, path: str | Path, threshold: float | None
         for mechanism in mechanisms(here):
             points = here[here["mechanism"] == mechanism]
             if mechanism == REFERENCE:
-                ax.scatter(100 * points[X], 100 * points[Y], marker="*", s=220, color=colors[mechanism],
-                           zorder=4, label="none (reference)")  # fmt: skip
+                ax.scatter(
+                    100 * points[X],
+                    100 * points[Y],
+                    marker="*",
+                    s=220,
+                    color=colors[mechanism],
+                    zorder=4,
+                    label="none (reference)",
+                )
                 continue
             ax.scatter(100 * points[X], 100 * points[Y], color=colors[mechanism], alpha=0.25, s=22)
             front = pareto_front(points, X, Y)
@@ -47,10 +54,22 @@ def plot_frontier(table: pd.DataFrame, path: str | Path, threshold: float | None
             name = f"{mechanism} ({short_key(parameter)})" if parameter else mechanism
             ax.plot(100 * front[X], 100 * front[Y], "o-", color=colors[mechanism], ms=5, label=name)
             for _, point in front.iterrows():
-                ax.annotate(setting(point, parameter, extras=False).partition("=")[2], (100 * point[X], 100 * point[Y]),
-                            textcoords="offset points", xytext=(4, 3), fontsize=7, color=colors[mechanism])
+                ax.annotate(
+                    setting(point, parameter, extras=False).partition("=")[2],
+                    (100 * point[X], 100 * point[Y]),
+                    textcoords="offset points",
+                    xytext=(4, 3),
+                    fontsize=7,
+                    color=colors[mechanism],
+                )
         if threshold is not None:
             ax.axvline(100 * threshold, ls="--", color="grey", lw=1, label=f"ASR threshold {100 * threshold:g}%")
-        label(ax, f"split depth {depth_label(depth)}", "max EIA ASR top-1 (%)", "utility (%): dev accuracy, F1 for QA", legend=False)
+        label(
+            ax,
+            f"split depth {depth_label(depth)}",
+            "max EIA ASR top-1 (%)",
+            "utility (%): dev accuracy, F1 for QA",
+            legend=False,
+        )
     figure_legend(fig, axes)
     return save(fig, path, "Privacy–utility frontier (lower ASR and higher accuracy are better)")

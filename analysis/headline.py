@@ -10,8 +10,17 @@ import pandas as pd
 from .style import REFERENCE
 from .tables import mechanisms, privacy_parameter, setting
 
-COLUMNS = ["mechanism", "split_depth", "setting", "utility", "max_eia_asr_top1", "reference_utility", "drop_points",
-           "drop_relative", "note"]  # fmt: skip
+COLUMNS = [
+    "mechanism",
+    "split_depth",
+    "setting",
+    "utility",
+    "max_eia_asr_top1",
+    "reference_utility",
+    "drop_points",
+    "drop_relative",
+    "note",
+]
 
 
 def _at_depth(table: pd.DataFrame, depth: object) -> pd.DataFrame:
@@ -45,17 +54,29 @@ def headline_table(table: pd.DataFrame, threshold: float = 0.10) -> pd.DataFrame
         for mechanism in (m for m in mechanisms(here) if m != REFERENCE):
             points = here[here["mechanism"] == mechanism]
             best, low = best_within(points, threshold), lowest_asr(points)
-            row = {"mechanism": mechanism, "split_depth": depth, "setting": "", "utility": float("nan"),
-                   "max_eia_asr_top1": float("nan"), "reference_utility": reference, "note": ""}  # fmt: skip
+            row = {
+                "mechanism": mechanism,
+                "split_depth": depth,
+                "setting": "",
+                "utility": float("nan"),
+                "max_eia_asr_top1": float("nan"),
+                "reference_utility": reference,
+                "note": "",
+            }
             if best is not None:
                 best = points.loc[best]
-                row.update(setting=setting(best, privacy_parameter(table, mechanism)), utility=best["utility"],
-                           max_eia_asr_top1=best["max_eia_asr_top1"])  # fmt: skip
+                row.update(
+                    setting=setting(best, privacy_parameter(table, mechanism)),
+                    utility=best["utility"],
+                    max_eia_asr_top1=best["max_eia_asr_top1"],
+                )
             elif low is not None:
                 low = points.loc[low]
                 where = setting(low, privacy_parameter(table, mechanism))
-                row["note"] = (f"no point with max EIA ASR <= {limit}; lowest ASR {100 * low['max_eia_asr_top1']:.1f}%"
-                               f" at utility {100 * low['utility']:.1f}%" + (f" ({where})" if where else ""))
+                row["note"] = (
+                    f"no point with max EIA ASR <= {limit}; lowest ASR {100 * low['max_eia_asr_top1']:.1f}%"
+                    f" at utility {100 * low['utility']:.1f}%" + (f" ({where})" if where else "")
+                )
             else:
                 row["note"] = f"no point with max EIA ASR <= {limit}; no EIA ASR measured"
             if pd.isna(reference):
@@ -77,16 +98,19 @@ def _cell(value: object, fmt: str) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
-def markdown_table(df: pd.DataFrame, floatfmt: str = ".3f", formats: Mapping[str, str] | None = None,
-                   index: bool = False) -> str:  # fmt: skip
+def markdown_table(
+    df: pd.DataFrame, floatfmt: str = ".3f", formats: Mapping[str, str] | None = None, index: bool = False
+) -> str:
     """A GitHub-Markdown table of ``df``: floats with ``floatfmt`` (or ``formats[column]``), NaN as ``–``,
     numbers right-aligned; ``index`` adds the index as the first column."""
     frame = df.reset_index() if index else df
     formats = formats or {}
     header = [str(c) for c in frame.columns]
     numeric = [pd.api.types.is_numeric_dtype(frame[c]) for c in frame.columns]
-    cells = [[_cell(v.item() if hasattr(v, "item") else v, formats.get(c, floatfmt))
-              for c, v in zip(frame.columns, row)] for row in frame.itertuples(index=False)]
+    cells = [
+        [_cell(v.item() if hasattr(v, "item") else v, formats.get(c, floatfmt)) for c, v in zip(frame.columns, row)]
+        for row in frame.itertuples(index=False)
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---:" if n else "---" for n in numeric) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in cells]
     return "\n".join(lines)

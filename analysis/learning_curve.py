@@ -10,10 +10,18 @@ import pandas as pd
 
 from .style import NothingToPlot, label, panels, save
 
-TIME_PARTS = {"bottom_compute_s": "bottom (device)", "mechanism_compute_s": "mechanism (device)",
-              "top_compute_s": "top (cloud)", "comm_s": "serialisation"}  # fmt: skip
-BYTE_PARTS = {"bytes_up": "up, training", "bytes_down": "down, training", "bytes_up_eval": "up, evaluation",
-              "bytes_down_eval": "down, evaluation"}  # fmt: skip
+TIME_PARTS = {
+    "bottom_compute_s": "bottom (device)",
+    "mechanism_compute_s": "mechanism (device)",
+    "top_compute_s": "top (cloud)",
+    "comm_s": "serialisation",
+}
+BYTE_PARTS = {
+    "bytes_up": "up, training",
+    "bytes_down": "down, training",
+    "bytes_up_eval": "up, evaluation",
+    "bytes_down_eval": "down, evaluation",
+}
 
 
 def plot_learning_curve(metrics: pd.DataFrame, evals: pd.DataFrame | None, path: str | Path) -> Path:

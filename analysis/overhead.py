@@ -21,8 +21,11 @@ PANELS = [
 
 def _per_device_round(devices: pd.DataFrame) -> pd.DataFrame:
     done = devices[devices["status"] != "dropped"]
-    return done.assign(up_KiB=done["bytes_up"] / KIB, down_MiB=done["bytes_down"] / MIB,
-                       sim_device_s=done[SIM_PARTS].sum(axis=1, min_count=1))  # fmt: skip
+    return done.assign(
+        up_KiB=done["bytes_up"] / KIB,
+        down_MiB=done["bytes_down"] / MIB,
+        sim_device_s=done[SIM_PARTS].sum(axis=1, min_count=1),
+    )
 
 
 def tier_order(devices: pd.DataFrame) -> list[str]:
@@ -38,9 +41,12 @@ def overhead_by_tier(devices: pd.DataFrame) -> pd.DataFrame:
     if devices.empty:
         raise NothingToPlot("devices.csv has no rows")
     rows = _per_device_round(devices)
-    counts = devices.groupby("tier").agg(depth=("depth", "first"), device_rounds=("status", "size"),
-                                         dropped=("status", lambda s: int((s == "dropped").sum())),
-                                         late=("status", lambda s: int((s == "late").sum())))  # fmt: skip
+    counts = devices.groupby("tier").agg(
+        depth=("depth", "first"),
+        device_rounds=("status", "size"),
+        dropped=("status", lambda s: int((s == "dropped").sum())),
+        late=("status", lambda s: int((s == "late").sum())),
+    )
     means = rows.groupby("tier")[["up_KiB", "down_MiB", "compute_s", *SIM_PARTS, "sim_device_s"]].mean()
     return counts.join(means).reindex(tier_order(devices))
 

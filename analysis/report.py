@@ -23,45 +23,82 @@ from .learning_curve import plot_learning_curve, plot_time_and_bytes
 from .overhead import overhead_by_tier, plot_overhead
 from .style import KIB, MIB, NothingToPlot
 from .tables import (
-    ADVANTAGE, ASR, DESIGN_KEYS, SimulationRun, aia_columns, depth_label, eia_columns, failed_points,
-    find_simulations, find_sweeps, find_train_runs, load_simulation, load_summary, load_sweep, override_columns,
+    ADVANTAGE,
+    ASR,
+    DESIGN_KEYS,
+    SimulationRun,
+    aia_columns,
+    depth_label,
+    eia_columns,
+    failed_points,
+    find_simulations,
+    find_sweeps,
+    find_train_runs,
+    load_simulation,
+    load_summary,
+    load_sweep,
+    override_columns,
     short_key,
-)  # fmt: skip
+)
 from .timeline import median_round, plot_timeline
 
 # A displayed column: source column -> (header with unit, scale factor, number format).
 View = Mapping[str, tuple[str, float, str]]
 PCT, PP, KIB_FMT = (100.0, ".1f"), (100.0, "+.1f"), (1 / KIB, ".1f")
 SWEEP_VIEW: View = {
-    "point": ("point", 1, ""), "mechanism": ("mechanism", 1, ""), "split_depth": ("m", 1, ""),
-    "utility": ("utility (%)", *PCT), "max_eia_asr_top1": ("max EIA ASR (%)", *PCT),
-    "max_aia_advantage": ("max AIA adv. (pp)", *PP), "epsilon": ("ε", 1, ".3g"),
-    "eta_per_unit": ("η / unit", 1, ".3g"),
-    "bytes_up_per_sample": ("up (KiB/sample)", *KIB_FMT), "train_wall_s": ("train wall (s)", 1, ".0f"),
-    "sim_time_s": ("sim time (s)", 1, ".0f"),
-}  # fmt: skip
-HEADLINE_VIEW: View = {
-    "mechanism": ("mechanism", 1, ""), "split_depth": ("m", 1, ""), "setting": ("setting", 1, ""),
-    "utility": ("utility (%)", *PCT), "max_eia_asr_top1": ("max EIA ASR (%)", *PCT),
-    "reference_utility": ("none utility (%)", *PCT), "drop_points": ("drop (pp)", 1, ".1f"),
-    "drop_relative": ("drop (% of none)", *PCT), "note": ("note", 1, ""),
-}  # fmt: skip
-TRAIN_VIEW: View = {
-    "name": ("run", 1, ""), "dataset": ("dataset", 1, ""), "design": ("design", 1, ""), "mechanism": ("mechanism", 1, ""),
+    "point": ("point", 1, ""),
+    "mechanism": ("mechanism", 1, ""),
     "split_depth": ("m", 1, ""),
-    "dev_accuracy": ("dev acc. (%)", *PCT), "dev_exact_match": ("dev EM (%)", *PCT), "dev_f1": ("dev F1 (%)", *PCT),
+    "utility": ("utility (%)", *PCT),
+    "max_eia_asr_top1": ("max EIA ASR (%)", *PCT),
+    "max_aia_advantage": ("max AIA adv. (pp)", *PP),
+    "epsilon": ("ε", 1, ".3g"),
+    "eta_per_unit": ("η / unit", 1, ".3g"),
     "bytes_up_per_sample": ("up (KiB/sample)", *KIB_FMT),
-    "train_wall_s": ("train wall (s)", 1, ".1f"), "bottom_compute_s": ("bottom (s)", 1, ".1f"),
-    "mechanism_compute_s": ("mechanism (s)", 1, ".2f"), "top_compute_s": ("top (s)", 1, ".1f"),
-    "max_eia_asr_top1": ("max EIA ASR (%)", *PCT), "max_aia_advantage": ("max AIA adv. (pp)", *PP),
-}  # fmt: skip
+    "train_wall_s": ("train wall (s)", 1, ".0f"),
+    "sim_time_s": ("sim time (s)", 1, ".0f"),
+}
+HEADLINE_VIEW: View = {
+    "mechanism": ("mechanism", 1, ""),
+    "split_depth": ("m", 1, ""),
+    "setting": ("setting", 1, ""),
+    "utility": ("utility (%)", *PCT),
+    "max_eia_asr_top1": ("max EIA ASR (%)", *PCT),
+    "reference_utility": ("none utility (%)", *PCT),
+    "drop_points": ("drop (pp)", 1, ".1f"),
+    "drop_relative": ("drop (% of none)", *PCT),
+    "note": ("note", 1, ""),
+}
+TRAIN_VIEW: View = {
+    "name": ("run", 1, ""),
+    "dataset": ("dataset", 1, ""),
+    "design": ("design", 1, ""),
+    "mechanism": ("mechanism", 1, ""),
+    "split_depth": ("m", 1, ""),
+    "dev_accuracy": ("dev acc. (%)", *PCT),
+    "dev_exact_match": ("dev EM (%)", *PCT),
+    "dev_f1": ("dev F1 (%)", *PCT),
+    "bytes_up_per_sample": ("up (KiB/sample)", *KIB_FMT),
+    "train_wall_s": ("train wall (s)", 1, ".1f"),
+    "bottom_compute_s": ("bottom (s)", 1, ".1f"),
+    "mechanism_compute_s": ("mechanism (s)", 1, ".2f"),
+    "top_compute_s": ("top (s)", 1, ".1f"),
+    "max_eia_asr_top1": ("max EIA ASR (%)", *PCT),
+    "max_aia_advantage": ("max AIA adv. (pp)", *PP),
+}
 TIER_VIEW: View = {
-    "depth": ("m", 1, ""), "device_rounds": ("device-rounds", 1, ""), "dropped": ("dropped", 1, ""),
-    "late": ("late", 1, ""), "up_KiB": ("up (KiB)", 1, ".1f"), "down_MiB": ("down (MiB)", 1, ".1f"),
-    "compute_s": ("compute (s)", 1, ".4f"), "sim_download_s": ("sim download (s)", 1, ".2f"),
-    "sim_compute_s": ("sim compute (s)", 1, ".2f"), "sim_upload_s": ("sim upload (s)", 1, ".2f"),
+    "depth": ("m", 1, ""),
+    "device_rounds": ("device-rounds", 1, ""),
+    "dropped": ("dropped", 1, ""),
+    "late": ("late", 1, ""),
+    "up_KiB": ("up (KiB)", 1, ".1f"),
+    "down_MiB": ("down (MiB)", 1, ".1f"),
+    "compute_s": ("compute (s)", 1, ".4f"),
+    "sim_download_s": ("sim download (s)", 1, ".2f"),
+    "sim_compute_s": ("sim compute (s)", 1, ".2f"),
+    "sim_upload_s": ("sim upload (s)", 1, ".2f"),
     "sim_device_s": ("sim device total (s)", 1, ".2f"),
-}  # fmt: skip
+}
 
 
 def _view(df: pd.DataFrame, view: View, index: bool = False) -> str:
@@ -86,8 +123,10 @@ def _view(df: pd.DataFrame, view: View, index: bool = False) -> str:
 def _sweep_view(table: pd.DataFrame) -> View:
     """:data:`SWEEP_VIEW` with the swept parameters after the depth and one % column per attack at the end."""
     params = {c: (short_key(c), 1, "g") for c in override_columns(table) if c not in DESIGN_KEYS}
-    attacks = {**{c: (c.replace(ASR, " ASR (%)"), *PCT) for c in eia_columns(table)},
-               **{c: (c.replace(ADVANTAGE, " adv. (pp)"), *PP) for c in aia_columns(table)}}
+    attacks = {
+        **{c: (c.replace(ASR, " ASR (%)"), *PCT) for c in eia_columns(table)},
+        **{c: (c.replace(ADVANTAGE, " adv. (pp)"), *PP) for c in aia_columns(table)},
+    }
     head = dict(list(SWEEP_VIEW.items())[:3])
     return {**head, **params, **{k: v for k, v in SWEEP_VIEW.items() if k not in head}, **attacks}
 
@@ -112,15 +151,24 @@ def _rel(path: Path, root: Path) -> str:
 
 
 def _provenance(root: Path, sweeps: list[Path], sims: list[Path], trains: list[Path]) -> str:
-    lines = [f"Generated {time.strftime('%Y-%m-%d %H:%M:%S %z')} by privtune-ray {__version__} (`analysis.report`) "
-             f"from `{root.resolve()}`.", ""]  # fmt: skip
+    lines = [
+        f"Generated {time.strftime('%Y-%m-%d %H:%M:%S %z')} by privtune-ray {__version__} (`analysis.report`) "
+        f"from `{root.resolve()}`.",
+        "",
+    ]
     for path in sweeps:
         meta_path = path / "sweep.json"
         meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
         git = (meta.get("git") or {}).get("commit")
-        extra = ", ".join(x for x in (f"runner {meta.get('spec', {}).get('runner')}" if meta.get("spec") else "",
-                                      f"updated {meta['updated_at']}" if meta.get("updated_at") else "",
-                                      f"commit {git[:10]}" if git else "") if x)  # fmt: skip
+        extra = ", ".join(
+            x
+            for x in (
+                f"runner {meta.get('spec', {}).get('runner')}" if meta.get("spec") else "",
+                f"updated {meta['updated_at']}" if meta.get("updated_at") else "",
+                f"commit {git[:10]}" if git else "",
+            )
+            if x
+        )
         lines.append(f"- sweep `{_rel(path, root)}`" + (f" ({extra})" if extra else ""))
     for kind, paths in (("simulation run", sims), ("train run", trains)):
         for path in paths:
@@ -131,11 +179,13 @@ def _provenance(root: Path, sweeps: list[Path], sims: list[Path], trains: list[P
 
 def _headline(sweeps: list[Path], root: Path, threshold: float) -> str:
     limit = f"{100 * threshold:g}%"
-    text = [f"## Headline\n\nPer mechanism and split depth: the best utility (dev accuracy; F1 for generation) among "
-            f"points whose max EIA ASR top-1 is at most {limit}, and its drop against `none` at the same depth "
-            f"(pp = percentage points). The best is taken over every swept variant of a mechanism (its privacy "
-            f"parameter and any other swept key, shown in `setting`), so a mechanism swept more widely has more "
-            f"chances; one seed unless `seed` is swept."]  # fmt: skip
+    text = [
+        f"## Headline\n\nPer mechanism and split depth: the best utility (dev accuracy; F1 for generation) among "
+        f"points whose max EIA ASR top-1 is at most {limit}, and its drop against `none` at the same depth "
+        f"(pp = percentage points). The best is taken over every swept variant of a mechanism (its privacy "
+        f"parameter and any other swept key, shown in `setting`), so a mechanism swept more widely has more "
+        f"chances; one seed unless `seed` is swept."
+    ]
     for path in sweeps:
         table = headline_table(load_sweep(path), threshold)
         title = f"\n\n### Sweep `{_rel(path, root)}`\n\n" if len(sweeps) > 1 else "\n\n"
@@ -147,23 +197,25 @@ def _headline(sweeps: list[Path], root: Path, threshold: float) -> str:
 def _sweep_section(path: Path, root: Path, out: Path, threshold: float) -> str:
     table, failed = load_sweep(path), failed_points(path)
     slug = _slug(path, root)
-    parts = [f"## Sweep `{_rel(path, root)}`",
-             f"{len(table)} finished point(s), {len(failed)} failed.",
-             "### Privacy–utility frontier",
-             _figure(out, f"frontier-{slug}.png", "privacy–utility frontier", plot_frontier, table,
-                     threshold=threshold),
-             "### Attack success",
-             f"Each mechanism at its best-utility point with max EIA ASR ≤ {100 * threshold:g}%, or, without one,"
-             " at its lowest-ASR (strongest-noise) point.",
-             _figure(out, f"attacks-{slug}.png", "attack success per attack", plot_attack_success, table,
-                     threshold=threshold),
-             "### Communication",
-             _figure(out, f"communication-{slug}.png", "uplink per sample", plot_communication, table),
-             *_channel_parts(table, out, slug),
-             "### All finished points",
-             _view(table, _sweep_view(table)) if not table.empty else "No point finished.",
-             "### Failed points",
-             markdown_table(failed.dropna(axis=1, how="all"), "g") if not failed.empty else "None."]  # fmt: skip
+    parts = [
+        f"## Sweep `{_rel(path, root)}`",
+        f"{len(table)} finished point(s), {len(failed)} failed.",
+        "### Privacy–utility frontier",
+        _figure(out, f"frontier-{slug}.png", "privacy–utility frontier", plot_frontier, table, threshold=threshold),
+        "### Attack success",
+        f"Each mechanism at its best-utility point with max EIA ASR ≤ {100 * threshold:g}%, or, without one,"
+        " at its lowest-ASR (strongest-noise) point.",
+        _figure(
+            out, f"attacks-{slug}.png", "attack success per attack", plot_attack_success, table, threshold=threshold
+        ),
+        "### Communication",
+        _figure(out, f"communication-{slug}.png", "uplink per sample", plot_communication, table),
+        *_channel_parts(table, out, slug),
+        "### All finished points",
+        _view(table, _sweep_view(table)) if not table.empty else "No point finished.",
+        "### Failed points",
+        markdown_table(failed.dropna(axis=1, how="all"), "g") if not failed.empty else "None.",
+    ]
     return "\n\n".join(parts)
 
 
@@ -174,11 +226,13 @@ def _channel_parts(table: pd.DataFrame, out: Path, slug: str) -> list[str]:
         values = channels_per_sample(table)
     except NothingToPlot:
         return []
-    return ["### Traffic per channel",
-            "KiB per sent sample and channel, mean over each design's points (`_up`: device → cloud; the bottom's "
-            "and emulator's one-time download is not included):",
-            markdown_table(values, ".1f", index=True),
-            _figure(out, f"channels-{slug}.png", "traffic per channel", plot_channels, table)]  # fmt: skip
+    return [
+        "### Traffic per channel",
+        "KiB per sent sample and channel, mean over each design's points (`_up`: device → cloud; the bottom's "
+        "and emulator's one-time download is not included):",
+        markdown_table(values, ".1f", index=True),
+        _figure(out, f"channels-{slug}.png", "traffic per channel", plot_channels, table),
+    ]
 
 
 def _channel_totals(run: SimulationRun) -> str:
@@ -187,21 +241,33 @@ def _channel_totals(run: SimulationRun) -> str:
     if not channels:
         return ""
     sent = max(run.summary.get("sent_samples") or 0, 1)
-    frame = pd.DataFrame({"channel": list(channels), "MiB": [v / MIB for v in channels.values()],
-                          "KiB per sample": [v / KIB / sent for v in channels.values()]})  # fmt: skip
+    frame = pd.DataFrame(
+        {
+            "channel": list(channels),
+            "MiB": [v / MIB for v in channels.values()],
+            "KiB per sample": [v / KIB / sent for v in channels.values()],
+        }
+    )
     return f"Bytes per channel (design `{run.summary.get('design', 'split')}`):\n\n" + markdown_table(frame, ".1f")
 
 
 def _run_numbers(run: SimulationRun) -> str:
     s = run.summary
-    numbers = [("dataset", s.get("dataset")), ("mechanism", s.get("mechanism")), ("design", s.get("design", "split")), ("devices", s.get("devices")),
-               ("rounds", s.get("rounds")), ("dev accuracy (%)", _scaled(s.get("dev_accuracy"), 100, ".2f")),
-               ("uplink total (MiB)", _scaled(s.get("bytes_up"), 1 / MIB, ".1f")),
-               ("downlink total (MiB)", _scaled(s.get("bytes_down"), 1 / MIB, ".1f")),
-               ("uplink per sample (KiB)", _scaled(s.get("bytes_up_per_sample"), 1 / KIB, ".1f")),
-               ("simulated time (s)", _scaled(s.get("sim_time_s"), 1, ".1f")),
-               ("train wall clock (s)", _scaled(s.get("train_wall_s"), 1, ".1f")),
-               ("dropped device-rounds", s.get("dropped")), ("late device-rounds", s.get("late"))]  # fmt: skip
+    numbers = [
+        ("dataset", s.get("dataset")),
+        ("mechanism", s.get("mechanism")),
+        ("design", s.get("design", "split")),
+        ("devices", s.get("devices")),
+        ("rounds", s.get("rounds")),
+        ("dev accuracy (%)", _scaled(s.get("dev_accuracy"), 100, ".2f")),
+        ("uplink total (MiB)", _scaled(s.get("bytes_up"), 1 / MIB, ".1f")),
+        ("downlink total (MiB)", _scaled(s.get("bytes_down"), 1 / MIB, ".1f")),
+        ("uplink per sample (KiB)", _scaled(s.get("bytes_up_per_sample"), 1 / KIB, ".1f")),
+        ("simulated time (s)", _scaled(s.get("sim_time_s"), 1, ".1f")),
+        ("train wall clock (s)", _scaled(s.get("train_wall_s"), 1, ".1f")),
+        ("dropped device-rounds", s.get("dropped")),
+        ("late device-rounds", s.get("late")),
+    ]
     return markdown_table(pd.DataFrame([(k, v) for k, v in numbers if v is not None], columns=["quantity", "value"]))
 
 
@@ -235,20 +301,27 @@ def _simulation_section(path: Path, root: Path, out: Path) -> str:
         timeline_round = f" (round {median_round(run.rounds)}, the median `sim_round_s`)"
     except NothingToPlot as why:
         by_tier, timeline_round = f"No by-tier table: {why}.", ""
-    parts = [f"## Simulation `{run.name}` (`{_rel(path, root)}`)",
-             _run_numbers(run),
-             "Tiers:\n\n" + markdown_table(tiers) if not tiers.empty else "",
-             "### Per-device overhead by tier",
-             _figure(out, f"overhead-{slug}.png", "per-device overhead by tier", plot_overhead, run.devices),
-             f"Means over non-dropped device-rounds (sim = simulated s; compute = measured wall clock):\n\n{by_tier}",
-             "### Communication",
-             _figure(out, f"communication-{slug}.png", "uplink per sample by depth", plot_simulation_communication,
-                     {run.name: run.devices}),
-             _channel_totals(run),
-             f"### Round timeline{timeline_round}",
-             _figure(out, f"timeline-{slug}.png", "round timeline", plot_timeline, run.devices, run.rounds),
-             "### Accuracy by depth",
-             _accuracy_by_depth(run)]  # fmt: skip
+    parts = [
+        f"## Simulation `{run.name}` (`{_rel(path, root)}`)",
+        _run_numbers(run),
+        "Tiers:\n\n" + markdown_table(tiers) if not tiers.empty else "",
+        "### Per-device overhead by tier",
+        _figure(out, f"overhead-{slug}.png", "per-device overhead by tier", plot_overhead, run.devices),
+        f"Means over non-dropped device-rounds (sim = simulated s; compute = measured wall clock):\n\n{by_tier}",
+        "### Communication",
+        _figure(
+            out,
+            f"communication-{slug}.png",
+            "uplink per sample by depth",
+            plot_simulation_communication,
+            {run.name: run.devices},
+        ),
+        _channel_totals(run),
+        f"### Round timeline{timeline_round}",
+        _figure(out, f"timeline-{slug}.png", "round timeline", plot_timeline, run.devices, run.rounds),
+        "### Accuracy by depth",
+        _accuracy_by_depth(run),
+    ]
     return "\n\n".join(p for p in parts if p)
 
 
@@ -260,9 +333,11 @@ def _train_section(trains: list[Path], root: Path, out: Path) -> str:
         slug = _slug(path, root)
         metrics = pd.read_csv(path / "metrics.csv") if (path / "metrics.csv").exists() else pd.DataFrame()
         evals = pd.read_csv(path / "eval.csv") if (path / "eval.csv").exists() else None
-        parts += [f"### {summary.get('name') or _rel(path, root)}",
-                  _figure(out, f"learning-curve-{slug}.png", "learning curve", plot_learning_curve, metrics, evals),
-                  _figure(out, f"time-bytes-{slug}.png", "time and bytes", plot_time_and_bytes, summary)]  # fmt: skip
+        parts += [
+            f"### {summary.get('name') or _rel(path, root)}",
+            _figure(out, f"learning-curve-{slug}.png", "learning curve", plot_learning_curve, metrics, evals),
+            _figure(out, f"time-bytes-{slug}.png", "time and bytes", plot_time_and_bytes, summary),
+        ]
     return "\n\n".join(parts)
 
 
@@ -272,8 +347,10 @@ def write_report(root: str | Path, out: str | Path | None = None, asr_threshold:
     root = Path(root)
     sweeps, sims, trains = find_sweeps(root), find_simulations(root), find_train_runs(root)
     if not (sweeps or sims or trains):
-        raise ConfigError(f"no sweep.csv or summary.json under {str(root)!r}: run `privtune-ray sweep ...` or "
-                          f"`privtune-ray simulate ...` first, then pass its output directory")  # fmt: skip
+        raise ConfigError(
+            f"no sweep.csv or summary.json under {str(root)!r}: run `privtune-ray sweep ...` or "
+            f"`privtune-ray simulate ...` first, then pass its output directory"
+        )
     out = Path(out) if out is not None else root / "report"
     out.mkdir(parents=True, exist_ok=True)
     sections = [f"# privtune-ray report: {root.resolve().name}", _provenance(root, sweeps, sims, trains)]

@@ -26,8 +26,9 @@ class NothingToPlot(ValueError):
     """The input is valid but holds nothing this plot can show; the message says why."""
 
 
-def panels(n: int, *, ncols: int | None = None, size: tuple[float, float] = (5.0, 3.6),
-           sharey: bool = False) -> tuple[Figure, list[Axes]]:  # fmt: skip
+def panels(
+    n: int, *, ncols: int | None = None, size: tuple[float, float] = (5.0, 3.6), sharey: bool = False
+) -> tuple[Figure, list[Axes]]:
     """A figure of ``n`` panels of ``size`` inches (``ncols`` per row; default: one row up to 3, else about
     square) on an Agg canvas."""
     ncols = ncols or (n if n <= 3 else math.ceil(math.sqrt(n)))
@@ -93,8 +94,9 @@ def mechanism_colors(names: Iterable[str]) -> dict[str, Any]:
     return colors
 
 
-def grouped_bars(ax: Axes, values: pd.DataFrame, colors: Mapping[str, Any] | None = None,
-                 value_format: str | None = None) -> None:  # fmt: skip
+def grouped_bars(
+    ax: Axes, values: pd.DataFrame, colors: Mapping[str, Any] | None = None, value_format: str | None = None
+) -> None:
     """Bars grouped by ``values.index`` (tick labels), one bar per column (legend label); NaN = no bar;
     ``value_format`` (e.g. ``"{:.1f}"``) writes each bar's value on top of it."""
     n = max(len(values.columns), 1)
@@ -103,8 +105,13 @@ def grouped_bars(ax: Axes, values: pd.DataFrame, colors: Mapping[str, Any] | Non
     for i, column in enumerate(values.columns):
         heights = values[column].to_numpy(dtype=float)
         shown = ~np.isnan(heights)
-        bars = ax.bar(x[shown] - 0.4 + width * (i + 0.5), heights[shown], width, label=str(column),
-                      color=None if colors is None else colors.get(str(column)))  # fmt: skip
+        bars = ax.bar(
+            x[shown] - 0.4 + width * (i + 0.5),
+            heights[shown],
+            width,
+            label=str(column),
+            color=None if colors is None else colors.get(str(column)),
+        )
         if value_format:
             ax.bar_label(bars, fmt=value_format, fontsize=7, padding=2, rotation=90 if values.size > 12 else 0)
     if value_format:

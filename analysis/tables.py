@@ -173,5 +173,10 @@ def load_simulation(path: str | Path) -> SimulationRun:
     """A simulation run directory (``eval.csv`` is optional)."""
     path = Path(path)
     evals = path / "eval.csv"
-    return SimulationRun(path, load_summary(path), pd.read_csv(path / "devices.csv"), pd.read_csv(path / "rounds.csv"),
-                         pd.read_csv(evals) if evals.exists() else None)  # fmt: skip
+    return SimulationRun(
+        path,
+        load_summary(path),
+        pd.read_csv(path / "devices.csv"),
+        pd.read_csv(path / "rounds.csv"),
+        pd.read_csv(evals) if evals.exists() else None,
+    )

@@ -10,8 +10,13 @@ from matplotlib.patches import Patch
 
 from .style import NothingToPlot, label, panels, save
 
-SEGMENTS = {"download": "tab:blue", "compute": "tab:orange", "upload": "tab:green", "queue": "lightgrey",
-            "top": "tab:red"}  # fmt: skip
+SEGMENTS = {
+    "download": "tab:blue",
+    "compute": "tab:orange",
+    "upload": "tab:green",
+    "queue": "lightgrey",
+    "top": "tab:red",
+}
 SEGMENT_LABELS = {"queue": "waiting in queue", "top": "top model"}
 
 
@@ -38,15 +43,24 @@ def timeline_segments(devices: pd.DataFrame, rounds: pd.DataFrame, round_: int |
         compute_start = d["sim_download_s"]
         upload_start = compute_start + d["sim_compute_s"]
         spans = {
-            "download": (0.0, compute_start), "compute": (compute_start, upload_start),
+            "download": (0.0, compute_start),
+            "compute": (compute_start, upload_start),
             "upload": (upload_start, upload_start + d["sim_upload_s"]),
             "queue": (d["sim_arrival_s"] - t0, d["sim_top_start_s"] - t0),
             "top": (d["sim_top_start_s"] - t0, d["sim_top_end_s"] - t0),
-        }  # fmt: skip
+        }
         for segment, (start, end) in spans.items():
             if pd.notna(start) and pd.notna(end) and end > start:
-                segments.append({"device": int(d["device"]), "tier": d["tier"], "status": d["status"],
-                                 "segment": segment, "start_s": float(start), "end_s": float(end)})  # fmt: skip
+                segments.append(
+                    {
+                        "device": int(d["device"]),
+                        "tier": d["tier"],
+                        "status": d["status"],
+                        "segment": segment,
+                        "start_s": float(start),
+                        "end_s": float(end),
+                    }
+                )
     return pd.DataFrame(segments, columns=["device", "tier", "status", "segment", "start_s", "end_s"])
 
 
@@ -80,6 +94,11 @@ def plot_timeline(devices: pd.DataFrame, rounds: pd.DataFrame, path: str | Path,
     marks = dict(zip(*ax.get_legend_handles_labels()[::-1]))
     handles = [Patch(color=c, label=SEGMENT_LABELS.get(s, s)) for s, c in SEGMENTS.items()] + list(marks.values())
     fig.legend(handles=handles, loc="outside right upper", fontsize=8)
-    label(ax, f"Round {round_}: {len(order)} selected devices, {end:.1f} simulated s",
-          "simulated time since round start (s)", "device id · tier", legend=False)
+    label(
+        ax,
+        f"Round {round_}: {len(order)} selected devices, {end:.1f} simulated s",
+        "simulated time since round start (s)",
+        "device id · tier",
+        legend=False,
+    )
     return save(fig, path)

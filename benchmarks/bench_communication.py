@@ -25,16 +25,20 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch  # noqa: E402
+import torch
 
-from privtune_ray.benchmarking import (  # noqa: E402
-    device_bench_args, full_sst2_batch, interleaved_timings, ratio_to, write_results,
+from privtune_ray.benchmarking import (
+    device_bench_args,
+    full_sst2_batch,
+    interleaved_timings,
+    ratio_to,
+    write_results,
 )
-from privtune_ray.config import MechanismConfig  # noqa: E402
-from privtune_ray.designs.quantisation import dequantise, quantise, quantised_bytes  # noqa: E402
-from privtune_ray.mechanisms import build_mechanism  # noqa: E402
-from privtune_ray.models import resolve_model  # noqa: E402
-from privtune_ray.training.client import SplitClient  # noqa: E402
+from privtune_ray.config import MechanismConfig
+from privtune_ray.designs.quantisation import dequantise, quantise, quantised_bytes
+from privtune_ray.mechanisms import build_mechanism
+from privtune_ray.models import resolve_model
+from privtune_ray.training.client import SplitClient
 
 
 def main() -> None:
@@ -47,28 +51,43 @@ def main() -> None:
         msg = SplitClient(split.bottom, mechanism, bits=bits).encode(batch)
         formats["fp32" if bits is None else f"{bits}-bit"] = {
             "bytes_per_step": len(msg.to_bytes()),
-            "hidden_bytes_formula": _real_rows(msg) * 4 if bits is None else quantised_bytes((_real_rows(msg) // msg.hidden.shape[-1], msg.hidden.shape[-1]), bits),
-        }  # fmt: skip
-    for name, row in formats.items():
+            "hidden_bytes_formula": _real_rows(msg) * 4
+            if bits is None
+            else quantised_bytes((_real_rows(msg) // msg.hidden.shape[-1], msg.hidden.shape[-1]), bits),
+        }
+    for row in formats.values():
         row["ratio_to_fp32"] = row["bytes_per_step"] / formats["fp32"]["bytes_per_step"]
 
     with torch.no_grad():
         hidden = split.bottom(batch.input_ids, batch.attention_mask)
-    times = interleaved_timings({
-        "bottom_forward": lambda: split.bottom(batch.input_ids, batch.attention_mask),
-        "quantise_8bit": lambda: quantise(hidden, 8),
-    }, args.repeats)  # fmt: skip
+    times = interleaved_timings(
+        {
+            "bottom_forward": lambda: split.bottom(batch.input_ids, batch.attention_mask),
+            "quantise_8bit": lambda: quantise(hidden, 8),
+        },
+        args.repeats,
+    )
     error = {f"{b}-bit": float((dequantise(quantise(hidden, b)) - hidden).abs().mean()) for b in (8, 4)}
     designs = {"privtune": {f: {"act_up": row["bytes_per_step"]} for f, row in formats.items()}}
     designs.update(guarded_step_bytes(split, batch, args.model))
     hidden_size = int(hidden.shape[-1])
-    write_results(args.out, {
-        "benchmark": "communication", "model": args.model, "split_depth": args.m, "batch": list(batch.input_ids.shape),
-        "mechanism": "privtune", "threads": args.threads, "formats": formats,
-        "quantise_8bit_ratio_to_bottom_forward": ratio_to(times, "quantise_8bit", "bottom_forward"),
-        "mean_abs_error": error, "mean_abs_hidden": float(hidden.abs().mean()),
-        "designs": designs, "padding": padding_bytes(tokenizer, hidden_size),
-    })  # fmt: skip
+    write_results(
+        args.out,
+        {
+            "benchmark": "communication",
+            "model": args.model,
+            "split_depth": args.m,
+            "batch": list(batch.input_ids.shape),
+            "mechanism": "privtune",
+            "threads": args.threads,
+            "formats": formats,
+            "quantise_8bit_ratio_to_bottom_forward": ratio_to(times, "quantise_8bit", "bottom_forward"),
+            "mean_abs_error": error,
+            "mean_abs_hidden": float(hidden.abs().mean()),
+            "designs": designs,
+            "padding": padding_bytes(tokenizer, hidden_size),
+        },
+    )
 
 
 def _real_rows(msg) -> int:
@@ -102,17 +121,29 @@ def padding_bytes(tokenizer, hidden_size: int) -> dict:
             padded += size + (B * L - n) * hidden_size * 4
             samples += B
             with_padding += int((batch.attention_mask == 0).any(dim=1).sum())
-        out[name] = {"samples": samples, "bytes_per_sample_packed": packed / samples,
-                     "bytes_per_sample_all_rows": padded / samples, "ratio": packed / padded,
-                     "samples_with_padding_rows": with_padding / samples, "batches": len(batches),
-                     "mean_tokens": float(np.mean(data.lengths))}  # fmt: skip
+        out[name] = {
+            "samples": samples,
+            "bytes_per_sample_packed": packed / samples,
+            "bytes_per_sample_all_rows": padded / samples,
+            "ratio": packed / padded,
+            "samples_with_padding_rows": with_padding / samples,
+            "batches": len(batches),
+            "mean_tokens": float(np.mean(data.lengths)),
+        }
     return out
 
 
 def guarded_step_bytes(split, batch, model_name: str) -> dict:
     """Per channel, per wire format: the bytes of one step of each GuardedTuning design (and offline's one-time)."""
     from privtune_ray.config import Config, DesignConfig, ModelConfig, TrainConfig
-    from privtune_ray.designs.guarded import Blocks, ClientAdapters, GuardedClient, MiddleServer, guarded_layout, module_bytes
+    from privtune_ray.designs.guarded import (
+        Blocks,
+        ClientAdapters,
+        GuardedClient,
+        MiddleServer,
+        guarded_layout,
+        module_bytes,
+    )
     from privtune_ray.models import load_task_model
     from privtune_ray.models.split import depth_of
     from privtune_ray.training.server import build_optimizer
@@ -127,12 +158,17 @@ def guarded_step_bytes(split, batch, model_name: str) -> dict:
             adapters = ClientAdapters(task_model, layout, "classification")
             if design == "offline":
                 emulator = Blocks(task_model, layout.emulator)
-                out[design][fmt] = {"per_step": 0, "once_down": module_bytes(split.bottom)
-                                    + module_bytes(emulator) + module_bytes(adapters), "once_up": module_bytes(adapters)}  # fmt: skip
+                out[design][fmt] = {
+                    "per_step": 0,
+                    "once_down": module_bytes(split.bottom) + module_bytes(emulator) + module_bytes(adapters),
+                    "once_up": module_bytes(adapters),
+                }
                 continue
             client = GuardedClient(design, split.bottom, adapters, 0.5, bits)
             middle = Blocks(task_model, layout.middle).requires_grad_(design == "online")
-            server = MiddleServer(middle, *build_optimizer(middle, TrainConfig(), 10), trains=design == "online", bits=bits)
+            server = MiddleServer(
+                middle, *build_optimizer(middle, TrainConfig(), 10), trains=design == "online", bits=bits
+            )
             a1 = client.upload(batch)
             a2 = server.forward(0, a1, train=True)
             _, grad_up, _ = client.top_step(batch, a2)

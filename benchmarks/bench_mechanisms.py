@@ -17,17 +17,21 @@ from functools import partial
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from privtune_ray.accounting import calibrate_sigma, edgeworth_epsilon, pld_epsilon  # noqa: E402
-from privtune_ray.config import MechanismConfig  # noqa: E402
-from privtune_ray.mechanisms import MECHANISMS, build_mechanism, privtune_params  # noqa: E402
-from privtune_ray.mechanisms.privtune import PrivTune  # noqa: E402
-from privtune_ray.mechanisms.privtune_graph import build_token_graph  # noqa: E402
-from privtune_ray.models import resolve_model  # noqa: E402
-from privtune_ray.benchmarking import (  # noqa: E402
-    device_bench_args, full_sst2_batch, interleaved_timings, ratio_to, write_results,
+from privtune_ray.accounting import calibrate_sigma, edgeworth_epsilon, pld_epsilon
+from privtune_ray.benchmarking import (
+    device_bench_args,
+    full_sst2_batch,
+    interleaved_timings,
+    ratio_to,
+    write_results,
 )
+from privtune_ray.config import MechanismConfig
+from privtune_ray.mechanisms import MECHANISMS, build_mechanism, privtune_params
+from privtune_ray.mechanisms.privtune import PrivTune
+from privtune_ray.mechanisms.privtune_graph import build_token_graph
+from privtune_ray.models import resolve_model
 
 
 def main() -> None:
@@ -42,17 +46,25 @@ def main() -> None:
     for name in MECHANISMS:
         cfg = MechanismConfig(name=name)
         if name == "privtune":
-            mech = PrivTune(graph, split.bottom, tokenizer.all_special_ids, privtune_params(cfg), tokenizer.pad_token_id)
+            mech = PrivTune(
+                graph, split.bottom, tokenizer.all_special_ids, privtune_params(cfg), tokenizer.pad_token_id
+            )
         else:
             mech = build_mechanism(cfg, split, tokenizer, resolve_model(args.model))
         mech.fit(data)
         mechanisms[name] = mech
 
     h = split.bottom(batch.input_ids, batch.attention_mask)
-    times = interleaved_timings({
-        "bottom_forward": lambda: split.bottom(batch.input_ids, batch.attention_mask),
-        **{name: partial(mech.perturb, h, batch.attention_mask, batch.input_ids) for name, mech in mechanisms.items()},
-    }, args.repeats)  # fmt: skip
+    times = interleaved_timings(
+        {
+            "bottom_forward": lambda: split.bottom(batch.input_ids, batch.attention_mask),
+            **{
+                name: partial(mech.perturb, h, batch.attention_mask, batch.input_ids)
+                for name, mech in mechanisms.items()
+            },
+        },
+        args.repeats,
+    )
     bottom_s = float(np.median(times["bottom_forward"]))
     per_mechanism = {name: ratio_to(times, name, "bottom_forward") for name in mechanisms}
 
@@ -74,11 +86,16 @@ def main() -> None:
         "graph_build_target_s": 60,
         "graph_vocab_size": graph.vocab_size,
         "calibration": {
-            "q": q, "steps": steps, "delta": delta, "target_epsilon": target, "sigma": sigma,
+            "q": q,
+            "steps": steps,
+            "delta": delta,
+            "target_epsilon": target,
+            "sigma": sigma,
             "edgeworth_epsilon_at_sigma": edgeworth_epsilon(delta, q, sigma, steps),
             "pld_epsilon_at_sigma": pld_epsilon(delta, q, sigma, steps),
-            "seconds": calibration_s, "target_s": 1.0,
-        },  # fmt: skip
+            "seconds": calibration_s,
+            "target_s": 1.0,
+        },
     }
     write_results(args.out, results)
 

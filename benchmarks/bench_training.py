@@ -17,16 +17,16 @@ import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from privtune_ray.config import TrainConfig  # noqa: E402
-from privtune_ray.data import batch_indices, collate, load_split, tokenize_split  # noqa: E402
-from privtune_ray.models import load_split_model, load_tokenizer  # noqa: E402
-from privtune_ray.benchmarking import write_results  # noqa: E402
-from privtune_ray.training.client import SplitClient  # noqa: E402
-from privtune_ray.training.loop import Counters, split_step, upload  # noqa: E402
-from privtune_ray.training.server import TopServer, build_optimizer  # noqa: E402
+from privtune_ray.benchmarking import write_results
+from privtune_ray.config import TrainConfig
+from privtune_ray.data import batch_indices, collate, load_split, tokenize_split
+from privtune_ray.models import load_split_model, load_tokenizer
+from privtune_ray.training.client import SplitClient
+from privtune_ray.training.loop import Counters, split_step, upload
+from privtune_ray.training.server import TopServer, build_optimizer
 
 
 def _median_time(fn, repeats: int) -> float:
@@ -63,7 +63,9 @@ def main() -> None:
     # One full 32 × 64 batch: the longest SST-2 sentences, truncated to 64 tokens, padded to 64.
     client, server = fresh()
     full = collate(split, np.argsort(-split.lengths)[: args.batch_size], tokenizer.pad_token_id)
-    full.input_ids = torch.nn.functional.pad(full.input_ids, (0, 64 - full.input_ids.shape[1]), value=tokenizer.pad_token_id)
+    full.input_ids = torch.nn.functional.pad(
+        full.input_ids, (0, 64 - full.input_ids.shape[1]), value=tokenizer.pad_token_id
+    )
     full.attention_mask = torch.nn.functional.pad(full.attention_mask, (0, 64 - full.attention_mask.shape[1]))
     msg = client.encode(full)
     counters = Counters()

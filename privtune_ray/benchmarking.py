@@ -6,8 +6,9 @@ import argparse
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -28,13 +29,20 @@ def interleaved_timings(fns: dict[str, Callable[[], Any]], repeats: int) -> dict
 
 def ratio_to(times: dict[str, np.ndarray], name: str, reference: str) -> dict[str, float]:
     """Median seconds of ``name`` and the median of its per-round ratio to ``reference``."""
-    return {"seconds": float(np.median(times[name])), "ratio_to_" + reference: float(np.median(times[name] / times[reference]))}
+    return {
+        "seconds": float(np.median(times[name])),
+        "ratio_to_" + reference: float(np.median(times[name] / times[reference])),
+    }
 
 
 def write_results(path: str | Path, results: dict[str, Any]) -> None:
     """Write ``results`` with package versions, git revision and time; print them (without the provenance)."""
-    results = {**results, "versions": package_versions(), "git": git_revision(),
-               "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}  # fmt: skip
+    results = {
+        **results,
+        "versions": package_versions(),
+        "git": git_revision(),
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")

@@ -1,16 +1,16 @@
 """``privtune-ray`` command line.
 
-    privtune-ray train simulations/sst2_baseline.yaml --set train.max_steps=30 --out runs/x
-    privtune-ray train simulations/sst2_baseline.yaml --out runs/x --resume
-    privtune-ray simulate simulations/sst2_devices.yaml --set simulation.backend=ray --out runs/sim
-    privtune-ray simulate simulations/sst2_devices.yaml --address auto      # on a running Ray cluster
-    privtune-ray attack simulations/sst2_attacks.yaml --set mechanism.name=privtune --out runs/a
-    privtune-ray account simulations/sst2_privtune.yaml
-    privtune-ray account --sample-rate 0.01 --noise-multiplier 1.0 --steps 1000
-    privtune-ray sweep simulations/sst2_headline.yaml --out runs/headline       # the grid as parallel Ray tasks
-    privtune-ray sweep simulations/sst2_headline.yaml --grid mechanism.eta=5,10 --grid model.split_depth=2
-    privtune-ray report runs/headline                                             # plots + report.md
-    privtune-ray datasets
+privtune-ray train simulations/sst2_baseline.yaml --set train.max_steps=30 --out runs/x
+privtune-ray train simulations/sst2_baseline.yaml --out runs/x --resume
+privtune-ray simulate simulations/sst2_devices.yaml --set simulation.backend=ray --out runs/sim
+privtune-ray simulate simulations/sst2_devices.yaml --address auto      # on a running Ray cluster
+privtune-ray attack simulations/sst2_attacks.yaml --set mechanism.name=privtune --out runs/a
+privtune-ray account simulations/sst2_privtune.yaml
+privtune-ray account --sample-rate 0.01 --noise-multiplier 1.0 --steps 1000
+privtune-ray sweep simulations/sst2_headline.yaml --out runs/headline       # the grid as parallel Ray tasks
+privtune-ray sweep simulations/sst2_headline.yaml --grid mechanism.eta=5,10 --grid model.split_depth=2
+privtune-ray report runs/headline                                             # plots + report.md
+privtune-ray datasets
 """
 
 from __future__ import annotations
@@ -31,8 +31,14 @@ def _parser() -> argparse.ArgumentParser:
     attack = sub.add_parser("attack", help="the attack suite against the eval split's messages (no training)")
     for command in (train, simulate, attack):
         command.add_argument("config", help="YAML config, e.g. simulations/sst2_baseline.yaml")
-        command.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                             help="override a config key, e.g. --set train.max_steps=30 (repeatable)")  # fmt: skip
+        command.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a config key, e.g. --set train.max_steps=30 (repeatable)",
+        )
         command.add_argument("--out", help="run directory (default: runs/<name>-<timestamp>)")
         command.add_argument("--data-dir", help="data directory (overrides data.data_dir and $PRIVTUNE_DATA_DIR)")
     for command in (train, simulate):
@@ -47,19 +53,44 @@ def _parser() -> argparse.ArgumentParser:
     account.add_argument("--steps", type=int, help="DP-SGD: number of steps T")
     account.add_argument("--delta", type=float, default=1e-5, help="delta (default 1e-5)")
     account.add_argument("--target-epsilon", type=float, help="DP-SGD: calibrate sigma for this epsilon")
-    account.add_argument("--calibrate-with", choices=("edgeworth", "pld"), default="edgeworth",
-                         help="DP-SGD: the accountant --target-epsilon calibrates with (default edgeworth, EW-Tune's)")
+    account.add_argument(
+        "--calibrate-with",
+        choices=("edgeworth", "pld"),
+        default="edgeworth",
+        help="DP-SGD: the accountant --target-epsilon calibrates with (default edgeworth, EW-Tune's)",
+    )
 
-    sweep = sub.add_parser("sweep", help="run a grid of configs as parallel Ray tasks and collect one table (sweep.csv)")
-    sweep.add_argument("config", help="YAML config with an optional sweep: section, e.g. simulations/sst2_headline.yaml")
-    sweep.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
-                       help="sweep this key over these values for every point (repeatable; replaces the key in the arms)")
-    sweep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a key of the base config (repeatable)")
+    sweep = sub.add_parser(
+        "sweep", help="run a grid of configs as parallel Ray tasks and collect one table (sweep.csv)"
+    )
+    sweep.add_argument(
+        "config", help="YAML config with an optional sweep: section, e.g. simulations/sst2_headline.yaml"
+    )
+    sweep.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2",
+        help="sweep this key over these values for every point (repeatable; replaces the key in the arms)",
+    )
+    sweep.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a key of the base config (repeatable)",
+    )
     sweep.add_argument("--out", help="sweep directory (default: runs/<name>-sweep-<timestamp>); rerun it to resume")
     sweep.add_argument("--data-dir", help="data directory (overrides data.data_dir and $PRIVTUNE_DATA_DIR)")
-    sweep.add_argument("--executor", choices=EXECUTORS, help="ray: parallel Ray tasks (default); local: no Ray, --local-workers points at once")
-    sweep.add_argument("--local-workers", type=int, help="executor local: points run at once in subprocesses (default 1)")
+    sweep.add_argument(
+        "--executor",
+        choices=EXECUTORS,
+        help="ray: parallel Ray tasks (default); local: no Ray, --local-workers points at once",
+    )
+    sweep.add_argument(
+        "--local-workers", type=int, help="executor local: points run at once in subprocesses (default 1)"
+    )
     sweep.add_argument("--address", help="Ray cluster address ('auto' or host:port); default a local Ray")
     sweep.add_argument("--dry-run", action="store_true", help="list the points and stop")
 
@@ -112,8 +143,16 @@ def _account(args) -> None:
     it and a line, not a number, where the expansion breaks down."""
     import math
 
-    from .accounting import (EdgeworthBreakdown, SigmaOutOfRange, calibrate_sigma, calibrate_sigma_pld, edgeworth_epsilon,
-                             pld_epsilon, prv_epsilon, rdp_epsilon)  # fmt: skip
+    from .accounting import (
+        EdgeworthBreakdown,
+        SigmaOutOfRange,
+        calibrate_sigma,
+        calibrate_sigma_pld,
+        edgeworth_epsilon,
+        pld_epsilon,
+        prv_epsilon,
+        rdp_epsilon,
+    )
     from .config import load_config
     from .mechanisms import config_guarantee
 
@@ -128,7 +167,9 @@ def _account(args) -> None:
     dpsgd = (args.sample_rate, args.steps)
     if any(v is not None for v in dpsgd + (args.noise_multiplier, args.target_epsilon)):
         if None in dpsgd:
-            raise PrivtuneError("DP-SGD accounting needs --sample-rate and --steps (and --noise-multiplier or --target-epsilon)")
+            raise PrivtuneError(
+                "DP-SGD accounting needs --sample-rate and --steps (and --noise-multiplier or --target-epsilon)"
+            )
         q, steps, delta = args.sample_rate, args.steps, args.delta
         sigma = args.noise_multiplier
         if args.target_epsilon is not None:
@@ -156,15 +197,22 @@ def _account(args) -> None:
                 continue
             rows.append((name, eps))
             if eps < 0.9 * pld:
-                warnings.append(f"warning: {name} gives epsilon {eps:.4f}, {(pld - eps) / pld:.0%} below the PLD bound "
-                                f"{pld:.4f} (q·T = {q * steps:.3g}): the expansion understates epsilon here; "
-                                f"quote the PLD epsilon")  # fmt: skip
-        rows += [("PLD (dp-accounting)", pld), ("RDP (dp-accounting)", rdp_epsilon(delta, q, sigma, steps)),
-                 ("PRV (Opacus)", prv_epsilon(delta, q, sigma, steps))]  # fmt: skip
+                warnings.append(
+                    f"warning: {name} gives epsilon {eps:.4f}, {(pld - eps) / pld:.0%} below the PLD bound "
+                    f"{pld:.4f} (q·T = {q * steps:.3g}): the expansion understates epsilon here; "
+                    f"quote the PLD epsilon"
+                )
+        rows += [
+            ("PLD (dp-accounting)", pld),
+            ("RDP (dp-accounting)", rdp_epsilon(delta, q, sigma, steps)),
+            ("PRV (Opacus)", prv_epsilon(delta, q, sigma, steps)),
+        ]
         for name, eps in rows:
             if eps is None:
-                print(f"  {name:22s} breaks down: claims (0, {delta:g})-DP at q·T = {q * steps:.3g} expected releases per "
-                      f"sample, where PLD gives epsilon {pld:.4f}; quote the PLD epsilon")  # fmt: skip
+                print(
+                    f"  {name:22s} breaks down: claims (0, {delta:g})-DP at q·T = {q * steps:.3g} expected releases per "
+                    f"sample, where PLD gives epsilon {pld:.4f}; quote the PLD epsilon"
+                )
                 continue
             rel = "" if math.isclose(eps, pld) else f"  ({(eps - pld) / pld:+.1%} vs PLD)"
             print(f"  {name:22s} epsilon = {eps:.4f}{rel}")
@@ -217,8 +265,15 @@ def _datasets(args) -> None:
         print(f"  {name:22s} {spec.task:14s} splits: {', '.join(spec.splits)}{attrs}\n  {'':22s} {spec.description}")
 
 
-COMMANDS = {"train": _train, "simulate": _simulate, "attack": _attack, "sweep": _sweep, "report": _report,
-            "account": _account, "datasets": _datasets}  # fmt: skip
+COMMANDS = {
+    "train": _train,
+    "simulate": _simulate,
+    "attack": _attack,
+    "sweep": _sweep,
+    "report": _report,
+    "account": _account,
+    "datasets": _datasets,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,8 +36,11 @@ class ModelConfig:
         _require(self.split_depth >= 0, f"{key}.split_depth", "must be >= 0 (number of blocks on the device)")
         _require(self.max_length >= 2, f"{key}.max_length", "must be >= 2 tokens")
         _require(self.task in ("classification", "causal-lm"), f"{key}.task", "must be 'classification' or 'causal-lm'")
-        _require(self.lm_head in ("device", "cloud"), f"{key}.lm_head",
-                 "must be 'device' (U-shaped: no token leaves the device) or 'cloud' (uploads the token targets)")
+        _require(
+            self.lm_head in ("device", "cloud"),
+            f"{key}.lm_head",
+            "must be 'device' (U-shaped: no token leaves the device) or 'cloud' (uploads the token targets)",
+        )
 
 
 @dataclass
@@ -55,7 +58,11 @@ class DataConfig:
     def validate(self, key: str) -> None:
         from .data.registry import DATASETS
 
-        _require(self.dataset in DATASETS, f"{key}.dataset", f"unknown dataset {self.dataset!r}; choose one of {sorted(DATASETS)}")
+        _require(
+            self.dataset in DATASETS,
+            f"{key}.dataset",
+            f"unknown dataset {self.dataset!r}; choose one of {sorted(DATASETS)}",
+        )
         for name in ("max_train_samples", "max_eval_samples"):
             value = getattr(self, name)
             _require(value is None or value > 0, f"{key}.{name}", "must be a positive number of samples or null")
@@ -91,7 +98,11 @@ class MechanismConfig:
     def validate(self, key: str) -> None:
         from .mechanisms import MECHANISMS
 
-        _require(self.name in MECHANISMS, f"{key}.name", f"unknown mechanism {self.name!r}; choose one of {sorted(MECHANISMS)}")
+        _require(
+            self.name in MECHANISMS,
+            f"{key}.name",
+            f"unknown mechanism {self.name!r}; choose one of {sorted(MECHANISMS)}",
+        )
         _require(self.eta > 0, f"{key}.eta", "must be > 0 (larger eta means less noise)")
         _require(self.noise_multiplier > 0, f"{key}.noise_multiplier", "must be > 0")
         _require(self.clip_norm > 0, f"{key}.clip_norm", "must be > 0")
@@ -105,7 +116,11 @@ class MechanismConfig:
         _require(self.pgd_step_size > 0, f"{key}.pgd_step_size", "must be > 0")
         for name in ("lambda_s", "lambda_d", "lambda_p"):
             _require(getattr(self, name) >= 0, f"{key}.{name}", "must be >= 0")
-        _require(self.importance_samples is None or self.importance_samples > 0, f"{key}.importance_samples", "must be > 0 or null")
+        _require(
+            self.importance_samples is None or self.importance_samples > 0,
+            f"{key}.importance_samples",
+            "must be > 0 or null",
+        )
 
 
 @dataclass
@@ -196,14 +211,24 @@ class AttackConfig:
         from .attacks import ATTACKS
 
         for name in self.names:
-            _require(name == "auto" or name in ATTACKS, f"{key}.names", f"unknown attack {name!r}; choose from {sorted(ATTACKS)} or 'auto'")
+            _require(
+                name == "auto" or name in ATTACKS,
+                f"{key}.names",
+                f"unknown attack {name!r}; choose from {sorted(ATTACKS)} or 'auto'",
+            )
         _require(len(self.names) > 0, f"{key}.names", "must name at least one attack (or 'auto')")
         if self.aux_dataset is not None:
             from .data.registry import DATASETS
 
-            _require(self.aux_dataset in DATASETS, f"{key}.aux_dataset", f"unknown dataset {self.aux_dataset!r}; choose one of {sorted(DATASETS)}")
+            _require(
+                self.aux_dataset in DATASETS,
+                f"{key}.aux_dataset",
+                f"unknown dataset {self.aux_dataset!r}; choose one of {sorted(DATASETS)}",
+            )
         _require(self.aux_samples >= 1, f"{key}.aux_samples", "must be >= 1")
-        _require(self.victim_samples is None or self.victim_samples >= 1, f"{key}.victim_samples", "must be >= 1 or null")
+        _require(
+            self.victim_samples is None or self.victim_samples >= 1, f"{key}.victim_samples", "must be >= 1 or null"
+        )
         _require(self.every is None or self.every >= 1, f"{key}.every", "must be >= 1 or null")
         for name in ("epochs", "probe_epochs", "batch_size", "opt_candidates", "keywords", "top_k"):
             _require(getattr(self, name) >= 1, f"{key}.{name}", "must be >= 1")
@@ -269,7 +294,9 @@ class SimulationConfig:
     replica_cpus: float = 1.0  # Ray CPUs reserved per replica
     replica_threads: int | None = None  # torch threads per replica (null: the driver machine's cores / replicas)
     replica_gpus: float | None = None  # Ray GPUs per replica (null: 1/replicas where the cluster has GPUs, else 0)
-    prefetch: bool = False  # ray: devices compute round r+1 while the top trains on r (on a cluster; not on shared cores)
+    prefetch: bool = (
+        False  # ray: devices compute round r+1 while the top trains on r (on a cluster; not on shared cores)
+    )
     eval_every: int | None = None  # rounds between dev evaluations (null: only at the end)
     checkpoint_every: int = 5  # rounds between checkpoints (resume, and roll-back when a replica dies)
     max_retries: int = 3  # re-runs of a device task or a round after an actor dies
@@ -289,9 +316,12 @@ class SimulationConfig:
         _require(self.partition_sigma >= 0, f"{key}.partition_sigma", "must be >= 0")
         _require(self.rounds >= 1, f"{key}.rounds", "must be >= 1")
         _require(self.devices_per_round >= 1, f"{key}.devices_per_round", "must be >= 1")
-        _require(self.devices_per_round <= self.devices, f"{key}.devices_per_round",
-                 f"{self.devices_per_round} devices per round out of simulation.devices={self.devices}: lower it to at "
-                 f"most {self.devices} or raise simulation.devices")  # fmt: skip
+        _require(
+            self.devices_per_round <= self.devices,
+            f"{key}.devices_per_round",
+            f"{self.devices_per_round} devices per round out of simulation.devices={self.devices}: lower it to at "
+            f"most {self.devices} or raise simulation.devices",
+        )
         _require(self.local_batch_size >= 1, f"{key}.local_batch_size", "must be >= 1")
         _require(self.deadline_s is None or self.deadline_s > 0, f"{key}.deadline_s", "must be > 0 seconds or null")
         for name in ("device_workers", "top_replicas", "checkpoint_every"):
@@ -337,15 +367,22 @@ class DesignConfig:
         _require(self.adapter_layers >= 1, f"{key}.adapter_layers", "must be >= 1 block per adapter")
         _require(self.dcor_weight >= 0, f"{key}.dcor_weight", "must be >= 0 (0: no decorrelation)")
         _require(0 < self.emulator_keep <= 1, f"{key}.emulator_keep", "must be in (0, 1]")
-        _require(self.bits is None or 2 <= self.bits <= 16, f"{key}.bits", "must be an integer in 2..16 (or null for fp32)")
-        _require(self.name in DESIGNS, f"{key}.name", f"unknown design {self.name!r}; choose one of {', '.join(DESIGNS)}")
+        _require(
+            self.bits is None or 2 <= self.bits <= 16, f"{key}.bits", "must be an integer in 2..16 (or null for fp32)"
+        )
+        _require(
+            self.name in DESIGNS, f"{key}.name", f"unknown design {self.name!r}; choose one of {', '.join(DESIGNS)}"
+        )
         _require(self.target_epsilon > 0, f"{key}.target_epsilon", "must be > 0")
         _require(0 < self.delta < 1, f"{key}.delta", "must be in (0, 1), e.g. 1e-5")
         _require(self.clip_norm > 0, f"{key}.clip_norm", "must be > 0")
         _require(self.max_noise_multiplier > 0.3, f"{key}.max_noise_multiplier", "must be > 0.3")
         _require(self.edgeworth_order in (1, 2), f"{key}.edgeworth_order", "must be 1 or 2")
-        _require(self.calibrate_with in ("edgeworth", "pld"), f"{key}.calibrate_with",
-                 f"must be edgeworth (EW-Tune's estimate) or pld (the dp-accounting bound), got {self.calibrate_with!r}")
+        _require(
+            self.calibrate_with in ("edgeworth", "pld"),
+            f"{key}.calibrate_with",
+            f"must be edgeworth (EW-Tune's estimate) or pld (the dp-accounting bound), got {self.calibrate_with!r}",
+        )
 
 
 @dataclass
@@ -400,7 +437,9 @@ def read_config_file(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str
     file's mapping and merges this one over it, section by section; a small CI variant extends the full config."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} not found: pass a YAML file such as simulations/sst2_baseline.yaml")
+        raise ConfigError(
+            f"config file {str(path)!r} not found: pass a YAML file such as simulations/sst2_baseline.yaml"
+        )
     if path.resolve() in _seen:
         raise ConfigError(f"config file {str(path)!r} extends itself (through {' -> '.join(map(str, _seen))})")
     try:
@@ -412,7 +451,9 @@ def read_config_file(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str
         what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"config file {str(path)!r}{where}: not valid YAML ({what}): fix the file there") from None
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"config file {str(path)!r}: byte {exc.start} is not UTF-8: save the file as UTF-8 text") from None
+        raise ConfigError(
+            f"config file {str(path)!r}: byte {exc.start} is not UTF-8: save the file as UTF-8 text"
+        ) from None
     if loaded is not None and not isinstance(loaded, dict):
         raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys to values at top level")
     raw = loaded or {}

@@ -20,7 +20,6 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-
 # What crosses a cut, by channel (``devices.csv`` has a ``bytes_<channel>`` column each): the split designs send
 # act_up only; GuardedTuning adds A2 (act_down), the gradients both ways and the adapters' synchronisation.
 CHANNELS = ("act_up", "act_down", "grad_up", "grad_down", "adapter_up", "adapter_down")
@@ -45,8 +44,10 @@ class Message:
 
     def __post_init__(self) -> None:
         if self.labels.dim() > 1 and not self.targets_uploaded:
-            raise ValueError("a Message carries no token ids: [B, L] token targets cross only with targets_uploaded=True "
-                             "(model.lm_head=cloud), which leaks them")  # fmt: skip
+            raise ValueError(
+                "a Message carries no token ids: [B, L] token targets cross only with targets_uploaded=True "
+                "(model.lm_head=cloud), which leaks them"
+            )
         self.hidden = zero_padding(self.hidden, self.attention_mask)
 
     @property
@@ -68,7 +69,7 @@ class Message:
         return st_save(tensors, metadata=header)
 
     @classmethod
-    def from_bytes(cls, payload: bytes) -> "Message":
+    def from_bytes(cls, payload: bytes) -> Message:
         tensors = st_load(payload)
         meta = _metadata(payload)
         device_id = int(meta.pop("device_id", 0))
@@ -98,8 +99,11 @@ def _pack(x: torch.Tensor, bits: int | None, tensors: dict, header: dict) -> Non
     from .designs.quantisation import quantise
 
     q = quantise(x, bits)
-    tensors.update(hidden_codes=torch.frombuffer(bytearray(q.payload), dtype=torch.uint8), hidden_scale=q.scale,
-                   hidden_offset=q.offset)  # fmt: skip
+    tensors.update(
+        hidden_codes=torch.frombuffer(bytearray(q.payload), dtype=torch.uint8),
+        hidden_scale=q.scale,
+        hidden_offset=q.offset,
+    )
     header.update(bits=str(bits), hidden_shape=",".join(map(str, q.shape)))
 
 
@@ -113,8 +117,15 @@ def _unpack(tensors: dict, meta: dict[str, str]) -> torch.Tensor:
         from .designs.quantisation import Quantised, dequantise
 
         shape = tuple(int(n) for n in meta.pop("hidden_shape").split(","))
-        rows = dequantise(Quantised(tensors["hidden_codes"].numpy().tobytes(), tensors["hidden_scale"],
-                                    tensors["hidden_offset"], shape, int(bits)))  # fmt: skip
+        rows = dequantise(
+            Quantised(
+                tensors["hidden_codes"].numpy().tobytes(),
+                tensors["hidden_scale"],
+                tensors["hidden_offset"],
+                shape,
+                int(bits),
+            )
+        )
     keep = tensors["attention_mask"].bool()
     out = rows.new_zeros(*keep.shape, rows.shape[-1])
     out[keep] = rows

@@ -1,12 +1,12 @@
 """A run directory: everything a run writes, as it is produced.
 
-    config.yaml     the resolved config (every key, defaults included)
-    env.json        seed, package versions, git revision, command line, host, start time
-    metrics.csv     one row per ``train.log_every`` steps, appended as training goes
-    eval.csv        one row per evaluation
-    checkpoint.pt   the latest resumable state (every ``train.checkpoint_every`` steps)
-    checkpoint.prev.pt  the one before it: a resume falls back to it when the latest is corrupted
-    summary.json    the final numbers, written when the run finishes
+config.yaml     the resolved config (every key, defaults included)
+env.json        seed, package versions, git revision, command line, host, start time
+metrics.csv     one row per ``train.log_every`` steps, appended as training goes
+eval.csv        one row per evaluation
+checkpoint.pt   the latest resumable state (every ``train.checkpoint_every`` steps)
+checkpoint.prev.pt  the one before it: a resume falls back to it when the latest is corrupted
+summary.json    the final numbers, written when the run finishes
 """
 
 from __future__ import annotations
@@ -30,8 +30,20 @@ from .errors import ConfigError
 
 # Keys that may differ when a run is resumed: where and how fast it runs, not what it computes.
 RESUMABLE_CHANGES = {"train.progress", "train.threads", "train.device"} | {
-    f"simulation.{key}" for key in ("backend", "address", "device_workers", "worker_cpus", "worker_threads", "top_replicas",
-                                    "replica_cpus", "replica_threads", "replica_gpus", "prefetch", "max_retries")
+    f"simulation.{key}"
+    for key in (
+        "backend",
+        "address",
+        "device_workers",
+        "worker_cpus",
+        "worker_threads",
+        "top_replicas",
+        "replica_cpus",
+        "replica_threads",
+        "replica_gpus",
+        "prefetch",
+        "max_retries",
+    )
 }
 PACKAGES = ("privtune-ray", "torch", "transformers", "datasets", "peft", "ray", "numpy", "pandas", "safetensors")
 
@@ -66,7 +78,7 @@ class RunDir:
         self.path = Path(path)
 
     @classmethod
-    def create(cls, cfg: Config, out: str | os.PathLike | None = None, resume: bool = False) -> "RunDir":
+    def create(cls, cfg: Config, out: str | os.PathLike | None = None, resume: bool = False) -> RunDir:
         path = Path(out) if out else Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         run = cls(path)
         if run.config_path.exists():
@@ -78,18 +90,23 @@ class RunDir:
             run._check_same_config(cfg)
             return run
         if resume:
-            raise ConfigError(f"--resume: {str(path)!r} holds no run to resume (no config.yaml); drop --resume to start one")
+            raise ConfigError(
+                f"--resume: {str(path)!r} holds no run to resume (no config.yaml); drop --resume to start one"
+            )
         path.mkdir(parents=True, exist_ok=True)
         dump_config(cfg, run.config_path)
-        run._write_json("env.json", {
-            "seed": cfg.seed,
-            "versions": package_versions(),
-            "git": git_revision(),
-            "argv": sys.argv,
-            "host": socket.gethostname(),
-            "platform": platform.platform(),
-            "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        })  # fmt: skip
+        run._write_json(
+            "env.json",
+            {
+                "seed": cfg.seed,
+                "versions": package_versions(),
+                "git": git_revision(),
+                "argv": sys.argv,
+                "host": socket.gethostname(),
+                "platform": platform.platform(),
+                "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            },
+        )
         return run
 
     def _check_same_config(self, cfg: Config) -> None:
@@ -161,14 +178,16 @@ class RunDir:
                 continue
             try:
                 state = torch.load(path, weights_only=False, map_location="cpu")  # a GPU run resumes anywhere
-            except Exception as exc:  # noqa: BLE001 - a truncated zip, a pickle error: the file is unreadable
+            except Exception as exc:  # a truncated zip, a pickle error: the file is unreadable
                 errors.append(f"{str(path)!r} is corrupted ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})")
                 continue
             if errors:
                 log(f"privtune-ray: warning: {errors[0]}; resuming from the previous checkpoint {str(path)!r}")
             return state
-        raise ConfigError(f"cannot resume: {'; '.join(errors) or 'no checkpoint in ' + repr(str(self.path))}: rerun without "
-                          f"--resume into a new --out to start fresh")  # fmt: skip
+        raise ConfigError(
+            f"cannot resume: {'; '.join(errors) or 'no checkpoint in ' + repr(str(self.path))}: rerun without "
+            f"--resume into a new --out to start fresh"
+        )
 
     def remove_checkpoints(self) -> None:
         """The run finished (summary.json marks it): its checkpoints are no longer needed."""

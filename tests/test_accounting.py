@@ -1,10 +1,10 @@
 """The Edgeworth accountant against dp-accounting's PLD and RDP and Opacus' PRV accountants."""
 
+import dp_accounting
 import numpy as np
 import pytest
 from scipy.integrate import quad
 
-import dp_accounting
 from privtune_ray.accounting import (
     EdgeworthAccountant,
     calibrate_sigma,
@@ -18,19 +18,28 @@ from privtune_ray.errors import ConfigError
 
 DELTA = 1e-5
 # (q, σ, T): DP-SGD-like regimes, ε from about 1 to 10 (the last is EW-Tune's: batch 2000 of 60k, 20 epochs)
-GRID = [(0.01, 1.0, 1000), (0.0043, 1.1, 3000), (0.1, 2.0, 100), (0.004, 0.7, 5000), (0.01, 0.8, 2000),
-        (0.05, 1.0, 500), (2000 / 60000, 0.75, 600)]  # fmt: skip
+GRID = [
+    (0.01, 1.0, 1000),
+    (0.0043, 1.1, 3000),
+    (0.1, 2.0, 100),
+    (0.004, 0.7, 5000),
+    (0.01, 0.8, 2000),
+    (0.05, 1.0, 500),
+    (2000 / 60000, 0.75, 600),
+]
 
 
 @pytest.mark.parametrize("q,sigma", [(0.01, 0.8), (0.1, 1.0), (0.5, 2.0)])
 def test_cumulants_match_adaptive_quadrature(q, sigma):
     x, y = step_cumulants(q, sigma)
     mu = 1 / sigma
-    pdf_p = lambda t: np.exp(-t * t / 2) / np.sqrt(2 * np.pi)  # noqa: E731
-    pdf_q = lambda t: (1 - q) * pdf_p(t) + q * pdf_p(t - mu)  # noqa: E731
+    pdf_p = lambda t: np.exp(-t * t / 2) / np.sqrt(2 * np.pi)
+    pdf_q = lambda t: (1 - q) * pdf_p(t) + q * pdf_p(t - mu)
     for c, pdf in ((x, pdf_p), (y, pdf_q)):
-        mean = quad(lambda t: privacy_loss(np.array(t), q, sigma) * pdf(t), -np.inf, np.inf)[0]
-        var = quad(lambda t: (privacy_loss(np.array(t), q, sigma) - mean) ** 2 * pdf(t), -np.inf, np.inf)[0]
+        mean = quad(lambda t, pdf=pdf: privacy_loss(np.array(t), q, sigma) * pdf(t), -np.inf, np.inf)[0]
+        var = quad(
+            lambda t, pdf=pdf, mean=mean: (privacy_loss(np.array(t), q, sigma) - mean) ** 2 * pdf(t), -np.inf, np.inf
+        )[0]
         assert c.k1 == pytest.approx(mean, rel=1e-6, abs=1e-12)
         assert c.k2 == pytest.approx(var, rel=1e-6)
 
@@ -126,7 +135,9 @@ def test_pld_calibration_meets_the_target_through_dp_accounting():
 
     for q, steps in ((0.001, 100), (0.01, 1000)):
         sigma = calibrate_sigma_pld(3.0, DELTA, q, steps)
-        assert pld_epsilon(DELTA, q, sigma, steps) <= 3.0 and pld_epsilon(DELTA, q, sigma, steps) == pytest.approx(3.0, rel=1e-3)
+        assert pld_epsilon(DELTA, q, sigma, steps) <= 3.0 and pld_epsilon(DELTA, q, sigma, steps) == pytest.approx(
+            3.0, rel=1e-3
+        )
         assert pld_epsilon(DELTA, q, sigma * 0.99, steps) > 3.0
     with pytest.raises(ConfigError, match="unreachable with a noise multiplier up to 5"):
         calibrate_sigma_pld(1e-4, DELTA, 1.0, 10000, sigma_range=(0.3, 5.0))
@@ -145,7 +156,12 @@ def _account(capsys, *args):
 def test_account_warns_where_edgeworth_understates_and_names_a_breakdown(capsys):
     rc, out, _ = _account(capsys, "--sample-rate", "0.01", "--steps", "100", "--noise-multiplier", "0.6")
     # Edgeworth 1.93 and 2.17 against PLD 3.82
-    assert rc == 0 and "warning: Edgeworth order 1" in out and "warning: Edgeworth order 2" in out and "below the PLD" in out
+    assert (
+        rc == 0
+        and "warning: Edgeworth order 1" in out
+        and "warning: Edgeworth order 2" in out
+        and "below the PLD" in out
+    )
     rc, out, _ = _account(capsys, "--sample-rate", "0.001", "--steps", "100", "--noise-multiplier", "0.6")
     assert rc == 0 and out.count("breaks down") == 2 and "epsilon = 0.0000" not in out
     rc, out, _ = _account(capsys, "--sample-rate", "0.01", "--steps", "1000", "--noise-multiplier", "1.0")
@@ -154,5 +170,7 @@ def test_account_warns_where_edgeworth_understates_and_names_a_breakdown(capsys)
     rc, out, err = _account(capsys, "--sample-rate", "0.001", "--steps", "100", "--target-epsilon", "3")
     assert rc == 2 and "calibrated sigma" not in out and "breaks down" in err and "--calibrate-with pld" in err
     assert len(err.strip().splitlines()) == 1
-    rc, out, _ = _account(capsys, "--sample-rate", "0.001", "--steps", "100", "--target-epsilon", "3", "--calibrate-with", "pld")
+    rc, out, _ = _account(
+        capsys, "--sample-rate", "0.001", "--steps", "100", "--target-epsilon", "3", "--calibrate-with", "pld"
+    )
     assert rc == 0 and "calibrated sigma = 0.46" in out and "PLD (dp-accounting)    epsilon = 3.00" in out

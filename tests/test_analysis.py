@@ -39,11 +39,28 @@ POINTS = [
 def _row(mechanism, depth, param, value, utility, asr):
     slug = f"{mechanism}-{param.rsplit('.', 1)[-1]}{value:g}-m{depth}" if param else f"{mechanism}-m{depth}"
     row = {k: np.nan for k in ROW_KEYS}
-    row.update(point=slug, status="done", mechanism=mechanism, split_depth=depth, utility=utility, max_eia_asr_top1=asr,
-               max_aia_advantage=0.05, bytes_up_per_sample=depth * 8192.0, bytes_up=1e6, train_wall_s=12.0, error="",
-               **{"mechanism.name": mechanism, "model.split_depth": depth, "mechanism.eta": np.nan,
-                  "mechanism.noise_multiplier": np.nan, "eia_knn_l2:asr_top1": asr, "eia_mlp:asr_top1": asr / 2,
-                  "aia_keyword:advantage": 0.05})  # fmt: skip
+    row.update(
+        point=slug,
+        status="done",
+        mechanism=mechanism,
+        split_depth=depth,
+        utility=utility,
+        max_eia_asr_top1=asr,
+        max_aia_advantage=0.05,
+        bytes_up_per_sample=depth * 8192.0,
+        bytes_up=1e6,
+        train_wall_s=12.0,
+        error="",
+        **{
+            "mechanism.name": mechanism,
+            "model.split_depth": depth,
+            "mechanism.eta": np.nan,
+            "mechanism.noise_multiplier": np.nan,
+            "eia_knn_l2:asr_top1": asr,
+            "eia_mlp:asr_top1": asr / 2,
+            "aia_keyword:advantage": 0.05,
+        },
+    )
     if param:
         row[param] = value
     return row
@@ -53,9 +70,17 @@ def write_sweep(path, points=POINTS, failed=True, attacks=True):
     path.mkdir(parents=True, exist_ok=True)
     rows = [_row(*p) for p in points]
     if failed:
-        rows.append({**{k: np.nan for k in ROW_KEYS}, "point": "laplace-sigma1-m1", "status": "failed",
-                     "error": "RuntimeError: out of memory", "mechanism.name": "laplace", "model.split_depth": 1,
-                     "mechanism.noise_multiplier": 1.0})  # fmt: skip
+        rows.append(
+            {
+                **{k: np.nan for k in ROW_KEYS},
+                "point": "laplace-sigma1-m1",
+                "status": "failed",
+                "error": "RuntimeError: out of memory",
+                "mechanism.name": "laplace",
+                "model.split_depth": 1,
+                "mechanism.noise_multiplier": 1.0,
+            }
+        )
     table = pd.DataFrame(rows)
     if not attacks:
         table = table.drop(columns=[c for c in table.columns if ":" in c])
@@ -67,19 +92,38 @@ def write_sweep(path, points=POINTS, failed=True, attacks=True):
     return path
 
 
-DEVICES = pd.DataFrame([
-    # round, device, tier, depth, status, samples, bytes_up, bytes_down, compute_s, download, compute, upload, arrival, top start, top end
-    (0, 1, "phone", 1, "ok", 4, 4096, 2 * 1048576, 0.10, 2.0, 0.5, 1.0, 3.5, 3.5, 3.7),
-    (0, 2, "laptop", 2, "ok", 8, 16384, 1048576, 0.02, 1.0, 0.2, 0.3, 1.5, 1.5, 1.6),
-    (0, 3, "phone", 1, "dropped", 0, 0, 2 * 1048576, 0.0, 2.5, 0.0, 0.0, np.nan, np.nan, np.nan),
-    (1, 1, "phone", 1, "ok", 4, 8192, 0, 0.30, 0.0, 0.6, 1.2, 6.8, 6.9, 7.0),
-    (1, 2, "laptop", 2, "ok", 8, 32768, 0, 0.04, 0.0, 0.1, 0.4, 5.5, 5.5, 5.6),
-    (1, 3, "phone", 1, "late", 4, 4096, 1048576, 0.20, 3.0, 0.7, 2.0, 10.7, np.nan, np.nan),
-    (2, 2, "laptop", 2, "ok", 8, 16384, 0, 0.03, 0.0, 0.1, 0.2, 7.3, 7.3, 7.4),
-], columns=["round", "device", "tier", "depth", "status", "samples", "bytes_up", "bytes_down", "compute_s", "sim_download_s",
-            "sim_compute_s", "sim_upload_s", "sim_arrival_s", "sim_top_start_s", "sim_top_end_s"])  # fmt: skip
-ROUNDS = pd.DataFrame({"round": [0, 1, 2], "sim_start_s": [0.0, 5.0, 7.0], "sim_end_s": [5.0, 7.0, 7.5],
-                       "sim_round_s": [5.0, 2.0, 0.5]})  # fmt: skip
+DEVICES = pd.DataFrame(
+    [
+        # round, device, tier, depth, status, samples, bytes_up, bytes_down, compute_s, download, compute, upload, arrival, top start, top end
+        (0, 1, "phone", 1, "ok", 4, 4096, 2 * 1048576, 0.10, 2.0, 0.5, 1.0, 3.5, 3.5, 3.7),
+        (0, 2, "laptop", 2, "ok", 8, 16384, 1048576, 0.02, 1.0, 0.2, 0.3, 1.5, 1.5, 1.6),
+        (0, 3, "phone", 1, "dropped", 0, 0, 2 * 1048576, 0.0, 2.5, 0.0, 0.0, np.nan, np.nan, np.nan),
+        (1, 1, "phone", 1, "ok", 4, 8192, 0, 0.30, 0.0, 0.6, 1.2, 6.8, 6.9, 7.0),
+        (1, 2, "laptop", 2, "ok", 8, 32768, 0, 0.04, 0.0, 0.1, 0.4, 5.5, 5.5, 5.6),
+        (1, 3, "phone", 1, "late", 4, 4096, 1048576, 0.20, 3.0, 0.7, 2.0, 10.7, np.nan, np.nan),
+        (2, 2, "laptop", 2, "ok", 8, 16384, 0, 0.03, 0.0, 0.1, 0.2, 7.3, 7.3, 7.4),
+    ],
+    columns=[
+        "round",
+        "device",
+        "tier",
+        "depth",
+        "status",
+        "samples",
+        "bytes_up",
+        "bytes_down",
+        "compute_s",
+        "sim_download_s",
+        "sim_compute_s",
+        "sim_upload_s",
+        "sim_arrival_s",
+        "sim_top_start_s",
+        "sim_top_end_s",
+    ],
+)
+ROUNDS = pd.DataFrame(
+    {"round": [0, 1, 2], "sim_start_s": [0.0, 5.0, 7.0], "sim_end_s": [5.0, 7.0, 7.5], "sim_round_s": [5.0, 2.0, 0.5]}
+)
 
 
 def write_simulation(path):
@@ -87,31 +131,57 @@ def write_simulation(path):
     DEVICES.to_csv(path / "devices.csv", index=False)
     ROUNDS.to_csv(path / "rounds.csv", index=False)
     pd.DataFrame({"rounds_done": [3, 3], "depth": [1, 2], "accuracy": [0.71, 0.74], "loss": [0.6, 0.5]}).to_csv(
-        path / "eval.csv", index=False)  # fmt: skip
-    summary = {"name": "tiny-sim", "dataset": "sst2", "mechanism": "none", "devices": 3, "rounds": 3,
-               "tiers": [{"name": "phone", "devices": 2, "split_depth": 1, "samples": 20},
-                         {"name": "laptop", "devices": 1, "split_depth": 2, "samples": 30}],
-               "dev_accuracy": 0.7421, "dev_by_depth": {"1": {"accuracy": 0.71, "loss": 0.6, "samples": 10, "devices": 2},
-                                                        "2": {"accuracy": 0.74, "loss": 0.5, "samples": 10, "devices": 1}},
-               "bytes_up": 81920, "bytes_down": 7340032, "sim_time_s": 7.5, "train_wall_s": 1.0}  # fmt: skip
+        path / "eval.csv", index=False
+    )
+    summary = {
+        "name": "tiny-sim",
+        "dataset": "sst2",
+        "mechanism": "none",
+        "devices": 3,
+        "rounds": 3,
+        "tiers": [
+            {"name": "phone", "devices": 2, "split_depth": 1, "samples": 20},
+            {"name": "laptop", "devices": 1, "split_depth": 2, "samples": 30},
+        ],
+        "dev_accuracy": 0.7421,
+        "dev_by_depth": {
+            "1": {"accuracy": 0.71, "loss": 0.6, "samples": 10, "devices": 2},
+            "2": {"accuracy": 0.74, "loss": 0.5, "samples": 10, "devices": 1},
+        },
+        "bytes_up": 81920,
+        "bytes_down": 7340032,
+        "sim_time_s": 7.5,
+        "train_wall_s": 1.0,
+    }
     (path / "summary.json").write_text(json.dumps(summary))
     return path
 
 
 def write_train_run(path):
     path.mkdir(parents=True, exist_ok=True)
-    (path / "summary.json").write_text(json.dumps({
-        "name": "tiny-train", "dataset": "sst2", "mechanism": "privtune", "split_depth": 2, "dev_accuracy": 0.8123,
-        "bytes_up_per_sample": 2048.0, "train_wall_s": 3.0, "bottom_compute_s": 1.0, "mechanism_compute_s": 0.1,
-        "top_compute_s": 1.5}))  # fmt: skip
+    (path / "summary.json").write_text(
+        json.dumps(
+            {
+                "name": "tiny-train",
+                "dataset": "sst2",
+                "mechanism": "privtune",
+                "split_depth": 2,
+                "dev_accuracy": 0.8123,
+                "bytes_up_per_sample": 2048.0,
+                "train_wall_s": 3.0,
+                "bottom_compute_s": 1.0,
+                "mechanism_compute_s": 0.1,
+                "top_compute_s": 1.5,
+            }
+        )
+    )
     (path / "metrics.csv").write_text("step,loss\n1,0.7\n2,0.6\n")
     (path / "eval.csv").write_text("step,split,accuracy,loss,samples\n2,dev,0.8123,0.55,64\n")
     return path
 
 
 def test_pareto_front_is_exactly_the_non_dominated_points():
-    df = pd.DataFrame({"x": [1, 2, 3, 2, 4, 1, 5, np.nan], "y": [5, 6, 9, 4, 9, 3, 10, 99]},
-                      index=list("abcdefgh"))  # fmt: skip
+    df = pd.DataFrame({"x": [1, 2, 3, 2, 4, 1, 5, np.nan], "y": [5, 6, 9, 4, 9, 3, 10, 99]}, index=list("abcdefgh"))
     # b dominates d (lower-or-equal x, higher y); c dominates e (same y, lower x); a dominates f.
     front = pareto_front(df, "x", "y")
     assert list(front.index) == ["a", "b", "c", "g"]
@@ -137,7 +207,9 @@ def test_discovery_and_loading(tmp_path):
 
 
 def test_headline_picks_best_point_under_threshold_and_computes_drops(tmp_path):
-    head = headline_table(load_sweep(write_sweep(tmp_path / "s")), threshold=0.10).set_index(["mechanism", "split_depth"])
+    head = headline_table(load_sweep(write_sweep(tmp_path / "s")), threshold=0.10).set_index(
+        ["mechanism", "split_depth"]
+    )
     assert list(head.index) == [("dchi", 1), ("gaussian", 1), ("dchi", 2), ("gaussian", 2)]
     dchi1 = head.loc[("dchi", 1)]
     assert dchi1["setting"] == "eta=10" and dchi1["utility"] == 0.80 and dchi1["max_eia_asr_top1"] == 0.09
@@ -210,8 +282,15 @@ def test_write_report_on_a_folder_of_runs(tmp_path):
     report = write_report(tmp_path, tmp_path / "out")
     assert report == tmp_path / "out" / "report.md"
     names = _images(report)
-    assert {n.split("-", 1)[0] for n in names} == {"frontier", "attacks", "communication", "overhead", "timeline",
-                                                  "learning", "time"}  # the train run: learning curve, time and bytes
+    assert {n.split("-", 1)[0] for n in names} == {
+        "frontier",
+        "attacks",
+        "communication",
+        "overhead",
+        "timeline",
+        "learning",
+        "time",
+    }  # the train run: learning curve, time and bytes
     text = report.read_text()
     assert "| dchi | 1 | eta=10 | 80.0 | 9.0 | 90.0 | 10.0 | 11.1 |" in text  # the headline row
     assert "| dchi | 2 | eta=10 | 82.0 | 10.0 | 88.0 | 6.0 | 6.8 |" in text

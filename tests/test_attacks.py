@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 
 from privtune_ray.attacks import ATTACKS, AttackContext, Observations, observe
+from privtune_ray.attacks.attribute_probe import AttributeProbe
 from privtune_ray.attacks.knn_inversion import KNNInversion
 from privtune_ray.attacks.learned_inversion import LearnedInversion
 from privtune_ray.attacks.optimisation_inversion import OptimisationInversion
-from privtune_ray.attacks.attribute_probe import AttributeProbe
 from privtune_ray.attacks.suite import disjoint_aux
 from privtune_ray.cli import main
 from privtune_ray.config import AttackConfig, MechanismConfig, load_config
@@ -69,7 +69,7 @@ def test_blog_gender_probe_beats_the_majority_class_without_defence(minilm, toke
 
 def test_every_attack_falls_towards_chance_under_strong_noise(minilm, tokenizer):
     strong = MechanismConfig(name="dchi", eta=2.0)  # mean radius d/η = 192, far above ‖h‖
-    make = lambda split: build_mechanism(strong, split, tokenizer, "", seed=0)  # noqa: E731
+    make = lambda split: build_mechanism(strong, split, tokenizer, "", seed=0)
     ctx, aux, victims = _setup(minilm, tokenizer, 2, aux_n=400, victims_n=200, mechanism=make)
     ctx.cfg.epochs, ctx.cfg.probe_epochs, ctx.cfg.opt_steps = 2, 4, 10
     for name in ("eia_knn_l2", "eia_knn_cosine", "eia_mlp", "eia_opt", "aia_label", "aia_keyword"):
@@ -118,9 +118,25 @@ def test_empty_victim_sample_and_unknown_attack_are_errors():
 def _attack_cli(out, victims: int | None) -> dict:
     """The small configuration of the six-attack evaluation on SST-2 dev (all of it, or its first ``victims``)."""
     extra = [] if victims is None else ["--set", f"attack.victim_samples={victims}"]
-    rc = main(["attack", "simulations/sst2_attacks.yaml", "--out", str(out), "--set", "attack.aux_samples=300",
-               "--set", "attack.epochs=1", "--set", "attack.probe_epochs=2", "--set", "attack.opt_steps=5",
-               "--set", "train.progress=false", *extra])  # fmt: skip
+    rc = main(
+        [
+            "attack",
+            "simulations/sst2_attacks.yaml",
+            "--out",
+            str(out),
+            "--set",
+            "attack.aux_samples=300",
+            "--set",
+            "attack.epochs=1",
+            "--set",
+            "attack.probe_epochs=2",
+            "--set",
+            "attack.opt_steps=5",
+            "--set",
+            "train.progress=false",
+            *extra,
+        ]
+    )
     assert rc == 0
     return json.loads((out / "summary.json").read_text())
 
@@ -129,8 +145,15 @@ def test_attack_cli_runs_the_suite_end_to_end(tmp_path):
     """Every attack of the suite through `privtune-ray attack` on 96 dev sentences (the whole dev set: ``slow``)."""
     summary = _attack_cli(tmp_path / "attacks", victims=96)
     assert summary["victims"] == 96
-    assert set(summary["attacks"]) == {"eia_knn_l2", "eia_knn_cosine", "eia_mlp", "eia_transformer", "eia_opt",
-                                       "aia_keyword", "aia_label"}  # fmt: skip
+    assert set(summary["attacks"]) == {
+        "eia_knn_l2",
+        "eia_knn_cosine",
+        "eia_mlp",
+        "eia_transformer",
+        "eia_opt",
+        "aia_keyword",
+        "aia_label",
+    }
     assert summary["max_eia_asr_top1"] >= 0.9
     rows = pd.read_csv(tmp_path / "attacks" / "attacks.csv")
     assert set(rows["attack"]) == set(summary["attacks"]) and np.isfinite(rows["value"]).all()
@@ -141,8 +164,15 @@ def test_attack_cli_runs_the_suite_on_all_of_sst2_dev(tmp_path):
     out = tmp_path / "attacks"
     summary = _attack_cli(out, victims=None)
     assert summary["victims"] == 872
-    assert set(summary["attacks"]) == {"eia_knn_l2", "eia_knn_cosine", "eia_mlp", "eia_transformer", "eia_opt",
-                                       "aia_keyword", "aia_label"}  # fmt: skip
+    assert set(summary["attacks"]) == {
+        "eia_knn_l2",
+        "eia_knn_cosine",
+        "eia_mlp",
+        "eia_transformer",
+        "eia_opt",
+        "aia_keyword",
+        "aia_label",
+    }
     assert summary["max_eia_asr_top1"] >= 0.9
     rows = pd.read_csv(out / "attacks.csv")
     assert set(rows["attack"]) == set(summary["attacks"]) and np.isfinite(rows["value"]).all()
@@ -150,11 +180,34 @@ def test_attack_cli_runs_the_suite_on_all_of_sst2_dev(tmp_path):
 
 def test_training_runs_attack_rounds_on_the_uploaded_messages(tmp_path):
     out = tmp_path / "run"
-    rc = main(["train", "simulations/sst2_baseline.yaml", "--out", str(out), "--set", "train.max_steps=6",
-               "--set", "data.max_train_samples=600", "--set", "data.max_eval_samples=64", "--set", "train.progress=false",
-               "--set", "attack.enabled=true", "--set", "attack.every=3", "--set", "attack.aux_samples=200",
-               "--set", "attack.victim_samples=40", "--set", "attack.names=[eia_knn_l2,aia_label]",
-               "--set", "attack.epochs=1"])  # fmt: skip
+    rc = main(
+        [
+            "train",
+            "simulations/sst2_baseline.yaml",
+            "--out",
+            str(out),
+            "--set",
+            "train.max_steps=6",
+            "--set",
+            "data.max_train_samples=600",
+            "--set",
+            "data.max_eval_samples=64",
+            "--set",
+            "train.progress=false",
+            "--set",
+            "attack.enabled=true",
+            "--set",
+            "attack.every=3",
+            "--set",
+            "attack.aux_samples=200",
+            "--set",
+            "attack.victim_samples=40",
+            "--set",
+            "attack.names=[eia_knn_l2,aia_label]",
+            "--set",
+            "attack.epochs=1",
+        ]
+    )
     assert rc == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["train_split_size"] == 400  # the attacker's 200 auxiliary sentences are carved out

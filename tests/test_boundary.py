@@ -46,7 +46,11 @@ def _twin_batches(dev, tokenizer, n=12):
     batch = collate(dev, np.arange(n), tokenizer.pad_token_id)
     twin = copy.deepcopy(batch)
     g = torch.Generator().manual_seed(3)
-    inner = batch.attention_mask.bool() & (batch.input_ids != tokenizer.cls_token_id) & (batch.input_ids != tokenizer.sep_token_id)
+    inner = (
+        batch.attention_mask.bool()
+        & (batch.input_ids != tokenizer.cls_token_id)
+        & (batch.input_ids != tokenizer.sep_token_id)
+    )
     twin.input_ids[inner] = torch.randint(2000, 20000, (int(inner.sum()),), generator=g)
     assert (batch.attention_mask == 0).any(dim=1).float().mean() > 0.5  # most samples have padding rows
     return batch, twin
@@ -89,7 +93,9 @@ def test_guarded_channels_carry_nothing_at_padding_rows(minilm, dev, tokenizer, 
     bottom = BottomModel(family_of(model), model, 2)
     client = GuardedClient(design, bottom, ClientAdapters(model, lay, "classification"), dcor_weight=0.5, bits=None)
     middle = Blocks(copy.deepcopy(model), lay.middle)
-    server = MiddleServer(middle, *build_optimizer(middle, load_config(None).train, 10), trains=design == "online", bits=None)
+    server = MiddleServer(
+        middle, *build_optimizer(middle, load_config(None).train, 10), trains=design == "online", bits=None
+    )
     batch, twin = _twin_batches(dev, tokenizer)
     pads = ~batch.attention_mask.bool()
     for key, b in enumerate((batch, twin)):
@@ -129,7 +135,11 @@ def test_a_probe_on_the_released_message_learns_no_more_than_its_real_rows(split
     client = SplitClient(split.bottom, mech)
     real_feats, pad_feats = [], []
     for start in range(0, len(data), 50):  # unbucketed batches: most samples have padding rows
-        msg = Message.from_bytes(client.encode(collate(data, np.arange(start, min(start + 50, len(data))), tokenizer.pad_token_id)).to_bytes())
+        msg = Message.from_bytes(
+            client.encode(
+                collate(data, np.arange(start, min(start + 50, len(data))), tokenizer.pad_token_id)
+            ).to_bytes()
+        )
         real = msg.attention_mask.unsqueeze(-1).float()
         real_feats.append((msg.hidden * real).sum(1) / real.sum(1))
         pad_feats.append((msg.hidden * (1 - real)).sum(1) / (1 - real).sum(1).clamp_min(1))

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from privtune_ray.config import Config, load_config, read_config_file
-from privtune_ray.sweep import load_sweep
 from privtune_ray.errors import ConfigError
+from privtune_ray.sweep import load_sweep
 
 # Every run config in simulations/ (cluster.yaml is the Ray cluster launcher's, checked in test_simulation_ray.py).
 ROOT = Path(__file__).parents[1] / "simulations"
@@ -24,8 +24,16 @@ def test_every_shipped_config_loads(path):
 
 
 def test_overrides_are_parsed_and_typed():
-    cfg = load_config(RUNS[0], ["train.max_steps=30", "train.lr=3e-4", "data.max_eval_samples=null",
-                                       "train.lora.enabled=true", "train.lora.target_modules=[query, value]"])  # fmt: skip
+    cfg = load_config(
+        RUNS[0],
+        [
+            "train.max_steps=30",
+            "train.lr=3e-4",
+            "data.max_eval_samples=null",
+            "train.lora.enabled=true",
+            "train.lora.target_modules=[query, value]",
+        ],
+    )
     assert cfg.train.max_steps == 30 and cfg.train.lr == 3e-4 and cfg.data.max_eval_samples is None
     assert cfg.train.lora.enabled and cfg.train.lora.target_modules == ["query", "value"]
     assert load_config(None, ["train.lr=1"]).train.lr == 1.0  # an int where a float is expected is fine

@@ -10,12 +10,19 @@ from privtune_ray.errors import DataError
 
 # Row counts from shared/data/README.md (squad: our article-disjoint split of its 10,570 dev questions).
 EXPECTED_ROWS = {
-    ("sst2", "train"): 67349, ("sst2", "dev"): 872,
-    ("financial_phrasebank", "train"): 3879, ("financial_phrasebank", "dev"): 484, ("financial_phrasebank", "test"): 483,
-    ("blog", "train"): 27862, ("blog", "dev"): 2760, ("blog", "test"): 2821,
-    ("ag_news", "train"): 10001, ("ag_news", "dev"): 7600,
-    ("trustpilot", "train"): 2032, ("trustpilot", "dev"): 2034,
-}  # fmt: skip
+    ("sst2", "train"): 67349,
+    ("sst2", "dev"): 872,
+    ("financial_phrasebank", "train"): 3879,
+    ("financial_phrasebank", "dev"): 484,
+    ("financial_phrasebank", "test"): 483,
+    ("blog", "train"): 27862,
+    ("blog", "dev"): 2760,
+    ("blog", "test"): 2821,
+    ("ag_news", "train"): 10001,
+    ("ag_news", "dev"): 7600,
+    ("trustpilot", "train"): 2032,
+    ("trustpilot", "dev"): 2034,
+}
 
 
 @pytest.mark.parametrize("name,split", sorted(EXPECTED_ROWS))
@@ -117,7 +124,7 @@ def test_length_bucketing_covers_every_sample_once_and_pads_less(tokenizer):
     bucketed = batch_indices(lengths, 32, shuffle=True, bucketing=True, seed=1)
     for batches in (plain, bucketed):
         assert sorted(np.concatenate(batches).tolist()) == list(range(len(lengths)))
-    padded = lambda batches: sum(len(b) * lengths[b].max() for b in batches)  # noqa: E731
+    padded = lambda batches: sum(len(b) * lengths[b].max() for b in batches)
     assert padded(bucketed) < 0.7 * padded(plain)
     again = batch_indices(lengths, 32, shuffle=True, bucketing=True, seed=1)
     assert all(np.array_equal(a, b) for a, b in zip(bucketed, again))
@@ -167,7 +174,10 @@ def test_empty_partition_and_bad_parameters_are_errors():
 
 
 BAD_FILES = {
-    "missing-label-column": (b"sentence\tscore\na fine film\t1\n", r"no column 'label' \(its columns: sentence, score\)"),
+    "missing-label-column": (
+        b"sentence\tscore\na fine film\t1\n",
+        r"no column 'label' \(its columns: sentence, score\)",
+    ),
     "empty": (b"", r"holds no rows \(it is empty, or a header line only\)"),
     "header-only": (b"sentence\tlabel\n", r"holds no rows \(it is empty, or a header line only\)"),
     "not-utf8": (b"sentence\tlabel\na fine film\t1\ncaf\xe9 society\t0\n", r"line 3: byte 0xe9 is not UTF-8"),
@@ -192,6 +202,8 @@ def test_a_broken_dataset_file_stops_train_before_anything_is_written(tmp_path, 
     for split in ("train", "dev"):
         (tmp_path / "data" / "sst2" / f"{split}.tsv").write_bytes(BAD_FILES["missing-label-column"][0])
     out = tmp_path / "run"
-    assert main(["train", "simulations/sst2_baseline.yaml", "--data-dir", str(tmp_path / "data"), "--out", str(out)]) == 2
+    assert (
+        main(["train", "simulations/sst2_baseline.yaml", "--data-dir", str(tmp_path / "data"), "--out", str(out)]) == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no column 'label'" in err[0] and not out.exists()

@@ -44,8 +44,17 @@ def test_a_dp_step_without_noise_or_clipping_equals_a_plain_step(minilm, tokeniz
     split = split_model(copy.deepcopy(minilm), 2)
     dev = tokenize_split(load_split("sst2", "dev", max_samples=8, seed=0), tokenizer, 64)
     msg = SplitClient(split.bottom, Mechanism()).encode(collate(dev, np.arange(8), tokenizer.pad_token_id))
-    plan = DPPlan(sample_rate=0.1, steps=1, noise_multiplier=0.0, clip_norm=1e9, delta=1e-5, target_epsilon=1.0,
-                  epsilon_edgeworth=float("inf"), epsilon_pld=float("inf"), epsilon_rdp=float("inf"))  # fmt: skip
+    plan = DPPlan(
+        sample_rate=0.1,
+        steps=1,
+        noise_multiplier=0.0,
+        clip_norm=1e9,
+        delta=1e-5,
+        target_epsilon=1.0,
+        epsilon_edgeworth=float("inf"),
+        epsilon_pld=float("inf"),
+        epsilon_rdp=float("inf"),
+    )
     tops = [_no_dropout(copy.deepcopy(split.top)) for _ in range(2)]
     plain = TopServer(tops[0], *_sgd(tops[0]))  # SGD: the step is the gradient itself (Adam's first step is ~sign(g))
     dp = DPTopServer(tops[1], *_sgd(tops[1]), plan, expected_batch_size=8)
@@ -63,9 +72,13 @@ def test_clipping_and_noise_change_the_step(minilm, tokenizer):
     for name, sigma, clip in [("plain", 0.0, 1e9), ("clipped", 0.0, 1e-3), ("noisy", 1.0, 1e9)]:
         plan = DPPlan(0.1, 1, sigma, clip, 1e-5, 1.0, 0.0, 0.0, 0.0)
         top = _no_dropout(copy.deepcopy(split.top))
-        server = DPTopServer(top, *build_optimizer(top, TrainConfig(lr=1e-3, warmup_ratio=0.0, weight_decay=0.0), 10), plan, 8)
+        server = DPTopServer(
+            top, *build_optimizer(top, TrainConfig(lr=1e-3, warmup_ratio=0.0, weight_decay=0.0), 10), plan, 8
+        )
         server.train_step(msg)
-        steps[name] = torch.cat([(p - q).flatten() for p, q in zip(top.parameters(), split.top.parameters(), strict=True)])
+        steps[name] = torch.cat(
+            [(p - q).flatten() for p, q in zip(top.parameters(), split.top.parameters(), strict=True)]
+        )
     assert not torch.allclose(steps["clipped"], steps["plain"]) and not torch.allclose(steps["noisy"], steps["plain"])
 
 
@@ -85,8 +98,12 @@ def test_a_plan_whose_pld_epsilon_exceeds_the_target_stops_unless_allowed():
     fixes = r"design.calibrate_with=pld, or design.allow_understated_epsilon=true .*, or lower design.target_epsilon"
     with pytest.raises(ConfigError, match=r"design.target_epsilon=3 is understated: .* PLD epsilon 6.9.*" + fixes):
         plan_dp_sgd(DesignConfig(name="ewtune", target_epsilon=3.0), 32 / 67_000, 2_000)
-    allowed = plan_dp_sgd(DesignConfig(name="ewtune", target_epsilon=3.0, allow_understated_epsilon=True), 32 / 67_000, 2_000)
-    assert allowed.epsilon_edgeworth == pytest.approx(3.0, abs=1e-3) and "PLD gives epsilon 6.9" in allowed.pld_warning()
+    allowed = plan_dp_sgd(
+        DesignConfig(name="ewtune", target_epsilon=3.0, allow_understated_epsilon=True), 32 / 67_000, 2_000
+    )
+    assert (
+        allowed.epsilon_edgeworth == pytest.approx(3.0, abs=1e-3) and "PLD gives epsilon 6.9" in allowed.pld_warning()
+    )
     assert allowed.to_dict()["epsilon"] == allowed.epsilon_pld > 6.8  # the guarantee is the bound, not the target
     # calibrated to the PLD bound instead: σ larger, PLD ε at most the target, Edgeworth's estimate beside it
     plan = plan_dp_sgd(DesignConfig(name="ewtune", target_epsilon=3.0, calibrate_with="pld"), 32 / 67_000, 2_000)
@@ -99,10 +116,14 @@ def test_a_plan_whose_pld_epsilon_exceeds_the_target_stops_unless_allowed():
 
 
 def test_calibration_outside_its_range_or_past_the_expansion_names_the_fix():
-    with pytest.raises(ConfigError, match=r"design.target_epsilon=50 is met already at sigma = 0.3.*design.calibrate_with=pld"):
+    with pytest.raises(
+        ConfigError, match=r"design.target_epsilon=50 is met already at sigma = 0.3.*design.calibrate_with=pld"
+    ):
         plan_dp_sgd(DesignConfig(name="ewtune", target_epsilon=50.0), 0.01, 100)
     # q·T = 0.1: the expansion breaks down below σ ≈ 0.62 and stays under ε 0.21 above it (PLD 11.04 at σ = 0.3)
-    with pytest.raises(ConfigError, match=r"cannot be calibrated by the Edgeworth expansion.*q·T = 0.1 .*set design.calibrate_with=pld"):
+    with pytest.raises(
+        ConfigError, match=r"cannot be calibrated by the Edgeworth expansion.*q·T = 0.1 .*set design.calibrate_with=pld"
+    ):
         plan_dp_sgd(DesignConfig(name="ewtune", target_epsilon=3.0), 0.001, 100)
     plan = plan_dp_sgd(DesignConfig(name="ewtune", target_epsilon=3.0, calibrate_with="pld"), 0.001, 100)
     assert plan.epsilon_pld == pytest.approx(3.0, rel=1e-3) and np.isnan(plan.epsilon_edgeworth)  # no estimate there
@@ -111,7 +132,9 @@ def test_calibration_outside_its_range_or_past_the_expansion_names_the_fix():
 
 
 def test_an_unreachable_target_is_one_clear_error():
-    with pytest.raises(ConfigError, match=r"design.target_epsilon=0.01 is unreachable .* design.max_noise_multiplier=2 .*raise"):
+    with pytest.raises(
+        ConfigError, match=r"design.target_epsilon=0.01 is unreachable .* design.max_noise_multiplier=2 .*raise"
+    ):
         plan_dp_sgd(DesignConfig(name="ewtune", target_epsilon=0.01, max_noise_multiplier=2.0), 0.1, 500)
 
 
@@ -123,12 +146,15 @@ def test_poisson_batches_come_from_opacus_and_repeat_under_a_seed():
     assert not np.array_equal(a[0], poisson_batches(10_000, 100, 1, seed=4)[0])
 
 
-@pytest.mark.parametrize("override,match", [
-    ("design.name=ew-tune", r"unknown design 'ew-tune'"),
-    ("design.target_epsilon=-1", r"'design.target_epsilon'.*> 0"),
-    ("design.clip_norm=0", r"'design.clip_norm'"),
-    ("design.calibrate_with=rdp", r"'design.calibrate_with'.*edgeworth .* or pld"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "override,match",
+    [
+        ("design.name=ew-tune", r"unknown design 'ew-tune'"),
+        ("design.target_epsilon=-1", r"'design.target_epsilon'.*> 0"),
+        ("design.clip_norm=0", r"'design.clip_norm'"),
+        ("design.calibrate_with=rdp", r"'design.calibrate_with'.*edgeworth .* or pld"),
+    ],
+)
 def test_bad_design_keys_name_the_key(override, match):
     with pytest.raises(ConfigError, match=match):
         load_config(BASELINE, [override])
@@ -136,9 +162,20 @@ def test_bad_design_keys_name_the_key(override, match):
 
 def test_ewtune_training_records_the_epsilon_spent_as_it_goes(tmp_path):
     # q = 0.1, T = 6: calibrated to the PLD bound (Edgeworth's σ would give PLD ε 12.1 for the target 8)
-    cfg = load_config(BASELINE, ["design.name=ewtune", "design.target_epsilon=8", "design.calibrate_with=pld",
-                                 "data.max_train_samples=320", "data.max_eval_samples=64", "train.max_steps=6",
-                                 "train.log_every=2", "train.progress=false", "train.threads=2"])  # fmt: skip
+    cfg = load_config(
+        BASELINE,
+        [
+            "design.name=ewtune",
+            "design.target_epsilon=8",
+            "design.calibrate_with=pld",
+            "data.max_train_samples=320",
+            "data.max_eval_samples=64",
+            "train.max_steps=6",
+            "train.log_every=2",
+            "train.progress=false",
+            "train.threads=2",
+        ],
+    )
     run = run_training(cfg, tmp_path / "run", log=quiet)
     summary = json.loads((run / "summary.json").read_text())
     metrics = pd.read_csv(run / "metrics.csv")
@@ -147,12 +184,16 @@ def test_ewtune_training_records_the_epsilon_spent_as_it_goes(tmp_path):
     # the guarantee is the PLD ε, EW-Tune's Edgeworth ε beside it as an estimate
     assert dp["epsilon"] == dp["epsilon_pld"] <= 8.0 and dp["epsilon"] == pytest.approx(8.0, rel=1e-3)
     assert dp["guarantee"] == "(8, 1e-05)-DP (PLD bound, dp-accounting)"
-    assert dp["epsilon_edgeworth_estimate"] == dp["epsilon_edgeworth"] < 8.0 and dp["sample_rate"] == pytest.approx(32 / 320)
+    assert dp["epsilon_edgeworth_estimate"] == dp["epsilon_edgeworth"] < 8.0 and dp["sample_rate"] == pytest.approx(
+        32 / 320
+    )
     assert list(metrics["epsilon_pld"]) == sorted(metrics["epsilon_pld"])  # cumulative, never reset per round
     assert metrics["epsilon_pld"].iloc[-1] == pytest.approx(dp["spent"]["epsilon_pld"])
     base = ["design.name=ewtune", "data.max_train_samples=320", "train.max_steps=6"]
-    for overrides, match in ((["design.target_epsilon=0.01", "design.max_noise_multiplier=1"], "unreachable"),
-                             (["design.target_epsilon=8"], "understated")):  # fmt: skip
+    for overrides, match in (
+        (["design.target_epsilon=0.01", "design.max_noise_multiplier=1"], "unreachable"),
+        (["design.target_epsilon=8"], "understated"),
+    ):
         with pytest.raises(ConfigError, match=match):
             run_training(load_config(BASELINE, base + overrides), tmp_path / "bad", log=quiet)
         assert not (tmp_path / "bad").exists()
@@ -176,10 +217,20 @@ def test_a_dp_step_over_several_messages_equals_one_over_their_union(minilm, tok
 
 
 # Edgeworth's σ for the target 8 at q = 0.16, T = 4 gives PLD ε 11.36: these runs allow it (and log the warning)
-SIM = ["data.max_train_samples=400", "data.max_eval_samples=64", "simulation.devices=20", "simulation.rounds=4",
-       "simulation.devices_per_round=4", "simulation.local_batch_size=16", "train.progress=false", "design.name=ewtune",
-       "design.target_epsilon=8", "simulation.partition=iid", "simulation.tiers=[{name: one, memory_mb: 4096}]",
-       "design.allow_understated_epsilon=true"]  # fmt: skip
+SIM = [
+    "data.max_train_samples=400",
+    "data.max_eval_samples=64",
+    "simulation.devices=20",
+    "simulation.rounds=4",
+    "simulation.devices_per_round=4",
+    "simulation.local_batch_size=16",
+    "train.progress=false",
+    "design.name=ewtune",
+    "design.target_epsilon=8",
+    "simulation.partition=iid",
+    "simulation.tiers=[{name: one, memory_mb: 4096}]",
+    "design.allow_understated_epsilon=true",
+]
 DEVICES = Path(__file__).parents[1] / "simulations" / "sst2_devices.yaml"
 
 
@@ -198,9 +249,13 @@ def test_ewtune_in_simulate_composes_epsilon_over_poisson_rounds(tmp_path):
     assert dp["epsilon_edgeworth"] == pytest.approx(8.0, abs=1e-3)
     # cumulative: ε grows every round and ends at the plan's, the PLD beside the Edgeworth one
     for accountant in ("epsilon_edgeworth", "epsilon_pld", "epsilon_rdp"):
-        assert rounds[accountant].is_monotonic_increasing and rounds[accountant].iloc[-1] == pytest.approx(dp[accountant])
+        assert rounds[accountant].is_monotonic_increasing and rounds[accountant].iloc[-1] == pytest.approx(
+            dp[accountant]
+        )
     plan = DPPlan(**{k: v for k, v in dp.items() if k in DPPlan.__dataclass_fields__})
-    assert rounds["epsilon_pld"].tolist() == pytest.approx([spent_epsilon(plan, r)["epsilon_pld"] for r in (1, 2, 3, 4)])
+    assert rounds["epsilon_pld"].tolist() == pytest.approx(
+        [spent_epsilon(plan, r)["epsilon_pld"] for r in (1, 2, 3, 4)]
+    )
     # Poisson rounds: the number of devices and of their samples varies
     assert rounds["selected"].nunique() > 1 or devices["samples"].nunique() > 1
     assert summary["design"] == "ewtune" and rounds["samples"].sum() == summary["train_samples"]
@@ -227,10 +282,15 @@ def test_poisson_rounds_repeat_under_a_seed_and_sample_at_rate_q():
     assert [pops[0].releases(i) for i in range(3)] == [int(counts[10 * i : 10 * i + 10].max()) for i in range(3)]
 
 
-@pytest.mark.parametrize("overrides,match", [(["simulation.top_replicas=2"], "top_replicas=1"),
-                                             (["simulation.deadline_s=5"], "deadline_s=null"),
-                                             (["design.target_epsilon=0.01", "design.max_noise_multiplier=1"], "unreachable"),
-                                             (["design.allow_understated_epsilon=false"], "understated.*PLD epsilon 11.3")])  # fmt: skip
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        (["simulation.top_replicas=2"], "top_replicas=1"),
+        (["simulation.deadline_s=5"], "deadline_s=null"),
+        (["design.target_epsilon=0.01", "design.max_noise_multiplier=1"], "unreachable"),
+        (["design.allow_understated_epsilon=false"], "understated.*PLD epsilon 11.3"),
+    ],
+)
 def test_ewtune_in_simulate_refuses_what_breaks_its_account(overrides, match, tmp_path):
     from privtune_ray.simulation import run_simulation
 

@@ -34,9 +34,16 @@ def quiet(*_):
 def tiny_decoder(tmp_path_factory, tokenizer):
     path = tmp_path_factory.mktemp("tiny-gpt2")
     torch.manual_seed(0)
-    config = GPT2Config(vocab_size=tokenizer.vocab_size, n_positions=128, n_embd=64, n_layer=4, n_head=2,
-                        bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id,
-                        pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    config = GPT2Config(
+        vocab_size=tokenizer.vocab_size,
+        n_positions=128,
+        n_embd=64,
+        n_layer=4,
+        n_head=2,
+        bos_token_id=tokenizer.cls_token_id,
+        eos_token_id=tokenizer.sep_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     GPT2LMHeadModel(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
@@ -72,12 +79,26 @@ def test_causal_loss_is_next_token_cross_entropy_on_the_targets():
 
 
 def test_a_split_decoder_memorises_answers_and_decodes_them_greedily(tiny_decoder, tmp_path):
-    cfg = load_config(SIMULATIONS / "squad_generation.yaml", [
-        f"model.name={tiny_decoder}", "model.split_depth=1", "model.max_length=64", "attack.enabled=false",
-        "data.eval_split=train", "data.max_train_samples=8", "data.max_eval_samples=8", "train.batch_size=8",
-        "train.epochs=100", "train.max_steps=100", "train.lr=3e-3", "train.warmup_ratio=0", "train.max_new_tokens=8",
-        "train.progress=false", "train.threads=2",
-    ])  # fmt: skip
+    cfg = load_config(
+        SIMULATIONS / "squad_generation.yaml",
+        [
+            f"model.name={tiny_decoder}",
+            "model.split_depth=1",
+            "model.max_length=64",
+            "attack.enabled=false",
+            "data.eval_split=train",
+            "data.max_train_samples=8",
+            "data.max_eval_samples=8",
+            "train.batch_size=8",
+            "train.epochs=100",
+            "train.max_steps=100",
+            "train.lr=3e-3",
+            "train.warmup_ratio=0",
+            "train.max_new_tokens=8",
+            "train.progress=false",
+            "train.threads=2",
+        ],
+    )
     summary = json.loads((run_training(cfg, tmp_path / "run", log=quiet) / "summary.json").read_text())
     losses = pd.read_csv(tmp_path / "run" / "metrics.csv")["loss"]
     assert losses.iloc[-1] < 0.1 * losses.iloc[0]
@@ -93,11 +114,14 @@ def test_squad_ci_variant_runs_with_its_attacks(tiny_decoder, tmp_path):
     assert table.loc["dchi-eta5-m2", "max_eia_asr_top1"] < table.loc["none-m2", "max_eia_asr_top1"]
 
 
-@pytest.mark.parametrize("overrides,match", [
-    (["model.task=classification"], r"data.dataset='squad' is a generation task: set model.task=causal-lm"),
-    (["data.dataset=sst2"], r"model.task=causal-lm needs a generation dataset"),
-    (["model.name=all-MiniLM-L6-v2"], r"task 'causal-lm' needs a decoder model"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        (["model.task=classification"], r"data.dataset='squad' is a generation task: set model.task=causal-lm"),
+        (["data.dataset=sst2"], r"model.task=causal-lm needs a generation dataset"),
+        (["model.name=all-MiniLM-L6-v2"], r"task 'causal-lm' needs a decoder model"),
+    ],
+)
 def test_mismatched_task_and_model_fail_before_anything_is_written(overrides, match, tmp_path):
     cfg = load_config(SIMULATIONS / "squad_generation.yaml", overrides)
     with pytest.raises((ConfigError, Exception), match=match):
@@ -109,8 +133,15 @@ def test_observations_of_generation_batches_of_different_lengths_concatenate():
     """Token targets [B, L] are no per-sample label: observations keep -1, so batches of any length join."""
     from privtune_ray.attacks.observations import Observations
 
-    parts = [Observations(torch.zeros(2, n, 4), torch.ones(2, n, dtype=torch.long), torch.ones(2, n, dtype=torch.long),
-                          torch.full((2, n), IGNORE)) for n in (3, 5)]  # fmt: skip
+    parts = [
+        Observations(
+            torch.zeros(2, n, 4),
+            torch.ones(2, n, dtype=torch.long),
+            torch.ones(2, n, dtype=torch.long),
+            torch.full((2, n), IGNORE),
+        )
+        for n in (3, 5)
+    ]
     joined = Observations.concat(parts)
     assert joined.hidden.shape == (4, 5, 4) and joined.labels.tolist() == [-1, -1, -1, -1]
 
@@ -123,8 +154,17 @@ def test_a_prompt_budget_too_small_for_the_answer_is_one_clear_error(tokenizer):
 
 def _dropout_free_decoder(tokenizer):
     torch.manual_seed(1)
-    config = GPT2Config(vocab_size=tokenizer.vocab_size, n_positions=64, n_embd=32, n_layer=3, n_head=2, resid_pdrop=0.0,
-                        embd_pdrop=0.0, attn_pdrop=0.0, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    config = GPT2Config(
+        vocab_size=tokenizer.vocab_size,
+        n_positions=64,
+        n_embd=32,
+        n_layer=3,
+        n_head=2,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     return GPT2LMHeadModel(config)
 
 
@@ -141,7 +181,9 @@ def test_u_shaped_split_gives_the_gradients_of_the_cloud_head_and_no_target_cros
     from privtune_ray.training.lm_head import DeviceHead, HiddenStateServer, detach_head
     from privtune_ray.training.server import TopServer, build_optimizer
 
-    split = tokenize_generation(load_split("squad", "dev", max_samples=4, seed=0), tokenizer, max_length=48, max_answer_tokens=6)
+    split = tokenize_generation(
+        load_split("squad", "dev", max_samples=4, seed=0), tokenizer, max_length=48, max_answer_tokens=6
+    )
     batch = collate(split, np.arange(4), tokenizer.pad_token_id)
     parts = split_model(_dropout_free_decoder(tokenizer), 1, task="causal-lm")
     train_cfg = load_config(None).train
@@ -175,11 +217,23 @@ def test_u_shaped_split_gives_the_gradients_of_the_cloud_head_and_no_target_cros
 
 @pytest.mark.parametrize("lm_head", ["device", "cloud"])
 def test_the_summary_names_whether_the_targets_crossed(tiny_decoder, tmp_path, lm_head):
-    cfg = load_config(SIMULATIONS / "squad_generation.yaml", [
-        f"model.name={tiny_decoder}", "model.split_depth=1", "model.max_length=48", "attack.enabled=false",
-        "data.max_train_samples=8", "data.max_eval_samples=4", "train.batch_size=4", "train.max_steps=2",
-        "train.max_new_tokens=2", "train.progress=false", "train.threads=2", f"model.lm_head={lm_head}",
-    ])  # fmt: skip
+    cfg = load_config(
+        SIMULATIONS / "squad_generation.yaml",
+        [
+            f"model.name={tiny_decoder}",
+            "model.split_depth=1",
+            "model.max_length=48",
+            "attack.enabled=false",
+            "data.max_train_samples=8",
+            "data.max_eval_samples=4",
+            "train.batch_size=4",
+            "train.max_steps=2",
+            "train.max_new_tokens=2",
+            "train.progress=false",
+            "train.threads=2",
+            f"model.lm_head={lm_head}",
+        ],
+    )
     summary = json.loads((run_training(cfg, tmp_path / "run", log=quiet) / "summary.json").read_text())
     assert summary["lm_head"] == lm_head
     assert summary["targets_uploaded"] is (lm_head == "cloud") and bool(summary["leaks"]) is (lm_head == "cloud")

@@ -25,8 +25,14 @@ from privtune_ray.training.server import TopServer, build_optimizer
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 MODEL = os.environ.get("PRIVTUNE_TEST_MODEL", "all-MiniLM-L6-v2")
-TRAIN = ["train.max_steps=20", "data.max_train_samples=640", "data.max_eval_samples=256", "train.progress=false",
-         "train.threads=4", f"model.name={MODEL}"]  # fmt: skip
+TRAIN = [
+    "train.max_steps=20",
+    "data.max_train_samples=640",
+    "data.max_eval_samples=256",
+    "train.progress=false",
+    "train.threads=4",
+    f"model.name={MODEL}",
+]
 EXACT = ["round", "device", "tier", "depth", "status", "samples", "tokens", "bytes_up", "bytes_down", "releases"]
 
 
@@ -65,7 +71,9 @@ def test_training_on_the_gpu_matches_the_cpu(mechanism, tmp_path):
     trajectories differ a little and the accuracies agree within a few points."""
     runs = {}
     for device in ("cpu", "cuda"):
-        cfg = load_config("simulations/sst2_baseline.yaml", TRAIN + [f"train.device={device}", f"mechanism.name={mechanism}"])
+        cfg = load_config(
+            "simulations/sst2_baseline.yaml", TRAIN + [f"train.device={device}", f"mechanism.name={mechanism}"]
+        )
         runs[device] = _summary(run_training(cfg, tmp_path / device, log=quiet))
     for key in ("steps", "train_samples", "bytes_up"):
         assert runs["cuda"][key] == runs["cpu"][key]
@@ -75,9 +83,18 @@ def test_training_on_the_gpu_matches_the_cpu(mechanism, tmp_path):
 
 def test_replica_pool_on_the_gpu_matches_the_cpu(tmp_path):
     """Two replicas kept in sync by the gradient all-reduce, on CUDA, against the same run on the CPU."""
-    small = ["data.max_train_samples=400", "data.max_eval_samples=128", "simulation.devices=20", "simulation.rounds=4",
-             "simulation.devices_per_round=4", "simulation.local_batch_size=16", "simulation.top_replicas=2",
-             "train.progress=false", "train.threads=4", f"model.name={MODEL}"]  # fmt: skip
+    small = [
+        "data.max_train_samples=400",
+        "data.max_eval_samples=128",
+        "simulation.devices=20",
+        "simulation.rounds=4",
+        "simulation.devices_per_round=4",
+        "simulation.local_batch_size=16",
+        "simulation.top_replicas=2",
+        "train.progress=false",
+        "train.threads=4",
+        f"model.name={MODEL}",
+    ]
     runs = {}
     for device in ("cpu", "cuda"):
         cfg = load_config("simulations/sst2_devices.yaml", small + [f"train.device={device}"])

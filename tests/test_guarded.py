@@ -14,8 +14,15 @@ from privtune_ray.attacks.gradient_matching import GradientMatchingLabels
 from privtune_ray.config import AttackConfig, load_config
 from privtune_ray.data import load_split
 from privtune_ray.data.batching import collate, tokenize_split
-from privtune_ray.designs.guarded import (Blocks, ClientAdapters, GuardedClient, GuardedLayout, MiddleServer,
-                                          gradients_from_bytes, guarded_layout)  # fmt: skip
+from privtune_ray.designs.guarded import (
+    Blocks,
+    ClientAdapters,
+    GuardedClient,
+    GuardedLayout,
+    MiddleServer,
+    gradients_from_bytes,
+    guarded_layout,
+)
 from privtune_ray.designs.quantisation import quantised_bytes
 from privtune_ray.errors import ConfigError
 from privtune_ray.message import tensor_from_bytes
@@ -26,8 +33,16 @@ from privtune_ray.training.server import build_optimizer, summed_loss
 
 DESIGNS = Path(__file__).parents[1] / "simulations" / "sst2_designs.yaml"
 # 12 devices, 3 rounds of 3 devices x 8 samples, no attacks unless a test asks.
-SMALL = ["data.max_train_samples=240", "data.max_eval_samples=32", "simulation.devices=12", "simulation.rounds=3",
-         "simulation.devices_per_round=3", "simulation.local_batch_size=8", "attack.enabled=false", "train.threads=2"]  # fmt: skip
+SMALL = [
+    "data.max_train_samples=240",
+    "data.max_eval_samples=32",
+    "simulation.devices=12",
+    "simulation.rounds=3",
+    "simulation.devices_per_round=3",
+    "simulation.local_batch_size=8",
+    "attack.enabled=false",
+    "train.threads=2",
+]
 
 
 def quiet(*_):
@@ -57,7 +72,9 @@ def test_layout_puts_adapters_at_both_ends_and_refuses_a_missing_middle():
     emulator = GuardedLayout.check(12, 0, 1, emulator_keep=0.5).emulator  # 10 middle blocks (2..11), half kept
     assert len(emulator) == 5 and emulator[0] == 1 and emulator[-1] == 10 and emulator == sorted(set(emulator))
     assert GuardedLayout.check(12, 0, 1, emulator_keep=1.0).emulator == list(range(1, 11))
-    with pytest.raises(ConfigError, match=r"design.adapter_layers=2 with model.split_depth=2 leaves no middle block.*adapter_layers=1"):
+    with pytest.raises(
+        ConfigError, match=r"design.adapter_layers=2 with model.split_depth=2 leaves no middle block.*adapter_layers=1"
+    ):
         GuardedLayout.check(6, 2, 2)
     with pytest.raises(ConfigError, match="lower model.split_depth"):
         GuardedLayout.check(6, 4, 1)
@@ -83,7 +100,9 @@ def test_online_protocol_gives_the_gradients_of_the_whole_model(minilm, batch):
 
     ref_adapters, ref_middle = reference
     h = bottom(batch.input_ids, batch.attention_mask)
-    logits = ref_adapters.top(ref_middle(ref_adapters.bottom(h, batch.attention_mask), batch.attention_mask), batch.attention_mask)
+    logits = ref_adapters.top(
+        ref_middle(ref_adapters.bottom(h, batch.attention_mask), batch.attention_mask), batch.attention_mask
+    )
     ref_loss = summed_loss(logits, batch.labels)
     ref_loss.backward()
     assert loss == pytest.approx(ref_loss.item(), rel=1e-5)
@@ -101,7 +120,9 @@ def test_gradfree_sends_no_gradient_and_offline_trains_against_the_emulator(mini
     bottom = BottomModel(family_of(model), model, 1)
     gradfree = GuardedClient("gradfree", bottom, ClientAdapters(model, lay, "classification"), 0.5, bits=None)
     middle = Blocks(copy.deepcopy(model), lay.middle)
-    server = MiddleServer(middle, *build_optimizer(middle.requires_grad_(False), load_config(None).train, 10), trains=False, bits=None)
+    server = MiddleServer(
+        middle, *build_optimizer(middle.requires_grad_(False), load_config(None).train, 10), trains=False, bits=None
+    )
     a2 = server.forward(0, gradfree.upload(batch), train=True)
     _, grad_up, top_grads = gradfree.top_step(batch, a2)
     assert grad_up is None and all(g is not None for g in top_grads)
@@ -113,7 +134,6 @@ def test_gradfree_sends_no_gradient_and_offline_trains_against_the_emulator(mini
     loss, penalty, grads = offline.offline_step(batch)
     ref = copy.deepcopy(adapters)
     from privtune_ray.designs.dcor import distance_correlation
-
     from privtune_ray.message import zero_padding
 
     mask = batch.attention_mask
@@ -131,8 +151,9 @@ def test_gradfree_sends_no_gradient_and_offline_trains_against_the_emulator(mini
 def test_quantised_channels_cost_b_bits_per_value(minilm, batch):
     model = copy.deepcopy(minilm)
     lay = GuardedLayout.check(6, 2, 1)
-    client = GuardedClient("online", BottomModel(family_of(model), model, 2), ClientAdapters(model, lay, "classification"),
-                           0.0, bits=4)  # fmt: skip
+    client = GuardedClient(
+        "online", BottomModel(family_of(model), model, 2), ClientAdapters(model, lay, "classification"), 0.0, bits=4
+    )
     middle = Blocks(copy.deepcopy(model), lay.middle)
     server = MiddleServer(middle, *build_optimizer(middle, load_config(None).train, 10), trains=True, bits=4)
     a2 = server.forward(1, client.upload(batch), train=True)
@@ -149,8 +170,12 @@ def test_quantised_channels_cost_b_bits_per_value(minilm, batch):
 def test_guarded_layout_of_a_config_names_the_keys():
     with pytest.raises(ConfigError, match="design.adapter_layers"):
         guarded_layout(small("design.name=online", "model.split_depth=3", "design.adapter_layers=2"), 6)
-    for key, value, match in [("design.adapter_layers", 0, "adapter_layers"), ("design.dcor_weight", -1, "dcor_weight"),
-                              ("design.emulator_keep", 0, "emulator_keep"), ("design.bits", 17, "design.bits")]:  # fmt: skip
+    for key, value, match in [
+        ("design.adapter_layers", 0, "adapter_layers"),
+        ("design.dcor_weight", -1, "dcor_weight"),
+        ("design.emulator_keep", 0, "emulator_keep"),
+        ("design.bits", 17, "design.bits"),
+    ]:
         with pytest.raises(ConfigError, match=match):
             small("design.name=online", f"{key}={value}")
 
@@ -159,12 +184,20 @@ def test_guarded_layout_of_a_config_names_the_keys():
 def runs(tmp_path_factory):
     """online with the attacks (a small suite and gradient matching), gradfree and offline at 8 bits."""
     root = tmp_path_factory.mktemp("guarded")
-    attack = ["attack.enabled=true", "attack.names=[eia_knn_l2, aia_label]", "attack.aux_samples=60",
-              "attack.victim_samples=24", "attack.probe_epochs=3"]  # fmt: skip
-    return {"online": run_simulation(small("design.name=online", *attack), out=root / "online", log=quiet),
-            "gradfree": run_simulation(small("design.name=gradfree", "design.bits=8"), out=root / "gradfree", log=quiet),
-            "offline": run_simulation(small("design.name=offline", "design.bits=8", *attack), out=root / "offline",
-                                      log=quiet)}  # fmt: skip
+    attack = [
+        "attack.enabled=true",
+        "attack.names=[eia_knn_l2, aia_label]",
+        "attack.aux_samples=60",
+        "attack.victim_samples=24",
+        "attack.probe_epochs=3",
+    ]
+    return {
+        "online": run_simulation(small("design.name=online", *attack), out=root / "online", log=quiet),
+        "gradfree": run_simulation(small("design.name=gradfree", "design.bits=8"), out=root / "gradfree", log=quiet),
+        "offline": run_simulation(
+            small("design.name=offline", "design.bits=8", *attack), out=root / "offline", log=quiet
+        ),
+    }
 
 
 def test_each_design_records_the_bytes_of_every_channel(runs):
@@ -178,7 +211,9 @@ def test_each_design_records_the_bytes_of_every_channel(runs):
     online, gradfree, offline = frames["online"], frames["gradfree"], frames["offline"]
     # online: activations and gradients cross both cuts, the same shape each way (fp32)
     assert (online["bytes_act_up"] > online["tokens"] * 384 * 4).all()
-    assert (online["bytes_grad_up"] == online["bytes_act_down"]).all() and (online["bytes_grad_down"] == online["bytes_act_down"]).all()
+    assert (online["bytes_grad_up"] == online["bytes_act_down"]).all() and (
+        online["bytes_grad_down"] == online["bytes_act_down"]
+    ).all()
     # gradfree: forward only, and 8-bit: about a quarter of online's fp32 activations
     assert (gradfree[["bytes_grad_up", "bytes_grad_down"]] == 0).all().all()
     ratio = gradfree["bytes_act_up"].sum() / online["bytes_act_up"].sum()
@@ -186,7 +221,9 @@ def test_each_design_records_the_bytes_of_every_channel(runs):
     assert gradfree["bytes_adapter_up"].iloc[0] < online["bytes_adapter_up"].iloc[0]  # only A_t's gradients
     # offline: no per-sample tensor crosses; the emulator comes with the first download
     assert (offline[["bytes_act_up", "bytes_act_down", "bytes_grad_up", "bytes_grad_down"]] == 0).all().all()
-    assert sums["offline"]["guarded"]["first_download_extra_bytes"] > 1e6 and sums["offline"]["guarded"]["emulator_blocks"] == [4]
+    assert sums["offline"]["guarded"]["first_download_extra_bytes"] > 1e6 and sums["offline"]["guarded"][
+        "emulator_blocks"
+    ] == [4]
     first = offline.groupby("device").head(1)
     assert (first["bytes_down"] > offline.drop(first.index)["bytes_down"].max()).all()
     assert "attacks" not in sums["offline"] and not (runs["offline"] / "attacks.csv").exists()
@@ -200,7 +237,9 @@ def test_online_is_attacked_on_its_uploads_and_by_gradient_matching(runs):
     # surrogate fitted on 60-100 sentences its accuracy here swings between 31 and 92 % with the attacker's settings;
     # that it reads the labels with a surrogate fitted on more text is test_gradient_matching_reads_a_trained_heads_labels
     assert attacks["gm_label"]["samples"] == 24 and 0 <= attacks["gm_label"]["accuracy"] <= 1
-    assert summary["max_aia_advantage"] == pytest.approx(max(a["advantage"] for a in attacks.values() if a["kind"] == "attribute"))
+    assert summary["max_aia_advantage"] == pytest.approx(
+        max(a["advantage"] for a in attacks.values() if a["kind"] == "attribute")
+    )
     assert attacks["eia_knn_l2"]["asr_top1"] > 0.3  # A1 = blocks 1..3 of MiniLM: still close to its tokens
     rows = pd.read_csv(runs["online"] / "attacks.csv")
     assert set(rows["attack"]) == {"eia_knn_l2", "aia_label", "gm_label"}
@@ -221,14 +260,18 @@ def test_gradient_matching_with_the_true_top_adapter_reads_every_label(minilm, b
 def test_gradient_matching_reads_a_trained_heads_labels(minilm, tokenizer):
     """The device's A_t trained on SST-2 (its own head); the attacker's surrogate fitted on 256 disjoint public
     sentences from its own seed: cosine matching of the returned ∂ℓ/∂A2 reads the victims' labels."""
+    from privtune_ray.attacks.base import fit_minibatch
     from privtune_ray.attacks.gradient_matching import surrogate_top
     from privtune_ray.attacks.observations import Observations
-    from privtune_ray.attacks.base import fit_minibatch
 
     torch.manual_seed(0)
     model = copy.deepcopy(minilm)
     lay = GuardedLayout.check(6, 2, 1)
-    bottom, adapter, middle = BottomModel(family_of(model), model, 2), Blocks(model, lay.bottom_adapter), Blocks(model, lay.middle)
+    bottom, adapter, middle = (
+        BottomModel(family_of(model), model, 2),
+        Blocks(model, lay.bottom_adapter),
+        Blocks(model, lay.middle),
+    )
     data = tokenize_split(load_split("sst2", "train", max_samples=640, seed=3), tokenizer, 32)
 
     def encode(ids, mask):
@@ -238,25 +281,39 @@ def test_gradient_matching_reads_a_trained_heads_labels(minilm, tokenizer):
     device_data, aux_data, victim_data = (data.subset(np.arange(a, b)) for a, b in [(0, 320), (320, 576), (576, 640)])
     device = ClientAdapters(model, lay, "classification").top
     train = GradientMatchingLabels.observe_aux(encode, device_data, tokenizer.pad_token_id)
-    fit_minibatch(device, len(train), lambda i: torch.nn.functional.cross_entropy(
-        device(train.hidden[i], train.attention_mask[i]), train.labels[i]), 3, 32, 3e-4, seed=1)  # fmt: skip
-    attack = GradientMatchingLabels(surrogate_top(ClientAdapters(model, lay, "classification").top, 99),
-                                    AttackConfig(probe_epochs=3, probe_lr=3e-4))  # fmt: skip
+    fit_minibatch(
+        device,
+        len(train),
+        lambda i: torch.nn.functional.cross_entropy(device(train.hidden[i], train.attention_mask[i]), train.labels[i]),
+        3,
+        32,
+        3e-4,
+        seed=1,
+    )
+    attack = GradientMatchingLabels(
+        surrogate_top(ClientAdapters(model, lay, "classification").top, 99), AttackConfig(probe_epochs=3, probe_lr=3e-4)
+    )
     attack.fit(GradientMatchingLabels.observe_aux(encode, aux_data, tokenizer.pad_token_id))
     victims = GradientMatchingLabels.observe_aux(encode, victim_data, tokenizer.pad_token_id)
     device.eval()
     x = victims.hidden.clone().requires_grad_(True)
     (grads,) = torch.autograd.grad(summed_loss(device(x, victims.attention_mask), victims.labels), x)
-    row = attack.run(Observations(victims.hidden, victims.attention_mask, victims.input_ids, victims.labels, gradients=grads))
+    row = attack.run(
+        Observations(victims.hidden, victims.attention_mask, victims.input_ids, victims.labels, gradients=grads)
+    )
     assert row["accuracy"] >= 0.9 and row["advantage"] > 0.3
 
 
 def test_guarded_designs_refuse_what_they_cannot_do(tmp_path):
     out = tmp_path / "never"
-    for extra, match in [(["mechanism.name=privtune"], "mechanism.name=none"), (["simulation.prefetch=true"], "prefetch"),
-                         (["simulation.deadline_s=5"], "deadline_s"), (["train.lora.enabled=true"], "lora"),
-                         (["design.adapter_layers=2"], "no middle block"),
-                         (["simulation.tiers=[{name: small, memory_mb: 75}]"], "cannot hold GuardedTuning")]:  # fmt: skip
+    for extra, match in [
+        (["mechanism.name=privtune"], "mechanism.name=none"),
+        (["simulation.prefetch=true"], "prefetch"),
+        (["simulation.deadline_s=5"], "deadline_s"),
+        (["train.lora.enabled=true"], "lora"),
+        (["design.adapter_layers=2"], "no middle block"),
+        (["simulation.tiers=[{name: small, memory_mb: 75}]"], "cannot hold GuardedTuning"),
+    ]:
         with pytest.raises(ConfigError, match=match):
             run_simulation(small("design.name=online", *extra), out=out, log=quiet)
     with pytest.raises(ConfigError, match="runs under `privtune-ray simulate`"):
@@ -286,7 +343,11 @@ def test_an_interrupted_guarded_run_resumes_to_the_same_records(tmp_path):
         run_simulation(small(*cfg), out=tmp_path / "cut", log=quiet, hooks={"training": interrupt})
     resumed = run_simulation(small(*cfg), out=tmp_path / "cut", resume=True, log=quiet)
     columns = ["round", "device", "status", "samples", "bytes_up", "bytes_act_down", "bytes_adapter_up"]
-    pd.testing.assert_frame_equal(pd.read_csv(resumed / "devices.csv")[columns], pd.read_csv(full / "devices.csv")[columns])
-    assert pd.read_csv(resumed / "rounds.csv")["loss"].tolist() == pytest.approx(pd.read_csv(full / "rounds.csv")["loss"].tolist(), abs=1e-6)
+    pd.testing.assert_frame_equal(
+        pd.read_csv(resumed / "devices.csv")[columns], pd.read_csv(full / "devices.csv")[columns]
+    )
+    assert pd.read_csv(resumed / "rounds.csv")["loss"].tolist() == pytest.approx(
+        pd.read_csv(full / "rounds.csv")["loss"].tolist(), abs=1e-6
+    )
     a, b = (json.loads((p / "summary.json").read_text()) for p in (resumed, full))
     assert a["dev_loss"] == pytest.approx(b["dev_loss"], abs=1e-5)

@@ -69,7 +69,9 @@ def test_clipping_bounds_hold():
         assert torch.allclose(norms[~small], torch.tensor(3.0))
 
 
-@pytest.mark.parametrize("cls,expected_spread", [(GaussianActivation, 0.7 * 2.0), (LaplaceActivation, 0.7 * 2.0 * np.sqrt(2))])
+@pytest.mark.parametrize(
+    "cls,expected_spread", [(GaussianActivation, 0.7 * 2.0), (LaplaceActivation, 0.7 * 2.0 * np.sqrt(2))]
+)
 def test_activation_noise_has_the_configured_scale(cls, expected_spread):
     mech = cls(noise_multiplier=0.7, clip_norm=2.0, seed=0)
     h = torch.randn(8, 64, D)
@@ -142,7 +144,9 @@ def privtune_setup(minilm, tokenizer):
 
 
 def _privtune(split, tokenizer, data, **overrides):
-    mech = build_mechanism(MechanismConfig(name="privtune", **overrides), split, tokenizer, resolve_model("minilm"), seed=0)
+    mech = build_mechanism(
+        MechanismConfig(name="privtune", **overrides), split, tokenizer, resolve_model("minilm"), seed=0
+    )
     mech.fit(data)
     return mech
 
@@ -173,6 +177,7 @@ def test_privtune_offset_respects_the_radius(privtune_setup, tokenizer):
     assert norms.max() <= 1.5 + 1e-4 and norms[batch.attention_mask.bool()].mean() > 0.5
     assert (norms[~batch.attention_mask.bool()] == 0).all()
 
+
 def test_privtune_plane_reduction_equals_full_dimensional_pgd(privtune_setup, tokenizer):
     """Without a proxy head the PGD runs on 2-D coordinates in span{h_i, u_i}; it must match the d-dim loop."""
     split, data, batch = privtune_setup
@@ -192,7 +197,7 @@ def test_importance_scores_and_scaling(privtune_setup, tokenizer):
     split, data, batch = privtune_setup
     w = token_importance(data, 30522, tokenizer.all_special_ids)
     assert w.min() == 0 and w.max() == 1 and (w[tokenizer.all_special_ids] == 0).all()
-    the, = tokenizer.convert_tokens_to_ids(["the"])
+    (the,) = tokenizer.convert_tokens_to_ids(["the"])
     assert w[the] < np.quantile(w[w > 0], 0.5)  # frequent and label-neutral: unimportant
     mech = _privtune(split, tokenizer, data, pgd_steps=0, s_min=0.2)
     important, unimportant = int(np.argmax(w)), the

@@ -4,7 +4,6 @@ import dataclasses
 
 import pytest
 import torch
-
 from safetensors.torch import load as st_load
 
 from privtune_ray.message import Message, _metadata, tensor_from_bytes, tensor_to_bytes
@@ -26,16 +25,30 @@ def test_round_trip_is_exact_and_carries_no_token_ids():
     g = torch.Generator().manual_seed(0)
     mask = _mask(4, 9, [9, 9, 5, 9])
     hidden = torch.randn(4, 9, 384, generator=g)
-    msg = Message(hidden=hidden, attention_mask=mask, labels=torch.tensor([0, 1, 1, 0]), device_id=17, split_depth=2,
-                  meta={"mechanism": "none"})  # fmt: skip
+    msg = Message(
+        hidden=hidden,
+        attention_mask=mask,
+        labels=torch.tensor([0, 1, 1, 0]),
+        device_id=17,
+        split_depth=2,
+        meta={"mechanism": "none"},
+    )
     back = Message.from_bytes(msg.to_bytes())
     assert torch.equal(back.hidden[mask.bool()], hidden[mask.bool()])  # real rows exact
     assert not back.hidden[2, 5:].any() and not msg.hidden[2, 5:].any()  # padding rows carry nothing
     assert torch.equal(back.attention_mask, msg.attention_mask)
     assert torch.equal(back.labels, msg.labels)
     assert back.device_id == 17 and back.split_depth == 2 and back.meta == {"mechanism": "none"}
-    assert {f.name for f in dataclasses.fields(Message)} == {"hidden", "attention_mask", "labels", "device_id", "split_depth",
-                                                             "meta", "bits", "targets_uploaded"}  # fmt: skip
+    assert {f.name for f in dataclasses.fields(Message)} == {
+        "hidden",
+        "attention_mask",
+        "labels",
+        "device_id",
+        "split_depth",
+        "meta",
+        "bits",
+        "targets_uploaded",
+    }
     assert Message.from_bytes(dataclasses.replace(msg, split_depth=None).to_bytes()).split_depth is None
 
 

@@ -19,8 +19,12 @@ def test_transfer_time_is_latency_plus_bits_over_bandwidth():
 
 def _three_devices():
     # arrivals: a = 10 + 1 + 2 + 1 = 14, b = 10 + 0.5 + 1 + 0.5 = 12, c = 10 + 2 + 4 + 3 = 19; d drops out
-    return [DeviceTiming(0, 1.0, 2.0, 1.0, top_s=3.0), DeviceTiming(1, 0.5, 1.0, 0.5, top_s=4.0),
-            DeviceTiming(2, 2.0, 4.0, 3.0, top_s=1.0), DeviceTiming(3, 1.0, 0.0, 0.0, 0.0, dropped=True)]
+    return [
+        DeviceTiming(0, 1.0, 2.0, 1.0, top_s=3.0),
+        DeviceTiming(1, 0.5, 1.0, 0.5, top_s=4.0),
+        DeviceTiming(2, 2.0, 4.0, 3.0, top_s=1.0),
+        DeviceTiming(3, 1.0, 0.0, 0.0, 0.0, dropped=True),
+    ]
 
 
 def test_clock_one_replica_serves_first_come_first_served():
@@ -43,9 +47,13 @@ def test_clock_two_replicas_and_a_deadline():
     waited = simulate_round(10.0, _three_devices(), replicas=2, step_s=0.5, deadline_s=8.5)
     assert waited.events[2].status == "late" and waited.end_s == 19.0  # served by 17, but open until 18.5
     gone = [DeviceTiming(0, 1, 1, 1, 1, dropped=True)]
-    assert simulate_round(10.0, gone, replicas=1, step_s=0.5, deadline_s=3.0).end_s == 10.0  # drop-outs: noticed at once
+    assert (
+        simulate_round(10.0, gone, replicas=1, step_s=0.5, deadline_s=3.0).end_s == 10.0
+    )  # drop-outs: noticed at once
     lost = [DeviceTiming(0, 5, 1, 1, 1)]
-    assert simulate_round(10.0, lost, replicas=1, step_s=0.5, deadline_s=3.0).end_s == 13.0  # late: waited to the deadline
+    assert (
+        simulate_round(10.0, lost, replicas=1, step_s=0.5, deadline_s=3.0).end_s == 13.0
+    )  # late: waited to the deadline
 
 
 def _population(n_devices=5, n_samples=40, **sim):
@@ -63,7 +71,9 @@ def test_every_sample_is_sent_once_per_local_epoch_and_dropouts_send_nothing():
     for r in range(40):
         plan = pop.plan(r)
         again = pop.plan(r)  # planning is pure and seeded
-        assert [(d.device, d.dropped, d.up_jitter) for d in plan.devices] == [(d.device, d.dropped, d.up_jitter) for d in again.devices]
+        assert [(d.device, d.dropped, d.up_jitter) for d in plan.devices] == [
+            (d.device, d.dropped, d.up_jitter) for d in again.devices
+        ]
         assert all((a.task is None) == (b.task is None) for a, b in zip(plan.devices, again.devices))
         for d in plan.devices:
             dropped += d.dropped
@@ -110,15 +120,18 @@ def test_tiers_split_the_population_by_share_and_weights_scale_partitions():
         partition(np.zeros(10), 3, "iid", seed=0, weights=np.array([1.0, 1.0, 1000.0]))
 
 
-@pytest.mark.parametrize("override, key", [
-    ({"devices": 0}, "simulation.devices"),
-    ({"devicez": 3}, "simulation.devicez"),
-    ({"tiers": []}, "simulation.tiers"),
-    ({"tiers": [{"name": "x", "dropout": 1.5}]}, "simulation.tiers[0].dropout"),
-    ({"tiers": [{"name": "x", "memory_mb": -1}]}, "simulation.tiers[0].memory_mb"),
-    ({"backend": "spark"}, "simulation.backend"),
-    ({"top_replicas": 0}, "simulation.top_replicas"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ({"devices": 0}, "simulation.devices"),
+        ({"devicez": 3}, "simulation.devicez"),
+        ({"tiers": []}, "simulation.tiers"),
+        ({"tiers": [{"name": "x", "dropout": 1.5}]}, "simulation.tiers[0].dropout"),
+        ({"tiers": [{"name": "x", "memory_mb": -1}]}, "simulation.tiers[0].memory_mb"),
+        ({"backend": "spark"}, "simulation.backend"),
+        ({"top_replicas": 0}, "simulation.top_replicas"),
+    ],
+)
 def test_bad_simulation_config_names_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):
         config_from_dict({"simulation": override})

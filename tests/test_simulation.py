@@ -19,9 +19,18 @@ from privtune_ray.training.server import TopServer
 DEVICES = str(Path(__file__).parents[1] / "simulations" / "sst2_devices.yaml")
 # 20 devices in three tiers (the low-end phones' memory caps them at m = 1, the rest run m = 2), 4 rounds of
 # 4 devices × 16 samples; an evaluation and a checkpoint every 2 rounds.
-SMALL = ["data.max_train_samples=400", "data.max_eval_samples=64", "simulation.devices=20", "simulation.rounds=4",
-         "simulation.devices_per_round=4", "simulation.local_batch_size=16", "simulation.partition=iid",
-         "simulation.checkpoint_every=2", "simulation.eval_every=2", "train.progress=false"]  # fmt: skip
+SMALL = [
+    "data.max_train_samples=400",
+    "data.max_eval_samples=64",
+    "simulation.devices=20",
+    "simulation.rounds=4",
+    "simulation.devices_per_round=4",
+    "simulation.local_batch_size=16",
+    "simulation.partition=iid",
+    "simulation.checkpoint_every=2",
+    "simulation.eval_every=2",
+    "train.progress=false",
+]
 # Columns that do not depend on measured seconds.
 EXACT = ["round", "device", "tier", "depth", "status", "samples", "tokens", "bytes_up", "bytes_down", "releases"]
 
@@ -62,7 +71,9 @@ def test_simulation_writes_a_complete_run_directory(reference):
     assert (devices.drop(first.index)["bytes_down"] < 1000).all()
     # the simulated clock: arrival = round start + download + compute + upload, and rounds follow each other
     starts = rounds.set_index("round")["sim_start_s"]
-    arrival = starts[ok["round"]].to_numpy() + ok[["sim_download_s", "sim_compute_s", "sim_upload_s"]].sum(axis=1).to_numpy()
+    arrival = (
+        starts[ok["round"]].to_numpy() + ok[["sim_download_s", "sim_compute_s", "sim_upload_s"]].sum(axis=1).to_numpy()
+    )
     assert np.allclose(ok["sim_arrival_s"], arrival)
     assert np.allclose(rounds["sim_start_s"].iloc[1:], rounds["sim_end_s"].iloc[:-1])
     assert summary["sim_time_s"] == pytest.approx(rounds["sim_end_s"].iloc[-1])
@@ -73,7 +84,9 @@ def test_simulation_writes_a_complete_run_directory(reference):
 
 def test_same_seed_same_records(reference, tmp_path):
     again = run_simulation(small(), out=tmp_path / "again", log=quiet)
-    pd.testing.assert_frame_equal(pd.read_csv(again / "devices.csv")[EXACT], pd.read_csv(reference / "devices.csv")[EXACT])
+    pd.testing.assert_frame_equal(
+        pd.read_csv(again / "devices.csv")[EXACT], pd.read_csv(reference / "devices.csv")[EXACT]
+    )
     assert pd.read_csv(again / "rounds.csv")["loss"].tolist() == pd.read_csv(reference / "rounds.csv")["loss"].tolist()
 
 
@@ -95,7 +108,9 @@ def test_two_replicas_all_reduce_the_same_gradient_as_one(tmp_path, monkeypatch)
         one, (a, b) = steps[1][r], steps[2][2 * r : 2 * r + 2]
         assert [x is None for x in one] == [x is None for x in a] == [x is None for x in b]
         assert all(torch.equal(x, y) for x, y in zip(a, b) if x is not None)  # both replicas apply the same sum
-        assert all(torch.allclose(x, y, rtol=1e-4, atol=1e-6) for x, y in zip(one, a) if x is not None)  # = one's, to float noise
+        assert all(
+            torch.allclose(x, y, rtol=1e-4, atol=1e-6) for x, y in zip(one, a) if x is not None
+        )  # = one's, to float noise
     w1, w2 = (r.server.top.state_dict() for r in backend.replicas)
     assert all(torch.equal(w1[k], w2[k]) for k in w1)  # in sync after every step
 
@@ -112,8 +127,12 @@ def test_an_interrupted_simulation_resumes_to_the_same_result(reference, tmp_pat
     assert (out / "checkpoint.pt").is_file() and not (out / "summary.json").exists()
     assert pd.read_csv(out / "rounds.csv")["round"].tolist() == [0, 1, 2]
     assert main(["simulate", DEVICES, "--out", str(out), "--resume", *sum((["--set", s] for s in SMALL), [])]) == 0
-    pd.testing.assert_frame_equal(pd.read_csv(out / "devices.csv")[EXACT], pd.read_csv(reference / "devices.csv")[EXACT])
-    pd.testing.assert_frame_equal(pd.read_csv(out / "eval.csv"), pd.read_csv(reference / "eval.csv"))  # after 2 and 4 rounds
+    pd.testing.assert_frame_equal(
+        pd.read_csv(out / "devices.csv")[EXACT], pd.read_csv(reference / "devices.csv")[EXACT]
+    )
+    pd.testing.assert_frame_equal(
+        pd.read_csv(out / "eval.csv"), pd.read_csv(reference / "eval.csv")
+    )  # after 2 and 4 rounds
     resumed, full = (json.loads((p / "summary.json").read_text()) for p in (out, reference))
     assert resumed["dev_loss"] == pytest.approx(full["dev_loss"], abs=1e-6)
     assert resumed["train_samples"] == full["train_samples"] and resumed["bytes_up"] == full["bytes_up"]
@@ -121,7 +140,9 @@ def test_an_interrupted_simulation_resumes_to_the_same_result(reference, tmp_pat
 
 def test_deadline_drops_late_messages_and_mechanism_is_recorded(tmp_path):
     # phones upload ~0.5 MB at 5-20 Mbit/s after downloading ~60 MB: laptops (100 Mbit/s) make an 8 s deadline, phones do not
-    out = run_simulation(small("simulation.deadline_s=8.0", "mechanism.name=dchi", "mechanism.eta=100"), out=tmp_path / "d", log=quiet)
+    out = run_simulation(
+        small("simulation.deadline_s=8.0", "mechanism.name=dchi", "mechanism.eta=100"), out=tmp_path / "d", log=quiet
+    )
     devices = pd.read_csv(out / "devices.csv")
     rounds = pd.read_csv(out / "rounds.csv")
     late = devices[devices.status == "late"]
@@ -136,8 +157,17 @@ def test_deadline_drops_late_messages_and_mechanism_is_recorded(tmp_path):
 
 
 def test_attack_rounds_run_on_the_messages_devices_sent(tmp_path):
-    out = run_simulation(small("attack.enabled=true", "attack.names=[eia_knn_l2, aia_label]", "attack.aux_samples=100",
-                               "attack.victim_samples=32", "attack.every=2"), out=tmp_path / "a", log=quiet)  # fmt: skip
+    out = run_simulation(
+        small(
+            "attack.enabled=true",
+            "attack.names=[eia_knn_l2, aia_label]",
+            "attack.aux_samples=100",
+            "attack.victim_samples=32",
+            "attack.every=2",
+        ),
+        out=tmp_path / "a",
+        log=quiet,
+    )
     attacks = pd.read_csv(out / "attacks.csv")
     assert sorted(attacks["step"].unique()) == [2, 4]  # every 2 rounds and at the end
     asr = attacks[(attacks.attack == "eia_knn_l2") & (attacks.metric == "asr_top1")]["value"]
@@ -151,7 +181,9 @@ def test_attack_rounds_run_on_the_messages_devices_sent(tmp_path):
 def test_bad_input_fails_before_the_run_directory_is_written(tmp_path):
     out = tmp_path / "never"
     with pytest.raises(ConfigError, match="memory_mb"):
-        run_simulation(load_config(DEVICES, SMALL + ["simulation.tiers=[{name: tiny, memory_mb: 10}]"]), out=out, log=quiet)
+        run_simulation(
+            load_config(DEVICES, SMALL + ["simulation.tiers=[{name: tiny, memory_mb: 10}]"]), out=out, log=quiet
+        )
     with pytest.raises(ModelError, match="split_depth"):
         run_simulation(small("model.split_depth=9"), out=out, log=quiet)
     with pytest.raises(ConfigError, match="simulation.devices"):
@@ -159,15 +191,20 @@ def test_bad_input_fails_before_the_run_directory_is_written(tmp_path):
     with pytest.raises(DataError, match="cannot fill"):
         run_simulation(small("simulation.devices=1000"), out=out, log=quiet)  # 400 samples, 1,000 devices
     assert not out.exists()
-    assert main(["simulate", DEVICES, "--set", "simulation.tiers=[{name: tiny, memory_mb: 10}]", "--out", str(out)]) == 2
+    assert (
+        main(["simulate", DEVICES, "--set", "simulation.tiers=[{name: tiny, memory_mb: 10}]", "--out", str(out)]) == 2
+    )
 
 
 def test_progress_off_a_terminal_is_one_plain_line_per_round(tmp_path, monkeypatch):
     """Logged to a file or a pipe, `simulate` prints one plain line per round (no bar, no escape codes)."""
     monkeypatch.setattr("privtune_ray.progress.on_terminal", lambda: False)
     lines = []
-    run_simulation(small("train.progress=true", "simulation.rounds=2", "simulation.eval_every=null"), out=tmp_path / "run",
-                   log=lines.append)  # fmt: skip
+    run_simulation(
+        small("train.progress=true", "simulation.rounds=2", "simulation.eval_every=null"),
+        out=tmp_path / "run",
+        log=lines.append,
+    )
     rounds = [line for line in lines if ": loss " in line]
     assert [line.split(":")[1].strip() for line in rounds] == ["round 1/2", "round 2/2"], lines
     assert all("devices ok, simulated" in line and "MiB up" in line for line in rounds)

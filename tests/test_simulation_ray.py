@@ -6,11 +6,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from test_simulation import EXACT, quiet, small
 
 from privtune_ray.errors import ConfigError
 from privtune_ray.simulation import run_simulation
 from privtune_ray.simulation.backends import check_resources, connect_ray
-from test_simulation import EXACT, quiet, small
 
 RAY = ["simulation.backend=ray", "simulation.worker_cpus=1", "simulation.replica_cpus=1"]
 
@@ -57,9 +57,12 @@ def test_killed_worker_and_replica_lose_no_sample(ray_session, inprocess, tmp_pa
         ray_session.kill(coordinator.backend.workers[0])
         killed.append(f"worker at evaluation {done}")
 
-    out = run_simulation(small(*RAY), out=tmp_path / "faults", log=quiet,
-                         hooks={"devices_started": kill_worker, "training": kill_replica,
-                                "evaluating": kill_worker_at_evaluation})  # fmt: skip
+    out = run_simulation(
+        small(*RAY),
+        out=tmp_path / "faults",
+        log=quiet,
+        hooks={"devices_started": kill_worker, "training": kill_replica, "evaluating": kill_worker_at_evaluation},
+    )
     assert killed == ["worker", "worker at evaluation 2", "replica", "worker at evaluation 4"]
     faults = pd.read_csv(out / "faults.csv")
     assert {"device_worker", "device_task", "top_replica"} <= set(faults["component"])
@@ -75,7 +78,9 @@ def test_killed_worker_and_replica_lose_no_sample(ray_session, inprocess, tmp_pa
     assert json.loads((out / "summary.json").read_text())["rollbacks"] == 1
     ray_eval, reference = pd.read_csv(out / "eval.csv"), pd.read_csv(inprocess / "eval.csv")
     assert ray_eval["rounds_done"].tolist() == reference["rounds_done"].tolist() == [2, 2, 4, 4]  # one row per depth
-    assert np.allclose(ray_eval["accuracy"], reference["accuracy"]) and np.allclose(ray_eval["loss"], reference["loss"], atol=1e-3)
+    assert np.allclose(ray_eval["accuracy"], reference["accuracy"]) and np.allclose(
+        ray_eval["loss"], reference["loss"], atol=1e-3
+    )
 
 
 def test_pool_larger_than_the_cluster_is_refused_before_work(ray_session, tmp_path):
@@ -119,8 +124,9 @@ def test_guarded_online_on_ray_survives_a_killed_worker(ray_session, tmp_path):
     out = run_simulation(ray_cfg, out=tmp_path / "ray", log=quiet, hooks={"training": kill_worker})
     assert killed == [1] and "device_worker" in set(pd.read_csv(out / "faults.csv")["component"])
     columns = ["round", "device", "status", "samples", "bytes_up", "bytes_down", "bytes_act_up", "bytes_grad_down"]
-    pd.testing.assert_frame_equal(pd.read_csv(out / "devices.csv")[columns], pd.read_csv(inproc / "devices.csv")[columns])
+    pd.testing.assert_frame_equal(
+        pd.read_csv(out / "devices.csv")[columns], pd.read_csv(inproc / "devices.csv")[columns]
+    )
     assert np.allclose(pd.read_csv(out / "rounds.csv")["loss"], pd.read_csv(inproc / "rounds.csv")["loss"], atol=1e-3)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["backend"]["backend"] == "ray" and summary["design"] == "online"
-

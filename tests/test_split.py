@@ -22,17 +22,49 @@ from privtune_ray.models import TopModel, depth_of, load_split_model, load_task_
 TOL = 1e-5
 
 TINY = {
-    "roberta": lambda: RobertaConfig(vocab_size=120, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
-                                     intermediate_size=64, max_position_embeddings=64, pad_token_id=1),
-    "distilbert": lambda: DistilBertConfig(vocab_size=120, dim=32, n_layers=3, n_heads=4, hidden_dim=64,
-                                           max_position_embeddings=64, pad_token_id=0),
-    "gpt2": lambda: GPT2Config(vocab_size=120, n_embd=32, n_layer=3, n_head=4, n_positions=64, pad_token_id=119,
-                               bos_token_id=118, eos_token_id=118),
-    "opt": lambda: OPTConfig(vocab_size=120, hidden_size=32, num_hidden_layers=3, ffn_dim=64, num_attention_heads=4,
-                             max_position_embeddings=64, word_embed_proj_dim=16, pad_token_id=1),
-    "llama": lambda: LlamaConfig(vocab_size=120, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
-                                 num_key_value_heads=2, intermediate_size=64, max_position_embeddings=64, pad_token_id=0),
-}  # fmt: skip
+    "roberta": lambda: RobertaConfig(
+        vocab_size=120,
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        pad_token_id=1,
+    ),
+    "distilbert": lambda: DistilBertConfig(
+        vocab_size=120, dim=32, n_layers=3, n_heads=4, hidden_dim=64, max_position_embeddings=64, pad_token_id=0
+    ),
+    "gpt2": lambda: GPT2Config(
+        vocab_size=120,
+        n_embd=32,
+        n_layer=3,
+        n_head=4,
+        n_positions=64,
+        pad_token_id=119,
+        bos_token_id=118,
+        eos_token_id=118,
+    ),
+    "opt": lambda: OPTConfig(
+        vocab_size=120,
+        hidden_size=32,
+        num_hidden_layers=3,
+        ffn_dim=64,
+        num_attention_heads=4,
+        max_position_embeddings=64,
+        word_embed_proj_dim=16,
+        pad_token_id=1,
+    ),
+    "llama": lambda: LlamaConfig(
+        vocab_size=120,
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        pad_token_id=0,
+    ),
+}
 DECODERS = {"gpt2", "opt", "llama"}
 
 
@@ -141,8 +173,14 @@ def test_split_depth_outside_model_is_one_clear_error(minilm, m):
 
 
 def test_unsupported_architecture_is_named():
-    config = ElectraConfig(vocab_size=50, embedding_size=16, hidden_size=16, num_hidden_layers=2,
-                           num_attention_heads=2, intermediate_size=32)  # fmt: skip
+    config = ElectraConfig(
+        vocab_size=50,
+        embedding_size=16,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+    )
     with pytest.raises(ModelError, match="unsupported architecture 'electra'.*bert"):
         split_model(AutoModelForSequenceClassification.from_config(config), 1)
 

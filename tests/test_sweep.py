@@ -21,12 +21,21 @@ def quiet(*_):
 
 
 def test_points_cross_the_grid_with_each_arm():
-    spec = parse_sweep({"grid": {"model.split_depth": [1, 2]},
-                        "arms": [{"mechanism.name": "none"},
-                                 {"mechanism.name": "privtune", "mechanism.eta": [5, 10.0]}]})  # fmt: skip
+    spec = parse_sweep(
+        {
+            "grid": {"model.split_depth": [1, 2]},
+            "arms": [{"mechanism.name": "none"}, {"mechanism.name": "privtune", "mechanism.eta": [5, 10.0]}],
+        }
+    )
     points = expand(spec)
-    assert [p.slug for p in points] == ["none-m1", "none-m2", "privtune-eta5-m1", "privtune-eta5-m2",
-                                        "privtune-eta10-m1", "privtune-eta10-m2"]  # fmt: skip
+    assert [p.slug for p in points] == [
+        "none-m1",
+        "none-m2",
+        "privtune-eta5-m1",
+        "privtune-eta5-m2",
+        "privtune-eta10-m1",
+        "privtune-eta10-m2",
+    ]
     assert points[3].overrides == {"mechanism.name": "privtune", "mechanism.eta": 5, "model.split_depth": 2}
     assert points[3].override_args() == ["mechanism.name=privtune", "mechanism.eta=5", "model.split_depth=2"]
 
@@ -40,8 +49,10 @@ def test_default_sweep_covers_every_mechanism_and_design_at_every_depth():
     assert "ewtune-eps3-cal-pld-m2" in {p.slug for p in points}  # σ calibrated for the PLD bound
 
 
-@pytest.mark.parametrize("design,mechanism,label", [("split", "privtune", "privtune"), ("ewtune", "none", "ewtune"),
-                                                    ("ewtune", "dchi", "ewtune+dchi")])  # fmt: skip
+@pytest.mark.parametrize(
+    "design,mechanism,label",
+    [("split", "privtune", "privtune"), ("ewtune", "none", "ewtune"), ("ewtune", "dchi", "ewtune+dchi")],
+)
 def test_rows_name_the_design_beside_the_mechanism(design, mechanism, label):
     assert row_from_summary({"design": design, "mechanism": mechanism, "dev_accuracy": 0.8})["mechanism"] == label
 
@@ -52,14 +63,17 @@ def test_grid_argument_replaces_the_key_everywhere():
     assert spec.arms[1] == {"mechanism.name": ["privtune"]}
 
 
-@pytest.mark.parametrize("section,match", [
-    ({"runnr": "train"}, r"unknown config key 'sweep.runnr'"),
-    ({"runner": "fit"}, r"'sweep.runner'.*train, simulate, attack"),
-    ({"arms": [{"mechanism.eta": []}]}, r"'sweep.arms\[0\].mechanism.eta'.*at least one value"),
-    ({"arms": {"mechanism.name": "none"}}, r"'sweep.arms' must be a list"),
-    ({"local_workers": 0}, r"'sweep.local_workers'"),
-    ({"cpus_per_point": "two"}, r"'sweep.cpus_per_point' must be a number"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "section,match",
+    [
+        ({"runnr": "train"}, r"unknown config key 'sweep.runnr'"),
+        ({"runner": "fit"}, r"'sweep.runner'.*train, simulate, attack"),
+        ({"arms": [{"mechanism.eta": []}]}, r"'sweep.arms\[0\].mechanism.eta'.*at least one value"),
+        ({"arms": {"mechanism.name": "none"}}, r"'sweep.arms' must be a list"),
+        ({"local_workers": 0}, r"'sweep.local_workers'"),
+        ({"cpus_per_point": "two"}, r"'sweep.cpus_per_point' must be a number"),
+    ],
+)
 def test_bad_sweep_sections_name_the_key(section, match):
     with pytest.raises(ConfigError, match=match):
         parse_sweep(section)
@@ -116,7 +130,9 @@ def test_ray_sweep_collects_one_row_per_point(ray_sweep):
 
 
 def test_rerunning_a_sweep_resumes_and_a_grown_grid_adds_points(ray_sweep):
-    summaries = {p: (ray_sweep / "points" / p / "summary.json").stat().st_mtime_ns for p in ("none-m2", "privtune-eta5-m2")}
+    summaries = {
+        p: (ray_sweep / "points" / p / "summary.json").stat().st_mtime_ns for p in ("none-m2", "privtune-eta5-m2")
+    }
     before = pd.read_csv(ray_sweep / "sweep.csv")
     base, spec, points = load_sweep(CI_HEADLINE)
     run_sweep(base, spec, points, ray_sweep, log=quiet)  # local executor: reads the finished points back
@@ -167,19 +183,32 @@ def test_each_dataset_ci_variant_runs(name, tmp_path):
 def test_simulate_and_attack_runners_fill_the_table(runner, tmp_path):
     """A `simulate` point runs its devices in-process inside the point; an `attack` point attacks without training."""
     config = tmp_path / "sweep.yaml"
-    config.write_text(yaml.safe_dump({
-        "extends": str(SIMULATIONS / "ci" / "sst2_headline.yaml"),
-        "simulation": {"devices": 12, "rounds": 2, "devices_per_round": 3, "local_batch_size": 8,
-                       "tiers": [{"name": "phone", "memory_mb": 4096}]},
-        "sweep": {"runner": runner, "arms": [{"mechanism.name": "dchi", "mechanism.eta": 5.0}]},
-    }))  # fmt: skip
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "extends": str(SIMULATIONS / "ci" / "sst2_headline.yaml"),
+                "simulation": {
+                    "devices": 12,
+                    "rounds": 2,
+                    "devices_per_round": 3,
+                    "local_batch_size": 8,
+                    "tiers": [{"name": "phone", "memory_mb": 4096}],
+                },
+                "sweep": {"runner": runner, "arms": [{"mechanism.name": "dchi", "mechanism.eta": 5.0}]},
+            }
+        )
+    )
     base, spec, points = load_sweep(config)
     row = pd.read_csv(run_sweep(base, spec, points, tmp_path / "out", log=quiet) / "sweep.csv").iloc[0]
     assert row["status"] == "done", row["error"]
     assert row["point"] == "dchi-eta5-m2" and 0 <= row["max_eia_asr_top1"] <= 1
     summary = json.loads((tmp_path / "out" / "points" / "dchi-eta5-m2" / "summary.json").read_text())
     if runner == "simulate":
-        assert row["rounds"] == summary["rounds"] == 2 and row["sim_time_s"] > 0 and row["utility"] == summary["dev_accuracy"]
+        assert (
+            row["rounds"] == summary["rounds"] == 2
+            and row["sim_time_s"] > 0
+            and row["utility"] == summary["dev_accuracy"]
+        )
     else:
         assert summary["victims"] == 16 and pd.isna(row["utility"])
 
@@ -194,10 +223,18 @@ def test_designs_sweep_puts_every_design_in_the_table_and_the_report(tmp_path):
     table = pd.read_csv(out / "sweep.csv").set_index("mechanism")
     assert (table["status"] == "done").all(), table["error"].tolist()
     assert set(table.index) == {"none", "ewtune", "online", "gradfree", "offline"}
-    assert table.loc["online", "bytes_per_sample:grad_up"] > 0 and table.loc["gradfree", "bytes_per_sample:grad_up"] == 0
+    assert (
+        table.loc["online", "bytes_per_sample:grad_up"] > 0 and table.loc["gradfree", "bytes_per_sample:grad_up"] == 0
+    )
     assert table.loc["offline", "bytes_per_sample:act_up"] == 0 and pd.isna(table.loc["offline", "max_eia_asr_top1"])
-    assert table.loc["none", "bytes_per_sample:act_up"] > 4 * table.loc["online", "bytes_per_sample:act_up"] * 0.9  # 8-bit
+    assert (
+        table.loc["none", "bytes_per_sample:act_up"] > 4 * table.loc["online", "bytes_per_sample:act_up"] * 0.9
+    )  # 8-bit
     assert 0 < table.loc["ewtune", "dp_epsilon_edgeworth"] <= 8.0 + 1e-6 and table.loc["ewtune", "dp_epsilon_pld"] > 0
     assert table.loc["online", "gm_label:advantage"] > 0
     report = write_report(out).read_text()
-    assert "### Traffic per channel" in report and "| online |" in report and (out / "report" / "channels-designs.png").is_file()
+    assert (
+        "### Traffic per channel" in report
+        and "| online |" in report
+        and (out / "report" / "channels-designs.png").is_file()
+    )

@@ -24,7 +24,17 @@ def _cfg(*extra):
 def test_cli_train_writes_a_complete_run_directory(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("privtune_ray.progress.on_terminal", lambda: False)
     out = tmp_path / "run"
-    code = main(["train", BASELINE, "--out", str(out), *sum((["--set", s] for s in SMALL + ["train.max_steps=4", "train.eval_every=2", "train.progress=true"]), [])])
+    code = main(
+        [
+            "train",
+            BASELINE,
+            "--out",
+            str(out),
+            *sum(
+                (["--set", s] for s in SMALL + ["train.max_steps=4", "train.eval_every=2", "train.progress=true"]), []
+            ),
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert str(out) in printed and "dev accuracy" in printed
@@ -93,7 +103,9 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch, corru
         latest = tmp_path / "cut" / "checkpoint.pt"
         latest.write_bytes(latest.read_bytes()[: latest.stat().st_size // 2])
 
-    resumed = json.loads((run_training(cfg, out=tmp_path / "cut", resume=True, log=lambda *_: None) / "summary.json").read_text())
+    resumed = json.loads(
+        (run_training(cfg, out=tmp_path / "cut", resume=True, log=lambda *_: None) / "summary.json").read_text()
+    )
     assert resumed["steps"] == 8 and resumed["train_samples"] == full["train_samples"]
     assert resumed["bytes_up"] == full["bytes_up"]
     assert resumed["dev_loss"] == pytest.approx(full["dev_loss"], abs=1e-5)
@@ -129,7 +141,11 @@ def test_run_directory_guards(tmp_path):
 def test_lora_trains_adapters_and_head_only(tmp_path):
     cfg = _cfg("train.max_steps=3", "train.lora.enabled=true", "train.lora.r=4")
     summary = json.loads((run_training(cfg, out=tmp_path / "run", log=lambda *_: None) / "summary.json").read_text())
-    full = json.loads((run_training(_cfg("train.max_steps=1"), out=tmp_path / "full", log=lambda *_: None) / "summary.json").read_text())
+    full = json.loads(
+        (
+            run_training(_cfg("train.max_steps=1"), out=tmp_path / "full", log=lambda *_: None) / "summary.json"
+        ).read_text()
+    )
     assert summary["lora"] and summary["trainable_params"] < full["trainable_params"] / 10
 
 
@@ -168,8 +184,17 @@ def test_bad_input_is_one_clear_error_and_writes_nothing(tmp_path, capsys, overr
 @pytest.mark.parametrize("mechanism", ["none", "dchi", "gaussian", "laplace", "privtune"])
 def test_every_mechanism_trains_end_to_end_from_the_cli(tmp_path, capsys, mechanism):
     out = tmp_path / mechanism
-    code = main(["train", BASELINE, "--out", str(out), "--set", f"mechanism.name={mechanism}",
-                 *sum((["--set", s] for s in SMALL + ["train.max_steps=3"]), [])])  # fmt: skip
+    code = main(
+        [
+            "train",
+            BASELINE,
+            "--out",
+            str(out),
+            "--set",
+            f"mechanism.name={mechanism}",
+            *sum((["--set", s] for s in SMALL + ["train.max_steps=3"]), []),
+        ]
+    )
     assert code == 0
     assert f"mechanism {mechanism}" in capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())
@@ -186,17 +211,42 @@ def test_noise_changes_the_upload_but_the_seed_fixes_it(tmp_path):
     runs = {}
     for name, extra in (("a", []), ("b", []), ("c", ["seed=1"])):
         cfg = _cfg("train.max_steps=2", "mechanism.name=dchi", *extra)
-        runs[name] = json.loads((run_training(cfg, out=tmp_path / name, log=lambda *_: None) / "summary.json").read_text())
+        runs[name] = json.loads(
+            (run_training(cfg, out=tmp_path / name, log=lambda *_: None) / "summary.json").read_text()
+        )
     assert runs["a"]["dev_loss"] == runs["b"]["dev_loss"]
     assert runs["a"]["dev_loss"] != runs["c"]["dev_loss"]
 
 
 def test_account_cli_prints_edgeworth_beside_pld(capsys):
-    assert main(["account", BASELINE, "--set", "mechanism.name=gaussian", "--set", "mechanism.noise_multiplier=20",
-                 "--sample-rate", "0.01", "--noise-multiplier", "1.0", "--steps", "1000"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "account",
+                BASELINE,
+                "--set",
+                "mechanism.name=gaussian",
+                "--set",
+                "mechanism.noise_multiplier=20",
+                "--sample-rate",
+                "0.01",
+                "--noise-multiplier",
+                "1.0",
+                "--steps",
+                "1000",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "epsilon (PLD) = " in out and "(eps,delta)-dp" in out
-    for name in ("Edgeworth order 1", "Edgeworth order 2", "PLD (dp-accounting)", "RDP (dp-accounting)", "PRV (Opacus)"):
+    for name in (
+        "Edgeworth order 1",
+        "Edgeworth order 2",
+        "PLD (dp-accounting)",
+        "RDP (dp-accounting)",
+        "PRV (Opacus)",
+    ):
         assert name in out
     assert main(["account", "--sample-rate", "0.01", "--steps", "10", "--noise-multiplier", "0"]) == 2
     assert "sigma must be > 0" in capsys.readouterr().err

@@ -42,7 +42,14 @@ from scipy.optimize import brentq
 from scipy.special import ndtr
 
 from ..errors import PrivtuneError
-from .validation import SigmaOutOfRange, check_delta, check_epsilon, check_noise_multiplier, check_sample_rate, check_steps
+from .validation import (
+    SigmaOutOfRange,
+    check_delta,
+    check_epsilon,
+    check_noise_multiplier,
+    check_sample_rate,
+    check_steps,
+)
 
 _NODES, _WEIGHTS = np.polynomial.hermite_e.hermegauss(160)
 _WEIGHTS = _WEIGHTS / _WEIGHTS.sum()  # E_{N(0,1)}[f] ≈ Σ w_i f(x_i)
@@ -57,10 +64,10 @@ class Cumulants:
     k3: float
     k4: float
 
-    def __add__(self, other: "Cumulants") -> "Cumulants":
+    def __add__(self, other: Cumulants) -> Cumulants:
         return Cumulants(self.k1 + other.k1, self.k2 + other.k2, self.k3 + other.k3, self.k4 + other.k4)
 
-    def __mul__(self, steps: int) -> "Cumulants":
+    def __mul__(self, steps: int) -> Cumulants:
         return Cumulants(self.k1 * steps, self.k2 * steps, self.k3 * steps, self.k4 * steps)
 
 
@@ -123,7 +130,7 @@ def _epsilon(delta: float, history: list[tuple[float, float, int]], order: int, 
     x, y = composed_cumulants(history)
     if x.k2 <= 0:  # no steps
         return 0.0
-    f = lambda e: float(_delta(e, x, y, order)) - delta  # noqa: E731
+    f = lambda e: float(_delta(e, x, y, order)) - delta
     if f(0.0) <= 0:
         if all(q == 1.0 for _, q, _ in history):  # ℓ is Gaussian: the expansion is exact, and so is ε = 0
             return 0.0
@@ -196,12 +203,18 @@ def calibrate_sigma(
     if np.isinf(eps[-1]):
         raise SigmaOutOfRange(
             f"the Edgeworth expansion breaks down at sigma = {hi:g}, the largest noise multiplier searched (q·T = "
-            f"{q * steps:.3g} expected releases per sample; {where}): calibrate with the PLD accountant", "breakdown", hi)
+            f"{q * steps:.3g} expected releases per sample; {where}): calibrate with the PLD accountant",
+            "breakdown",
+            hi,
+        )
     if eps[-1] > target_epsilon:
         raise SigmaOutOfRange(
             f"target epsilon {target_epsilon:g} is unreachable with a noise multiplier up to {hi:g} (Edgeworth epsilon "
-            f"{eps[-1]:.4g} there; {where}): raise the target epsilon, lower the sample rate or the steps", "unreachable",
-            hi, float(eps[-1]))  # fmt: skip
+            f"{eps[-1]:.4g} there; {where}): raise the target epsilon, lower the sample rate or the steps",
+            "unreachable",
+            hi,
+            float(eps[-1]),
+        )
     broken = np.flatnonzero(np.isinf(eps))
     if broken.size:  # bisect for the smallest σ above the last breakdown, and search above it
         a, b = logs[broken[-1]], logs[broken[-1] + 1]
@@ -213,12 +226,19 @@ def calibrate_sigma(
             raise SigmaOutOfRange(
                 f"the Edgeworth expansion breaks down below sigma = {np.exp(b):.4g} (q·T = {q * steps:.3g} expected "
                 f"releases per sample), where its epsilon {eps[0]:.4g} is still below the target {target_epsilon:g} "
-                f"({where}): calibrate with the PLD accountant", "breakdown", float(np.exp(b)), float(eps[0]))  # fmt: skip
+                f"({where}): calibrate with the PLD accountant",
+                "breakdown",
+                float(np.exp(b)),
+                float(eps[0]),
+            )
     elif eps[0] <= target_epsilon:
         raise SigmaOutOfRange(
             f"target epsilon {target_epsilon:g} is met already at sigma = {lo:g}, the smallest noise multiplier searched "
             f"(Edgeworth epsilon {eps[0]:.4g}; {where}): lower the target epsilon, or calibrate with the PLD accountant",
-            "met_at_lo", lo, float(eps[0]))  # fmt: skip
+            "met_at_lo",
+            lo,
+            float(eps[0]),
+        )
     j = int(np.argmax(eps <= target_epsilon))  # the first σ that meets the target (j ≥ 1)
     return float(np.exp(brentq(lambda x: epsilon(x) - target_epsilon, logs[j - 1], logs[j], xtol=1e-6)))
 
@@ -251,5 +271,3 @@ class EdgeworthAccountant(IAccountant):
     @classmethod
     def mechanism(cls) -> str:
         return "edgeworth"
-
-

@@ -15,7 +15,14 @@ import logging
 import dp_accounting
 from dp_accounting import pld, rdp
 
-from .validation import SigmaOutOfRange, check_delta, check_epsilon, check_noise_multiplier, check_sample_rate, check_steps
+from .validation import (
+    SigmaOutOfRange,
+    check_delta,
+    check_epsilon,
+    check_noise_multiplier,
+    check_sample_rate,
+    check_steps,
+)
 
 PLD_INTERVAL = 1e-3  # dp-accounting's privacy-loss grid (nats): a pessimistic discretisation, so ε is an upper bound
 
@@ -36,8 +43,9 @@ def _accountant(kind: str, interval: float = PLD_INTERVAL) -> dp_accounting.Priv
     raise ValueError(f"accountant must be 'pld' or 'rdp', got {kind!r}")
 
 
-def epsilon_of_event(event: dp_accounting.DpEvent, delta: float, accountant: str = "pld",
-                     interval: float = PLD_INTERVAL) -> float:  # fmt: skip
+def epsilon_of_event(
+    event: dp_accounting.DpEvent, delta: float, accountant: str = "pld", interval: float = PLD_INTERVAL
+) -> float:
     """ε(δ) of any dp-accounting event with the PLD (default; grid ``interval`` nats) or RDP accountant."""
     check_delta(delta)
     acc = _accountant(accountant, interval)
@@ -69,8 +77,9 @@ def prv_epsilon(delta: float, q: float, sigma: float, steps: int) -> float:
     return float(acc.get_epsilon(delta))
 
 
-def calibrate_sigma_pld(target_epsilon: float, delta: float, q: float, steps: int,
-                        sigma_range: tuple[float, float] = (0.3, 100.0)) -> float:
+def calibrate_sigma_pld(
+    target_epsilon: float, delta: float, q: float, steps: int, sigma_range: tuple[float, float] = (0.3, 100.0)
+) -> float:
     """The smallest noise multiplier σ in ``sigma_range`` (to 1e-6) whose PLD ε(δ) (nats, :func:`pld_epsilon`) is at
     most ``target_epsilon``: dp-accounting's ``calibrate_dp_mechanism`` (Brent's method in σ, then a check that the
     returned σ meets the target). Raises :class:`SigmaOutOfRange` (a ConfigError), ``unreachable`` when ε(hi) >
@@ -82,12 +91,26 @@ def calibrate_sigma_pld(target_epsilon: float, delta: float, q: float, steps: in
     if top > target_epsilon:
         raise SigmaOutOfRange(
             f"target epsilon {target_epsilon:g} is unreachable with a noise multiplier up to {hi:g} (PLD epsilon {top:.4g} "
-            f"there; {where}): raise the target epsilon, lower the sample rate or the steps", "unreachable", hi, top)
+            f"there; {where}): raise the target epsilon, lower the sample rate or the steps",
+            "unreachable",
+            hi,
+            top,
+        )
     bottom = pld_epsilon(delta, q, lo, steps)
     if bottom <= target_epsilon:
         raise SigmaOutOfRange(
             f"target epsilon {target_epsilon:g} is met already at sigma = {lo:g}, the smallest noise multiplier searched "
-            f"(PLD epsilon {bottom:.4g}; {where}): lower the target epsilon", "met_at_lo", lo, bottom)
-    return float(dp_accounting.calibrate_dp_mechanism(
-        lambda: _accountant("pld"), lambda sigma: subsampled_gaussian_event(q, sigma, steps), target_epsilon, delta,
-        dp_accounting.ExplicitBracketInterval(lo, hi)))  # fmt: skip
+            f"(PLD epsilon {bottom:.4g}; {where}): lower the target epsilon",
+            "met_at_lo",
+            lo,
+            bottom,
+        )
+    return float(
+        dp_accounting.calibrate_dp_mechanism(
+            lambda: _accountant("pld"),
+            lambda sigma: subsampled_gaussian_event(q, sigma, steps),
+            target_epsilon,
+            delta,
+            dp_accounting.ExplicitBracketInterval(lo, hi),
+        )
+    )

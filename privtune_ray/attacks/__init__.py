@@ -6,7 +6,7 @@ probe per private attribute.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from .attribute_probe import AttributeProbe
 from .base import Attack, AttackContext, AttributeAttack, InversionAttack

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,6 +50,7 @@ class Attack(ABC):
 
     def fit(self, aux: Observations) -> None:
         """Learn from the auxiliary observations (no-op for attacks without training)."""
+        return None
 
     @abstractmethod
     def run(self, victims: Observations) -> dict[str, float]:
@@ -67,11 +69,15 @@ class InversionAttack(Attack):
         """Top-k token guesses [N, L, k], best first, from h̃ [N, L, d] and the mask alone."""
 
     def run(self, victims: Observations, batch_size: int = 64) -> dict[str, float]:
-        guesses = torch.cat([
-            self.predict(victims.hidden[i : i + batch_size], victims.attention_mask[i : i + batch_size])
-            for i in range(0, len(victims), batch_size)
-        ])  # fmt: skip
-        return score_inversion(guesses, victims.input_ids, victims.attention_mask, self.ctx.special_ids, self.ctx.tokenizer)
+        guesses = torch.cat(
+            [
+                self.predict(victims.hidden[i : i + batch_size], victims.attention_mask[i : i + batch_size])
+                for i in range(0, len(victims), batch_size)
+            ]
+        )
+        return score_inversion(
+            guesses, victims.input_ids, victims.attention_mask, self.ctx.special_ids, self.ctx.tokenizer
+        )
 
 
 class AttributeAttack(Attack):
@@ -84,8 +90,16 @@ def timed(fn: Callable, *args) -> tuple[Any, float]:
     return out, time.perf_counter() - start
 
 
-def fit_minibatch(module: torch.nn.Module, n: int, loss_of: Callable[[np.ndarray], torch.Tensor], epochs: int,
-                  batch_size: int, lr: float, seed: int, weight_decay: float = 0.0) -> list[float]:  # fmt: skip
+def fit_minibatch(
+    module: torch.nn.Module,
+    n: int,
+    loss_of: Callable[[np.ndarray], torch.Tensor],
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    weight_decay: float = 0.0,
+) -> list[float]:
     """AdamW on ``loss_of(indices)`` over shuffled minibatches of ``range(n)`` for ``epochs`` epochs.
 
     The training loop every learned attack shares; returns the mean loss of each epoch.

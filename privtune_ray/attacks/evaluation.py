@@ -33,8 +33,14 @@ def run_attack_evaluation(cfg: Config, out: str | os.PathLike | None = None, log
     split = load_split_model(cfg.model.name, cfg.model.split_depth, num_labels=max(spec.num_labels, 2))
     tokenizer = load_tokenizer(cfg.model.name)
     model_id = resolve_model(cfg.model.name)
-    victims_raw = load_split(cfg.data.dataset, cfg.data.eval_split, cfg.data.data_dir, hub_fallback=cfg.data.hub_fallback,
-                             max_samples=cfg.attack.victim_samples, seed=cfg.seed)  # fmt: skip
+    victims_raw = load_split(
+        cfg.data.dataset,
+        cfg.data.eval_split,
+        cfg.data.data_dir,
+        hub_fallback=cfg.data.hub_fallback,
+        max_samples=cfg.attack.victim_samples,
+        seed=cfg.seed,
+    )
     victims = tokenize_split(victims_raw, tokenizer, cfg.model.max_length, attributes=spec.attributes)
     aux = load_aux(cfg, tokenizer, cfg.data.dataset, cfg.data.eval_split)
     torch.set_num_threads(cfg.train.threads or os.cpu_count() or 1)
@@ -50,16 +56,28 @@ def run_attack_evaluation(cfg: Config, out: str | os.PathLike | None = None, log
     for row in long_rows(rows, step=0):
         run.append("attacks", row)
     summary = {
-        "name": cfg.name, "dataset": cfg.data.dataset, "victims_split": cfg.data.eval_split, "victims": len(victims),
-        "model": cfg.model.name, "split_depth": cfg.model.split_depth, "mechanism": mechanism.name,
+        "name": cfg.name,
+        "dataset": cfg.data.dataset,
+        "victims_split": cfg.data.eval_split,
+        "victims": len(victims),
+        "model": cfg.model.name,
+        "split_depth": cfg.model.split_depth,
+        "mechanism": mechanism.name,
         "privacy": mechanism.guarantee(releases=1, max_length=cfg.model.max_length).to_dict(),
         "attacks": {r["attack"]: {k: v for k, v in r.items() if k != "attack"} for r in rows},
-        **headline(rows), "attack_setup": suite.describe(), "wall_s": time.perf_counter() - start,
-        "run_dir": str(run.path), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }  # fmt: skip
+        **headline(rows),
+        "attack_setup": suite.describe(),
+        "wall_s": time.perf_counter() - start,
+        "run_dir": str(run.path),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
     run.write_summary(summary)
     for r in rows:
-        main = f"ASR top-1 {r['asr_top1']:.3f}" if r["kind"] == "inversion" else f"accuracy {r['accuracy']:.3f} (advantage {r['advantage']:+.3f})"
+        main = (
+            f"ASR top-1 {r['asr_top1']:.3f}"
+            if r["kind"] == "inversion"
+            else f"accuracy {r['accuracy']:.3f} (advantage {r['advantage']:+.3f})"
+        )
         log(f"privtune-ray: {r['attack']:<24} {main}")
     log(f"privtune-ray: wrote {run.summary_path}")
     return run.path

@@ -48,8 +48,11 @@ class GradientMatchingLabels:
         parts = []
         for idx in batch_indices(data.lengths, 64, shuffle=False, bucketing=False):
             batch = collate(data, idx, pad_id)
-            parts.append(Observations(encode(batch.input_ids, batch.attention_mask), batch.attention_mask, batch.input_ids,
-                                      batch.labels))  # fmt: skip
+            parts.append(
+                Observations(
+                    encode(batch.input_ids, batch.attention_mask), batch.attention_mask, batch.input_ids, batch.labels
+                )
+            )
         return Observations.concat(parts)
 
     def fit(self, aux: Observations) -> list[float]:
@@ -62,8 +65,9 @@ class GradientMatchingLabels:
             idx = torch.as_tensor(idx)
             return F.cross_entropy(self.top(a2[idx], mask[idx]), labels[idx])
 
-        return fit_minibatch(self.top, len(labels), loss_of, self.cfg.probe_epochs, self.cfg.batch_size, self.cfg.probe_lr,
-                             self.seed)  # fmt: skip
+        return fit_minibatch(
+            self.top, len(labels), loss_of, self.cfg.probe_epochs, self.cfg.batch_size, self.cfg.probe_lr, self.seed
+        )
 
     def predict(self, a2: torch.Tensor, mask: torch.Tensor, grads: torch.Tensor) -> np.ndarray:
         """ŷ per sample: the class whose surrogate gradient is closest in cosine to the received one."""
@@ -80,10 +84,17 @@ class GradientMatchingLabels:
         return torch.stack(scores, 1).argmax(1).numpy()
 
     def run(self, victims: Observations) -> dict:
-        predicted = np.concatenate([self.predict(v.hidden, v.attention_mask, v.gradients)
-                                    for v in (victims.subset(range(i, min(i + 64, len(victims))))
-                                              for i in range(0, len(victims), 64))])  # fmt: skip
-        return {"attack": self.name, "kind": self.kind, **score_classes(predicted, victims.labels.numpy(), self.majority)}
+        predicted = np.concatenate(
+            [
+                self.predict(v.hidden, v.attention_mask, v.gradients)
+                for v in (victims.subset(range(i, min(i + 64, len(victims)))) for i in range(0, len(victims), 64))
+            ]
+        )
+        return {
+            "attack": self.name,
+            "kind": self.kind,
+            **score_classes(predicted, victims.labels.numpy(), self.majority),
+        }
 
 
 def surrogate_top(top_adapter: nn.Module, seed: int) -> nn.Module:

@@ -24,16 +24,21 @@ from .base import AttackContext, AttributeAttack
 from .observations import Observations
 
 
-def choose_keywords(aux: Observations, tokenizer, k: int, words: list[str] | None = None, skip_top: int = 50,
-                    max_df: float = 0.10) -> list[int]:  # fmt: skip
+def choose_keywords(
+    aux: Observations, tokenizer, k: int, words: list[str] | None = None, skip_top: int = 50, max_df: float = 0.10
+) -> list[int]:
     if words:
         ids = tokenizer.convert_tokens_to_ids(words)
         unknown = [w for w, i in zip(words, ids) if i is None or i == tokenizer.unk_token_id]
         if unknown:
-            raise DataError(f"attack.keyword_list: {unknown} are not single tokens of this tokenizer; list whole-word tokens")
+            raise DataError(
+                f"attack.keyword_list: {unknown} are not single tokens of this tokenizer; list whole-word tokens"
+            )
         return list(ids)
     real = aux.attention_mask.bool()
-    ids, counts = torch.unique(torch.cat([torch.unique(row[m]) for row, m in zip(aux.input_ids, real)]), return_counts=True)
+    ids, counts = torch.unique(
+        torch.cat([torch.unique(row[m]) for row, m in zip(aux.input_ids, real)]), return_counts=True
+    )
     by_df = sorted(zip((counts.float() / len(aux)).tolist(), ids.tolist()), reverse=True)[skip_top:]
     tokens = tokenizer.convert_ids_to_tokens([i for _, i in by_df])
     eligible = [i for (f, i), w in zip(by_df, tokens) if w.isalpha() and len(w) >= 4 and f <= max_df]
@@ -78,10 +83,16 @@ class KeywordInference(AttributeAttack):
         tnr = ((1 - guess) * (1 - truth)).sum(0) / (1 - truth).sum(0).clamp_min(1)
         balanced = float(((tpr + tnr) / 2)[present].mean()) if present.any() else float("nan")
         f1 = 2 * float((guess * truth).sum()) / max(float(guess.sum() + truth.sum()), 1e-9)
-        return {"accuracy": balanced, "majority_accuracy": 0.5, "advantage": balanced - 0.5,
-                "plain_accuracy": float((guess == truth).float().mean()),
-                "plain_majority_accuracy": float((self.majority.expand_as(truth) == truth).float().mean()),
-                "micro_f1": f1, "keywords_present": int(present.sum()), "samples": len(victims)}  # fmt: skip
+        return {
+            "accuracy": balanced,
+            "majority_accuracy": 0.5,
+            "advantage": balanced - 0.5,
+            "plain_accuracy": float((guess == truth).float().mean()),
+            "plain_majority_accuracy": float((self.majority.expand_as(truth) == truth).float().mean()),
+            "micro_f1": f1,
+            "keywords_present": int(present.sum()),
+            "samples": len(victims),
+        }
 
     def describe(self) -> dict:
         return {"keywords": self.ctx.tokenizer.convert_ids_to_tokens(self.keywords)}

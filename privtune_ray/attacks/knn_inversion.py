@@ -12,8 +12,9 @@ import torch.nn.functional as F
 from .base import AttackContext, InversionAttack
 
 
-def nearest_tokens(rows: torch.Tensor, anchors: torch.Tensor, k: int, metric: str = "l2",
-                   anchor_sq_norms: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+def nearest_tokens(
+    rows: torch.Tensor, anchors: torch.Tensor, k: int, metric: str = "l2", anchor_sq_norms: torch.Tensor | None = None
+) -> torch.Tensor:
     """Top-k anchor indices [T, k] for rows [T, d], nearest first, by ``l2`` distance or ``cosine`` similarity."""
     if metric == "cosine":
         scores = F.normalize(rows, dim=-1) @ F.normalize(anchors, dim=-1).T
@@ -33,5 +34,7 @@ class KNNInversion(InversionAttack):
     def predict(self, hidden, attention_mask):
         real = attention_mask.bool()
         guesses = torch.full((*hidden.shape[:2], self.ctx.cfg.top_k), -1, dtype=torch.long)
-        guesses[real] = nearest_tokens(hidden[real].float(), self.ctx.anchors, self.ctx.cfg.top_k, self.metric, self.sq_norms)
+        guesses[real] = nearest_tokens(
+            hidden[real].float(), self.ctx.anchors, self.ctx.cfg.top_k, self.metric, self.sq_norms
+        )
         return guesses

@@ -36,19 +36,21 @@ class Observations:
     def __len__(self) -> int:
         return int(self.hidden.shape[0])
 
-    def subset(self, indices) -> "Observations":
+    def subset(self, indices) -> Observations:
         idx = torch.as_tensor(np.asarray(indices, dtype=np.int64))
         length = int(self.attention_mask[idx].sum(1).max()) if len(idx) else 0
         return Observations(
-            hidden=self.hidden[idx, :length], attention_mask=self.attention_mask[idx, :length],
-            input_ids=self.input_ids[idx, :length], labels=self.labels[idx],
+            hidden=self.hidden[idx, :length],
+            attention_mask=self.attention_mask[idx, :length],
+            input_ids=self.input_ids[idx, :length],
+            labels=self.labels[idx],
             attributes={k: v[idx.numpy()] for k, v in self.attributes.items()},
             texts=[self.texts[i] for i in idx.tolist()] if self.texts else [],
             gradients=None if self.gradients is None else self.gradients[idx, :length],
-        )  # fmt: skip
+        )
 
     @classmethod
-    def concat(cls, parts: list["Observations"]) -> "Observations":
+    def concat(cls, parts: list[Observations]) -> Observations:
         if not parts:
             raise DataError("no observations to attack: the victim sample is empty")
         length = max(p.hidden.shape[1] for p in parts)
@@ -68,21 +70,30 @@ class Observations:
         )
 
     @classmethod
-    def from_message(cls, msg: Message, input_ids: torch.Tensor, attributes=None, texts=None) -> "Observations":
+    def from_message(cls, msg: Message, input_ids: torch.Tensor, attributes=None, texts=None) -> Observations:
         """A received message, with the ground truth of its batch (known to the simulator, not the cloud)."""
-        return cls(msg.hidden.float(), msg.attention_mask.long(), input_ids, msg.labels, dict(attributes or {}),
-                   list(texts or []))  # fmt: skip
+        return cls(
+            msg.hidden.float(),
+            msg.attention_mask.long(),
+            input_ids,
+            msg.labels,
+            dict(attributes or {}),
+            list(texts or []),
+        )
 
 
-def observe(bottom: BottomModel, mechanism: Mechanism, data: TokenizedSplit, pad_id: int,
-            batch_size: int = 128) -> Observations:  # fmt: skip
+def observe(
+    bottom: BottomModel, mechanism: Mechanism, data: TokenizedSplit, pad_id: int, batch_size: int = 128
+) -> Observations:
     """Push ``data`` through the bottom and the mechanism's release, as a device would before upload."""
     if len(data) == 0:
         raise DataError("no sentences to observe: the sample is empty (raise attack.victim_samples or aux_samples)")
     parts, order = [], []
     for idx in batch_indices(data.lengths, batch_size, shuffle=False, bucketing=True):
         batch = collate(data, idx, pad_id)
-        released = mechanism.release(bottom(batch.input_ids, batch.attention_mask), batch.attention_mask, batch.input_ids)
+        released = mechanism.release(
+            bottom(batch.input_ids, batch.attention_mask), batch.attention_mask, batch.input_ids
+        )
         parts.append(Observations(released.float(), batch.attention_mask, batch.input_ids, batch.labels))
         order.extend(batch.indices.tolist())
     obs = Observations.concat(parts).subset(np.argsort(np.asarray(order), kind="stable"))

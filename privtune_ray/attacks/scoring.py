@@ -20,17 +20,25 @@ def scored_positions(input_ids: torch.Tensor, attention_mask: torch.Tensor, spec
     return attention_mask.bool() & ~torch.isin(input_ids, torch.as_tensor(list(special_ids), dtype=input_ids.dtype))
 
 
-def score_inversion(guesses: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, special_ids,
-                    tokenizer) -> dict[str, float]:  # fmt: skip
+def score_inversion(
+    guesses: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, special_ids, tokenizer
+) -> dict[str, float]:
     """``guesses`` [N, L, k] token ids, best first, against the true ``input_ids`` [N, L]."""
     scored = scored_positions(input_ids, attention_mask, special_ids)
     hits = guesses == input_ids.unsqueeze(-1)
     n = int(scored.sum())
     if n == 0:
-        return {"asr_top1": float("nan"), f"asr_top{guesses.shape[-1]}": float("nan"), "rouge_l": float("nan"), "tokens": 0}
+        return {
+            "asr_top1": float("nan"),
+            f"asr_top{guesses.shape[-1]}": float("nan"),
+            "rouge_l": float("nan"),
+            "tokens": 0,
+        }
     scorer = rouge_scorer.RougeScorer(["rougeL"])
     rouge = [
-        scorer.score(tokenizer.decode(truth[keep].tolist()), tokenizer.decode(guess[keep, 0].tolist()))["rougeL"].fmeasure
+        scorer.score(tokenizer.decode(truth[keep].tolist()), tokenizer.decode(guess[keep, 0].tolist()))[
+            "rougeL"
+        ].fmeasure
         for truth, guess, keep in zip(input_ids, guesses, scored)
         if keep.any()
     ]
@@ -46,5 +54,9 @@ def score_classes(predicted: np.ndarray, truth: np.ndarray, majority) -> dict[st
     """Accuracy of ``predicted`` against ``truth`` (any comparable labels), beside the majority guess."""
     accuracy = float(np.mean(predicted == truth))
     majority_accuracy = float(np.mean(truth == majority))
-    return {"accuracy": accuracy, "majority_accuracy": majority_accuracy, "advantage": accuracy - majority_accuracy,
-            "samples": int(len(truth))}  # fmt: skip
+    return {
+        "accuracy": accuracy,
+        "majority_accuracy": majority_accuracy,
+        "advantage": accuracy - majority_accuracy,
+        "samples": int(len(truth)),
+    }

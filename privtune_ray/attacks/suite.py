@@ -57,7 +57,9 @@ def disjoint_aux(aux: TokenizedSplit, victims_texts: list[str]) -> tuple[Tokeniz
     victims = set(victims_texts)
     keep = [i for i, t in enumerate(aux.texts) if t not in victims]
     if not keep:
-        raise DataError("the auxiliary set is entirely made of victims' sentences: choose another attack.aux_split or aux_dataset")
+        raise DataError(
+            "the auxiliary set is entirely made of victims' sentences: choose another attack.aux_split or aux_dataset"
+        )
     return aux.subset(np.asarray(keep)), len(aux) - len(keep)
 
 
@@ -80,8 +82,14 @@ def load_aux(cfg: Config, tokenizer, victims_dataset: str, victims_split: str) -
             f"attack.aux_split={cfg.attack.aux_split!r} of {dataset!r} is the victims' own data: the attacker's auxiliary "
             f"set must be disjoint from it; choose another split (e.g. train) or attack.aux_dataset"
         )
-    raw = load_split(dataset, cfg.attack.aux_split, cfg.data.data_dir, hub_fallback=cfg.data.hub_fallback,
-                     max_samples=cfg.attack.aux_samples, seed=cfg.seed + 17)  # fmt: skip
+    raw = load_split(
+        dataset,
+        cfg.attack.aux_split,
+        cfg.data.data_dir,
+        hub_fallback=cfg.data.hub_fallback,
+        max_samples=cfg.attack.aux_samples,
+        seed=cfg.seed + 17,
+    )
     return tokenize_split(raw, tokenizer, cfg.model.max_length, attributes=get_spec(dataset).attributes)
 
 
@@ -94,8 +102,17 @@ class AttackSuite:
     aux_dropped: int = 0
 
     @classmethod
-    def fit_on(cls, cfg: Config, split: SplitModel, tokenizer, model_id: str, aux: TokenizedSplit, dataset: str,
-               victims_texts: list[str] = (), log=print) -> "AttackSuite":  # fmt: skip
+    def fit_on(
+        cls,
+        cfg: Config,
+        split: SplitModel,
+        tokenizer,
+        model_id: str,
+        aux: TokenizedSplit,
+        dataset: str,
+        victims_texts: list[str] = (),
+        log=print,
+    ) -> AttackSuite:
         """Build the configured attacks and fit them on ``aux`` through the attacker's copy of the mechanism."""
         attributes = probe_attributes(cfg.attack, dataset)
         aux, dropped = disjoint_aux(aux, list(victims_texts))
@@ -111,7 +128,9 @@ class AttackSuite:
             start = time.perf_counter()
             attack.fit(aux_obs)
             suite.fit_s[attack.name] = time.perf_counter() - start
-            log(f"privtune-ray: fitted {attack.name} on {len(aux)} auxiliary sentences ({suite.fit_s[attack.name]:.1f} s)")
+            log(
+                f"privtune-ray: fitted {attack.name} on {len(aux)} auxiliary sentences ({suite.fit_s[attack.name]:.1f} s)"
+            )
         return suite
 
     def run(self, victims: Observations) -> list[dict]:
@@ -122,13 +141,23 @@ class AttackSuite:
         for attack in self.attacks:
             start = time.perf_counter()
             scores = attack.run(victims)
-            rows.append({"attack": attack.name, "kind": attack.kind, **scores, "seconds": time.perf_counter() - start,
-                         "fit_s": self.fit_s.get(attack.name, 0.0)})  # fmt: skip
+            rows.append(
+                {
+                    "attack": attack.name,
+                    "kind": attack.kind,
+                    **scores,
+                    "seconds": time.perf_counter() - start,
+                    "fit_s": self.fit_s.get(attack.name, 0.0),
+                }
+            )
         return rows
 
     def describe(self) -> dict:
-        return {"aux_sentences": self.aux_size, "aux_dropped_as_victims": self.aux_dropped,
-                **{a.name: a.describe() for a in self.attacks if a.describe()}}  # fmt: skip
+        return {
+            "aux_sentences": self.aux_size,
+            "aux_dropped_as_victims": self.aux_dropped,
+            **{a.name: a.describe() for a in self.attacks if a.describe()},
+        }
 
 
 def long_rows(rows: list[dict], **keys) -> list[dict]:
@@ -145,8 +174,10 @@ def headline(rows: list[dict]) -> dict:
     """The numbers a privacy–utility plot needs: the best attack of each kind."""
     inversion = [r["asr_top1"] for r in rows if r["kind"] == "inversion"]
     attribute = [r["advantage"] for r in rows if r["kind"] == "attribute"]
-    return {"max_eia_asr_top1": max(inversion) if inversion else None,
-            "max_aia_advantage": max(attribute) if attribute else None}  # fmt: skip
+    return {
+        "max_eia_asr_top1": max(inversion) if inversion else None,
+        "max_aia_advantage": max(attribute) if attribute else None,
+    }
 
 
 class VictimSample:

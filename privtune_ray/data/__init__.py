@@ -11,7 +11,16 @@ from .registry import DATASETS, DatasetSpec, get_spec, load_split, resolve_data_
 
 _BATCHING = ("Batch", "TokenizedSplit", "tokenize_split", "collate", "batch_indices")
 
-__all__ = ["DATASETS", "DatasetSpec", "get_spec", "load_split", "resolve_data_dir", *_BATCHING, "PARTITIONERS", "partition"]
+__all__ = [
+    "DATASETS",
+    "DatasetSpec",
+    "get_spec",
+    "load_split",
+    "resolve_data_dir",
+    *_BATCHING,
+    "PARTITIONERS",
+    "partition",
+]
 
 
 def __getattr__(name: str):

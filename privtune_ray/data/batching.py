@@ -15,7 +15,6 @@ import torch
 
 from ..errors import ConfigError
 
-
 IGNORE = -100  # target of a position the loss skips (cross_entropy's ignore_index)
 
 
@@ -38,7 +37,7 @@ class TokenizedSplit:
     def lengths(self) -> np.ndarray:
         return np.fromiter((len(ids) for ids in self.input_ids), dtype=np.int64, count=len(self.input_ids))
 
-    def subset(self, indices) -> "TokenizedSplit":
+    def subset(self, indices) -> TokenizedSplit:
         indices = np.asarray(indices, dtype=np.int64)
         return TokenizedSplit(
             input_ids=[self.input_ids[i] for i in indices],
@@ -54,7 +53,9 @@ def tokenize_split(dataset, tokenizer, max_length: int, attributes: tuple[str, .
     """Tokenise the ``text`` column of a loaded split with the model's own tokenizer (special tokens added)."""
     texts = list(dataset["text"])
     encoded = tokenizer(texts, truncation=True, max_length=max_length, add_special_tokens=True)
-    labels = np.asarray(dataset["label"], dtype=np.int64) if "label" in dataset.column_names else np.full(len(texts), -1)
+    labels = (
+        np.asarray(dataset["label"], dtype=np.int64) if "label" in dataset.column_names else np.full(len(texts), -1)
+    )
     attrs = {name: np.asarray(dataset[name], dtype=object) for name in attributes if name in dataset.column_names}
     return TokenizedSplit(input_ids=encoded["input_ids"], labels=labels, attributes=attrs, texts=texts)
 
@@ -68,8 +69,10 @@ def tokenize_generation(dataset, tokenizer, max_length: int, max_answer_tokens: 
     suffix = tokenizer(" answer:", add_special_tokens=False)["input_ids"]
     budget = max_length - len(suffix) - max_answer_tokens - 1
     if budget < 1:
-        raise ConfigError(f"model.max_length={max_length} leaves no room for a prompt beside {max_answer_tokens} answer "
-                          f"tokens (train.max_new_tokens): raise model.max_length or lower train.max_new_tokens")  # fmt: skip
+        raise ConfigError(
+            f"model.max_length={max_length} leaves no room for a prompt beside {max_answer_tokens} answer "
+            f"tokens (train.max_new_tokens): raise model.max_length or lower train.max_new_tokens"
+        )
     bodies = tokenizer(list(dataset["text"]), add_special_tokens=False)["input_ids"]
     targets = tokenizer([" " + t for t in dataset["target"]], add_special_tokens=False)["input_ids"]
     input_ids, prompt_lengths = [], []
@@ -78,8 +81,13 @@ def tokenize_generation(dataset, tokenizer, max_length: int, max_answer_tokens: 
         prompt = body[:budget] + suffix
         input_ids.append(prompt + target)
         prompt_lengths.append(len(prompt))
-    return TokenizedSplit(input_ids=input_ids, labels=np.full(len(input_ids), -1), texts=list(dataset["text"]),
-                          prompt_lengths=np.asarray(prompt_lengths, dtype=np.int64), answers=list(dataset["answers"]))  # fmt: skip
+    return TokenizedSplit(
+        input_ids=input_ids,
+        labels=np.full(len(input_ids), -1),
+        texts=list(dataset["text"]),
+        prompt_lengths=np.asarray(prompt_lengths, dtype=np.int64),
+        answers=list(dataset["answers"]),
+    )
 
 
 def end_token_id(tokenizer) -> int:

@@ -13,7 +13,7 @@ A device left with no sample is an error (it names the knob to turn), not a sile
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -47,8 +47,9 @@ def iid(labels: np.ndarray, n_devices: int, rng: np.random.Generator, weights=No
     return _non_empty(_split_by_counts(rng.permutation(len(labels)), counts), "raise the smallest data_weight")
 
 
-def dirichlet(labels: np.ndarray, n_devices: int, rng: np.random.Generator, alpha: float = 0.5,
-              weights=None) -> list[np.ndarray]:  # fmt: skip
+def dirichlet(
+    labels: np.ndarray, n_devices: int, rng: np.random.Generator, alpha: float = 0.5, weights=None
+) -> list[np.ndarray]:
     _check(len(labels), n_devices)
     if not alpha > 0:
         raise DataError(f"dirichlet alpha must be > 0, got {alpha}")
@@ -64,8 +65,9 @@ def dirichlet(labels: np.ndarray, n_devices: int, rng: np.random.Generator, alph
     return _non_empty([np.sort(np.concatenate(p)) for p in parts], f"raise the Dirichlet alpha (now {alpha})")
 
 
-def lognormal(labels: np.ndarray, n_devices: int, rng: np.random.Generator, sigma: float = 1.0,
-              weights=None) -> list[np.ndarray]:  # fmt: skip
+def lognormal(
+    labels: np.ndarray, n_devices: int, rng: np.random.Generator, sigma: float = 1.0, weights=None
+) -> list[np.ndarray]:
     _check(len(labels), n_devices)
     if sigma < 0:
         raise DataError(f"lognormal sigma must be >= 0, got {sigma}")
@@ -73,7 +75,9 @@ def lognormal(labels: np.ndarray, n_devices: int, rng: np.random.Generator, sigm
     if weights is not None:
         sizes = sizes * _normalised(weights, n_devices)
     counts = largest_remainder(sizes / sizes.sum(), len(labels))
-    return _non_empty(_split_by_counts(rng.permutation(len(labels)), counts), f"lower the lognormal sigma (now {sigma})")
+    return _non_empty(
+        _split_by_counts(rng.permutation(len(labels)), counts), f"lower the lognormal sigma (now {sigma})"
+    )
 
 
 def _normalised(weights, n_devices: int) -> np.ndarray:

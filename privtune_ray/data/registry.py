@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from ..errors import DataError
 
@@ -59,8 +59,18 @@ class DatasetSpec:
 
 
 FP_LABELS = ("negative", "neutral", "positive")
-BLOG_TOPICS = ("Student", "Technology", "Arts", "Education", "Communications-Media",
-               "Internet", "Non-Profit", "Engineering", "Law", "Publishing")  # fmt: skip
+BLOG_TOPICS = (
+    "Student",
+    "Technology",
+    "Arts",
+    "Education",
+    "Communications-Media",
+    "Internet",
+    "Non-Profit",
+    "Engineering",
+    "Law",
+    "Publishing",
+)
 AG_LABELS = ("World", "Sports", "Business", "Sci/Tech")
 
 
@@ -73,8 +83,12 @@ def _fp(row: Row) -> Row:
 
 
 def _blog(row: Row) -> Row:
-    return {"text": row["text"], "label": BLOG_TOPICS.index(row["topic"]), "gender": row["gender"],
-            "age_group": row["age_group"]}  # fmt: skip
+    return {
+        "text": row["text"],
+        "label": BLOG_TOPICS.index(row["topic"]),
+        "gender": row["gender"],
+        "age_group": row["age_group"],
+    }
 
 
 def _ag(row: Row) -> Row:
@@ -82,13 +96,21 @@ def _ag(row: Row) -> Row:
 
 
 def _trustpilot(row: Row) -> Row:
-    return {"text": row["text"], "label": int(row["rating"]) - 1, "gender": row["gender"],
-            "born_before_1960": str(row["born_before_1960"])}  # fmt: skip
+    return {
+        "text": row["text"],
+        "label": int(row["rating"]) - 1,
+        "gender": row["gender"],
+        "born_before_1960": str(row["born_before_1960"]),
+    }
 
 
 def _squad(row: Row) -> Row:
-    return {"text": f"question: {row['question']} context: {row['context']}", "target": row["answers"][0],
-            "answers": list(row["answers"]), "title": row["title"]}  # fmt: skip
+    return {
+        "text": f"question: {row['question']} context: {row['context']}",
+        "target": row["answers"][0],
+        "answers": list(row["answers"]),
+        "title": row["title"],
+    }
 
 
 def _squad_by_title(split: str, row: Row) -> bool:
@@ -111,8 +133,12 @@ def _hub_ag(row: Row) -> Row:
 
 def _hub_squad(row: Row) -> Row:
     answers = row["answers"]["text"]
-    return {"text": f"question: {row['question']} context: {row['context']}", "target": answers[0],
-            "answers": list(answers), "title": row["title"]}  # fmt: skip
+    return {
+        "text": f"question: {row['question']} context: {row['context']}",
+        "target": answers[0],
+        "answers": list(answers),
+        "title": row["title"],
+    }
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -198,7 +224,10 @@ def default_data_dirs() -> list[Path]:
 
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path | None:
     """The data directory to read from; ``None`` when no default exists (then only the Hub can help)."""
-    for source, value in (("data.data_dir / --data-dir", data_dir), ("PRIVTUNE_DATA_DIR", os.environ.get("PRIVTUNE_DATA_DIR"))):
+    for source, value in (
+        ("data.data_dir / --data-dir", data_dir),
+        ("PRIVTUNE_DATA_DIR", os.environ.get("PRIVTUNE_DATA_DIR")),
+    ):
         if value:
             path = Path(value).expanduser()
             if not path.is_dir():
@@ -237,11 +266,16 @@ def load_split(
     elif hub_fallback and spec.hub is not None and not _offline():
         ds = _load_hub(spec, split, path)
     else:
-        where = str(path) if path is not None else " or ".join(str(p / spec.folder / spec.files[split]) for p in default_data_dirs())
+        where = (
+            str(path)
+            if path is not None
+            else " or ".join(str(p / spec.folder / spec.files[split]) for p in default_data_dirs())
+        )
         raise DataError(
             f"dataset {name!r} split {split!r}: file not found at {where}. Put the data there (see "
             f"shared/data/README.md), or point data.data_dir, --data-dir or PRIVTUNE_DATA_DIR at the folder "
-            f"holding {spec.folder}/" + ("" if spec.hub is None else f"; online, unset HF_HUB_OFFLINE to use {spec.hub.path}")
+            f"holding {spec.folder}/"
+            + ("" if spec.hub is None else f"; online, unset HF_HUB_OFFLINE to use {spec.hub.path}")
         )
     if len(ds) == 0:
         raise DataError(f"dataset {name!r} split {split!r} is empty: check the file at {path}")
@@ -261,10 +295,14 @@ def _normalise(ds, to_example: Callable[[Row], Row], keep: Callable[[Row], bool]
             if keep is None or keep(row):
                 rows.append(to_example(row))
         except KeyError as exc:
-            raise DataError(f"dataset file {source}: no column {exc.args[0]!r} (its columns: {', '.join(ds.column_names)}): "
-                            f"restore the file (shared/data/README.md gives each dataset's columns)") from None  # fmt: skip
+            raise DataError(
+                f"dataset file {source}: no column {exc.args[0]!r} (its columns: {', '.join(ds.column_names)}): "
+                f"restore the file (shared/data/README.md gives each dataset's columns)"
+            ) from None
         except (ValueError, TypeError) as exc:
-            raise DataError(f"dataset file {source}, data row {i + 1}: unexpected value ({exc}): fix or drop that row") from None
+            raise DataError(
+                f"dataset file {source}, data row {i + 1}: unexpected value ({exc}): fix or drop that row"
+            ) from None
     return datasets.Dataset.from_list(rows)
 
 
@@ -275,8 +313,10 @@ def _check_utf8(path: Path) -> None:
         raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
-        raise DataError(f"dataset file {path}, line {line}: byte {raw[exc.start]:#04x} is not UTF-8: save the file as "
-                        f"UTF-8 text, or restore it") from None  # fmt: skip
+        raise DataError(
+            f"dataset file {path}, line {line}: byte {raw[exc.start]:#04x} is not UTF-8: save the file as "
+            f"UTF-8 text, or restore it"
+        ) from None
 
 
 def _load_local(spec: DatasetSpec, split: str, path: Path):
@@ -292,11 +332,15 @@ def _load_local(spec: DatasetSpec, split: str, path: Path):
             ds = datasets.load_dataset(
                 "csv", data_files=str(path), split="train", sep="\t", quoting=3, keep_default_na=False
             )
-    except Exception as exc:  # noqa: BLE001 - pyarrow, pandas and datasets each raise their own parse errors
+    except Exception as exc:  # pyarrow, pandas and datasets each raise their own parse errors
         if path.stat().st_size == 0 or "corresponds to no data" in str(exc) or "No columns to parse" in str(exc):
-            raise DataError(f"dataset file {path} holds no rows (it is empty, or a header line only): restore it") from None
+            raise DataError(
+                f"dataset file {path} holds no rows (it is empty, or a header line only): restore it"
+            ) from None
         first = (str(exc).strip().splitlines() or [""])[0][:160]
-        raise DataError(f"dataset file {path} cannot be read as {kind} ({type(exc).__name__}: {first}): fix or restore it") from None
+        raise DataError(
+            f"dataset file {path} cannot be read as {kind} ({type(exc).__name__}: {first}): fix or restore it"
+        ) from None
     if len(ds) == 0:
         raise DataError(f"dataset file {path} holds no rows (it is empty, or a header line only): restore it")
     keep = (lambda row: spec.keep(split, row)) if spec.keep is not None else None

@@ -21,7 +21,9 @@ def _centred_distances(x: torch.Tensor) -> torch.Tensor:
 def distance_correlation(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     """dCor of the rows of ``x`` [n, ...] and ``a`` [n, ...] (each sample flattened); a scalar in [0, 1]."""
     if x.shape[0] != a.shape[0] or x.shape[0] < 2:
-        raise ValueError(f"distance correlation needs the same n >= 2 samples on both sides, got {x.shape[0]} and {a.shape[0]}")
+        raise ValueError(
+            f"distance correlation needs the same n >= 2 samples on both sides, got {x.shape[0]} and {a.shape[0]}"
+        )
     xa, aa = _centred_distances(x.reshape(len(x), -1).float()), _centred_distances(a.reshape(len(a), -1).float())
     dcov_xa, dcov_xx, dcov_aa = (xa * aa).mean(), (xa * xa).mean(), (aa * aa).mean()
     return torch.sqrt(dcov_xa.clamp_min(0) / torch.sqrt(dcov_xx * dcov_aa).clamp_min(1e-12))

@@ -12,6 +12,7 @@ small q·T: see :mod:`privtune_ray.accounting.edgeworth`), and a plan whose PLD 
 goes (a cumulative account, not per round). The guarantee covers the trained top model; what devices upload is
 protected only by the mechanism, if any.
 """
+
 from __future__ import annotations
 
 import math
@@ -27,13 +28,19 @@ from opacus.optimizers import DPOptimizer
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..accounting import (EdgeworthAccountant, EdgeworthBreakdown, SigmaOutOfRange, calibrate_sigma, calibrate_sigma_pld,
-                          pld_epsilon, rdp_epsilon)  # fmt: skip
+from ..accounting import (
+    EdgeworthAccountant,
+    EdgeworthBreakdown,
+    SigmaOutOfRange,
+    calibrate_sigma,
+    calibrate_sigma_pld,
+    pld_epsilon,
+    rdp_epsilon,
+)
 from ..config import DesignConfig
 from ..errors import ConfigError
 from ..message import Message
 from ..training.server import TopServer, summed_loss
-
 
 UNDERSTATED_TOLERANCE = 0.10  # a plan whose PLD ε exceeds the target by more than this fraction stops (see plan_dp_sgd)
 
@@ -59,26 +66,33 @@ class DPPlan:
     def to_dict(self) -> dict:
         """The fields, plus the guarantee: ``epsilon`` is the PLD ε (a bound), ``epsilon_edgeworth_estimate`` EW-Tune's
         Edgeworth ε beside it (an approximation)."""
-        return {**asdict(self), "epsilon": self.epsilon_pld,
-                "guarantee": f"({self.epsilon_pld:.4g}, {self.delta:g})-DP (PLD bound, dp-accounting)",
-                "epsilon_edgeworth_estimate": self.epsilon_edgeworth,
-                "estimate": f"EW-Tune's Edgeworth order-{self.edgeworth_order} approximation, not a bound"}  # fmt: skip
+        return {
+            **asdict(self),
+            "epsilon": self.epsilon_pld,
+            "guarantee": f"({self.epsilon_pld:.4g}, {self.delta:g})-DP (PLD bound, dp-accounting)",
+            "epsilon_edgeworth_estimate": self.epsilon_edgeworth,
+            "estimate": f"EW-Tune's Edgeworth order-{self.edgeworth_order} approximation, not a bound",
+        }
 
     def describe(self) -> str:
         """One log line: the schedule, σ, and ε by each accountant (the PLD ε is the guarantee)."""
         edgeworth = "breaks down" if math.isnan(self.epsilon_edgeworth) else f"{self.epsilon_edgeworth:.3f}"
-        return (f"q = {self.sample_rate:.5f}, T = {self.steps}, sigma = {self.noise_multiplier:.4f} (calibrated with "
-                f"{self.calibrated_with}), C = {self.clip_norm:g}: epsilon {self.epsilon_pld:.3f} (PLD, the guarantee), "
-                f"{edgeworth} (Edgeworth, EW-Tune's estimate), {self.epsilon_rdp:.3f} (RDP) at delta {self.delta:g}")  # fmt: skip
+        return (
+            f"q = {self.sample_rate:.5f}, T = {self.steps}, sigma = {self.noise_multiplier:.4f} (calibrated with "
+            f"{self.calibrated_with}), C = {self.clip_norm:g}: epsilon {self.epsilon_pld:.3f} (PLD, the guarantee), "
+            f"{edgeworth} (Edgeworth, EW-Tune's estimate), {self.epsilon_rdp:.3f} (RDP) at delta {self.delta:g}"
+        )
 
     def pld_warning(self, tolerance: float = 0.05) -> str | None:
         """A line when the PLD ε (a bound) exceeds the target the Edgeworth ε (an approximation) was calibrated to."""
         if self.epsilon_pld <= self.target_epsilon * (1 + tolerance):
             return None
-        return (f"warning: PLD gives epsilon {self.epsilon_pld:.3f} for this schedule, above the target "
-                f"{self.target_epsilon:g} that the Edgeworth approximation meets (q = {self.sample_rate:.3g}, T = {self.steps}): "
-                f"the Edgeworth expansion is not a bound; the guarantee is the PLD epsilon (design.calibrate_with=pld "
-                f"calibrates to it)")  # fmt: skip
+        return (
+            f"warning: PLD gives epsilon {self.epsilon_pld:.3f} for this schedule, above the target "
+            f"{self.target_epsilon:g} that the Edgeworth approximation meets (q = {self.sample_rate:.3g}, T = {self.steps}): "
+            f"the Edgeworth expansion is not a bound; the guarantee is the PLD epsilon (design.calibrate_with=pld "
+            f"calibrates to it)"
+        )
 
 
 def _edgeworth_or_nan(order: int, delta: float, q: float, sigma: float, steps: int) -> float:
@@ -96,17 +110,23 @@ def _out_of_range(design: DesignConfig, exc: SigmaOutOfRange, q: float, steps: i
     where = f"q = {q:.3g}, {steps} steps, delta = {design.delta:g}"
     t, accountant = design.target_epsilon, {"edgeworth": "Edgeworth", "pld": "PLD"}[design.calibrate_with]
     if exc.reason == "unreachable":
-        return (f"design.target_epsilon={t:g} is unreachable with a noise multiplier up to design.max_noise_multiplier="
-                f"{design.max_noise_multiplier:g} ({where}): raise design.target_epsilon or design.max_noise_multiplier, "
-                f"or train fewer steps")  # fmt: skip
+        return (
+            f"design.target_epsilon={t:g} is unreachable with a noise multiplier up to design.max_noise_multiplier="
+            f"{design.max_noise_multiplier:g} ({where}): raise design.target_epsilon or design.max_noise_multiplier, "
+            f"or train fewer steps"
+        )
     if exc.reason == "met_at_lo":
-        return (f"design.target_epsilon={t:g} is met already at sigma = {exc.sigma:g}, the smallest noise multiplier "
-                f"searched ({accountant} epsilon {exc.epsilon:.4g}; {where}): lower design.target_epsilon"
-                + (", or set design.calibrate_with=pld" if design.calibrate_with == "edgeworth" else ""))  # fmt: skip
+        return (
+            f"design.target_epsilon={t:g} is met already at sigma = {exc.sigma:g}, the smallest noise multiplier "
+            f"searched ({accountant} epsilon {exc.epsilon:.4g}; {where}): lower design.target_epsilon"
+            + (", or set design.calibrate_with=pld" if design.calibrate_with == "edgeworth" else "")
+        )
     side = "at" if exc.sigma == design.max_noise_multiplier else "below"
-    return (f"design.target_epsilon={t:g} cannot be calibrated by the Edgeworth expansion, which breaks down {side} "
-            f"sigma = {exc.sigma:.4g} (q·T = {q * steps:.3g} expected releases per sample; {where}): set "
-            f"design.calibrate_with=pld")  # fmt: skip
+    return (
+        f"design.target_epsilon={t:g} cannot be calibrated by the Edgeworth expansion, which breaks down {side} "
+        f"sigma = {exc.sigma:.4g} (q·T = {q * steps:.3g} expected releases per sample; {where}): set "
+        f"design.calibrate_with=pld"
+    )
 
 
 def plan_dp_sgd(design: DesignConfig, sample_rate: float, steps: int) -> DPPlan:
@@ -126,21 +146,31 @@ def plan_dp_sgd(design: DesignConfig, sample_rate: float, steps: int) -> DPPlan:
         if design.calibrate_with == "pld":
             sigma = calibrate_sigma_pld(design.target_epsilon, design.delta, q, steps, sigma_range=sigma_range)
         else:
-            sigma = calibrate_sigma(design.target_epsilon, design.delta, q, steps, order=design.edgeworth_order,
-                                    sigma_range=sigma_range)  # fmt: skip
+            sigma = calibrate_sigma(
+                design.target_epsilon, design.delta, q, steps, order=design.edgeworth_order, sigma_range=sigma_range
+            )
     except SigmaOutOfRange as exc:
         raise ConfigError(_out_of_range(design, exc, q, steps)) from None
-    plan = DPPlan(q, steps, sigma, design.clip_norm, design.delta, design.target_epsilon,
-                  _edgeworth_or_nan(design.edgeworth_order, design.delta, q, sigma, steps),
-                  pld_epsilon(design.delta, q, sigma, steps), rdp_epsilon(design.delta, q, sigma, steps),
-                  design.edgeworth_order, design.calibrate_with)  # fmt: skip
+    plan = DPPlan(
+        q,
+        steps,
+        sigma,
+        design.clip_norm,
+        design.delta,
+        design.target_epsilon,
+        _edgeworth_or_nan(design.edgeworth_order, design.delta, q, sigma, steps),
+        pld_epsilon(design.delta, q, sigma, steps),
+        rdp_epsilon(design.delta, q, sigma, steps),
+        design.edgeworth_order,
+        design.calibrate_with,
+    )
     if plan.epsilon_pld > design.target_epsilon * (1 + UNDERSTATED_TOLERANCE) and not design.allow_understated_epsilon:
         raise ConfigError(
             f"design.target_epsilon={design.target_epsilon:g} is understated: the Edgeworth-calibrated sigma = {sigma:.4f} "
             f"gives PLD epsilon {plan.epsilon_pld:.3f} (the bound), more than {UNDERSTATED_TOLERANCE:.0%} above it "
             f"({where}): set design.calibrate_with=pld, or design.allow_understated_epsilon=true to run anyway, "
             f"or lower design.target_epsilon"
-        )  # fmt: skip
+        )
     return plan
 
 
@@ -151,9 +181,11 @@ def spent_epsilon(plan: DPPlan, steps_done: int) -> dict[str, float]:
     if steps_done == 0:
         return {"epsilon_edgeworth": 0.0, "epsilon_pld": 0.0, "epsilon_rdp": 0.0}
     q, sigma = plan.sample_rate, plan.noise_multiplier
-    return {"epsilon_edgeworth": _edgeworth_or_nan(plan.edgeworth_order, plan.delta, q, sigma, steps_done),
-            "epsilon_pld": pld_epsilon(plan.delta, q, sigma, steps_done),
-            "epsilon_rdp": rdp_epsilon(plan.delta, q, sigma, steps_done)}  # fmt: skip
+    return {
+        "epsilon_edgeworth": _edgeworth_or_nan(plan.edgeworth_order, plan.delta, q, sigma, steps_done),
+        "epsilon_pld": pld_epsilon(plan.delta, q, sigma, steps_done),
+        "epsilon_rdp": rdp_epsilon(plan.delta, q, sigma, steps_done),
+    }
 
 
 class _Indices(torch.utils.data.Dataset):
@@ -199,12 +231,26 @@ class DPTopServer(TopServer):
     AdamW step. An empty Poisson batch still takes a step of pure noise.
     """
 
-    def __init__(self, top: nn.Module, optimizer: torch.optim.Optimizer, scheduler, plan: DPPlan, expected_batch_size: int,
-                 device: str | torch.device = "cpu", seed: int = 0):  # fmt: skip
+    def __init__(
+        self,
+        top: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler,
+        plan: DPPlan,
+        expected_batch_size: int,
+        device: str | torch.device = "cpu",
+        seed: int = 0,
+    ):
         super().__init__(dp_top(top), optimizer, scheduler, device=device)
         generator = torch.Generator(device=self.device).manual_seed(seed)
-        self.optimizer = DPOptimizer(optimizer, noise_multiplier=plan.noise_multiplier, max_grad_norm=plan.clip_norm,
-                                     expected_batch_size=expected_batch_size, loss_reduction="mean", generator=generator)  # fmt: skip
+        self.optimizer = DPOptimizer(
+            optimizer,
+            noise_multiplier=plan.noise_multiplier,
+            max_grad_norm=plan.clip_norm,
+            expected_batch_size=expected_batch_size,
+            loss_reduction="mean",
+            generator=generator,
+        )
         self.plan = plan
 
     def accumulate(self, msg: Message) -> float:

@@ -54,12 +54,18 @@ class GuardedLayout:
     emulator_keep: float = 0.5
 
     @classmethod
-    def check(cls, depth: int, m: int, a: int, emulator_keep: float = 0.5, model: str = "the model") -> "GuardedLayout":
+    def check(cls, depth: int, m: int, a: int, emulator_keep: float = 0.5, model: str = "the model") -> GuardedLayout:
         if a < 1 or m + 2 * a > depth - 1:
             most = (depth - 1 - m) // 2
-            fix = (f"set design.adapter_layers={most}" if most == 1 else f"set design.adapter_layers to 1..{most}" if most > 1 else
-                   f"lower model.split_depth to at most {depth - 1 - 2 * a}" if depth - 1 - 2 * a >= 0 else
-                   "use a deeper model")  # fmt: skip
+            fix = (
+                f"set design.adapter_layers={most}"
+                if most == 1
+                else f"set design.adapter_layers to 1..{most}"
+                if most > 1
+                else f"lower model.split_depth to at most {depth - 1 - 2 * a}"
+                if depth - 1 - 2 * a >= 0
+                else "use a deeper model"
+            )
             raise ConfigError(
                 f"design.adapter_layers={a} with model.split_depth={m} leaves no middle block on the server in "
                 f"{model}'s {depth} blocks (GuardedTuning needs split_depth + 2·adapter_layers <= {depth - 1}): {fix}"
@@ -88,8 +94,9 @@ class GuardedLayout:
 
 def guarded_layout(cfg, depth: int) -> GuardedLayout:
     """The layout of ``cfg`` (a :class:`~privtune_ray.config.Config`) on a model of ``depth`` blocks."""
-    return GuardedLayout.check(depth, cfg.model.split_depth, cfg.design.adapter_layers, cfg.design.emulator_keep,
-                               cfg.model.name)  # fmt: skip
+    return GuardedLayout.check(
+        depth, cfg.model.split_depth, cfg.design.adapter_layers, cfg.design.emulator_keep, cfg.model.name
+    )
 
 
 class Blocks(nn.Module):
@@ -145,8 +152,15 @@ class GuardedClient:
     it is the A1 that was sent), so any worker can run any phase.
     """
 
-    def __init__(self, design: str, bottom: BottomModel, adapters: ClientAdapters, dcor_weight: float,
-                 bits: int | None, emulator: Blocks | None = None):  # fmt: skip
+    def __init__(
+        self,
+        design: str,
+        bottom: BottomModel,
+        adapters: ClientAdapters,
+        dcor_weight: float,
+        bits: int | None,
+        emulator: Blocks | None = None,
+    ):
         self.design, self.bottom, self.adapters, self.alpha, self.bits = design, bottom, adapters, dcor_weight, bits
         self.emulator = emulator
         self.compute_s = 0.0
@@ -169,9 +183,14 @@ class GuardedClient:
         """online, gradfree: the A1 message (mask, no labels) as it crosses the first cut."""
         start = time.perf_counter()
         _, a1 = self._a1(batch, grad=False)
-        msg = Message(hidden=a1.detach(), attention_mask=batch.attention_mask, labels=torch.zeros(0, dtype=torch.long),
-                      split_depth=self.bottom.m + len(self.adapters.bottom.blocks), meta={"design": self.design},
-                      bits=self.bits)  # fmt: skip
+        msg = Message(
+            hidden=a1.detach(),
+            attention_mask=batch.attention_mask,
+            labels=torch.zeros(0, dtype=torch.long),
+            split_depth=self.bottom.m + len(self.adapters.bottom.blocks),
+            meta={"design": self.design},
+            bits=self.bits,
+        )
         payload = msg.to_bytes()
         self.compute_s += time.perf_counter() - start
         return payload
@@ -206,7 +225,9 @@ class GuardedClient:
         start = time.perf_counter()
         emb, a1 = self._a1(batch, grad=True)
         self.adapters.top.train()
-        loss = summed_loss(self.adapters.top(self.emulator(a1, batch.attention_mask), batch.attention_mask), batch.labels)
+        loss = summed_loss(
+            self.adapters.top(self.emulator(a1, batch.attention_mask), batch.attention_mask), batch.labels
+        )
         penalty = self._decorrelation(emb, a1)
         params = list(self.adapters.parameters())
         grads = torch.autograd.grad(loss + penalty, params, allow_unused=True)
@@ -266,5 +287,16 @@ def module_bytes(module: nn.Module) -> int:
     return len(st_save({k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}))
 
 
-__all__ = ["CHANNELS", "GUARDED", "Blocks", "ClientAdapters", "GuardedClient", "GuardedLayout", "MiddleServer",
-           "gradients_from_bytes", "gradients_to_bytes", "guarded_layout", "module_bytes"]  # fmt: skip
+__all__ = [
+    "CHANNELS",
+    "GUARDED",
+    "Blocks",
+    "ClientAdapters",
+    "GuardedClient",
+    "GuardedLayout",
+    "MiddleServer",
+    "gradients_from_bytes",
+    "gradients_to_bytes",
+    "guarded_layout",
+    "module_bytes",
+]

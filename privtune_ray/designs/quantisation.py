@@ -21,8 +21,10 @@ MIN_BITS, MAX_BITS = 2, 16
 
 def check_bits(bits: int) -> None:
     if not isinstance(bits, int) or isinstance(bits, bool) or not MIN_BITS <= bits <= MAX_BITS:
-        raise ConfigError(f"quantisation bits must be an integer in {MIN_BITS}..{MAX_BITS}, got {bits!r} "
-                          f"(8 halves fp16 and quarters fp32; 32-bit floats need no quantisation: leave it unset)")  # fmt: skip
+        raise ConfigError(
+            f"quantisation bits must be an integer in {MIN_BITS}..{MAX_BITS}, got {bits!r} "
+            f"(8 halves fp16 and quarters fp32; 32-bit floats need no quantisation: leave it unset)"
+        )
 
 
 @dataclass

@@ -59,7 +59,7 @@ class Mechanism:
         self.torch_rng = torch.Generator().manual_seed(seed)
         self.np_rng = np.random.default_rng(seed)
 
-    def for_device(self, data: TokenizedSplit, seed: int) -> "Mechanism":
+    def for_device(self, data: TokenizedSplit, seed: int) -> Mechanism:
         """A copy fitted to one device's data, sharing this one's read-only parts (PrivTune's graph, the bottom)."""
         mech = copy.copy(self)
         mech.reseed(seed)
@@ -78,8 +78,10 @@ class Mechanism:
         out = self.perturb(h, attention_mask, input_ids)
         bad = int((~torch.isfinite(out)).sum())
         if bad:
-            raise NonFiniteRelease(f"mechanism {self.name!r} produced {bad} non-finite value(s) in h̃ ({out.numel()} drawn): "
-                                   f"nothing was uploaded; this is a defect of the mechanism or of the bottom's numerics")  # fmt: skip
+            raise NonFiniteRelease(
+                f"mechanism {self.name!r} produced {bad} non-finite value(s) in h̃ ({out.numel()} drawn): "
+                f"nothing was uploaded; this is a defect of the mechanism or of the bottom's numerics"
+            )
         return zero_padding(out, attention_mask)
 
     def guarantee(self, releases: int = 1, max_length: int = 64) -> Guarantee:

@@ -15,7 +15,9 @@ from ..accounting.validation import check_eta
 from .base import Guarantee, Mechanism, real_tokens
 
 
-def sample_dchi(shape: tuple[int, ...], d: int, eta: float, np_rng: np.random.Generator, torch_rng: torch.Generator) -> torch.Tensor:
+def sample_dchi(
+    shape: tuple[int, ...], d: int, eta: float, np_rng: np.random.Generator, torch_rng: torch.Generator
+) -> torch.Tensor:
     """``shape`` independent draws of z ∈ R^d with density ∝ exp(−η‖z‖₂): a tensor of shape (*shape, d)."""
     radius = torch.from_numpy(np_rng.gamma(shape=d, scale=1.0 / eta, size=shape)).float()
     direction = torch.randn(*shape, d, generator=torch_rng)

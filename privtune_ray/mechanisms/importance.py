@@ -17,8 +17,9 @@ import numpy as np
 from ..data.batching import TokenizedSplit
 
 
-def token_importance(data: TokenizedSplit, vocab_size: int, special_ids: list[int] | set[int],
-                     num_labels: int | None = None) -> np.ndarray:  # fmt: skip
+def token_importance(
+    data: TokenizedSplit, vocab_size: int, special_ids: list[int] | set[int], num_labels: int | None = None
+) -> np.ndarray:
     n_docs = len(data)
     labels = data.labels
     n_labels = int(num_labels or (labels.max() + 1 if len(labels) and labels.min() >= 0 else 1))

@@ -63,8 +63,15 @@ class PrivTuneParams:
 class PrivTune(Mechanism):
     name = "privtune"
 
-    def __init__(self, graph: TokenGraph, bottom: BottomModel, special_ids: list[int], params: PrivTuneParams,
-                 pad_id: int = 0, seed: int = 0):  # fmt: skip
+    def __init__(
+        self,
+        graph: TokenGraph,
+        bottom: BottomModel,
+        special_ids: list[int],
+        params: PrivTuneParams,
+        pad_id: int = 0,
+        seed: int = 0,
+    ):
         params.validate()
         super().__init__(seed)
         self.graph, self.bottom, self.p = graph, bottom, params
@@ -140,8 +147,10 @@ class PrivTune(Mechanism):
             u_perp = u - u_along * h_unit
             u_perp_norm = u_perp.norm(dim=-1, keepdim=True)
             e2 = u_perp / u_perp_norm.clamp_min(1e-12)
-            coords = self._pgd(torch.cat([rows.norm(dim=-1, keepdim=True), torch.zeros_like(u_along)], -1),
-                               torch.cat([u_along, u_perp_norm], -1))  # fmt: skip
+            coords = self._pgd(
+                torch.cat([rows.norm(dim=-1, keepdim=True), torch.zeros_like(u_along)], -1),
+                torch.cat([u_along, u_perp_norm], -1),
+            )
             delta[real] = coords[:, :1] * h_unit + coords[:, 1:] * e2
         else:
             proxy_grad = self._proxy_gradient(h, attention_mask)
@@ -200,13 +209,22 @@ class PrivTune(Mechanism):
         return privtune_guarantee(self.p, releases, self.params(), proxy_used=self.proxy is not None)
 
     def params(self):
-        return {"eta": self.p.eta, "radius": self.p.radius, "s_min": self.p.s_min, "k": self.graph.k,
-                "n_hops": self.graph.n_hops, "pgd_steps": self.p.pgd_steps, "lambda_s": self.p.lambda_s,
-                "lambda_d": self.p.lambda_d, "importance": self.p.importance}  # fmt: skip
+        return {
+            "eta": self.p.eta,
+            "radius": self.p.radius,
+            "s_min": self.p.s_min,
+            "k": self.graph.k,
+            "n_hops": self.graph.n_hops,
+            "pgd_steps": self.p.pgd_steps,
+            "lambda_s": self.p.lambda_s,
+            "lambda_d": self.p.lambda_d,
+            "importance": self.p.importance,
+        }
 
 
-def privtune_guarantee(p: PrivTuneParams, releases: int = 1, params: dict | None = None,
-                       proxy_used: bool = False) -> Guarantee:  # fmt: skip
+def privtune_guarantee(
+    p: PrivTuneParams, releases: int = 1, params: dict | None = None, proxy_used: bool = False
+) -> Guarantee:
     """Per token and release: exp((η/s_i)·(‖h(x)−h(x')‖₂ + 2r)), s_i ≥ s_min; R releases add up."""
     return Guarantee(
         kind="metric-dp",
@@ -216,8 +234,10 @@ def privtune_guarantee(p: PrivTuneParams, releases: int = 1, params: dict | None
         ),
         releases=releases,
         eta_per_unit=releases * p.eta / p.s_min,
-        params={**(params or {"eta": p.eta, "radius": p.radius, "s_min": p.s_min}),
-                "prediction_consistency": "proxy head" if proxy_used else "skipped (no proxy head)"},  # fmt: skip
+        params={
+            **(params or {"eta": p.eta, "radius": p.radius, "s_min": p.s_min}),
+            "prediction_consistency": "proxy head" if proxy_used else "skipped (no proxy head)",
+        },
     )
 
 

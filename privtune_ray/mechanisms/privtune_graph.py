@@ -66,8 +66,10 @@ def knn_graph(anchors: torch.Tensor, k: int, chunk: int = 2048) -> sp.csr_matrix
 
 def rings(adj: sp.csr_matrix, sources: np.ndarray, n: int) -> list[sp.csr_matrix]:
     """Boolean CSR [len(sources), V] of the tokens at exactly hop h from each source, for h = 1..n."""
-    frontier = sp.csr_matrix((np.ones(len(sources), dtype=np.float32), (np.arange(len(sources)), sources)),
-                             shape=(len(sources), adj.shape[0]))  # fmt: skip
+    frontier = sp.csr_matrix(
+        (np.ones(len(sources), dtype=np.float32), (np.arange(len(sources)), sources)),
+        shape=(len(sources), adj.shape[0]),
+    )
     reached = frontier.copy()
     out = []
     for _ in range(n):
@@ -80,7 +82,9 @@ def rings(adj: sp.csr_matrix, sources: np.ndarray, n: int) -> list[sp.csr_matrix
     return out
 
 
-def build_token_graph(bottom: BottomModel, tokenizer, k: int = 10, n_hops: int = 3, n_candidates: int = 8) -> TokenGraph:
+def build_token_graph(
+    bottom: BottomModel, tokenizer, k: int = 10, n_hops: int = 3, n_candidates: int = 8
+) -> TokenGraph:
     """Anchors of the whole vocabulary through ``bottom``, then :func:`graph_from_anchors`."""
     start_time = time.perf_counter()
     graph = graph_from_anchors(token_anchors(bottom, tokenizer), k, n_hops, n_candidates)
@@ -88,8 +92,9 @@ def build_token_graph(bottom: BottomModel, tokenizer, k: int = 10, n_hops: int =
     return graph
 
 
-def graph_from_anchors(anchors: torch.Tensor, k: int = 10, n_hops: int = 3, n_candidates: int = 8,
-                       chunk: int = 2048) -> TokenGraph:  # fmt: skip
+def graph_from_anchors(
+    anchors: torch.Tensor, k: int = 10, n_hops: int = 3, n_candidates: int = 8, chunk: int = 2048
+) -> TokenGraph:
     """k-NN graph, n-hop rings and target candidates over ``anchors`` [V, d]."""
     if n_hops < 1:
         raise ConfigError(f"PrivTune n_hops must be >= 1, got {n_hops}")
@@ -128,20 +133,42 @@ def graph_cache_key(model_id: str, m: int, k: int, n_hops: int, n_candidates: in
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
-def load_or_build_token_graph(bottom: BottomModel, tokenizer, model_id: str, k: int = 10, n_hops: int = 3,
-                              n_candidates: int = 8, directory: str | os.PathLike | None = None) -> TokenGraph:  # fmt: skip
+def load_or_build_token_graph(
+    bottom: BottomModel,
+    tokenizer,
+    model_id: str,
+    k: int = 10,
+    n_hops: int = 3,
+    n_candidates: int = 8,
+    directory: str | os.PathLike | None = None,
+) -> TokenGraph:
     """The cached graph for (model, m, k, n, candidates), built and saved on first use."""
     path = cache_dir(directory) / f"token-graph-{graph_cache_key(model_id, bottom.m, k, n_hops, n_candidates)}.npz"
     if path.is_file():
         z = np.load(path)
-        return TokenGraph(torch.from_numpy(z["anchors"]), torch.from_numpy(z["candidates"]), z["ring_hop"],
-                          tuple(z["norm_range"].tolist()), int(z["k"]), int(z["n_hops"]), float(z["build_s"]))  # fmt: skip
+        return TokenGraph(
+            torch.from_numpy(z["anchors"]),
+            torch.from_numpy(z["candidates"]),
+            z["ring_hop"],
+            tuple(z["norm_range"].tolist()),
+            int(z["k"]),
+            int(z["n_hops"]),
+            float(z["build_s"]),
+        )
     start_time = time.perf_counter()
     graph = graph_from_anchors(load_or_build_anchors(bottom, tokenizer, model_id, directory), k, n_hops, n_candidates)
     graph.build_s = time.perf_counter() - start_time
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")  # one per process: parallel sweep points build at once
-    np.savez(tmp, anchors=graph.anchors.numpy(), candidates=graph.candidates.numpy(), ring_hop=graph.ring_hop,
-             norm_range=np.array(graph.norm_range), k=k, n_hops=n_hops, build_s=graph.build_s)  # fmt: skip
+    np.savez(
+        tmp,
+        anchors=graph.anchors.numpy(),
+        candidates=graph.candidates.numpy(),
+        ring_hop=graph.ring_hop,
+        norm_range=np.array(graph.norm_range),
+        k=k,
+        n_hops=n_hops,
+        build_s=graph.build_s,
+    )
     os.replace(tmp, path)
     return graph

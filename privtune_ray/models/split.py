@@ -61,7 +61,7 @@ class BottomModel(nn.Module):
         self.requires_grad_(False)
         self.eval()
 
-    def train(self, mode: bool = True) -> "BottomModel":
+    def train(self, mode: bool = True) -> BottomModel:
         return super().train(False)  # frozen pretrained layers: no dropout on the device
 
     @property
@@ -73,8 +73,9 @@ class BottomModel(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.from_embeds(None, attention_mask, input_ids)
 
-    def from_embeds(self, inputs_embeds: torch.Tensor | None, attention_mask: torch.Tensor,
-                    input_ids: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    def from_embeds(
+        self, inputs_embeds: torch.Tensor | None, attention_mask: torch.Tensor, input_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """h from word embeddings [B, L, d_E] in place of E[x] (differentiable in them, weights frozen).
 
         What an attacker who knows the bottom weights runs to invert it (SPEC §3, EIA-optimisation).
@@ -95,7 +96,9 @@ class TopModel(nn.Module):
         self.final = nn.Sequential(*family.final(base))
         if task == "causal-lm":
             if family.lm_head is None:
-                raise ModelError(f"task 'causal-lm' needs a decoder model; {family.name} is an encoder: use task 'classification'")
+                raise ModelError(
+                    f"task 'causal-lm' needs a decoder model; {family.name} is an encoder: use task 'classification'"
+                )
             self.head = family.lm_head(task_model)
         else:
             self.head = family.classifier(task_model)
@@ -107,7 +110,9 @@ class TopModel(nn.Module):
         """
         start = 0 if depth is None else depth - self.m
         if not 0 <= start <= len(self.blocks):
-            raise ModelError(f"h from depth {depth} cannot enter a top model that holds blocks {self.m + 1}..{self.m + len(self.blocks)}")
+            raise ModelError(
+                f"h from depth {depth} cannot enter a top model that holds blocks {self.m + 1}..{self.m + len(self.blocks)}"
+            )
         hidden = run_blocks(self.blocks[start:], hidden, self.context(hidden, attention_mask))
         return self.head(self.final(hidden), attention_mask)
 
@@ -141,4 +146,6 @@ def split_model(task_model: nn.Module, m: int, task: str = "classification", nam
     bottom = BottomModel(family, task_model, m)
     top = TopModel(family, task_model, m, task)
     hidden_size = task_model.config.hidden_size  # d of the uploaded h (OPT's word_embed_proj_dim may differ)
-    return SplitModel(bottom=bottom, top=top, family=family, m=m, depth=depth, task=task, hidden_size=hidden_size, name=name)
+    return SplitModel(
+        bottom=bottom, top=top, family=family, m=m, depth=depth, task=task, hidden_size=hidden_size, name=name
+    )

@@ -66,7 +66,9 @@ class Backend(ABC):
 
     def run_devices(self, tasks: list[DeviceTask]) -> list:
         """Start the tasks (round-robin over the workers); :meth:`gather` collects them."""
-        return [(task, i % len(self.workers), *self._run_task(i % len(self.workers), task)) for i, task in enumerate(tasks)]
+        return [
+            (task, i % len(self.workers), *self._run_task(i % len(self.workers), task)) for i, task in enumerate(tasks)
+        ]
 
     def gather(self, pending: list) -> list[tuple[DeviceReport, Any, int]]:
         """(report, payload handle, attempts) per task, in task order."""
@@ -86,8 +88,10 @@ class Backend(ABC):
         as top-level arguments, so Ray resolves their object refs); one result per message, in message order."""
         n_rep = len(self.replicas)
         groups = [(i, list(range(i, len(payloads), n_rep))) for i in range(min(n_rep, len(payloads)))]
-        handles = [self._call(self.replicas[i], method, [keys[j] for j in g], *args, *[payloads[j] for j in g])
-                   for i, g in groups]  # fmt: skip
+        handles = [
+            self._call(self.replicas[i], method, [keys[j] for j in g], *args, *[payloads[j] for j in g])
+            for i, g in groups
+        ]
         results = [None] * len(payloads)
         for (_, g), part in zip(groups, self._replica_get(handles)):
             for j, result in zip(g, part, strict=True):
@@ -117,7 +121,9 @@ class Backend(ABC):
 
     def on_workers(self, method: str, calls: list[tuple]) -> list:
         """``worker.method(*args)`` for each tuple (round-robin over the workers); results in call order."""
-        return self._get([self._call(self.workers[j % len(self.workers)], method, *args) for j, args in enumerate(calls)])
+        return self._get(
+            [self._call(self.workers[j % len(self.workers)], method, *args) for j, args in enumerate(calls)]
+        )
 
     def middle(self, method: str, keys: list[int], payloads: list, *args) -> tuple[list, list[float]]:
         """Message j → replica j mod R (the same replica for a message's forward and backward): (outputs, seconds)."""
@@ -150,11 +156,15 @@ class Backend(ABC):
         self.load_top_state(blob)
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": self.name, "device_workers": len(self.workers), "top_replicas": len(self.replicas),
-                "replica": self._replica_get([self._call(self.replicas[0], "describe")])[0]}  # fmt: skip
+        return {
+            "backend": self.name,
+            "device_workers": len(self.workers),
+            "top_replicas": len(self.replicas),
+            "replica": self._replica_get([self._call(self.replicas[0], "describe")])[0],
+        }
 
     def shutdown(self) -> None:
-        pass
+        return None
 
 
 def _sum(parts: tuple) -> torch.Tensor | None:
@@ -257,7 +267,9 @@ class RayBackend(Backend):
         if self.gpus > 0:
             replica_setup.device = "cuda"
         self._worker_cls = ray.remote(DeviceWorker).options(num_cpus=sim.worker_cpus, max_restarts=0)
-        self._replica_cls = ray.remote(TopReplica).options(num_cpus=sim.replica_cpus, num_gpus=self.gpus, max_restarts=0)
+        self._replica_cls = ray.remote(TopReplica).options(
+            num_cpus=sim.replica_cpus, num_gpus=self.gpus, max_restarts=0
+        )
         self._worker_ref, self._replica_ref = ray.put(worker_setup), ray.put(replica_setup)
         super().__init__(worker_setup, replica_setup, sim.device_workers, sim.top_replicas)
         self._get([w.ping.remote() for w in self.workers] + [r.describe.remote() for r in self.replicas])  # started
@@ -306,8 +318,15 @@ class RayBackend(Backend):
         if not self._alive(self.workers[index]):
             self.ray.kill(self.workers[index])  # frees its resources if any part of it lingers
             self.workers[index] = self._start_worker()
-            self.faults.append({"round": self.current_round if round_ is None else round_, "component": "device_worker",
-                                "index": index, "what": f"died ({exc.__class__.__name__})", "action": f"replaced; {what} re-run"})  # fmt: skip
+            self.faults.append(
+                {
+                    "round": self.current_round if round_ is None else round_,
+                    "component": "device_worker",
+                    "index": index,
+                    "what": f"died ({exc.__class__.__name__})",
+                    "action": f"replaced; {what} re-run",
+                }
+            )
 
     def _start_replica(self):
         return self._replica_cls.remote(self._replica_ref)
@@ -337,7 +356,9 @@ class RayBackend(Backend):
                     break
                 except RayActorError as exc:
                     if attempts > self.sim.max_retries:
-                        raise PrivtuneError(f"device {task.device} failed {attempts} times in round {task.round}: {exc}") from exc
+                        raise PrivtuneError(
+                            f"device {task.device} failed {attempts} times in round {task.round}: {exc}"
+                        ) from exc
                     worker = self._replace_worker(worker, task, exc)
                     report_ref, payload_ref = self._run_task(worker, task)
                     attempts += 1
@@ -345,8 +366,15 @@ class RayBackend(Backend):
 
     def _replace_worker(self, index: int, task: DeviceTask, exc: Exception) -> int:
         self._replace_dead_worker(index, exc, "tasks", round_=task.round)
-        self.faults.append({"round": task.round, "component": "device_task", "index": task.device,
-                            "what": "lost with its worker", "action": f"re-run on worker {index}"})  # fmt: skip
+        self.faults.append(
+            {
+                "round": task.round,
+                "component": "device_task",
+                "index": task.device,
+                "what": "lost with its worker",
+                "action": f"re-run on worker {index}",
+            }
+        )
         return index
 
     def _alive(self, actor) -> bool:
@@ -372,8 +400,9 @@ class RayBackend(Backend):
             if not self._alive(replica):
                 self.ray.kill(replica)
                 self.replicas[i] = self._start_replica()
-                self.faults.append({"round": round_, "component": "top_replica", "index": i, "what": "died",
-                                    "action": "replaced"})  # fmt: skip
+                self.faults.append(
+                    {"round": round_, "component": "top_replica", "index": i, "what": "died", "action": "replaced"}
+                )
         self.load_top_state(blob)
 
     def shutdown(self) -> None:

@@ -57,8 +57,9 @@ class RoundTiming:
         return self.end_s - self.start_s
 
 
-def simulate_round(start_s: float, devices: list[DeviceTiming], replicas: int, step_s: float,
-                   deadline_s: float | None = None) -> RoundTiming:  # fmt: skip
+def simulate_round(
+    start_s: float, devices: list[DeviceTiming], replicas: int, step_s: float, deadline_s: float | None = None
+) -> RoundTiming:
     """Run the round's events: arrivals (in time order) queue for the first free of ``replicas`` servers."""
     events = {d.device: Event(d.device, None, status="dropped") for d in devices if d.dropped}
     arrivals = []

@@ -24,13 +24,14 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
+from ..attacks.suite import VictimSample
 from ..config import Config
 from ..data.batching import TokenizedSplit, batch_indices, collate
 from ..data.partition import partition
@@ -42,8 +43,14 @@ from ..models.loading import load_task_model, load_tokenizer, resolve_model
 from ..models.split import BottomModel, depth_of, split_model
 from ..progress import plain_lines, progress_bar
 from ..runs import RunDir
-from ..attacks.suite import VictimSample
-from ..training.loop import AttackRounds, attacker_data, classification_spec, load_task_data, seed_everything, top_device
+from ..training.loop import (
+    AttackRounds,
+    attacker_data,
+    classification_spec,
+    load_task_data,
+    seed_everything,
+    top_device,
+)
 from .backends import Backend, InProcessBackend, RayBackend, ReplicaLost, connect_ray
 from .clock import DeviceTiming, simulate_round, transfer_s
 from .population import Population, RoundPlan
@@ -107,7 +114,9 @@ def prepare(cfg: Config) -> Setup:
     guarded = None
     if cfg.design.name in GUARDED:
         guarded = prepare_guarded(cfg, task_model, footprint)
-        requested = split_model(task_model, guarded.layout.m + guarded.layout.a, task=cfg.model.task, name=cfg.model.name)
+        requested = split_model(
+            task_model, guarded.layout.m + guarded.layout.a, task=cfg.model.task, name=cfg.model.name
+        )
 
     tokenizer = load_tokenizer(cfg.model.name)
     train, evals = load_task_data(cfg, tokenizer, spec)
@@ -117,14 +126,31 @@ def prepare(cfg: Config) -> Setup:
 
     tiers = assign_tiers(sim, cfg.seed)
     weights = np.array([t.data_weight for t in sim.tiers])[tiers]
-    skew = {"dirichlet": {"alpha": sim.partition_alpha}, "lognormal": {"sigma": sim.partition_sigma}}.get(sim.partition, {})
+    skew = {"dirichlet": {"alpha": sim.partition_alpha}, "lognormal": {"sigma": sim.partition_sigma}}.get(
+        sim.partition, {}
+    )
     parts = partition(train.labels, sim.devices, sim.partition, seed=cfg.seed, weights=weights, **skew)
     population = Population(sim, cfg.seed, tiers, tier_depth[tiers], parts, poisson=cfg.design.name == "ewtune")
-    downloads = {int(m): footprint.download_bytes(BottomModel(full.family, task_model, int(m))) for m in np.unique(population.depth)}
+    downloads = {
+        int(m): footprint.download_bytes(BottomModel(full.family, task_model, int(m)))
+        for m in np.unique(population.depth)
+    }
     attack_split = requested if cfg.attack.enabled else None
     dp_plan = plan_simulated_dp(cfg, population) if cfg.design.name == "ewtune" else None
-    return Setup(cfg, population, train, evals, tokenizer.pad_token_id, downloads, spec.num_labels, attack_split, tokenizer,
-                 aux, dp_plan, guarded)  # fmt: skip
+    return Setup(
+        cfg,
+        population,
+        train,
+        evals,
+        tokenizer.pad_token_id,
+        downloads,
+        spec.num_labels,
+        attack_split,
+        tokenizer,
+        aux,
+        dp_plan,
+        guarded,
+    )
 
 
 def prepare_guarded(cfg: Config, task_model, footprint: BottomFootprint):
@@ -133,10 +159,12 @@ def prepare_guarded(cfg: Config, task_model, footprint: BottomFootprint):
     from .guarded import GuardedRounds
 
     sim, layout = cfg.simulation, guarded_layout(cfg, depth_of(task_model))
-    needs = {"mechanism.name": (cfg.mechanism.name == "none", "none (GuardedTuning protects A1 by dCor and quantisation)"),
-             "train.lora.enabled": (not cfg.train.lora.enabled, "false (the middle and adapters are fully fine-tuned)"),
-             "simulation.prefetch": (not sim.prefetch, "false (a round's uploads depend on the adapters of that round)"),
-             "simulation.deadline_s": (sim.deadline_s is None, "null (every exchange of a round is waited for)")}  # fmt: skip
+    needs = {
+        "mechanism.name": (cfg.mechanism.name == "none", "none (GuardedTuning protects A1 by dCor and quantisation)"),
+        "train.lora.enabled": (not cfg.train.lora.enabled, "false (the middle and adapters are fully fine-tuned)"),
+        "simulation.prefetch": (not sim.prefetch, "false (a round's uploads depend on the adapters of that round)"),
+        "simulation.deadline_s": (sim.deadline_s is None, "null (every exchange of a round is waited for)"),
+    }
     for key, (ok, fix) in needs.items():
         if not ok:
             raise ConfigError(f"design.name={cfg.design.name} needs {key}={fix}")
@@ -159,11 +187,15 @@ def plan_simulated_dp(cfg: Config, population: Population):
 
     sim = cfg.simulation
     if sim.top_replicas != 1:
-        raise ConfigError(f"design.name=ewtune adds the DP noise once per round on one top replica: set "
-                          f"simulation.top_replicas=1 (got {sim.top_replicas})")  # fmt: skip
+        raise ConfigError(
+            f"design.name=ewtune adds the DP noise once per round on one top replica: set "
+            f"simulation.top_replicas=1 (got {sim.top_replicas})"
+        )
     if sim.deadline_s is not None:
-        raise ConfigError("design.name=ewtune needs every sampled message in its round: set simulation.deadline_s=null "
-                          "(a deadline drops messages by their compute time, which depends on the data)")  # fmt: skip
+        raise ConfigError(
+            "design.name=ewtune needs every sampled message in its round: set simulation.deadline_s=null "
+            "(a deadline drops messages by their compute time, which depends on the data)"
+        )
     return plan_dp_sgd(cfg.design, population.dp_sample_rate(), steps=sim.rounds)
 
 
@@ -181,7 +213,13 @@ def start_backend(setup: Setup) -> Backend:
         replica_setup = ReplicaSetup(cfg, setup.num_labels, entry, threads, device=top_device(cfg.train.device), dp=dp)
         return InProcessBackend(worker_setup, replica_setup, sim.device_workers, sim.top_replicas)
     connect_ray(sim.address)
-    worker_setup = WorkerSetup(cfg, setup.num_labels, setup.train, setup.eval, threads=sim.worker_threads or max(1, cores // sim.device_workers))
+    worker_setup = WorkerSetup(
+        cfg,
+        setup.num_labels,
+        setup.train,
+        setup.eval,
+        threads=sim.worker_threads or max(1, cores // sim.device_workers),
+    )
     replica_threads = sim.replica_threads or max(1, cores // sim.top_replicas)
     return RayBackend(worker_setup, ReplicaSetup(cfg, setup.num_labels, entry, replica_threads, dp=dp), sim)
 
@@ -189,7 +227,9 @@ def start_backend(setup: Setup) -> Backend:
 class Coordinator:
     """Runs the rounds of one simulation and writes its run directory."""
 
-    def __init__(self, setup: Setup, backend: Backend, run: RunDir, log=print, hooks: dict[str, Callable] | None = None):
+    def __init__(
+        self, setup: Setup, backend: Backend, run: RunDir, log=print, hooks: dict[str, Callable] | None = None
+    ):
         self.setup, self.cfg, self.sim = setup, setup.cfg, setup.cfg.simulation
         self.population, self.backend, self.run, self.log = setup.population, backend, run, log
         self.hooks = hooks or {}
@@ -206,8 +246,12 @@ class Coordinator:
         return self.run.checkpoint_path
 
     def checkpoint(self) -> None:
-        state = {"totals": asdict(self.totals), "population": self.population.state_dict(), "top": self.backend.top_state(),
-                 "guarded": self.guarded.state_dict() if self.guarded else None}  # fmt: skip
+        state = {
+            "totals": asdict(self.totals),
+            "population": self.population.state_dict(),
+            "top": self.backend.top_state(),
+            "guarded": self.guarded.state_dict() if self.guarded else None,
+        }
         self.run.save_checkpoint(state)
 
     def restore(self, at_round: int) -> None:
@@ -240,7 +284,9 @@ class Coordinator:
         prefetched = None
         failures: dict[int, int] = {}
         self._wall = (time.perf_counter(), self.totals.train_wall_s)  # (session start, wall before it)
-        bar = progress_bar(total=self.sim.rounds, initial=self.totals.rounds_done, desc="rounds", enabled=self.cfg.train.progress)
+        bar = progress_bar(
+            total=self.sim.rounds, initial=self.totals.rounds_done, desc="rounds", enabled=self.cfg.train.progress
+        )
         while self.totals.rounds_done < self.sim.rounds:
             r = self.totals.rounds_done
             plan = self.population.plan(r)
@@ -269,8 +315,13 @@ class Coordinator:
                 self.restore(r)
                 self.totals.rollbacks = rollbacks
                 bar.n = self.totals.rounds_done
-                self._fault(r, "run", -1, f"{reached - self.totals.rounds_done} completed round(s) to redo",
-                            f"rolled back to the checkpoint after {self.totals.rounds_done} rounds")  # fmt: skip
+                self._fault(
+                    r,
+                    "run",
+                    -1,
+                    f"{reached - self.totals.rounds_done} completed round(s) to redo",
+                    f"rolled back to the checkpoint after {self.totals.rounds_done} rounds",
+                )
                 continue
             finally:
                 self._drain_faults()
@@ -282,8 +333,10 @@ class Coordinator:
         if self.sim.eval_every and done % self.sim.eval_every == 0 and done < self.sim.rounds:
             result = self.evaluate()
             by_depth = ", ".join(f"m={m} {v['accuracy']:.4f}" for m, v in result["per_depth"].items())
-            self.log(f"privtune-ray: round {done}/{self.sim.rounds}: dev accuracy {result['accuracy']:.4f} "
-                     f"(by depth: {by_depth}); simulated {self.totals.sim_time_s:.0f} s")  # fmt: skip
+            self.log(
+                f"privtune-ray: round {done}/{self.sim.rounds}: dev accuracy {result['accuracy']:.4f} "
+                f"(by depth: {by_depth}); simulated {self.totals.sim_time_s:.0f} s"
+            )
         if self.cfg.attack.every and done % self.cfg.attack.every == 0 and done < self.sim.rounds:
             if self.attacks:
                 self.attacks.round(done)
@@ -309,7 +362,11 @@ class Coordinator:
                 continue
             report = by_device[d.device][0]
             compute = (report.compute_s + report.mechanism_s) * tier.compute_factor
-            timings.append(DeviceTiming(d.device, down_s, compute, transfer_s(report.bytes_up, tier.uplink_mbps, latency, d.up_jitter), 0.0))
+            timings.append(
+                DeviceTiming(
+                    d.device, down_s, compute, transfer_s(report.bytes_up, tier.uplink_mbps, latency, d.up_jitter), 0.0
+                )
+            )
         # Which messages are late depends on arrivals only; the top's seconds are known after it trains on the
         # others, so the clock is run again with them for the round's record.
         arrivals = simulate_round(self.totals.sim_time_s, timings, len(self.backend.replicas), 0.0, self.sim.deadline_s)
@@ -318,7 +375,9 @@ class Coordinator:
         top_results, step_s, lr = [], 0.0, float("nan")
         if on_time:
             payloads = [by_device[i][1] for i in on_time]
-            top_results, step_s, lr = self.backend.train(payloads, [derive_seed(self.cfg.seed, i, r, 1) for i in on_time])
+            top_results, step_s, lr = self.backend.train(
+                payloads, [derive_seed(self.cfg.seed, i, r, 1) for i in on_time]
+            )
             if self.attacks is not None:
                 self._observe(plan, on_time, payloads)
         elif self.setup.dp_plan is not None:  # an empty Poisson round: DP-SGD still takes its (noise-only) step
@@ -337,8 +396,9 @@ class Coordinator:
         r, g = plan.round, self.guarded
         tasks = {d.device: d.task for d in plan.devices if d.task is not None}
         on_time = [d.device for d in plan.devices if d.task is not None]
-        exchanges, top_results = g.exchange(self.backend, on_time, tasks, {i: by_device[i][1] for i in on_time},
-                                            {i: by_device[i][0] for i in on_time})  # fmt: skip
+        exchanges, top_results = g.exchange(
+            self.backend, on_time, tasks, {i: by_device[i][1] for i in on_time}, {i: by_device[i][0] for i in on_time}
+        )
         n = sum(x.samples for x in top_results)
         step_s, lr = self.backend.step_replicas(n) if on_time else (0.0, float("nan"))
         lr = g.step(n) if on_time else lr
@@ -364,8 +424,18 @@ class Coordinator:
             compute = (by_device[d.device][0].compute_s + ex.compute_s) * tier.compute_factor
             timings.append(DeviceTiming(d.device, down_s, compute, up_s, ex.middle_s))
         clock = simulate_round(self.totals.sim_time_s, timings, len(self.backend.replicas), step_s, None)
-        self._record(plan, by_device, bytes_down, clock, top_results, step_s, lr, timings, channels,
-                     {i: x.compute_s for i, x in exchanges.items()})  # fmt: skip
+        self._record(
+            plan,
+            by_device,
+            bytes_down,
+            clock,
+            top_results,
+            step_s,
+            lr,
+            timings,
+            channels,
+            {i: x.compute_s for i, x in exchanges.items()},
+        )
 
     def _download_bytes(self, r: int, d) -> int:
         """What a device downloads before its work in round ``r``: the instruction, the bottom's weights on its first
@@ -378,11 +448,13 @@ class Coordinator:
     def _request(self, r: int, d) -> bytes:
         """The round's instruction to a device (what it downloads besides, once, the bottom's weights)."""
         n = 0 if d.task is None else len(d.task.samples)
-        return json.dumps({"round": r, "device": d.device, "samples": n, "split_depth": d.depth,
-                           "mechanism": self.cfg.mechanism.name}).encode()  # fmt: skip
+        return json.dumps(
+            {"round": r, "device": d.device, "samples": n, "split_depth": d.depth, "mechanism": self.cfg.mechanism.name}
+        ).encode()
 
-    def _record(self, plan, by_device, bytes_down, clock, top_results, step_s, lr, timings, channels=None,
-                extra_compute=None) -> None:  # fmt: skip
+    def _record(
+        self, plan, by_device, bytes_down, clock, top_results, step_s, lr, timings, channels=None, extra_compute=None
+    ) -> None:
         """``channels``: bytes per channel and device, ``extra_compute``: device seconds after the task (GuardedTuning);
         else the upload is the one ``act_up`` channel."""
         extra_compute = extra_compute or {}
@@ -396,22 +468,42 @@ class Coordinator:
             ch = channels.get(d.device, {}) if channels is not None else {"act_up": report.bytes_up if report else 0}
             releases = self.population.releases(d.device)
             eps, eta = self.privacy(releases)
-            rows.append({
-                "round": r, "device": d.device, "tier": tier.name, "depth": d.depth, "status": event.status,
-                "samples": report.samples if report else 0, "tokens": report.tokens if report else 0,
-                "bytes_up": sum(ch[c] for c in UPLINKS if c in ch) if channels is not None else (report.bytes_up if report else 0),
-                "bytes_down": bytes_down[d.device],
-                **{f"bytes_{c}": ch.get(c, 0) for c in CHANNELS},
-                "compute_s": (report.compute_s + extra_compute.get(d.device, 0.0)) if report else 0.0,
-                "mechanism_s": report.mechanism_s if report else 0.0,
-                "top_s": tm.top_s, "sim_download_s": tm.download_s, "sim_compute_s": tm.compute_s,
-                "sim_upload_s": tm.upload_s, "sim_arrival_s": event.arrival_s, "sim_top_start_s": event.top_start_s,
-                "sim_top_end_s": event.top_end_s, "releases": releases,
-                "epsilon": eps, "eta_per_unit": eta, "worker": report.worker if report else "", "attempts": attempts,
-            })  # fmt: skip
+            rows.append(
+                {
+                    "round": r,
+                    "device": d.device,
+                    "tier": tier.name,
+                    "depth": d.depth,
+                    "status": event.status,
+                    "samples": report.samples if report else 0,
+                    "tokens": report.tokens if report else 0,
+                    "bytes_up": sum(ch[c] for c in UPLINKS if c in ch)
+                    if channels is not None
+                    else (report.bytes_up if report else 0),
+                    "bytes_down": bytes_down[d.device],
+                    **{f"bytes_{c}": ch.get(c, 0) for c in CHANNELS},
+                    "compute_s": (report.compute_s + extra_compute.get(d.device, 0.0)) if report else 0.0,
+                    "mechanism_s": report.mechanism_s if report else 0.0,
+                    "top_s": tm.top_s,
+                    "sim_download_s": tm.download_s,
+                    "sim_compute_s": tm.compute_s,
+                    "sim_upload_s": tm.upload_s,
+                    "sim_arrival_s": event.arrival_s,
+                    "sim_top_start_s": event.top_start_s,
+                    "sim_top_end_s": event.top_end_s,
+                    "releases": releases,
+                    "epsilon": eps,
+                    "eta_per_unit": eta,
+                    "worker": report.worker if report else "",
+                    "attempts": attempts,
+                }
+            )
         self.run.append_rows("devices", rows)
         status = [row["status"] for row in rows]
-        sums = {k: sum(row[k] for row in rows) for k in ("samples", "tokens", "bytes_up", "bytes_down", "compute_s", "mechanism_s", "top_s")}
+        sums = {
+            k: sum(row[k] for row in rows)
+            for k in ("samples", "tokens", "bytes_up", "bytes_down", "compute_s", "mechanism_s", "top_s")
+        }
         device_s = sums["compute_s"] + sums["mechanism_s"]
         t.rounds_done += 1
         t.train_wall_s = self._wall[1] + time.perf_counter() - self._wall[0]
@@ -428,19 +520,33 @@ class Coordinator:
         t.dropped += status.count("dropped")
         t.late += status.count("late")
         row = {
-            "round": r, "online": plan.online, "selected": len(rows), "ok": status.count("ok"),
-            "dropped": status.count("dropped"), "late": status.count("late"), "samples": trained,
-            "loss": loss_sum / trained if trained else float("nan"), "lr": lr,
-            "bytes_up": sums["bytes_up"], "bytes_down": sums["bytes_down"], "device_compute_s": device_s,
-            "top_step_s": step_s, "sim_start_s": clock.start_s, "sim_end_s": clock.end_s,
-            "sim_round_s": clock.duration_s, "wall_s": t.train_wall_s, "samples_total": t.samples,
+            "round": r,
+            "online": plan.online,
+            "selected": len(rows),
+            "ok": status.count("ok"),
+            "dropped": status.count("dropped"),
+            "late": status.count("late"),
+            "samples": trained,
+            "loss": loss_sum / trained if trained else float("nan"),
+            "lr": lr,
+            "bytes_up": sums["bytes_up"],
+            "bytes_down": sums["bytes_down"],
+            "device_compute_s": device_s,
+            "top_step_s": step_s,
+            "sim_start_s": clock.start_s,
+            "sim_end_s": clock.end_s,
+            "sim_round_s": clock.duration_s,
+            "wall_s": t.train_wall_s,
+            "samples_total": t.samples,
             **self.dp_spent(),
-        }  # fmt: skip
+        }
         self.run.append("rounds", row)
         if plain_lines(self.cfg.train.progress):
-            self.log(f"privtune-ray: round {t.rounds_done}/{self.sim.rounds}: loss {row['loss']:.4f}, {row['ok']}/{row['selected']} "
-                     f"devices ok, simulated {t.sim_time_s:.0f} s, {t.bytes_up / 2**20:.1f} MiB up / "
-                     f"{t.bytes_down / 2**20:.1f} MiB down, {t.train_wall_s:.0f} s")  # fmt: skip
+            self.log(
+                f"privtune-ray: round {t.rounds_done}/{self.sim.rounds}: loss {row['loss']:.4f}, {row['ok']}/{row['selected']} "
+                f"devices ok, simulated {t.sim_time_s:.0f} s, {t.bytes_up / 2**20:.1f} MiB up / "
+                f"{t.bytes_down / 2**20:.1f} MiB down, {t.train_wall_s:.0f} s"
+            )
 
     def dp_spent(self) -> dict[str, float]:
         """EW-Tune: the DP-SGD ε spent after the rounds done (Edgeworth, PLD, RDP; cumulative); {} otherwise."""
@@ -455,8 +561,14 @@ class Coordinator:
         if releases not in self._privacy:
             g = config_guarantee(self.cfg.mechanism, max(releases, 1), self.cfg.model.max_length)
             nan = float("nan")
-            self._privacy[releases] = (nan, nan) if releases == 0 else (
-                g.epsilon if g.epsilon is not None else nan, g.eta_per_unit if g.eta_per_unit is not None else nan)
+            self._privacy[releases] = (
+                (nan, nan)
+                if releases == 0
+                else (
+                    g.epsilon if g.epsilon is not None else nan,
+                    g.eta_per_unit if g.eta_per_unit is not None else nan,
+                )
+            )
         return self._privacy[releases]
 
     # ------------------------------------------------------------------ evaluation, attacks, faults
@@ -499,7 +611,9 @@ class Coordinator:
         if self.backend.faults:
             self.run.append_rows("faults", self.backend.faults)
             for f in self.backend.faults:
-                self.log(f"privtune-ray: fault in round {f['round']}: {f['component']} {f['index']} {f['what']}; {f['action']}")
+                self.log(
+                    f"privtune-ray: fault in round {f['round']}: {f['component']} {f['index']} {f['what']}; {f['action']}"
+                )
             self.backend.faults.clear()
 
     def _hook(self, name: str, r: int) -> None:
@@ -507,16 +621,25 @@ class Coordinator:
             self.hooks[name](self, r)
 
 
-def run_simulation(cfg: Config, out: str | os.PathLike | None = None, resume: bool = False, log=print,
-                   hooks: dict[str, Callable] | None = None) -> Path:  # fmt: skip
+def run_simulation(
+    cfg: Config,
+    out: str | os.PathLike | None = None,
+    resume: bool = False,
+    log=print,
+    hooks: dict[str, Callable] | None = None,
+) -> Path:
     """``privtune-ray simulate``: returns the run directory."""
     setup = prepare(cfg)
     backend = start_backend(setup)
     try:
         run = RunDir.create(cfg, out, resume=resume)
         if resume and run.summary_path.exists():
-            raise ConfigError(f"--resume: the run in {str(run.path)!r} has finished (summary.json exists); start a new one")
-        log(f"privtune-ray: writing simulation to {run.path} ({backend.name} backend, {cfg.simulation.devices} devices)")
+            raise ConfigError(
+                f"--resume: the run in {str(run.path)!r} has finished (summary.json exists); start a new one"
+            )
+        log(
+            f"privtune-ray: writing simulation to {run.path} ({backend.name} backend, {cfg.simulation.devices} devices)"
+        )
         if setup.dp_plan is not None:
             p = setup.dp_plan
             log(f"privtune-ray: EW-Tune DP-SGD, one step per Poisson round: {p.describe()}")
@@ -534,8 +657,10 @@ def run_simulation(cfg: Config, out: str | os.PathLike | None = None, resume: bo
         summary = _summary(coordinator, result, attack_summary)
         run.write_summary(summary)
         run.remove_checkpoints()
-        log(f"privtune-ray: dev accuracy {result['accuracy']:.4f} after {summary['rounds']} rounds; "
-            f"simulated {summary['sim_time_s']:.1f} s; {summary['bytes_up']:,} bytes up")  # fmt: skip
+        log(
+            f"privtune-ray: dev accuracy {result['accuracy']:.4f} after {summary['rounds']} rounds; "
+            f"simulated {summary['sim_time_s']:.1f} s; {summary['bytes_up']:,} bytes up"
+        )
         log(f"privtune-ray: wrote {run.summary_path}")
         return run.path
     finally:
@@ -545,12 +670,19 @@ def run_simulation(cfg: Config, out: str | os.PathLike | None = None, resume: bo
 def guarded_summary(cfg: Config, g) -> dict:
     """The GuardedTuning layout (1-based block numbers) and settings of a run."""
     lay = g.layout
-    span = lambda blocks: f"{blocks[0] + 1}..{blocks[-1] + 1}" if blocks else ""  # noqa: E731
-    return {"design": cfg.design.name, "frozen_bottom_blocks": span(list(range(lay.m))), "bottom_adapter_blocks": span(lay.bottom_adapter),
-            "middle_blocks": span(lay.middle), "top_adapter_blocks": span(list(range(lay.top_adapter_start, lay.depth))),
-            "emulator_blocks": [b + 1 for b in lay.emulator] if cfg.design.name == "offline" else None,
-            "dcor_weight": cfg.design.dcor_weight if cfg.design.name != "gradfree" else 0.0, "bits": cfg.design.bits,
-            "adapter_bytes_per_round": g.trainable_bytes, "first_download_extra_bytes": g.first_extra_bytes}  # fmt: skip
+    span = lambda blocks: f"{blocks[0] + 1}..{blocks[-1] + 1}" if blocks else ""
+    return {
+        "design": cfg.design.name,
+        "frozen_bottom_blocks": span(list(range(lay.m))),
+        "bottom_adapter_blocks": span(lay.bottom_adapter),
+        "middle_blocks": span(lay.middle),
+        "top_adapter_blocks": span(list(range(lay.top_adapter_start, lay.depth))),
+        "emulator_blocks": [b + 1 for b in lay.emulator] if cfg.design.name == "offline" else None,
+        "dcor_weight": cfg.design.dcor_weight if cfg.design.name != "gradfree" else 0.0,
+        "bits": cfg.design.bits,
+        "adapter_bytes_per_round": g.trainable_bytes,
+        "first_download_extra_bytes": g.first_extra_bytes,
+    }
 
 
 def start_attacks(coordinator: Coordinator, log) -> None:
@@ -564,15 +696,24 @@ def start_attacks(coordinator: Coordinator, log) -> None:
         return
     from ..attacks.suite import AttackSuite
 
-    suite = AttackSuite.fit_on(cfg, setup.attack_split, setup.tokenizer, resolve_model(cfg.model.name), setup.aux,
-                               cfg.data.dataset, setup.train.texts, log=log)  # fmt: skip
+    suite = AttackSuite.fit_on(
+        cfg,
+        setup.attack_split,
+        setup.tokenizer,
+        resolve_model(cfg.model.name),
+        setup.aux,
+        cfg.data.dataset,
+        setup.train.texts,
+        log=log,
+    )
     coordinator.attacks = AttackRounds(suite, cfg.attack, setup.train, coordinator.run)
     if cfg.design.name == "online":
         from .guarded import LabelAttackRounds
 
         task_model = load_task_model(cfg.model.name, cfg.model.task, setup.num_labels)
-        coordinator.label_attack = LabelAttackRounds(cfg, task_model, setup.guarded.layout, setup.aux, setup.train,
-                                                     setup.pad_id, coordinator.run, log=log)  # fmt: skip
+        coordinator.label_attack = LabelAttackRounds(
+            cfg, task_model, setup.guarded.layout, setup.aux, setup.train, setup.pad_id, coordinator.run, log=log
+        )
 
 
 def merge_attack_rows(summary: dict, rows: list[dict]) -> dict:
@@ -592,24 +733,59 @@ def _summary(c: Coordinator, result: dict, attack_summary: dict) -> dict:
     tiers = []
     for k, tier in enumerate(cfg.simulation.tiers):
         members = pop.tier == k
-        tiers.append({"name": tier.name, "devices": int(members.sum()), "split_depth": int(pop.depth[members][0]) if members.any() else None,
-                      "samples": int(sum(len(pop.parts[i]) for i in np.flatnonzero(members)))})  # fmt: skip
+        tiers.append(
+            {
+                "name": tier.name,
+                "devices": int(members.sum()),
+                "split_depth": int(pop.depth[members][0]) if members.any() else None,
+                "samples": int(sum(len(pop.parts[i]) for i in np.flatnonzero(members))),
+            }
+        )
     return {
-        "name": cfg.name, "dataset": cfg.data.dataset, "model": cfg.model.name, "split_depth": cfg.model.split_depth,
+        "name": cfg.name,
+        "dataset": cfg.data.dataset,
+        "model": cfg.model.name,
+        "split_depth": cfg.model.split_depth,
         "mechanism": cfg.mechanism.name,
-        "privacy": privacy.to_dict(), "seed": cfg.seed, "devices": len(pop), "tiers": tiers,
-        "rounds": t.rounds_done, "dev_accuracy": result["accuracy"], "dev_loss": result["loss"],
+        "privacy": privacy.to_dict(),
+        "seed": cfg.seed,
+        "devices": len(pop),
+        "tiers": tiers,
+        "rounds": t.rounds_done,
+        "dev_accuracy": result["accuracy"],
+        "dev_loss": result["loss"],
         "dev_by_depth": {str(m): v for m, v in result["per_depth"].items()},
-        "train_samples": t.samples, "sent_samples": t.sent, "tokens": t.tokens, "bytes_up": t.bytes_up,
-        "bytes_down": t.bytes_down, "bytes_up_per_sample": t.bytes_up / max(t.sent, 1),
-        "device_compute_s": t.device_compute_s, "top_s": t.top_s, "sim_time_s": t.sim_time_s,
-        "train_wall_s": t.train_wall_s, "train_samples_per_s": t.samples / max(t.train_wall_s, 1e-9),
-        "dropped": t.dropped, "late": t.late, "rollbacks": t.rollbacks,
-        "max_releases": releases, "backend": c.backend.describe(), "design": cfg.design.name,
+        "train_samples": t.samples,
+        "sent_samples": t.sent,
+        "tokens": t.tokens,
+        "bytes_up": t.bytes_up,
+        "bytes_down": t.bytes_down,
+        "bytes_up_per_sample": t.bytes_up / max(t.sent, 1),
+        "device_compute_s": t.device_compute_s,
+        "top_s": t.top_s,
+        "sim_time_s": t.sim_time_s,
+        "train_wall_s": t.train_wall_s,
+        "train_samples_per_s": t.samples / max(t.train_wall_s, 1e-9),
+        "dropped": t.dropped,
+        "late": t.late,
+        "rollbacks": t.rollbacks,
+        "max_releases": releases,
+        "backend": c.backend.describe(),
+        "design": cfg.design.name,
         "bytes_by_channel": dict(t.channel_bytes),
         **({"guarded": guarded_summary(cfg, c.guarded)} if c.guarded else {}),
-        **({"dp_sgd": {**c.setup.dp_plan.to_dict(), "expected_batch_size": pop.expected_batch_size(),
-                       "spent": c.dp_spent()}} if c.setup.dp_plan else {}),
+        **(
+            {
+                "dp_sgd": {
+                    **c.setup.dp_plan.to_dict(),
+                    "expected_batch_size": pop.expected_batch_size(),
+                    "spent": c.dp_spent(),
+                }
+            }
+            if c.setup.dp_plan
+            else {}
+        ),
         **attack_summary,
-        "run_dir": str(c.run.path), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }  # fmt: skip
+        "run_dir": str(c.run.path),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }

@@ -55,7 +55,9 @@ class GuardedRounds:
         self.trainable_bytes = module_bytes(self.adapters.top if self.design == "gradfree" else self.adapters)
         self.first_extra_bytes = self.first_download_bytes(task_model)  # once, beside the bottom
         self._blobs: dict[int, list[bytes]] = {}  # the round's adapter gradients per device, until step
-        self.last_returned: dict[int, tuple[bytes, bytes]] = {}  # online: (A2, ∂ℓ/∂A2) per device, for gradient matching
+        self.last_returned: dict[
+            int, tuple[bytes, bytes]
+        ] = {}  # online: (A2, ∂ℓ/∂A2) per device, for gradient matching
 
     def first_download_bytes(self, task_model) -> int:
         """What a device downloads once besides the bottom: A_b where it is frozen (gradfree), the emulator (offline)."""
@@ -72,7 +74,9 @@ class GuardedRounds:
 
     # ------------------------------------------------------------------ a round
 
-    def exchange(self, backend, on_time: list[int], tasks: dict, payloads: dict, reports: dict) -> tuple[dict, list[TopResult]]:
+    def exchange(
+        self, backend, on_time: list[int], tasks: dict, payloads: dict, reports: dict
+    ) -> tuple[dict, list[TopResult]]:
         """Run the phases after the device tasks for the ``on_time`` devices; returns their exchanges and results.
         The devices' adapter gradients are held until :meth:`step`."""
         ex = {i: DeviceExchange() for i in on_time}
@@ -86,7 +90,9 @@ class GuardedRounds:
             for i in on_time:
                 ex[i].channels["act_up"] = len(a1[i])
                 ex[i].transfers_up.append(len(a1[i]))
-            keys = [tasks[i].seed for i in on_time]  # per (device, round): names the message, seeds the middle's dropout
+            keys = [
+                tasks[i].seed for i in on_time
+            ]  # per (device, round): names the message, seeds the middle's dropout
             a2, middle_s = backend.middle("middle_forward", keys, [a1[i] for i in on_time], True)
             tops = backend.on_workers("guarded_top", [(tasks[i], a2[j]) for j, i in enumerate(on_time)])
             blobs = {}
@@ -101,7 +107,9 @@ class GuardedRounds:
                 if grad_up is not None:
                     e.channels["grad_up"] = len(grad_up)
                     e.transfers_up.append(len(grad_up))
-            self.last_returned = {i: (a2[j], tops[j][1]) for j, i in enumerate(on_time)} if self.design == "online" else {}
+            self.last_returned = (
+                {i: (a2[j], tops[j][1]) for j, i in enumerate(on_time)} if self.design == "online" else {}
+            )
             if self.design == "online":
                 ga1, back_s = backend.middle("middle_backward", keys, [tops[j][1] for j in range(len(on_time))])
                 bottoms = backend.on_workers("guarded_bottom", [(tasks[i], ga1[j]) for j, i in enumerate(on_time)])
@@ -116,7 +124,9 @@ class GuardedRounds:
             for i in on_time:
                 self._adapter_upload(ex[i], *blobs[i])
         self._blobs = blobs
-        results = [TopResult(loss_sum=ex[i].loss_sum, samples=len(tasks[i].samples), top_s=ex[i].middle_s) for i in on_time]
+        results = [
+            TopResult(loss_sum=ex[i].loss_sum, samples=len(tasks[i].samples), top_s=ex[i].middle_s) for i in on_time
+        ]
         return ex, results
 
     def _adapter_upload(self, e: DeviceExchange, *blobs: bytes) -> None:
@@ -159,8 +169,11 @@ class GuardedRounds:
         return sum(r[0] for r in results), sum(r[1] for r in results), sum(r[2] for r in results)
 
     def state_dict(self) -> dict:
-        return {"adapters": self.adapters.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict()}  # fmt: skip
+        return {
+            "adapters": self.adapters.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.adapters.load_state_dict(state["adapters"])
@@ -189,8 +202,10 @@ class LabelAttackRounds:
         top = ClientAdapters(task_model, layout, cfg.model.task).top
         self.attack = GradientMatchingLabels(surrogate_top(top, cfg.seed + 0xA77), cfg.attack, cfg.seed)
         history = self.attack.fit(self.attack.observe_aux(encode, aux, pad_id))
-        log(f"privtune-ray: attack {self.attack.name} fitted its surrogate top adapter on {len(aux)} auxiliary sentences "
-            f"(loss {history[0]:.3f} -> {history[-1]:.3f} nats)")  # fmt: skip
+        log(
+            f"privtune-ray: attack {self.attack.name} fitted its surrogate top adapter on {len(aux)} auxiliary sentences "
+            f"(loss {history[0]:.3f} -> {history[-1]:.3f} nats)"
+        )
         self.victims = VictimSample(cfg.attack.victim_samples)
 
     def observe(self, exchanged: dict, tasks: dict) -> None:
@@ -200,8 +215,15 @@ class LabelAttackRounds:
 
         for i, (a2, grad) in exchanged.items():
             batch = collate(self.train, tasks[i].samples, self.pad_id)
-            self.victims.add(Observations(tensor_from_bytes(a2), batch.attention_mask, batch.input_ids, batch.labels,
-                                          gradients=tensor_from_bytes(grad)))  # fmt: skip
+            self.victims.add(
+                Observations(
+                    tensor_from_bytes(a2),
+                    batch.attention_mask,
+                    batch.input_ids,
+                    batch.labels,
+                    gradients=tensor_from_bytes(grad),
+                )
+            )
 
     def round(self, rounds_done: int, log=None) -> list[dict]:
         from ..attacks.suite import long_rows
@@ -211,5 +233,7 @@ class LabelAttackRounds:
         row = self.attack.run(self.victims.take())
         self.run.append_rows("attacks", long_rows([row], step=rounds_done, victims=row["samples"]))
         if log is not None:
-            log(f"privtune-ray: attack {row['attack']:<22} advantage {row['advantage']:+.3f} on {row['samples']} victim samples")
+            log(
+                f"privtune-ray: attack {row['attack']:<22} advantage {row['advantage']:+.3f} on {row['samples']} victim samples"
+            )
         return [row]

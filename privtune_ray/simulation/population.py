@@ -37,8 +37,9 @@ def poisson_sample(n: int, rate: float, seed: int) -> np.ndarray:
 
     if n == 0:
         return np.zeros(0, dtype=np.int64)
-    sampler = UniformWithReplacementSampler(num_samples=n, sample_rate=rate, steps=1,
-                                            generator=torch.Generator().manual_seed(seed))  # fmt: skip
+    sampler = UniformWithReplacementSampler(
+        num_samples=n, sample_rate=rate, steps=1, generator=torch.Generator().manual_seed(seed)
+    )
     return np.asarray(next(iter(sampler)), dtype=np.int64).reshape(-1)
 
 
@@ -112,9 +113,18 @@ class Population:
         devices = []
         for j, i in enumerate(chosen.tolist()):
             task = None if dropped[j] else self._task(round_, i, None if drawn is None else drawn[i])
-            devices.append(PlannedDevice(device=i, tier=int(self.tier[i]), depth=int(self.depth[i]), dropped=bool(dropped[j]),
-                                         first_time=not self.downloaded[i], up_jitter=float(jitter[j, 0]),
-                                         down_jitter=float(jitter[j, 1]), task=task))  # fmt: skip
+            devices.append(
+                PlannedDevice(
+                    device=i,
+                    tier=int(self.tier[i]),
+                    depth=int(self.depth[i]),
+                    dropped=bool(dropped[j]),
+                    first_time=not self.downloaded[i],
+                    up_jitter=float(jitter[j, 0]),
+                    down_jitter=float(jitter[j, 1]),
+                    task=task,
+                )
+            )
         return RoundPlan(round=round_, devices=devices, online=len(online))
 
     def _task(self, round_: int, i: int, samples: np.ndarray | None = None) -> DeviceTask:
@@ -123,13 +133,22 @@ class Population:
             if cursor >= len(self.parts[i]):
                 epoch, cursor = epoch + 1, 0
             samples = self.local_order(i, epoch)[cursor : cursor + self.sim.local_batch_size]
-        return DeviceTask(round=round_, device=i, depth=int(self.depth[i]), samples=samples, data=self.parts[i],
-                          seed=derive_seed(self.seed, i, round_), fit_seed=derive_seed(self.seed, i))  # fmt: skip
+        return DeviceTask(
+            round=round_,
+            device=i,
+            depth=int(self.depth[i]),
+            samples=samples,
+            data=self.parts[i],
+            seed=derive_seed(self.seed, i, round_),
+            fit_seed=derive_seed(self.seed, i),
+        )
 
     # ------------------------------------------------------------------ Poisson rounds (DP-SGD)
 
     def _poisson_samples(self, round_: int, i: int) -> np.ndarray:
-        return self.parts[i][poisson_sample(len(self.parts[i]), self.dp_sample_rate(), derive_seed(self.seed, i, round_, 0x9015))]
+        return self.parts[i][
+            poisson_sample(len(self.parts[i]), self.dp_sample_rate(), derive_seed(self.seed, i, round_, 0x9015))
+        ]
 
     def dp_sample_rate(self) -> float:
         """q: the probability with which each sample is in a Poisson round's batch (public: K·b / N)."""
@@ -167,9 +186,17 @@ class Population:
             self.cursor[i] += len(d.task.samples)
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch.copy(), "cursor": self.cursor.copy(), "downloaded": self.downloaded.copy(),
-                "draws": self.draws.copy()}  # fmt: skip
+        return {
+            "epoch": self.epoch.copy(),
+            "cursor": self.cursor.copy(),
+            "downloaded": self.downloaded.copy(),
+            "draws": self.draws.copy(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.cursor, self.downloaded = state["epoch"].copy(), state["cursor"].copy(), state["downloaded"].copy()
+        self.epoch, self.cursor, self.downloaded = (
+            state["epoch"].copy(),
+            state["cursor"].copy(),
+            state["downloaded"].copy(),
+        )
         self.draws = state["draws"].copy()

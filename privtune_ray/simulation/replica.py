@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import torch
 
 from ..config import Config
+from ..designs.guarded import GUARDED, Blocks, MiddleServer, guarded_layout
 from ..message import Message
 from ..models.loading import load_task_model
-from ..designs.guarded import GUARDED, Blocks, MiddleServer, guarded_layout
 from ..models.split import depth_of, split_model
 from ..training.loop import seed_everything
 from ..training.server import TopServer, apply_lora, build_optimizer, summed_loss
@@ -49,7 +49,9 @@ class TopReplica:
             middle = Blocks(task_model, guarded_layout(cfg, depth_of(task_model)).middle)
             middle.requires_grad_(cfg.design.name == "online")
             optimizer, scheduler = build_optimizer(middle, cfg.train, cfg.simulation.rounds)
-            self.server = MiddleServer(middle, optimizer, scheduler, cfg.design.name == "online", cfg.design.bits, device)
+            self.server = MiddleServer(
+                middle, optimizer, scheduler, cfg.design.name == "online", cfg.design.bits, device
+            )
             return
         split = split_model(task_model, setup.entry_depth, task=cfg.model.task, name=cfg.model.name)
         top = apply_lora(split.top, split.family, cfg.train.lora) if cfg.train.lora.enabled else split.top
@@ -60,15 +62,26 @@ class TopReplica:
             from ..designs.ewtune import DPTopServer
 
             plan, expected = setup.dp
-            self.server = DPTopServer(top, optimizer, scheduler, plan, expected_batch_size=max(1, round(expected)),
-                                      device=device, seed=cfg.seed)  # fmt: skip
+            self.server = DPTopServer(
+                top,
+                optimizer,
+                scheduler,
+                plan,
+                expected_batch_size=max(1, round(expected)),
+                device=device,
+                seed=cfg.seed,
+            )
 
     def ping(self) -> int:
         return os.getpid()
 
     def describe(self) -> dict:
-        return {"pid": os.getpid(), "device": str(self.server.device), "threads": torch.get_num_threads(),
-                "trainable_params": sum(p.numel() for p in self.server.trainable())}  # fmt: skip
+        return {
+            "pid": os.getpid(),
+            "device": str(self.server.device),
+            "threads": torch.get_num_threads(),
+            "trainable_params": sum(p.numel() for p in self.server.trainable()),
+        }
 
     def accumulate(self, seeds: list[int], *payloads: bytes) -> list[TopResult]:
         """Add each message's gradient (summed loss) to the replica's; message j's dropout seeded by ``seeds[j]``."""
@@ -120,7 +133,11 @@ class TopReplica:
         """Top weights, optimiser and schedule, serialised (what a checkpoint holds)."""
         buffer = io.BytesIO()
         s = self.server
-        state = {"top": s.top.state_dict(), "optimizer": s.optimizer.state_dict(), "scheduler": s.scheduler.state_dict()}
+        state = {
+            "top": s.top.state_dict(),
+            "optimizer": s.optimizer.state_dict(),
+            "scheduler": s.scheduler.state_dict(),
+        }
         if getattr(s.optimizer, "generator", None) is not None:  # EW-Tune: the DP noise goes on where it left off
             state["noise_rng"] = s.optimizer.generator.get_state()
         torch.save(state, buffer)
@@ -132,6 +149,7 @@ class TopReplica:
         self.server.optimizer.load_state_dict(state["optimizer"])
         self.server.scheduler.load_state_dict(state["scheduler"])
         if "noise_rng" in state:
-            self.server.optimizer.generator.set_state(state["noise_rng"].cpu() if self.server.device.type == "cpu" else state["noise_rng"])
+            self.server.optimizer.generator.set_state(
+                state["noise_rng"].cpu() if self.server.device.type == "cpu" else state["noise_rng"]
+            )
         self.server.optimizer.zero_grad(set_to_none=True)  # a survivor of a failed round holds its partial sums
-

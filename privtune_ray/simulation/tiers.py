@@ -37,10 +37,15 @@ class BottomFootprint:
     download: dict[int, int]  # depth -> safetensors payload bytes (depths in use only)
 
     @classmethod
-    def measure(cls, split: SplitModel, model_config, batch: int, length: int) -> "BottomFootprint":
+    def measure(cls, split: SplitModel, model_config, batch: int, length: int) -> BottomFootprint:
         """From the real model ``split`` (split at m = 0, so ``split.top.blocks`` holds every block) and its HF config."""
         cfg, d = model_config, split.hidden_size
-        d_ff = getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None) or getattr(cfg, "ffn_dim", None) or 4 * d
+        d_ff = (
+            getattr(cfg, "intermediate_size", None)
+            or getattr(cfg, "n_inner", None)
+            or getattr(cfg, "ffn_dim", None)
+            or 4 * d
+        )
         heads = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head", None) or 1
         activations = 4 * batch * length * (2 * d + d_ff) + 4 * batch * heads * length * length
         memory = [_param_bytes(split.bottom.embedding) + activations]

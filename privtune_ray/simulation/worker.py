@@ -19,10 +19,10 @@ import torch
 
 from ..config import Config
 from ..data.batching import TokenizedSplit, collate
-from ..mechanisms import Mechanism, build_mechanism
-from ..models.loading import load_task_model, load_tokenizer, resolve_model
 from ..designs.guarded import GUARDED, Blocks, ClientAdapters, GuardedClient, gradients_to_bytes, guarded_layout
+from ..mechanisms import Mechanism, build_mechanism
 from ..message import tensor_from_bytes
+from ..models.loading import load_task_model, load_tokenizer, resolve_model
 from ..models.split import depth_of, split_model
 from ..training.client import SplitClient
 from ..training.server import summed_loss
@@ -58,16 +58,21 @@ class DeviceWorker:
 
     def _split(self, depth: int):
         if depth not in self._splits:
-            self._splits[depth] = split_model(self.task_model, depth, task=self.cfg.model.task, name=self.cfg.model.name)
+            self._splits[depth] = split_model(
+                self.task_model, depth, task=self.cfg.model.task, name=self.cfg.model.name
+            )
         return self._splits[depth]
 
     def _mechanism(self, task: DeviceTask) -> Mechanism:
         key = (task.device, task.depth)
         if key not in self._fitted:
             if task.depth not in self._templates:
-                self._templates[task.depth] = build_mechanism(self.cfg.mechanism, self._split(task.depth), self.tokenizer,
-                                                              self.model_id, seed=self.cfg.seed)  # fmt: skip
-            self._fitted[key] = self._templates[task.depth].for_device(self.setup.train.subset(task.data), task.fit_seed)
+                self._templates[task.depth] = build_mechanism(
+                    self.cfg.mechanism, self._split(task.depth), self.tokenizer, self.model_id, seed=self.cfg.seed
+                )
+            self._fitted[key] = self._templates[task.depth].for_device(
+                self.setup.train.subset(task.data), task.fit_seed
+            )
             if len(self._fitted) > self.setup.fit_cache:
                 self._fitted.popitem(last=False)
         self._fitted.move_to_end(key)
@@ -79,21 +84,37 @@ class DeviceWorker:
         """Act as device ``task.device`` for round ``task.round``: the report and the upload's bytes."""
         if self.cfg.design.name in GUARDED:
             return self._run_guarded(task)
-        client = SplitClient(self._split(task.depth).bottom, self._mechanism(task), device_id=task.device, bits=self.cfg.design.bits)
+        client = SplitClient(
+            self._split(task.depth).bottom, self._mechanism(task), device_id=task.device, bits=self.cfg.design.bits
+        )
         batch = collate(self.setup.train, task.samples, self.pad_id)
         payload = client.encode(batch).to_bytes()
-        report = DeviceReport(round=task.round, device=task.device, depth=task.depth, samples=len(task.samples),
-                              tokens=batch.num_tokens, bytes_up=len(payload), compute_s=client.compute_s,
-                              mechanism_s=client.mechanism_s, worker=self.name)  # fmt: skip
+        report = DeviceReport(
+            round=task.round,
+            device=task.device,
+            depth=task.depth,
+            samples=len(task.samples),
+            tokens=batch.num_tokens,
+            bytes_up=len(payload),
+            compute_s=client.compute_s,
+            mechanism_s=client.mechanism_s,
+            worker=self.name,
+        )
         return report, payload
 
     def encode_eval(self, indices: np.ndarray, depth: int, seed: int) -> bytes:
         """A message of eval samples from a device of ``depth`` [ours: its mechanism fitted on the whole training split]."""
-        task = DeviceTask(round=-1, device=-1, depth=depth, samples=indices, data=np.arange(len(self.setup.train)),
-                          seed=seed, fit_seed=self.cfg.seed)  # fmt: skip
+        task = DeviceTask(
+            round=-1,
+            device=-1,
+            depth=depth,
+            samples=indices,
+            data=np.arange(len(self.setup.train)),
+            seed=seed,
+            fit_seed=self.cfg.seed,
+        )
         client = SplitClient(self._split(depth).bottom, self._mechanism(task), device_id=-1, bits=self.cfg.design.bits)
         return client.encode(collate(self.setup.eval, indices, self.pad_id)).to_bytes()
-
 
     # ------------------------------------------------------------------ GuardedTuning (simulation/guarded.py)
 
@@ -104,9 +125,14 @@ class DeviceWorker:
             emulator = None
             if cfg.design.name == "offline":
                 emulator = Blocks(copy.deepcopy(self.task_model), layout.emulator).requires_grad_(False).eval()
-            self._client = GuardedClient(cfg.design.name, self._split(layout.m).bottom,
-                                         ClientAdapters(self.task_model, layout, cfg.model.task), cfg.design.dcor_weight,
-                                         cfg.design.bits, emulator)  # fmt: skip
+            self._client = GuardedClient(
+                cfg.design.name,
+                self._split(layout.m).bottom,
+                ClientAdapters(self.task_model, layout, cfg.model.task),
+                cfg.design.dcor_weight,
+                cfg.design.bits,
+                emulator,
+            )
         return self._client
 
     def load_adapters(self, blob: bytes) -> None:
@@ -123,9 +149,19 @@ class DeviceWorker:
             payload = gradients_to_bytes(grads)
         else:
             payload = client.upload(batch)
-        report = DeviceReport(round=task.round, device=task.device, depth=task.depth, samples=len(task.samples),
-                              tokens=batch.num_tokens, bytes_up=len(payload), compute_s=client.compute_s, mechanism_s=0.0,
-                              worker=self.name, loss_sum=loss_sum, penalty=penalty)  # fmt: skip
+        report = DeviceReport(
+            round=task.round,
+            device=task.device,
+            depth=task.depth,
+            samples=len(task.samples),
+            tokens=batch.num_tokens,
+            bytes_up=len(payload),
+            compute_s=client.compute_s,
+            mechanism_s=0.0,
+            worker=self.name,
+            loss_sum=loss_sum,
+            penalty=penalty,
+        )
         return report, payload
 
     def guarded_top(self, task: DeviceTask, a2_payload: bytes) -> tuple[float, bytes | None, bytes, float]:
@@ -155,4 +191,3 @@ class DeviceWorker:
 
     def ping(self) -> str:
         return self.name
-

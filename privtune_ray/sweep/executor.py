@@ -49,15 +49,30 @@ def _record(out: Path, base: dict[str, Any], spec: SweepSpec, points: list[Point
                 f"(only the grid may grow) to resume it"
             )
         if previous.get("spec", {}).get("runner", spec.runner) != spec.runner:
-            raise ConfigError(f"{str(out)!r} holds a sweep run by {previous['spec']['runner']!r}, not {spec.runner!r}: "
-                              f"choose another --out")  # fmt: skip
+            raise ConfigError(
+                f"{str(out)!r} holds a sweep run by {previous['spec']['runner']!r}, not {spec.runner!r}: "
+                f"choose another --out"
+            )
         known = [Point(i, p["slug"], p["overrides"]) for i, p in enumerate(previous.get("points", []))]
     slugs = {p.slug for p in known}
-    every = known + [Point(len(known) + i, p.slug, p.overrides) for i, p in enumerate(q for q in points if q.slug not in slugs)]
-    write_atomic(meta_path, json.dumps({
-        "base": base, "spec": asdict(spec), "points": [{"slug": p.slug, "overrides": p.overrides} for p in every],
-        "versions": package_versions(), "git": git_revision(), "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }, indent=2, default=str))  # fmt: skip
+    every = known + [
+        Point(len(known) + i, p.slug, p.overrides) for i, p in enumerate(q for q in points if q.slug not in slugs)
+    ]
+    write_atomic(
+        meta_path,
+        json.dumps(
+            {
+                "base": base,
+                "spec": asdict(spec),
+                "points": [{"slug": p.slug, "overrides": p.overrides} for p in every],
+                "versions": package_versions(),
+                "git": git_revision(),
+                "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            },
+            indent=2,
+            default=str,
+        ),
+    )
     return every
 
 
@@ -69,13 +84,15 @@ def _run_local(base, spec: SweepSpec, points: list[Point], out: Path, finished) 
         return
     threads = max(1, (os.cpu_count() or 1) // spec.local_workers)
     with ProcessPoolExecutor(spec.local_workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        pending = {pool.submit(run_point, point_config(base, p), out / "points" / p.slug, spec.runner, threads): p
-                   for p in points}  # fmt: skip
+        pending = {
+            pool.submit(run_point, point_config(base, p), out / "points" / p.slug, spec.runner, threads): p
+            for p in points
+        }
         for future in as_completed(pending):
             point = pending[future]
             try:
                 row = future.result()
-            except Exception as exc:  # noqa: BLE001 - a crashed subprocess fails its point only
+            except Exception as exc:  # a crashed subprocess fails its point only
                 row = {"point": point.slug, "status": "failed", "error": f"{exc.__class__.__name__}: {exc}"}
             finished(point, row)
 
@@ -98,8 +115,11 @@ def run_sweep(base: dict[str, Any], spec: SweepSpec, points: list[Point], out: s
         rows[point.slug] = row
         done_now.append(point.slug)
         write_atomic(table_path, sweep_table(every, rows).to_csv(index=False))
-        numbers = [f"{label} {row[key]:.4f}" for label, key in (("utility", "utility"), ("max EIA ASR", "max_eia_asr_top1"))
-                   if isinstance(row.get(key), (int, float))]  # fmt: skip
+        numbers = [
+            f"{label} {row[key]:.4f}"
+            for label, key in (("utility", "utility"), ("max EIA ASR", "max_eia_asr_top1"))
+            if isinstance(row.get(key), (int, float))
+        ]
         done = ", ".join(numbers) or "done" if row["status"] == "done" else f"FAILED ({row['error']})"
         log(f"privtune-ray: [{len(done_now)}/{len(points)}] {point.slug}: {done}")
 
@@ -115,7 +135,9 @@ def run_sweep(base: dict[str, Any], spec: SweepSpec, points: list[Point], out: s
     connect_ray(spec.address)
     task = ray.remote(num_cpus=spec.cpus_per_point, num_gpus=spec.gpus_per_point)(run_point)
     threads = max(1, int(spec.cpus_per_point))
-    pending = {task.remote(point_config(base, p), str(out / "points" / p.slug), spec.runner, threads): p for p in points}
+    pending = {
+        task.remote(point_config(base, p), str(out / "points" / p.slug), spec.runner, threads): p for p in points
+    }
     try:
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)  # short waits: Ctrl-C stops the sweep
@@ -124,8 +146,12 @@ def run_sweep(base: dict[str, Any], spec: SweepSpec, points: list[Point], out: s
             point = pending.pop(ready[0])
             try:
                 row = ray.get(ready[0])
-            except Exception as exc:  # noqa: BLE001 - a crashed task (e.g. out of memory) fails its point only
-                row = {"point": point.slug, "status": "failed", "error": f"{exc.__class__.__name__}: {exc}".splitlines()[0]}
+            except Exception as exc:  # a crashed task (e.g. out of memory) fails its point only
+                row = {
+                    "point": point.slug,
+                    "status": "failed",
+                    "error": f"{exc.__class__.__name__}: {exc}".splitlines()[0],
+                }
             finished(point, row)
     except KeyboardInterrupt:
         for ref in pending:  # no task goes on writing into a point a rerun will resume
@@ -138,5 +164,7 @@ def _check_gpus(base: dict[str, Any], spec: SweepSpec) -> None:
     """Ray hides GPUs from a task that asks for none: a point whose top wants one must ask for a share."""
     device = (base.get("train") or {}).get("device", "cpu")
     if device in ("cuda", "auto") and spec.gpus_per_point == 0:
-        raise ConfigError(f"train.device={device!r} but Ray gives each point no GPU: set sweep.gpus_per_point "
-                          f"(e.g. --set sweep.gpus_per_point=0.25), or run with --executor local")  # fmt: skip
+        raise ConfigError(
+            f"train.device={device!r} but Ray gives each point no GPU: set sweep.gpus_per_point "
+            f"(e.g. --set sweep.gpus_per_point=0.25), or run with --executor local"
+        )

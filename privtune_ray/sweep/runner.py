@@ -12,10 +12,30 @@ from ..config import Config
 
 # Columns every row has, in this order; the per-attack columns follow.
 ROW_KEYS = (
-    "point", "status", "mechanism", "split_depth", "utility", "max_eia_asr_top1", "max_aia_advantage", "epsilon",
-    "eta_per_unit", "dp_epsilon_edgeworth", "dp_epsilon_pld", "dp_epsilon_rdp", "bytes_up_per_sample", "bytes_up", "bytes_down", "steps", "rounds", "train_wall_s", "sim_time_s",
-    "device_compute_s", "top_s", "run_dir", "error",
-)  # fmt: skip
+    "point",
+    "status",
+    "mechanism",
+    "split_depth",
+    "utility",
+    "max_eia_asr_top1",
+    "max_aia_advantage",
+    "epsilon",
+    "eta_per_unit",
+    "dp_epsilon_edgeworth",
+    "dp_epsilon_pld",
+    "dp_epsilon_rdp",
+    "bytes_up_per_sample",
+    "bytes_up",
+    "bytes_down",
+    "steps",
+    "rounds",
+    "train_wall_s",
+    "sim_time_s",
+    "device_compute_s",
+    "top_s",
+    "run_dir",
+    "error",
+)
 
 
 def _runner(name: str):
@@ -41,15 +61,24 @@ def row_from_summary(summary: dict[str, Any]) -> dict[str, Any]:
     """A run's ``summary.json`` as one flat row: utility = dev accuracy; ASR/advantage per attack."""
     privacy = summary.get("privacy") or {}
     row: dict[str, Any] = {
-        "mechanism": _defence(summary), "split_depth": summary.get("split_depth"),
-        "utility": summary.get("utility", summary.get("dev_accuracy")), "max_eia_asr_top1": summary.get("max_eia_asr_top1"),
-        "max_aia_advantage": summary.get("max_aia_advantage"), "epsilon": privacy.get("epsilon"),
-        "eta_per_unit": privacy.get("eta_per_unit"), "bytes_up_per_sample": summary.get("bytes_up_per_sample"),
-        "bytes_up": summary.get("bytes_up"), "bytes_down": summary.get("bytes_down"), "steps": summary.get("steps"),
-        "rounds": summary.get("rounds"), "train_wall_s": summary.get("train_wall_s"), "sim_time_s": summary.get("sim_time_s"),
+        "mechanism": _defence(summary),
+        "split_depth": summary.get("split_depth"),
+        "utility": summary.get("utility", summary.get("dev_accuracy")),
+        "max_eia_asr_top1": summary.get("max_eia_asr_top1"),
+        "max_aia_advantage": summary.get("max_aia_advantage"),
+        "epsilon": privacy.get("epsilon"),
+        "eta_per_unit": privacy.get("eta_per_unit"),
+        "bytes_up_per_sample": summary.get("bytes_up_per_sample"),
+        "bytes_up": summary.get("bytes_up"),
+        "bytes_down": summary.get("bytes_down"),
+        "steps": summary.get("steps"),
+        "rounds": summary.get("rounds"),
+        "train_wall_s": summary.get("train_wall_s"),
+        "sim_time_s": summary.get("sim_time_s"),
         "device_compute_s": summary.get("device_compute_s", summary.get("bottom_compute_s")),
-        "top_s": summary.get("top_s", summary.get("top_compute_s")), "run_dir": summary.get("run_dir"),
-    }  # fmt: skip
+        "top_s": summary.get("top_s", summary.get("top_compute_s")),
+        "run_dir": summary.get("run_dir"),
+    }
     sent = summary.get("sent_samples") or summary.get("train_samples") or 0
     for channel, n_bytes in (summary.get("bytes_by_channel") or {}).items():  # simulate: what crossed, per channel
         row[f"bytes_per_sample:{channel}"] = n_bytes / sent if sent else None
@@ -88,12 +117,13 @@ def run_point(cfg: Config, out: str | Path, runner: str, threads: int | None = N
             cfg.simulation.backend, cfg.simulation.address = "inprocess", None
         out.mkdir(parents=True, exist_ok=True)
         with (out.parent / f"{out.name}.log").open("a") as log_file:
+
             def log(line: str) -> None:
                 print(line, file=log_file, flush=True)
 
             try:
                 _runner(runner)(cfg, out, (out / "config.yaml").exists(), log)
-            except Exception as exc:  # noqa: BLE001 - recorded in the row, the sweep goes on
+            except Exception as exc:  # recorded in the row, the sweep goes on
                 error = f"{exc.__class__.__name__}: {exc}"
                 log(traceback.format_exc())
     return read_row(out) or {"point": out.name, "status": "failed", "error": error or "the run wrote no summary.json"}
@@ -105,7 +135,9 @@ def read_row(out: Path) -> dict[str, Any] | None:
     if not summary_path.exists():
         return None
     row = row_from_summary(json.loads(summary_path.read_text()))
-    if row["split_depth"] is None and (Path(out) / "config.yaml").exists():  # a summary without it: the run's config says
+    if (
+        row["split_depth"] is None and (Path(out) / "config.yaml").exists()
+    ):  # a summary without it: the run's config says
         import yaml
 
         row["split_depth"] = yaml.safe_load((Path(out) / "config.yaml").read_text())["model"]["split_depth"]

@@ -46,8 +46,15 @@ DEFAULT_DESIGN_ARMS: dict[str, dict[str, list[Any]]] = {
     "ewtune": {"design.target_epsilon": [1.0, 3.0, 8.0], "design.calibrate_with": ["pld"]},  # σ for the PLD bound
 }
 DEFAULT_GRID: dict[str, list[Any]] = {"model.split_depth": [0, 1, 2, 3]}
-SHORT_KEYS = {"mechanism.name": "", "design.name": "", "model.split_depth": "m", "mechanism.noise_multiplier": "sigma",
-              "design.target_epsilon": "eps", "design.calibrate_with": "cal-", "seed": "seed"}  # fmt: skip
+SHORT_KEYS = {
+    "mechanism.name": "",
+    "design.name": "",
+    "model.split_depth": "m",
+    "mechanism.noise_multiplier": "sigma",
+    "design.target_epsilon": "eps",
+    "design.calibrate_with": "cal-",
+    "seed": "seed",
+}
 NAME_KEYS = ("mechanism.name", "design.name")
 
 
@@ -67,13 +74,21 @@ class SweepSpec:
 
     def validate(self) -> None:
         if self.runner not in RUNNERS:
-            raise ConfigError(f"invalid value for config key 'sweep.runner': {self.runner!r}; choose one of {', '.join(RUNNERS)}")
+            raise ConfigError(
+                f"invalid value for config key 'sweep.runner': {self.runner!r}; choose one of {', '.join(RUNNERS)}"
+            )
         if self.executor not in EXECUTORS:
-            raise ConfigError(f"invalid value for config key 'sweep.executor': {self.executor!r}; choose one of {', '.join(EXECUTORS)}")
+            raise ConfigError(
+                f"invalid value for config key 'sweep.executor': {self.executor!r}; choose one of {', '.join(EXECUTORS)}"
+            )
         if self.cpus_per_point <= 0 or self.gpus_per_point < 0:
-            raise ConfigError("invalid value for config key 'sweep.cpus_per_point'/'sweep.gpus_per_point': cpus must be > 0, gpus >= 0")
+            raise ConfigError(
+                "invalid value for config key 'sweep.cpus_per_point'/'sweep.gpus_per_point': cpus must be > 0, gpus >= 0"
+            )
         if not isinstance(self.local_workers, int) or self.local_workers < 1:
-            raise ConfigError(f"invalid value for config key 'sweep.local_workers': {self.local_workers!r}; must be an integer >= 1")
+            raise ConfigError(
+                f"invalid value for config key 'sweep.local_workers': {self.local_workers!r}; must be an integer >= 1"
+            )
         for where, axes in [("sweep.grid", self.grid), *((f"sweep.arms[{i}]", arm) for i, arm in enumerate(self.arms))]:
             for key, values in axes.items():
                 if not values:
@@ -89,8 +104,10 @@ class Point:
     overrides: dict[str, Any]
 
     def override_args(self) -> list[str]:
-        return [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
-                for k, v in self.overrides.items()]  # fmt: skip
+        return [
+            f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
+            for k, v in self.overrides.items()
+        ]
 
 
 def default_arms() -> list[dict[str, list[Any]]]:
@@ -160,15 +177,19 @@ def expand(spec: SweepSpec) -> list[Point]:
     for arm in spec.arms or [{}]:
         axes = {**{k: v for k, v in spec.grid.items() if k not in arm}, **arm}
         # The mechanism (or design), then its parameters: the slug reads "privtune-eta10-m2", "ewtune-eps3-cal-pld-m2".
-        keys = sorted(axes, key=lambda k: (k not in NAME_KEYS, not k.startswith(("mechanism.", "design.")), list(axes).index(k)))
+        keys = sorted(
+            axes, key=lambda k: (k not in NAME_KEYS, not k.startswith(("mechanism.", "design.")), list(axes).index(k))
+        )
         for values in itertools.product(*(axes[k] for k in keys)):
             overrides = dict(zip(keys, values))
             slug = _slug(overrides)
             if slug in seen:
                 if seen[slug] == overrides:
                     continue  # two arms that name the same run (e.g. `none` listed twice)
-                raise ConfigError(f"sweep points {seen[slug]} and {overrides} would share the directory {slug!r}: "
-                                  f"use values that print differently, or keys whose last parts differ")  # fmt: skip
+                raise ConfigError(
+                    f"sweep points {seen[slug]} and {overrides} would share the directory {slug!r}: "
+                    f"use values that print differently, or keys whose last parts differ"
+                )
             seen[slug] = overrides
             points.append(Point(len(points), slug, overrides))
     return points
@@ -186,8 +207,11 @@ def point_config(base: dict[str, Any], point: Point) -> Config:
         raise ConfigError(f"sweep point {point.slug!r}: {exc}") from None
 
 
-def load_sweep(path: str | Path, overrides: list[str] | None = None, grid_args: list[str] | None = None,
-               ) -> tuple[dict[str, Any], SweepSpec, list[Point]]:  # fmt: skip
+def load_sweep(
+    path: str | Path,
+    overrides: list[str] | None = None,
+    grid_args: list[str] | None = None,
+) -> tuple[dict[str, Any], SweepSpec, list[Point]]:
     """Read a config file with an optional ``sweep:`` section; returns (base raw config, spec, points).
 
     ``overrides`` (``--set``) apply to the file (``sweep.*`` keys to the spec); ``grid_args`` (``--grid``) to the spec. Every point's config

@@ -20,8 +20,15 @@ class SplitClient:
     targets; with ``upload_targets`` (``model.lm_head=cloud``) the targets travel instead, and leak.
     """
 
-    def __init__(self, bottom: BottomModel, mechanism: Mechanism | None = None, device_id: int = 0, bits: int | None = None,
-                 head=None, upload_targets: bool = False):  # fmt: skip
+    def __init__(
+        self,
+        bottom: BottomModel,
+        mechanism: Mechanism | None = None,
+        device_id: int = 0,
+        bits: int | None = None,
+        head=None,
+        upload_targets: bool = False,
+    ):
         self.bottom = bottom
         self.bits = bits  # b-bit quantisation of h̃ on the wire (None: fp32)
         self.mechanism = mechanism or Mechanism()
@@ -39,6 +46,13 @@ class SplitClient:
         self.compute_s += mid - start
         self.mechanism_s += end - mid
         labels = batch.labels if self.head is None else torch.zeros(0, dtype=torch.long)  # U-shaped: they stay here
-        return Message(hidden=released.contiguous(), attention_mask=batch.attention_mask, labels=labels,
-                       device_id=self.device_id, split_depth=self.bottom.m, meta={"mechanism": self.mechanism.name},
-                       bits=self.bits, targets_uploaded=self.upload_targets)  # fmt: skip
+        return Message(
+            hidden=released.contiguous(),
+            attention_mask=batch.attention_mask,
+            labels=labels,
+            device_id=self.device_id,
+            split_depth=self.bottom.m,
+            meta={"mechanism": self.mechanism.name},
+            bits=self.bits,
+            targets_uploaded=self.upload_targets,
+        )

@@ -15,8 +15,8 @@ import string
 import numpy as np
 import torch
 
-from ..progress import progress_bar
 from ..data.batching import Batch, TokenizedSplit, batch_indices, collate
+from ..progress import progress_bar
 from .client import SplitClient
 from .server import TopServer, summed_loss
 
@@ -50,8 +50,17 @@ def squad_scores(prediction: str, answers: list[str]) -> tuple[float, float]:
 
 
 @torch.no_grad()
-def greedy_answers(client: SplitClient, server: TopServer, split: TokenizedSplit, indices, pad_id: int, end_id: int,
-                   max_new_tokens: int, upload, download) -> list[list[int]]:  # fmt: skip
+def greedy_answers(
+    client: SplitClient,
+    server: TopServer,
+    split: TokenizedSplit,
+    indices,
+    pad_id: int,
+    end_id: int,
+    max_new_tokens: int,
+    upload,
+    download,
+) -> list[list[int]]:
     """Continue each prompt at ``indices`` with the top's most likely token until the end token (or the limit).
     A finished answer leaves the batch: only unfinished prefixes are released again."""
     seqs = [list(split.input_ids[i][: split.prompt_lengths[i]]) for i in indices]
@@ -76,12 +85,28 @@ def greedy_answers(client: SplitClient, server: TopServer, split: TokenizedSplit
     return [s[start:] for s, start in zip(seqs, starts, strict=True)]
 
 
-def evaluate_generation(client: SplitClient, server: TopServer, split: TokenizedSplit, tokenizer, batch_size: int,
-                        pad_id: int, end_id: int, max_new_tokens: int, upload, download, progress: bool = True) -> dict:  # fmt: skip
+def evaluate_generation(
+    client: SplitClient,
+    server: TopServer,
+    split: TokenizedSplit,
+    tokenizer,
+    batch_size: int,
+    pad_id: int,
+    end_id: int,
+    max_new_tokens: int,
+    upload,
+    download,
+    progress: bool = True,
+) -> dict:
     """Exact match and token F1 of greedy answers (fractions), and the teacher-forced loss on the reference
     answer (nats per sample, computed where the head runs), all through the upload path."""
     exact, f1, loss_sum = [], [], 0.0
-    for idx in progress_bar(batch_indices(split.lengths, batch_size, shuffle=False, bucketing=True), desc="eval", enabled=progress, leave=False):
+    for idx in progress_bar(
+        batch_indices(split.lengths, batch_size, shuffle=False, bucketing=True),
+        desc="eval",
+        enabled=progress,
+        leave=False,
+    ):
         batch = collate(split, idx, pad_id)
         msg = upload(client.encode(batch))
         loss_sum += float(summed_loss(next_token_logits(client, server, msg, download), batch.labels))

@@ -43,7 +43,9 @@ class DeviceHead(TopServer):
     def head(self) -> nn.Module:
         return self.top
 
-    def loss_and_grad(self, z_payload: bytes, attention_mask: torch.Tensor, targets: torch.Tensor) -> tuple[float, bytes]:
+    def loss_and_grad(
+        self, z_payload: bytes, attention_mask: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[float, bytes]:
         """Σ CE (nats) of the received z against ``targets`` [B, L]; accumulates W's gradient and returns the
         ∂ℓ/∂z payload (real rows only)."""
         start = time.perf_counter()

@@ -111,8 +111,15 @@ def split_step(client: SplitClient, server: TopServer, batch, counters: Counters
     return loss
 
 
-def evaluate(client: SplitClient, server: TopServer, split: TokenizedSplit, batch_size: int, pad_id: int,
-             progress: bool = True, desc: str = "eval") -> dict:  # fmt: skip
+def evaluate(
+    client: SplitClient,
+    server: TopServer,
+    split: TokenizedSplit,
+    batch_size: int,
+    pad_id: int,
+    progress: bool = True,
+    desc: str = "eval",
+) -> dict:
     """Accuracy and mean cross-entropy (nats) on ``split``, through the same upload path as training."""
     counters = Counters()
     correct, loss_sum = 0, 0.0
@@ -155,16 +162,22 @@ def train_spec(cfg: Config):
     require_one_cut(cfg, "train")
     spec = get_spec(cfg.data.dataset)
     if spec.task == "generation" and cfg.model.task != "causal-lm":
-        raise ConfigError(f"data.dataset={cfg.data.dataset!r} is a generation task: set model.task=causal-lm and a "
-                          f"decoder model (a gpt2, opt or llama checkpoint), as simulations/squad_generation.yaml does")  # fmt: skip
+        raise ConfigError(
+            f"data.dataset={cfg.data.dataset!r} is a generation task: set model.task=causal-lm and a "
+            f"decoder model (a gpt2, opt or llama checkpoint), as simulations/squad_generation.yaml does"
+        )
     if spec.task == "generation":
         if cfg.design.name == "ewtune" and cfg.model.lm_head == "device":
-            raise ConfigError("design.name=ewtune clips per-sample gradients of a loss the cloud computes; with a causal "
-                              "LM that loss is on the device (model.lm_head=device): use design.name=split")  # fmt: skip
+            raise ConfigError(
+                "design.name=ewtune clips per-sample gradients of a loss the cloud computes; with a causal "
+                "LM that loss is on the device (model.lm_head=device): use design.name=split"
+            )
         return spec
     if cfg.model.task == "causal-lm":
-        raise ConfigError(f"model.task=causal-lm needs a generation dataset (squad); {cfg.data.dataset!r} is a "
-                          f"{spec.task} task: set model.task=classification")  # fmt: skip
+        raise ConfigError(
+            f"model.task=causal-lm needs a generation dataset (squad); {cfg.data.dataset!r} is a "
+            f"{spec.task} task: set model.task=classification"
+        )
     return classification_spec(cfg, "train")
 
 
@@ -176,20 +189,33 @@ def load_task_data(cfg: Config, tokenizer, spec) -> tuple[TokenizedSplit, Tokeni
     eval_raw = load_split(cfg.data.dataset, cfg.data.eval_split, max_samples=cfg.data.max_eval_samples, **load)
     if spec.task == "generation":
         n = cfg.train.max_new_tokens
-        return (tokenize_generation(train_raw, tokenizer, cfg.model.max_length, n),
-                tokenize_generation(eval_raw, tokenizer, cfg.model.max_length, n))  # fmt: skip
-    return (tokenize_split(train_raw, tokenizer, cfg.model.max_length, attributes=spec.attributes),
-            tokenize_split(eval_raw, tokenizer, cfg.model.max_length))  # fmt: skip
+        return (
+            tokenize_generation(train_raw, tokenizer, cfg.model.max_length, n),
+            tokenize_generation(eval_raw, tokenizer, cfg.model.max_length, n),
+        )
+    return (
+        tokenize_split(train_raw, tokenizer, cfg.model.max_length, attributes=spec.attributes),
+        tokenize_split(eval_raw, tokenizer, cfg.model.max_length),
+    )
 
 
 def run_training(cfg: Config, out: str | os.PathLike | None = None, resume: bool = False, log=print) -> Path:
     """Fine-tune ``cfg.model`` split at ``cfg.model.split_depth`` on ``cfg.data``; returns the run directory."""
-    from ..designs.ewtune import DPTopServer, plan_dp_sgd, poisson_batches, spent_epsilon, steps_per_epoch  # uses .server
+    from ..designs.ewtune import (
+        DPTopServer,
+        plan_dp_sgd,
+        poisson_batches,
+        spent_epsilon,
+        steps_per_epoch,
+    )  # uses .server
+
     spec = train_spec(cfg)
     device = top_device(cfg.train.device)
     seed_everything(cfg.seed)  # before loading: the fresh task head is initialised from it
     # Everything that can fail on bad input is checked before the run directory is written.
-    split_model = load_split_model(cfg.model.name, cfg.model.split_depth, task=cfg.model.task, num_labels=max(spec.num_labels, 2))
+    split_model = load_split_model(
+        cfg.model.name, cfg.model.split_depth, task=cfg.model.task, num_labels=max(spec.num_labels, 2)
+    )
     tokenizer = load_tokenizer(cfg.model.name)
     train_split, eval_split = load_task_data(cfg, tokenizer, spec)
     torch.set_num_threads(cfg.train.threads or os.cpu_count() or 1)
@@ -214,8 +240,14 @@ def run_training(cfg: Config, out: str | os.PathLike | None = None, resume: bool
     mechanism.fit(train_split)  # per-device state from the device's own data (PrivTune importance)
     attacks = None
     if aux is not None:
-        attacks = AttackRounds(AttackSuite.fit_on(cfg, split_model, tokenizer, model_id, aux, cfg.data.dataset,
-                                                  train_split.texts, log=log), cfg.attack, train_split, run)  # fmt: skip
+        attacks = AttackRounds(
+            AttackSuite.fit_on(
+                cfg, split_model, tokenizer, model_id, aux, cfg.data.dataset, train_split.texts, log=log
+            ),
+            cfg.attack,
+            train_split,
+            run,
+        )
 
     top = split_model.top
     device_head = None
@@ -225,8 +257,13 @@ def run_training(cfg: Config, out: str | os.PathLike | None = None, resume: bool
     if cfg.train.lora.enabled:
         top = apply_lora(top, split_model.family, cfg.train.lora)
     optimizer, scheduler = build_optimizer(top, cfg.train, total_steps)
-    client = SplitClient(split_model.bottom, mechanism, bits=cfg.design.bits, head=device_head,
-                         upload_targets=cfg.model.task == "causal-lm" and cfg.model.lm_head == "cloud")  # fmt: skip
+    client = SplitClient(
+        split_model.bottom,
+        mechanism,
+        bits=cfg.design.bits,
+        head=device_head,
+        upload_targets=cfg.model.task == "causal-lm" and cfg.model.lm_head == "cloud",
+    )
     if device_head is not None:
         server = HiddenStateServer(top, optimizer, scheduler, device=device)
     elif dp_plan is None:
@@ -240,7 +277,9 @@ def run_training(cfg: Config, out: str | os.PathLike | None = None, resume: bool
     counters = Counters()
     if resume:
         if run.summary_path.exists():
-            raise ConfigError(f"--resume: the run in {str(run.path)!r} has finished (summary.json exists); start a new one")
+            raise ConfigError(
+                f"--resume: the run in {str(run.path)!r} has finished (summary.json exists); start a new one"
+            )
         if run.checkpoint_path.exists() or run.previous_checkpoint_path.exists():
             counters = _restore(run, top, optimizer, scheduler, mechanism, device_head)
         run.truncate("metrics", counters.step)  # rows written after the checkpoint are redone
@@ -256,8 +295,13 @@ def run_training(cfg: Config, out: str | os.PathLike | None = None, resume: bool
     while counters.step < total_steps:
         epoch_seed = cfg.seed * 1000 + counters.epoch
         if dp_plan is None:
-            batches = batch_indices(train_split.lengths, cfg.train.batch_size, shuffle=True,
-                                    bucketing=cfg.train.length_bucketing, seed=epoch_seed)  # fmt: skip
+            batches = batch_indices(
+                train_split.lengths,
+                cfg.train.batch_size,
+                shuffle=True,
+                bucketing=cfg.train.length_bucketing,
+                seed=epoch_seed,
+            )
         else:
             batches = poisson_batches(len(train_split), cfg.train.batch_size, batches_per_epoch, seed=epoch_seed)
         for idx in batches[counters.batch_in_epoch :]:
@@ -265,8 +309,15 @@ def run_training(cfg: Config, out: str | os.PathLike | None = None, resume: bool
                 server.step(0)
                 counters.step += 1
             else:
-                window_loss.append(split_step(client, server, collate(train_split, idx, pad_id), counters,
-                                              attacks.observe if attacks else None))  # fmt: skip
+                window_loss.append(
+                    split_step(
+                        client,
+                        server,
+                        collate(train_split, idx, pad_id),
+                        counters,
+                        attacks.observe if attacks else None,
+                    )
+                )
             loss = window_loss[-1] if window_loss else float("nan")
             counters.batch_in_epoch += 1
             window_samples += len(idx)
@@ -276,18 +327,28 @@ def run_training(cfg: Config, out: str | os.PathLike | None = None, resume: bool
             if counters.step % cfg.train.log_every == 0 or counters.step == total_steps:
                 now = time.perf_counter()
                 row = {
-                    "step": counters.step, "epoch": counters.epoch, "loss": float(np.mean(window_loss)) if window_loss else float("nan"),
-                    "lr": server.lr, "samples": counters.samples, "tokens": counters.tokens,
-                    "bytes_up": counters.bytes_up, "bytes_down": counters.bytes_down, "samples_per_s": window_samples / max(now - window_start, 1e-9),
-                    "bottom_s": client.compute_s, "mechanism_s": client.mechanism_s, "top_s": server.compute_s,
+                    "step": counters.step,
+                    "epoch": counters.epoch,
+                    "loss": float(np.mean(window_loss)) if window_loss else float("nan"),
+                    "lr": server.lr,
+                    "samples": counters.samples,
+                    "tokens": counters.tokens,
+                    "bytes_up": counters.bytes_up,
+                    "bytes_down": counters.bytes_down,
+                    "samples_per_s": window_samples / max(now - window_start, 1e-9),
+                    "bottom_s": client.compute_s,
+                    "mechanism_s": client.mechanism_s,
+                    "top_s": server.compute_s,
                     "comm_s": counters.comm_s,
                     "elapsed_s": counters.train_s,
                     **(spent_epsilon(dp_plan, counters.step) if dp_plan else {}),
-                }  # fmt: skip
+                }
                 run.append("metrics", row)
                 if plain:
-                    log(f"privtune-ray: step {counters.step}/{total_steps}: loss {row['loss']:.4f}, "
-                        f"{row['samples_per_s']:.1f} samples/s, {counters.bytes_up / 2**20:.1f} MiB up, {counters.train_s:.0f} s")  # fmt: skip
+                    log(
+                        f"privtune-ray: step {counters.step}/{total_steps}: loss {row['loss']:.4f}, "
+                        f"{row['samples_per_s']:.1f} samples/s, {counters.bytes_up / 2**20:.1f} MiB up, {counters.train_s:.0f} s"
+                    )
                 window_loss, window_samples, window_start = [], 0, now
             if cfg.train.eval_every and counters.step % cfg.train.eval_every == 0 and counters.step < total_steps:
                 _evaluate_and_log(run, client, server, eval_split, cfg, tokenizer, counters.step, log=log)
@@ -321,8 +382,11 @@ def run_training(cfg: Config, out: str | os.PathLike | None = None, resume: bool
         "epochs": round(epochs_done, 4),
         "train_samples": counters.samples,
         "train_split_size": len(train_split),
-        **({"dev_accuracy": result["accuracy"]} if "accuracy" in result else
-           {"dev_exact_match": result["exact_match"], "dev_f1": result["f1"]}),
+        **(
+            {"dev_accuracy": result["accuracy"]}
+            if "accuracy" in result
+            else {"dev_exact_match": result["exact_match"], "dev_f1": result["f1"]}
+        ),
         "utility": result[metric],
         "utility_metric": metric,
         "dev_loss": result["loss"],
@@ -332,9 +396,17 @@ def run_training(cfg: Config, out: str | os.PathLike | None = None, resume: bool
         "bytes_down": counters.bytes_down,
         "bytes_up_eval": result["bytes_up"],
         "bytes_down_eval": result.get("bytes_down", 0),
-        **({"lm_head": cfg.model.lm_head, "targets_uploaded": client.upload_targets,
-            "leaks": ["the token targets (the answer text) are uploaded with h̃ (model.lm_head=cloud)"]
-            if client.upload_targets else []} if cfg.model.task == "causal-lm" else {}),
+        **(
+            {
+                "lm_head": cfg.model.lm_head,
+                "targets_uploaded": client.upload_targets,
+                "leaks": ["the token targets (the answer text) are uploaded with h̃ (model.lm_head=cloud)"]
+                if client.upload_targets
+                else [],
+            }
+            if cfg.model.task == "causal-lm"
+            else {}
+        ),
         "train_wall_s": counters.train_s,
         "train_samples_per_s": counters.samples / max(counters.train_s, 1e-9),
         "bottom_compute_s": client.compute_s,
@@ -377,8 +449,14 @@ class AttackRounds:
 
     def observe(self, msg: Message, batch) -> None:
         data = self.train_split
-        self.sample.add(Observations.from_message(msg, batch.input_ids, {k: v[batch.indices] for k, v in data.attributes.items()},
-                                                  [data.texts[i] for i in batch.indices]))  # fmt: skip
+        self.sample.add(
+            Observations.from_message(
+                msg,
+                batch.input_ids,
+                {k: v[batch.indices] for k, v in data.attributes.items()},
+                [data.texts[i] for i in batch.indices],
+            )
+        )
 
     def round(self, step: int, log=None) -> dict:
         victims = self.sample.take()
@@ -387,10 +465,15 @@ class AttackRounds:
             self.run.append("attacks", row)
         if log is not None:
             for r in rows:
-                score = f"ASR top-1 {r['asr_top1']:.3f}" if r["kind"] == "inversion" else f"advantage {r['advantage']:+.3f}"
+                score = (
+                    f"ASR top-1 {r['asr_top1']:.3f}" if r["kind"] == "inversion" else f"advantage {r['advantage']:+.3f}"
+                )
                 log(f"privtune-ray: attack {r['attack']:<22} {score} on {len(victims)} victim sentences")
-        return {"attacks": {r["attack"]: {k: v for k, v in r.items() if k != "attack"} for r in rows},
-                **headline(rows), "attack_setup": self.suite.describe()}  # fmt: skip
+        return {
+            "attacks": {r["attack"]: {k: v for k, v in r.items() if k != "attack"} for r in rows},
+            **headline(rows),
+            "attack_setup": self.suite.describe(),
+        }
 
 
 def _evaluate_and_log(run, client, server, split, cfg: Config, tokenizer, step: int, log=None) -> dict:
@@ -400,9 +483,19 @@ def _evaluate_and_log(run, client, server, split, cfg: Config, tokenizer, step: 
         result = evaluate(client, server, split, cfg.train.eval_batch_size, pad_id, progress=cfg.train.progress)
     else:
         counters = Counters()
-        result = evaluate_generation(client, server, split, tokenizer, cfg.train.eval_batch_size, pad_id,
-                                     end_token_id(tokenizer), cfg.train.max_new_tokens, lambda msg: upload(msg, counters),
-                                     lambda payload: download(payload, counters), progress=cfg.train.progress)  # fmt: skip
+        result = evaluate_generation(
+            client,
+            server,
+            split,
+            tokenizer,
+            cfg.train.eval_batch_size,
+            pad_id,
+            end_token_id(tokenizer),
+            cfg.train.max_new_tokens,
+            lambda msg: upload(msg, counters),
+            lambda payload: download(payload, counters),
+            progress=cfg.train.progress,
+        )
         result["bytes_up"], result["bytes_down"] = counters.bytes_up, counters.bytes_down
     run.append("eval", {"step": step, "split": cfg.data.eval_split, **result})
     if log is not None:
@@ -425,7 +518,11 @@ def _checkpoint(run: RunDir, top, optimizer, scheduler, mechanism, counters: Cou
 
 
 def _head_state(head: DeviceHead) -> dict:
-    return {"head": head.head.state_dict(), "optimizer": head.optimizer.state_dict(), "scheduler": head.scheduler.state_dict()}
+    return {
+        "head": head.head.state_dict(),
+        "optimizer": head.optimizer.state_dict(),
+        "scheduler": head.scheduler.state_dict(),
+    }
 
 
 def _restore(run: RunDir, top, optimizer, scheduler, mechanism, device_head=None) -> Counters:

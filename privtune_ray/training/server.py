@@ -36,7 +36,7 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, total_steps: int):
     from transformers import get_linear_schedule_with_warmup
 
     decay, no_decay = [], []
-    for name, param in model.named_parameters():
+    for param in model.parameters():
         if param.requires_grad:
             (no_decay if param.ndim < 2 else decay).append(param)
     optimizer = torch.optim.AdamW(
@@ -51,7 +51,9 @@ def summed_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     (causal LM): position t predicts token t+1, summed over the targets that are not -100."""
     if labels.dim() == 1:
         return nn.functional.cross_entropy(logits, labels, reduction="sum")
-    return nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=IGNORE, reduction="sum")
+    return nn.functional.cross_entropy(
+        logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=IGNORE, reduction="sum"
+    )
 
 
 class TopServer:
