@@ -18,8 +18,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .errors import PrivtuneError
+from .errors import ConfigError, PrivtuneError
 from .sweep.spec import EXECUTORS
+
+# Each command imports the packages it runs (torch, transformers, ray, the registries) inside its function, after
+# its config's schema checks: `--help` and a bad key, type or range answer without them.
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -104,6 +107,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _config(args):
+    """The command's config, loaded and checked: schema, types and ranges first (no torch imported), then the
+    registry names (``checks.check_config``, which imports the registries)."""
     from .config import load_config
 
     if getattr(args, "resume", False) and not args.out:
@@ -111,11 +116,15 @@ def _config(args):
     overrides = list(args.overrides)
     if args.data_dir:
         overrides.append(f"data.data_dir={args.data_dir}")
-    return load_config(args.config, overrides)
+    cfg = load_config(args.config, overrides)
+    from .checks import check_config  # the registries import torch: after the checks that answer without it
+
+    check_config(cfg)
+    return cfg
 
 
 def _train(args) -> None:
-    cfg = _config(args)  # a bad config answers before torch and transformers are imported
+    cfg = _config(args)  # a bad key, type or range answers before torch and transformers are imported
     from .training.loop import run_training
 
     run_training(cfg, out=args.out, resume=args.resume)
@@ -153,11 +162,13 @@ def _account(args) -> None:
         prv_epsilon,
         rdp_epsilon,
     )
+    from .checks import check_config
     from .config import load_config
     from .mechanisms import config_guarantee
 
     if args.config:
         cfg = load_config(args.config, args.overrides)
+        check_config(cfg)
         releases = cfg.train.epochs
         g = config_guarantee(cfg.mechanism, releases, cfg.model.max_length)
         print(f"mechanism {cfg.mechanism.name} ({g.kind}), {releases} release(s) per sample (train.epochs):")
@@ -227,10 +238,17 @@ def _sweep(args) -> None:
 
     from analysis.tables import failed_points
 
+    from .checks import check_config
     from .sweep import load_sweep, run_sweep
+    from .sweep.spec import point_config
 
     overrides = list(args.overrides) + ([f"data.data_dir={args.data_dir}"] if args.data_dir else [])
     base, spec, points = load_sweep(args.config, overrides, args.grid)
+    for point in points:  # every point's names too, before anything runs
+        try:
+            check_config(point_config(base, point))
+        except ConfigError as exc:
+            raise ConfigError(f"sweep point {point.slug!r}: {exc}") from None
     spec.executor = args.executor or spec.executor
     spec.address = args.address or spec.address
     spec.local_workers = args.local_workers or spec.local_workers

@@ -1,7 +1,9 @@
 """Typed run configuration: dataclasses loaded from YAML, with ``--set key=value`` overrides.
 
 Every key is checked: an unknown key or a value of the wrong type or range raises one
-:class:`ConfigError` that names the full dotted key and the fix.
+:class:`ConfigError` that names the full dotted key and the fix. This module is the schema alone and imports
+no feature package (no torch): names that only a registry knows (dataset, partitioner, mechanism, attacks) are
+checked by :func:`privtune_ray.checks.check_config`, which every command that runs something calls next.
 """
 
 from __future__ import annotations
@@ -33,10 +35,10 @@ class ModelConfig:
     lm_head: str = "device"
 
     def validate(self, key: str) -> None:
-        _require(self.split_depth >= 0, f"{key}.split_depth", "must be >= 0 (number of blocks on the device)")
-        _require(self.max_length >= 2, f"{key}.max_length", "must be >= 2 tokens")
-        _require(self.task in ("classification", "causal-lm"), f"{key}.task", "must be 'classification' or 'causal-lm'")
-        _require(
+        require(self.split_depth >= 0, f"{key}.split_depth", "must be >= 0 (number of blocks on the device)")
+        require(self.max_length >= 2, f"{key}.max_length", "must be >= 2 tokens")
+        require(self.task in ("classification", "causal-lm"), f"{key}.task", "must be 'classification' or 'causal-lm'")
+        require(
             self.lm_head in ("device", "cloud"),
             f"{key}.lm_head",
             "must be 'device' (U-shaped: no token leaves the device) or 'cloud' (uploads the token targets)",
@@ -56,16 +58,9 @@ class DataConfig:
     hub_fallback: bool = True  # try the public hub copy when the local files are missing and HF_HUB_OFFLINE is unset
 
     def validate(self, key: str) -> None:
-        from .data.registry import DATASETS
-
-        _require(
-            self.dataset in DATASETS,
-            f"{key}.dataset",
-            f"unknown dataset {self.dataset!r}; choose one of {sorted(DATASETS)}",
-        )
         for name in ("max_train_samples", "max_eval_samples"):
             value = getattr(self, name)
-            _require(value is None or value > 0, f"{key}.{name}", "must be a positive number of samples or null")
+            require(value is None or value > 0, f"{key}.{name}", "must be a positive number of samples or null")
 
 
 @dataclass
@@ -96,27 +91,20 @@ class MechanismConfig:
     cache_dir: str | None = None  # PrivTune graph cache (None: $PRIVTUNE_CACHE_DIR or ~/.cache/privtune-ray)
 
     def validate(self, key: str) -> None:
-        from .mechanisms import MECHANISMS
-
-        _require(
-            self.name in MECHANISMS,
-            f"{key}.name",
-            f"unknown mechanism {self.name!r}; choose one of {sorted(MECHANISMS)}",
-        )
-        _require(self.eta > 0, f"{key}.eta", "must be > 0 (larger eta means less noise)")
-        _require(self.noise_multiplier > 0, f"{key}.noise_multiplier", "must be > 0")
-        _require(self.clip_norm > 0, f"{key}.clip_norm", "must be > 0")
-        _require(0 < self.delta < 1, f"{key}.delta", "must be in (0, 1), e.g. 1e-5")
-        _require(self.k >= 1, f"{key}.k", "must be >= 1 (and below the vocabulary size)")
-        _require(self.n_hops >= 1, f"{key}.n_hops", "must be >= 1")
-        _require(self.candidates >= 1, f"{key}.candidates", "must be >= 1")
-        _require(self.radius >= 0, f"{key}.radius", "must be >= 0")
-        _require(0 < self.s_min <= 1, f"{key}.s_min", "must be in (0, 1]")
-        _require(self.pgd_steps >= 0, f"{key}.pgd_steps", "must be >= 0")
-        _require(self.pgd_step_size > 0, f"{key}.pgd_step_size", "must be > 0")
+        require(self.eta > 0, f"{key}.eta", "must be > 0 (larger eta means less noise)")
+        require(self.noise_multiplier > 0, f"{key}.noise_multiplier", "must be > 0")
+        require(self.clip_norm > 0, f"{key}.clip_norm", "must be > 0")
+        require(0 < self.delta < 1, f"{key}.delta", "must be in (0, 1), e.g. 1e-5")
+        require(self.k >= 1, f"{key}.k", "must be >= 1 (and below the vocabulary size)")
+        require(self.n_hops >= 1, f"{key}.n_hops", "must be >= 1")
+        require(self.candidates >= 1, f"{key}.candidates", "must be >= 1")
+        require(self.radius >= 0, f"{key}.radius", "must be >= 0")
+        require(0 < self.s_min <= 1, f"{key}.s_min", "must be in (0, 1]")
+        require(self.pgd_steps >= 0, f"{key}.pgd_steps", "must be >= 0")
+        require(self.pgd_step_size > 0, f"{key}.pgd_step_size", "must be > 0")
         for name in ("lambda_s", "lambda_d", "lambda_p"):
-            _require(getattr(self, name) >= 0, f"{key}.{name}", "must be >= 0")
-        _require(
+            require(getattr(self, name) >= 0, f"{key}.{name}", "must be >= 0")
+        require(
             self.importance_samples is None or self.importance_samples > 0,
             f"{key}.importance_samples",
             "must be > 0 or null",
@@ -134,9 +122,9 @@ class LoraConfig:
     target_modules: list[str] | None = None  # None: the family's attention and MLP projections
 
     def validate(self, key: str) -> None:
-        _require(self.r > 0, f"{key}.r", "must be a positive rank")
-        _require(self.alpha > 0, f"{key}.alpha", "must be positive")
-        _require(0.0 <= self.dropout < 1.0, f"{key}.dropout", "must be in [0, 1)")
+        require(self.r > 0, f"{key}.r", "must be a positive rank")
+        require(self.alpha > 0, f"{key}.alpha", "must be positive")
+        require(0.0 <= self.dropout < 1.0, f"{key}.dropout", "must be in [0, 1)")
 
 
 @dataclass
@@ -161,19 +149,19 @@ class TrainConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
 
     def validate(self, key: str) -> None:
-        _require(self.epochs >= 1, f"{key}.epochs", "must be >= 1")
-        _require(self.max_steps is None or self.max_steps >= 1, f"{key}.max_steps", "must be >= 1 or null")
-        _require(self.batch_size >= 1, f"{key}.batch_size", "must be >= 1")
-        _require(self.eval_batch_size >= 1, f"{key}.eval_batch_size", "must be >= 1")
-        _require(self.lr > 0, f"{key}.lr", "must be > 0")
-        _require(self.weight_decay >= 0, f"{key}.weight_decay", "must be >= 0")
-        _require(0.0 <= self.warmup_ratio < 1.0, f"{key}.warmup_ratio", "must be in [0, 1)")
-        _require(self.log_every >= 1, f"{key}.log_every", "must be >= 1")
-        _require(self.eval_every is None or self.eval_every >= 1, f"{key}.eval_every", "must be >= 1 or null")
-        _require(self.checkpoint_every >= 1, f"{key}.checkpoint_every", "must be >= 1")
-        _require(self.threads is None or self.threads >= 1, f"{key}.threads", "must be >= 1 or null")
-        _require(self.max_new_tokens >= 1, f"{key}.max_new_tokens", "must be >= 1")
-        _require(self.device in ("cpu", "cuda", "auto"), f"{key}.device", "must be 'cpu', 'cuda' or 'auto'")
+        require(self.epochs >= 1, f"{key}.epochs", "must be >= 1")
+        require(self.max_steps is None or self.max_steps >= 1, f"{key}.max_steps", "must be >= 1 or null")
+        require(self.batch_size >= 1, f"{key}.batch_size", "must be >= 1")
+        require(self.eval_batch_size >= 1, f"{key}.eval_batch_size", "must be >= 1")
+        require(self.lr > 0, f"{key}.lr", "must be > 0")
+        require(self.weight_decay >= 0, f"{key}.weight_decay", "must be >= 0")
+        require(0.0 <= self.warmup_ratio < 1.0, f"{key}.warmup_ratio", "must be in [0, 1)")
+        require(self.log_every >= 1, f"{key}.log_every", "must be >= 1")
+        require(self.eval_every is None or self.eval_every >= 1, f"{key}.eval_every", "must be >= 1 or null")
+        require(self.checkpoint_every >= 1, f"{key}.checkpoint_every", "must be >= 1")
+        require(self.threads is None or self.threads >= 1, f"{key}.threads", "must be >= 1 or null")
+        require(self.max_new_tokens >= 1, f"{key}.max_new_tokens", "must be >= 1")
+        require(self.device in ("cpu", "cuda", "auto"), f"{key}.device", "must be 'cpu', 'cuda' or 'auto'")
         self.lora.validate(f"{key}.lora")
 
 
@@ -208,33 +196,17 @@ class AttackConfig:
     top_k: int = 5  # EIA top-k ASR
 
     def validate(self, key: str) -> None:
-        from .attacks import ATTACKS
-
-        for name in self.names:
-            _require(
-                name == "auto" or name in ATTACKS,
-                f"{key}.names",
-                f"unknown attack {name!r}; choose from {sorted(ATTACKS)} or 'auto'",
-            )
-        _require(len(self.names) > 0, f"{key}.names", "must name at least one attack (or 'auto')")
-        if self.aux_dataset is not None:
-            from .data.registry import DATASETS
-
-            _require(
-                self.aux_dataset in DATASETS,
-                f"{key}.aux_dataset",
-                f"unknown dataset {self.aux_dataset!r}; choose one of {sorted(DATASETS)}",
-            )
-        _require(self.aux_samples >= 1, f"{key}.aux_samples", "must be >= 1")
-        _require(
+        require(len(self.names) > 0, f"{key}.names", "must name at least one attack (or 'auto')")
+        require(self.aux_samples >= 1, f"{key}.aux_samples", "must be >= 1")
+        require(
             self.victim_samples is None or self.victim_samples >= 1, f"{key}.victim_samples", "must be >= 1 or null"
         )
-        _require(self.every is None or self.every >= 1, f"{key}.every", "must be >= 1 or null")
+        require(self.every is None or self.every >= 1, f"{key}.every", "must be >= 1 or null")
         for name in ("epochs", "probe_epochs", "batch_size", "opt_candidates", "keywords", "top_k"):
-            _require(getattr(self, name) >= 1, f"{key}.{name}", "must be >= 1")
-        _require(self.opt_steps >= 0, f"{key}.opt_steps", "must be >= 0")
+            require(getattr(self, name) >= 1, f"{key}.{name}", "must be >= 1")
+        require(self.opt_steps >= 0, f"{key}.opt_steps", "must be >= 0")
         for name in ("lr", "probe_lr", "opt_lr", "opt_temperature"):
-            _require(getattr(self, name) > 0, f"{key}.{name}", "must be > 0")
+            require(getattr(self, name) > 0, f"{key}.{name}", "must be > 0")
 
 
 @dataclass
@@ -258,13 +230,13 @@ class TierConfig:
     dropout: float = 0.0  # P(a selected device quits mid-round, before its upload arrives)
 
     def validate(self, key: str) -> None:
-        _require(bool(self.name), f"{key}.name", "must be a non-empty tier name")
+        require(bool(self.name), f"{key}.name", "must be a non-empty tier name")
         for name in ("share", "compute_factor", "uplink_mbps", "downlink_mbps", "memory_mb", "data_weight"):
-            _require(getattr(self, name) > 0, f"{key}.{name}", "must be > 0")
-        _require(self.jitter >= 0, f"{key}.jitter", "must be >= 0")
-        _require(self.latency_ms >= 0, f"{key}.latency_ms", "must be >= 0")
-        _require(0 < self.availability <= 1, f"{key}.availability", "must be in (0, 1]")
-        _require(0 <= self.dropout < 1, f"{key}.dropout", "must be in [0, 1)")
+            require(getattr(self, name) > 0, f"{key}.{name}", "must be > 0")
+        require(self.jitter >= 0, f"{key}.jitter", "must be >= 0")
+        require(self.latency_ms >= 0, f"{key}.latency_ms", "must be >= 0")
+        require(0 < self.availability <= 1, f"{key}.availability", "must be in (0, 1]")
+        require(0 <= self.dropout < 1, f"{key}.dropout", "must be in [0, 1)")
 
 
 @dataclass
@@ -302,40 +274,34 @@ class SimulationConfig:
     max_retries: int = 3  # re-runs of a device task or a round after an actor dies
 
     def validate(self, key: str) -> None:
-        from .data.partition import PARTITIONERS
-
-        _require(self.backend in ("inprocess", "ray"), f"{key}.backend", "must be 'inprocess' or 'ray'")
-        _require(self.devices >= 1, f"{key}.devices", "must be >= 1 (the number of virtual devices)")
-        _require(len(self.tiers) >= 1, f"{key}.tiers", "must list at least one device tier")
+        require(self.backend in ("inprocess", "ray"), f"{key}.backend", "must be 'inprocess' or 'ray'")
+        require(self.devices >= 1, f"{key}.devices", "must be >= 1 (the number of virtual devices)")
+        require(len(self.tiers) >= 1, f"{key}.tiers", "must list at least one device tier")
         names = [t.name for t in self.tiers]
-        _require(len(set(names)) == len(names), f"{key}.tiers", f"tier names must be unique, got {names}")
+        require(len(set(names)) == len(names), f"{key}.tiers", f"tier names must be unique, got {names}")
         for i, tier in enumerate(self.tiers):
             tier.validate(f"{key}.tiers[{i}]")
-        _require(self.partition in PARTITIONERS, f"{key}.partition", f"choose one of {sorted(PARTITIONERS)}")
-        _require(self.partition_alpha > 0, f"{key}.partition_alpha", "must be > 0")
-        _require(self.partition_sigma >= 0, f"{key}.partition_sigma", "must be >= 0")
-        _require(self.rounds >= 1, f"{key}.rounds", "must be >= 1")
-        _require(self.devices_per_round >= 1, f"{key}.devices_per_round", "must be >= 1")
-        _require(
+        require(self.partition_alpha > 0, f"{key}.partition_alpha", "must be > 0")
+        require(self.partition_sigma >= 0, f"{key}.partition_sigma", "must be >= 0")
+        require(self.rounds >= 1, f"{key}.rounds", "must be >= 1")
+        require(self.devices_per_round >= 1, f"{key}.devices_per_round", "must be >= 1")
+        require(
             self.devices_per_round <= self.devices,
             f"{key}.devices_per_round",
             f"{self.devices_per_round} devices per round out of simulation.devices={self.devices}: lower it to at "
             f"most {self.devices} or raise simulation.devices",
         )
-        _require(self.local_batch_size >= 1, f"{key}.local_batch_size", "must be >= 1")
-        _require(self.deadline_s is None or self.deadline_s > 0, f"{key}.deadline_s", "must be > 0 seconds or null")
+        require(self.local_batch_size >= 1, f"{key}.local_batch_size", "must be >= 1")
+        require(self.deadline_s is None or self.deadline_s > 0, f"{key}.deadline_s", "must be > 0 seconds or null")
         for name in ("device_workers", "top_replicas", "checkpoint_every"):
-            _require(getattr(self, name) >= 1, f"{key}.{name}", "must be >= 1")
-        _require(self.max_retries >= 0, f"{key}.max_retries", "must be >= 0")
+            require(getattr(self, name) >= 1, f"{key}.{name}", "must be >= 1")
+        require(self.max_retries >= 0, f"{key}.max_retries", "must be >= 0")
         for name in ("worker_cpus", "replica_cpus"):
-            _require(getattr(self, name) >= 0, f"{key}.{name}", "must be >= 0")
+            require(getattr(self, name) >= 0, f"{key}.{name}", "must be >= 0")
         for name in ("worker_threads", "replica_threads"):
-            _require(getattr(self, name) is None or getattr(self, name) >= 1, f"{key}.{name}", "must be >= 1 or null")
-        _require(self.replica_gpus is None or self.replica_gpus >= 0, f"{key}.replica_gpus", "must be >= 0 or null")
-        _require(self.eval_every is None or self.eval_every >= 1, f"{key}.eval_every", "must be >= 1 or null")
-
-
-DESIGNS = ("split", "ewtune", "online", "gradfree", "offline")
+            require(getattr(self, name) is None or getattr(self, name) >= 1, f"{key}.{name}", "must be >= 1 or null")
+        require(self.replica_gpus is None or self.replica_gpus >= 0, f"{key}.replica_gpus", "must be >= 0 or null")
+        require(self.eval_every is None or self.eval_every >= 1, f"{key}.eval_every", "must be >= 1 or null")
 
 
 @dataclass
@@ -350,7 +316,7 @@ class DesignConfig:
     ``adapter_layers`` trainable blocks after its frozen bottom and before the head, the cloud the middle; dCor
     weight α = ``dcor_weight``; the offline emulator keeps ``emulator_keep`` of the middle's blocks."""
 
-    name: str = "split"  # split | ewtune | online | gradfree | offline
+    name: str = "split"  # a key of privtune_ray.designs.DESIGNS: split | ewtune | online | gradfree | offline
     target_epsilon: float = 3.0  # ewtune: ε (nats) of the whole run at delta
     delta: float = 1.0e-5
     clip_norm: float = 1.0  # C: per-sample gradient L2 bound
@@ -364,21 +330,18 @@ class DesignConfig:
     emulator_keep: float = 0.5  # GuardedTuning offline: fraction of the middle's blocks the emulator keeps
 
     def validate(self, key: str) -> None:
-        _require(self.adapter_layers >= 1, f"{key}.adapter_layers", "must be >= 1 block per adapter")
-        _require(self.dcor_weight >= 0, f"{key}.dcor_weight", "must be >= 0 (0: no decorrelation)")
-        _require(0 < self.emulator_keep <= 1, f"{key}.emulator_keep", "must be in (0, 1]")
-        _require(
+        require(self.adapter_layers >= 1, f"{key}.adapter_layers", "must be >= 1 block per adapter")
+        require(self.dcor_weight >= 0, f"{key}.dcor_weight", "must be >= 0 (0: no decorrelation)")
+        require(0 < self.emulator_keep <= 1, f"{key}.emulator_keep", "must be in (0, 1]")
+        require(
             self.bits is None or 2 <= self.bits <= 16, f"{key}.bits", "must be an integer in 2..16 (or null for fp32)"
         )
-        _require(
-            self.name in DESIGNS, f"{key}.name", f"unknown design {self.name!r}; choose one of {', '.join(DESIGNS)}"
-        )
-        _require(self.target_epsilon > 0, f"{key}.target_epsilon", "must be > 0")
-        _require(0 < self.delta < 1, f"{key}.delta", "must be in (0, 1), e.g. 1e-5")
-        _require(self.clip_norm > 0, f"{key}.clip_norm", "must be > 0")
-        _require(self.max_noise_multiplier > 0.3, f"{key}.max_noise_multiplier", "must be > 0.3")
-        _require(self.edgeworth_order in (1, 2), f"{key}.edgeworth_order", "must be 1 or 2")
-        _require(
+        require(self.target_epsilon > 0, f"{key}.target_epsilon", "must be > 0")
+        require(0 < self.delta < 1, f"{key}.delta", "must be in (0, 1), e.g. 1e-5")
+        require(self.clip_norm > 0, f"{key}.clip_norm", "must be > 0")
+        require(self.max_noise_multiplier > 0.3, f"{key}.max_noise_multiplier", "must be > 0.3")
+        require(self.edgeworth_order in (1, 2), f"{key}.edgeworth_order", "must be 1 or 2")
+        require(
             self.calibrate_with in ("edgeworth", "pld"),
             f"{key}.calibrate_with",
             f"must be edgeworth (EW-Tune's estimate) or pld (the dp-accounting bound), got {self.calibrate_with!r}",
@@ -400,7 +363,7 @@ class Config:
     design: DesignConfig = field(default_factory=DesignConfig)
 
     def validate(self, key: str = "") -> None:
-        _require(self.seed >= 0, "seed", "must be >= 0")
+        require(self.seed >= 0, "seed", "must be >= 0")
         self.model.validate("model")
         self.data.validate("data")
         self.mechanism.validate("mechanism")
@@ -413,7 +376,8 @@ class Config:
         return asdict(self)
 
 
-def _require(condition: bool, key: str, message: str) -> None:
+def require(condition: bool, key: str, message: str) -> None:
+    """Raise the one-line :class:`ConfigError` naming the dotted ``key`` and the fix ``message`` unless ``condition``."""
     if not condition:
         raise ConfigError(f"invalid value for config key '{key}': {message}")
 
@@ -422,7 +386,8 @@ def _require(condition: bool, key: str, message: str) -> None:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Read a YAML config (or the defaults when ``path`` is None), apply ``key=value`` overrides, validate.
+    """Read a YAML config (or the defaults when ``path`` is None), apply ``key=value`` overrides, validate the types
+    and ranges (registry names: :func:`privtune_ray.checks.check_config`).
 
     A ``sweep:`` section is left out: ``train``/``simulate``/``attack`` on a sweep file run its base config."""
     raw = read_config_file(path) if path is not None else {}

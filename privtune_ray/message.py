@@ -9,7 +9,7 @@ Only the N = Σ mask real rows cross: padding rows (mask 0) have attended to the
 and would carry it, so they are zero in every Message and are not sent; the receiver puts zeros there.
 The size is ``len(to_bytes())``: the safetensors payload (8-byte header length, JSON header, raw
 little-endian tensor bytes), i.e. N·d·4 bytes for fp32 h̃ plus B·L for the mask; with ``bits`` = b, the
-real rows travel as b-bit per-row codes (``designs/quantisation.py``): ⌈N·d·b/8⌉ + 8·N bytes.
+real rows travel as b-bit per-row codes (``quantisation.py``): ⌈N·d·b/8⌉ + 8·N bytes.
 """
 
 from __future__ import annotations
@@ -20,9 +20,12 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from .quantisation import Quantised, dequantise, quantise
+
 # What crosses a cut, by channel (``devices.csv`` has a ``bytes_<channel>`` column each): the split designs send
 # act_up only; GuardedTuning adds A2 (act_down), the gradients both ways and the adapters' synchronisation.
 CHANNELS = ("act_up", "act_down", "grad_up", "grad_down", "adapter_up", "adapter_down")
+UPLINKS = ("act_up", "grad_up", "adapter_up")  # the channels that go device → cloud
 
 
 def zero_padding(x: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -96,8 +99,6 @@ def _pack(x: torch.Tensor, bits: int | None, tensors: dict, header: dict) -> Non
     if bits is None:
         tensors["hidden"] = x.detach().contiguous().cpu()
         return
-    from .designs.quantisation import quantise
-
     q = quantise(x, bits)
     tensors.update(
         hidden_codes=torch.frombuffer(bytearray(q.payload), dtype=torch.uint8),
@@ -114,8 +115,6 @@ def _unpack(tensors: dict, meta: dict[str, str]) -> torch.Tensor:
     if bits is None:
         rows = tensors["hidden"]
     else:
-        from .designs.quantisation import Quantised, dequantise
-
         shape = tuple(int(n) for n in meta.pop("hidden_shape").split(","))
         rows = dequantise(
             Quantised(

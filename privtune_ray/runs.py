@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -216,3 +217,141 @@ def _flat_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
             out += _flat_diff(a.get(key), b.get(key), f"{prefix}{key}.")
         return out
     return [] if a == b else [prefix.rstrip(".")]
+
+
+@dataclass
+class Totals:
+    """Cumulative totals of a run, ``train`` and ``simulate`` alike (checkpointed). Seconds are measured wall
+    seconds on this machine, except ``sim_time_s`` (the simulated clock); bytes are payload bytes on the wire."""
+
+    step: int = 0  # train: optimiser steps
+    epoch: int = 0  # train: the epoch in progress
+    batch_in_epoch: int = 0  # train: batches of ``epoch`` already trained on
+    rounds_done: int = 0  # simulate
+    samples: int = 0  # samples the cloud trained on
+    sent: int = 0  # simulate: samples uploaded (late ones included)
+    tokens: int = 0
+    bytes_up: int = 0
+    bytes_down: int = 0
+    device_compute_s: float = 0.0  # bottom + mechanism
+    mechanism_compute_s: float = 0.0  # the mechanism's share of device_compute_s
+    top_compute_s: float = 0.0  # the cloud's forward, backward and step
+    comm_s: float = 0.0  # train: serialisation + deserialisation
+    train_wall_s: float = 0.0  # real seconds in the training loop (all sessions of a resumed run)
+    sim_time_s: float = 0.0  # simulate: the simulated clock
+    dropped: int = 0
+    late: int = 0
+    rollbacks: int = 0
+    channel_bytes: dict = field(default_factory=dict)  # simulate: bytes per channel (act_up, grad_down, ...)
+
+
+@dataclass
+class Summary:
+    """``summary.json``: the fields every run has (``train``, ``simulate``; ``sweep`` and ``report`` read these
+    without fallbacks), then the command's and the design's own ``details`` at the same level."""
+
+    name: str
+    command: str  # train | simulate
+    dataset: str
+    model: str
+    design: str
+    mechanism: str
+    defence: str  # what protects the uploads: the mechanism, or the design (+ mechanism) (Design.defence)
+    split_depth: int
+    seed: int
+    privacy: dict[str, Any]  # the mechanism's guarantee on what was uploaded
+    utility: float  # dev accuracy (classification) or token F1 (generation)
+    utility_metric: str
+    dev_loss: float  # nats per sample
+    train_samples: int
+    tokens: int
+    bytes_up: int
+    bytes_down: int
+    device_compute_s: float
+    mechanism_compute_s: float
+    top_compute_s: float
+    train_wall_s: float
+    train_samples_per_s: float
+    run_dir: str
+    finished_at: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(
+        cls,
+        cfg: Config,
+        command: str,
+        defence: str,
+        *,
+        privacy,
+        utility,
+        dev_loss,
+        totals: Totals,
+        details,
+        run_dir,
+        utility_metric: str = "accuracy",
+    ) -> Summary:
+        t = totals
+        return cls(
+            cfg.name,
+            command,
+            cfg.data.dataset,
+            cfg.model.name,
+            cfg.design.name,
+            cfg.mechanism.name,
+            defence,
+            cfg.model.split_depth,
+            cfg.seed,
+            privacy,
+            utility,
+            utility_metric,
+            dev_loss,
+            t.samples,
+            t.tokens,
+            t.bytes_up,
+            t.bytes_down,
+            t.device_compute_s,
+            t.mechanism_compute_s,
+            t.top_compute_s,
+            t.train_wall_s,
+            t.samples / max(t.train_wall_s, 1e-9),
+            str(run_dir),
+            time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            details,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in asdict(self).items() if k != "details"}
+        return {**out, **self.details}
+
+
+class RunSession:
+    """What ``train`` and ``simulate`` share around their loops: the run directory, the refusal to resume a
+    finished run, the checkpoints (latest + previous) and the summary that ends the run."""
+
+    def __init__(self, run: RunDir):
+        self.run = run
+
+    @classmethod
+    def open(cls, cfg: Config, out: str | os.PathLike | None, resume: bool) -> RunSession:
+        run = RunDir.create(cfg, out, resume=resume)
+        if resume and run.summary_path.exists():
+            raise ConfigError(
+                f"--resume: the run in {str(run.path)!r} has finished (summary.json exists); start a new one"
+            )
+        return cls(run)
+
+    @property
+    def has_checkpoint(self) -> bool:
+        return self.run.checkpoint_path.exists() or self.run.previous_checkpoint_path.exists()
+
+    def save(self, state: dict[str, Any]) -> None:
+        self.run.save_checkpoint(state)
+
+    def load(self, log=print) -> dict[str, Any]:
+        return self.run.load_checkpoint(log)
+
+    def finish(self, summary: Summary) -> None:
+        """Write ``summary.json`` (it marks the run finished) and drop the checkpoints."""
+        self.run.write_summary(summary.to_dict())
+        self.run.remove_checkpoints()

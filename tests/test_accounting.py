@@ -6,8 +6,10 @@ import pytest
 from scipy.integrate import quad
 
 from privtune_ray.accounting import (
+    ACCOUNTANTS,
     EdgeworthAccountant,
     calibrate_sigma,
+    create_accountant,
     edgeworth_epsilon,
     pld_epsilon,
     prv_epsilon,
@@ -74,6 +76,33 @@ def test_accountant_interface_composes_history():
     assert acc.get_epsilon(DELTA) == pytest.approx(edgeworth_epsilon(DELTA, 0.01, 1.0, 300))
     acc.step(noise_multiplier=2.0, sample_rate=0.01, num_steps=100)
     assert len(acc) == 400 and acc.get_epsilon(DELTA) > edgeworth_epsilon(DELTA, 0.01, 1.0, 300)
+
+
+FUNCTIONS = {"edgeworth": edgeworth_epsilon, "pld": pld_epsilon, "rdp": rdp_epsilon, "prv": prv_epsilon}
+
+
+@pytest.mark.parametrize("name", sorted(FUNCTIONS))
+@pytest.mark.parametrize("q,sigma,steps", [GRID[0], GRID[2]])
+def test_each_registered_accountant_after_t_steps_is_its_function(name, q, sigma, steps):
+    acc = create_accountant(name)
+    assert type(acc) is ACCOUNTANTS[name] and acc.mechanism() == name and len(acc) == 0
+    for _ in range(steps):
+        acc.step(noise_multiplier=sigma, sample_rate=q)
+    assert len(acc) == steps and acc.history == [(sigma, q, steps)]
+    assert acc.get_epsilon(DELTA) == FUNCTIONS[name](DELTA, q, sigma, steps)
+
+
+def test_registered_accountants_compose_a_heterogeneous_history():
+    for name in ("pld", "rdp", "prv"):
+        acc = create_accountant(name)
+        acc.step(noise_multiplier=1.0, sample_rate=0.01, num_steps=300)
+        one = acc.get_epsilon(DELTA)
+        acc.step(noise_multiplier=2.0, sample_rate=0.01, num_steps=100)
+        assert len(acc) == 400 and acc.get_epsilon(DELTA) > one, name
+    assert create_accountant("edgeworth", order=1).order == 1
+    assert set(ACCOUNTANTS) == {"edgeworth", "pld", "rdp", "prv"}
+    with pytest.raises(ValueError, match="unknown accountant 'gdp'"):
+        create_accountant("gdp")
 
 
 def test_sigma_calibration_hits_the_target():

@@ -5,13 +5,18 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
-from privtune_ray.attacks import ATTACKS, AttackContext, Observations, observe
+from privtune_ray.attacks import ATTACKS, GRADIENT_ATTACKS, AttackContext, GradientContext, Observations, observe
 from privtune_ray.attacks.attribute_probe import AttributeProbe
+from privtune_ray.attacks.base import Attack
+from privtune_ray.attacks.gradient_matching import GradientMatchingLabels
 from privtune_ray.attacks.knn_inversion import KNNInversion
 from privtune_ray.attacks.learned_inversion import LearnedInversion
 from privtune_ray.attacks.optimisation_inversion import OptimisationInversion
-from privtune_ray.attacks.suite import disjoint_aux
+from privtune_ray.attacks.rounds import AttackRounds
+from privtune_ray.attacks.suite import AttackSuite, attack_names, disjoint_aux
+from privtune_ray.checks import check_config
 from privtune_ray.cli import main
 from privtune_ray.config import AttackConfig, MechanismConfig, load_config
 from privtune_ray.data import load_split, tokenize_split
@@ -112,7 +117,129 @@ def test_empty_victim_sample_and_unknown_attack_are_errors():
     with pytest.raises(DataError, match="empty"):
         Observations.concat([])
     with pytest.raises(ConfigError, match="unknown attack 'eia_magic'"):
-        load_config(None, ["attack.names=[eia_magic]"])
+        check_config(load_config(None, ["attack.names=[eia_magic]"]))
+
+
+# ---------------------------------------------------------------- one registry, one attack-round driver
+
+
+class _Fixed(Attack):
+    """A stand-in attack whose scores are given (the driver's bookkeeping is under test, not an attack)."""
+
+    def __init__(self, name: str, kind: str, scores: dict, reads: str = "upload"):
+        super().__init__(None)
+        self.name, self.kind, self.scores, self.reads = name, kind, scores, reads
+        self.seen: list[int] = []
+
+    def run(self, victims: Observations) -> dict:
+        self.seen.append(len(victims))
+        return dict(self.scores)
+
+
+class _Records:
+    """The part of a run directory the driver writes: ``attacks.csv`` rows in order."""
+
+    def __init__(self):
+        self.rows: list[dict] = []
+
+    def append(self, table: str, row: dict) -> None:
+        self.append_rows(table, [row])
+
+    def append_rows(self, table: str, rows: list[dict]) -> None:
+        assert table == "attacks"
+        self.rows.extend(rows)
+
+
+def _obs(n: int, gradients: bool = False) -> Observations:
+    hidden = torch.zeros(n, 3, 4)
+    return Observations(
+        hidden,
+        torch.ones(n, 3, dtype=torch.long),
+        torch.ones(n, 3, dtype=torch.long),
+        torch.zeros(n, dtype=torch.long),
+        gradients=torch.ones_like(hidden) if gradients else None,
+    )
+
+
+def _rounds(victim_samples=None, gradient=True):
+    suite = AttackSuite(
+        None,
+        [
+            _Fixed("eia_knn_l2", "inversion", {"asr_top1": 0.5}),
+            _Fixed("aia_label", "attribute", {"accuracy": 0.6, "advantage": 0.1}),
+        ],
+        fit_s={"aia_label": 2.0},
+        aux_size=10,
+    )
+    gm = _Fixed("gm_label", "attribute", {"accuracy": 0.9, "advantage": 0.4, "samples": 5}, "returned_gradient")
+    records = _Records()
+    return AttackRounds(records, victim_samples, suite=suite, gradient_attacks=[gm] if gradient else []), records, gm
+
+
+def test_attack_rounds_merge_the_suite_and_gradient_matching_as_the_runs_record_them():
+    rounds, records, gm = _rounds()
+    rounds.observe(_obs(4))
+    rounds.observe(_obs(5, gradients=True))  # with gradients: the gradient attacks' victims
+    summary = rounds.round(7)
+    assert list(summary) == ["attacks", "max_eia_asr_top1", "max_aia_advantage", "attack_setup"]
+    assert summary["attacks"]["eia_knn_l2"] == pytest.approx(
+        {"kind": "inversion", "asr_top1": 0.5, "seconds": summary["attacks"]["eia_knn_l2"]["seconds"], "fit_s": 0.0}
+    )
+    assert summary["attacks"]["gm_label"] == {"kind": "attribute", "accuracy": 0.9, "advantage": 0.4, "samples": 5}
+    assert summary["max_eia_asr_top1"] == 0.5 and summary["max_aia_advantage"] == 0.4  # over the suite's and gm's
+    assert summary["attack_setup"] == {"aux_sentences": 10, "aux_dropped_as_victims": 0}
+    assert gm.seen == [5] and [a.seen for a in rounds.suite.attacks] == [[4], [4]]
+    # attacks.csv: the suite's rows (victims = its sample), then gradient matching's (victims = its samples)
+    assert [(r["attack"], r["metric"]) for r in records.rows] == [
+        ("eia_knn_l2", "asr_top1"),
+        ("eia_knn_l2", "seconds"),
+        ("eia_knn_l2", "fit_s"),
+        ("aia_label", "accuracy"),
+        ("aia_label", "advantage"),
+        ("aia_label", "seconds"),
+        ("aia_label", "fit_s"),
+        ("gm_label", "accuracy"),
+        ("gm_label", "advantage"),
+        ("gm_label", "samples"),
+    ]
+    assert {(r["step"], r["victims"]) for r in records.rows[:7]} == {(7, 4)}
+    assert {(r["step"], r["victims"]) for r in records.rows[7:]} == {(7, 5)}
+    assert list(records.rows[0]) == ["step", "victims", "attack", "kind", "metric", "value"]
+
+
+def test_attack_rounds_without_gradient_victims_skip_gradient_matching():
+    rounds, records, gm = _rounds()
+    rounds.observe(_obs(3))
+    summary = rounds.round(1)
+    assert gm.seen == [] and "gm_label" not in summary["attacks"] and summary["max_aia_advantage"] == 0.1
+    assert {r["attack"] for r in records.rows} == {"eia_knn_l2", "aia_label"}
+    alone, _, _ = _rounds(gradient=False)  # the single-process path: the suite's summary, nothing merged
+    alone.observe(_obs(3))
+    assert list(alone.round(1)) == ["attacks", "max_eia_asr_top1", "max_aia_advantage", "attack_setup"]
+
+
+def test_attack_rounds_keep_the_latest_victims_and_reset():
+    rounds, _, gm = _rounds(victim_samples=4)
+    for n in (3, 3, 3):
+        rounds.observe(_obs(n))
+        rounds.observe(_obs(n, gradients=True))
+    rounds.round(1)
+    assert rounds.suite.attacks[0].seen == [4] and gm.seen == [4]  # the latest 4 of each stream
+    rounds.observe(_obs(2))
+    rounds.observe(_obs(2, gradients=True))
+    rounds.reset()  # a resumed run redoes its rounds: what came before is forgotten
+    with pytest.raises(DataError, match="empty"):
+        rounds.round(2)
+
+
+def test_gradient_matching_is_in_the_one_registry_but_not_in_the_suite():
+    assert GRADIENT_ATTACKS == {"gm_label"} and "gm_label" in ATTACKS
+    top = torch.nn.Linear(4, 2)
+    (attack,) = ATTACKS["gm_label"](GradientContext(top, AttackConfig(), seed=3), ())
+    assert isinstance(attack, GradientMatchingLabels) and attack.top is top and attack.seed == 3
+    assert attack.kind == "attribute" and attack.reads == "returned_gradient"
+    assert "gm_label" not in attack_names(AttackConfig(names=["auto"]), ("gender",))
+    assert attack_names(AttackConfig(names=["eia_knn_l2", "gm_label"]), ()) == ["eia_knn_l2"]
 
 
 def _attack_cli(out, victims: int | None) -> dict:

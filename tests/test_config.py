@@ -1,12 +1,20 @@
-"""Config loading: every key checked, overrides typed, one clear error naming the key."""
+"""Config loading: every key checked, overrides typed, one clear error naming the key.
 
+``load_config`` checks the schema, types and ranges without any feature package; ``check_config`` the names that
+only a registry knows (dataset, partitioner, mechanism, attacks)."""
+
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from privtune_ray.checks import check_config
+from privtune_ray.cli import main
 from privtune_ray.config import Config, load_config, read_config_file
 from privtune_ray.errors import ConfigError
 from privtune_ray.sweep import load_sweep
+from privtune_ray.sweep.spec import point_config
 
 # Every run config in simulations/ (cluster.yaml is the Ray cluster launcher's, checked in test_simulation_ray.py).
 ROOT = Path(__file__).parents[1] / "simulations"
@@ -17,10 +25,14 @@ RUNS = [p for p in SIMULATIONS if "sweep" not in read_config_file(p)]
 @pytest.mark.parametrize("path", SIMULATIONS, ids=[str(p.relative_to(ROOT)) for p in SIMULATIONS])
 def test_every_shipped_config_loads(path):
     if path in RUNS:
-        assert isinstance(load_config(path), Config)
+        cfg = load_config(path)
+        assert isinstance(cfg, Config)
+        check_config(cfg)
     else:  # a sweep: every one of its points is a valid config
-        _, _, points = load_sweep(path)
+        base, _, points = load_sweep(path)
         assert points
+        for point in points:
+            check_config(point_config(base, point))
 
 
 def test_overrides_are_parsed_and_typed():
@@ -48,7 +60,6 @@ def test_overrides_are_parsed_and_typed():
         ("train.max_steps=-3", r"'train.max_steps'.*>= 1"),
         ("model.split_depth=-1", r"'model.split_depth'"),
         ("train.lr=0", r"'train.lr'.*> 0"),
-        ("data.dataset=imdb", r"'data.dataset'.*unknown dataset 'imdb'"),
         ("train.lora=3", r"'train.lora' must be a section"),
         ("train.lora.enabled=maybe", r"'train.lora.enabled' must be of type bool"),
         ("seed=-1", r"'seed'"),
@@ -68,7 +79,6 @@ def test_missing_config_file():
 @pytest.mark.parametrize(
     "override,match",
     [
-        ("mechanism.name=rot13", r"'mechanism.name'.*unknown mechanism 'rot13'"),
         ("mechanism.eta=0", r"'mechanism.eta'.*> 0"),
         ("mechanism.eta=-5", r"'mechanism.eta'"),
         ("mechanism.noise_multiplier=0", r"'mechanism.noise_multiplier'"),
@@ -102,3 +112,61 @@ def test_a_non_finite_number_is_refused_everywhere(override):
 def test_more_devices_per_round_than_devices_is_refused():
     with pytest.raises(ConfigError, match=r"devices_per_round.*8 devices per round out of simulation.devices=5"):
         load_config(None, ["simulation.devices=5", "simulation.devices_per_round=8"])
+
+
+@pytest.mark.parametrize(
+    "override,match",
+    [
+        ("data.dataset=imdb", r"'data.dataset'.*unknown dataset 'imdb'; choose one of \[.*'sst2'"),
+        ("mechanism.name=rot13", r"'mechanism.name'.*unknown mechanism 'rot13'; choose one of \[.*'privtune'"),
+        ("simulation.partition=round-robin", r"'simulation.partition'.*choose one of \['dirichlet', 'iid'"),
+        ("attack.names=[eia_magic]", r"'attack.names'.*unknown attack 'eia_magic'; choose from .* or 'auto'"),
+        ("attack.aux_dataset=imdb", r"'attack.aux_dataset'.*unknown dataset 'imdb'"),
+        ("attack.names=[gm_label]", r"'attack.names'.*'gm_label' reads per-sample gradients.*design.name=online"),
+    ],
+)
+def test_a_name_no_registry_holds_is_refused_naming_the_key(override, match):
+    cfg = load_config(RUNS[0], [override])  # the schema is fine: only the registry knows the name
+    with pytest.raises(ConfigError, match=match):
+        check_config(cfg)
+    check_config(load_config(RUNS[0]))
+
+
+def test_the_cli_refuses_an_unknown_name_before_anything_runs(tmp_path, capsys):
+    out = tmp_path / "never"
+    assert main(["train", str(RUNS[0]), "--out", str(out), "--set", "mechanism.name=rot13"]) == 2
+    assert "unknown mechanism 'rot13'" in capsys.readouterr().err and not out.exists()
+    assert main(["account", str(RUNS[0]), "--set", "data.dataset=imdb"]) == 2
+    assert "unknown dataset 'imdb'" in capsys.readouterr().err
+
+
+def test_gradient_matching_is_a_name_on_the_design_that_returns_gradients():
+    check_config(load_config(None, ["design.name=online", "attack.names=[eia_knn_l2, gm_label]"]))
+
+
+def _imports(code: str) -> set[str]:
+    """The top-level packages a fresh interpreter has imported after ``code``."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"{code}\nimport sys\nprint(' '.join(sorted({{m.split('.')[0] for m in sys.modules}})))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return set(out.stdout.split())
+
+
+def test_the_schema_imports_no_feature_package():
+    loaded = _imports("from privtune_ray.config import load_config\nload_config('simulations/sst2_quick.yaml')")
+    assert not loaded & {"torch", "transformers", "ray", "opacus", "dp_accounting"}, loaded
+
+
+@pytest.mark.parametrize(
+    "order", ["privtune_ray.attacks, privtune_ray.config", "privtune_ray.config, privtune_ray.attacks"]
+)
+def test_config_and_attacks_import_in_either_order(order):
+    first, second = order.split(", ")
+    assert {"privtune_ray", "torch"} <= _imports(f"import {first}\nimport {second}\nimport privtune_ray.checks")

@@ -207,3 +207,12 @@ def test_a_broken_dataset_file_stops_train_before_anything_is_written(tmp_path, 
     )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no column 'label'" in err[0] and not out.exists()
+
+
+def test_the_registries_load_without_torch():
+    """`privtune-ray datasets` and the config checks read DATASETS and PARTITIONERS; batching (torch) loads on use."""
+    import subprocess
+    import sys
+
+    code = "import sys, privtune_ray.data as d; d.DATASETS, d.PARTITIONERS; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from privtune_ray.designs.dcor import distance_correlation
-from privtune_ray.designs.quantisation import dequantise, quantise, quantised_bytes
 from privtune_ray.errors import ConfigError
+from privtune_ray.quantisation import dequantise, quantise, quantised_bytes
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 5, 8, 12, 16])

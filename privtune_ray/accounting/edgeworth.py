@@ -37,11 +37,11 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-from opacus.accountants.accountant import IAccountant
 from scipy.optimize import brentq
 from scipy.special import ndtr
 
 from ..errors import PrivtuneError
+from .base import Accountant
 from .validation import (
     SigmaOutOfRange,
     check_delta,
@@ -243,30 +243,19 @@ def calibrate_sigma(
     return float(np.exp(brentq(lambda x: epsilon(x) - target_epsilon, logs[j - 1], logs[j], xtol=1e-6)))
 
 
-class EdgeworthAccountant(IAccountant):
+class EdgeworthAccountant(Accountant):
     """Opacus-style accountant: ``step(noise_multiplier=σ, sample_rate=q)`` per step, ``get_epsilon(delta)``."""
 
     def __init__(self, order: int = 2):
         if order not in (1, 2):
             raise ValueError(f"Edgeworth order must be 1 or 2, got {order}")
+        super().__init__()
         self.order = order
-        self.history: list[tuple[float, float, int]] = []  # (σ, q, steps), as Opacus keeps it
-
-    def step(self, *, noise_multiplier: float, sample_rate: float, num_steps: int = 1) -> None:
-        check_noise_multiplier(noise_multiplier), check_sample_rate(sample_rate)
-        if self.history and self.history[-1][:2] == (noise_multiplier, sample_rate):
-            sigma, q, steps = self.history.pop()
-            self.history.append((sigma, q, steps + num_steps))
-        else:
-            self.history.append((noise_multiplier, sample_rate, num_steps))
 
     def get_epsilon(self, delta: float, **kwargs) -> float:
         """ε(δ) of the history (nats); raises :class:`EdgeworthBreakdown` where the expansion claims (0, δ)-DP."""
         check_delta(delta)
         return _epsilon(delta, self.history, self.order)
-
-    def __len__(self) -> int:
-        return sum(steps for _, _, steps in self.history)
 
     @classmethod
     def mechanism(cls) -> str:

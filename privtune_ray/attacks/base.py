@@ -44,6 +44,7 @@ class AttackContext:
 class Attack(ABC):
     name = "attack"
     kind = "attack"
+    reads = "upload"  # what its victims' Observations hold: the uploaded h̃, or "returned_gradient" (∂ℓ/∂A2 too)
 
     def __init__(self, ctx: AttackContext):
         self.ctx = ctx

@@ -14,9 +14,11 @@ from pathlib import Path
 
 import torch
 
+from ..checks import check_config
 from ..config import Config
 from ..data.batching import tokenize_split
 from ..data.registry import get_spec, load_split
+from ..designs import design_for
 from ..mechanisms import build_mechanism
 from ..models.loading import load_split_model, load_tokenizer, resolve_model
 from ..runs import RunDir
@@ -25,9 +27,8 @@ from .suite import AttackSuite, headline, load_aux, long_rows, probe_attributes
 
 
 def run_attack_evaluation(cfg: Config, out: str | os.PathLike | None = None, log=print) -> Path:
-    from ..training.loop import require_one_cut
-
-    require_one_cut(cfg, "attack")
+    check_config(cfg)
+    design_for(cfg, "attack")  # GuardedTuning's designs run under `simulate` only
     spec = get_spec(cfg.data.dataset)
     probe_attributes(cfg.attack, cfg.data.dataset)  # bad input fails before anything is written
     split = load_split_model(cfg.model.name, cfg.model.split_depth, num_labels=max(spec.num_labels, 2))

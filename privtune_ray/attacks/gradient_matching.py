@@ -10,33 +10,52 @@ and guesses
 
 Per-sample rows of g are the sample's own gradient (blocks act on each sample alone), so the batch sum
 needs no unmixing. Scored like every attribute attack: accuracy against the majority class (advantage).
+
+Registered as ``gm_label`` in :data:`privtune_ray.attacks.ATTACKS`; its builder takes a :class:`GradientContext`
+(what this attacker knows) where the upload attacks take an ``AttackContext``. :func:`build_gradient_matching`
+builds and fits it for a GuardedTuning online run.
 """
 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import AttackConfig
+from ..config import AttackConfig, Config
 from ..data.batching import TokenizedSplit, batch_indices, collate
-from .base import fit_minibatch
+from ..models.split import BottomModel, TopModel, family_of
+from .base import AttributeAttack, fit_minibatch
 from .observations import Observations
 from .scoring import score_classes
 
 NAME = "gm_label"
+SURROGATE_SEED_OFFSET = 0xA77  # the surrogate head's init seed is cfg.seed + this (never the device's)
 
 
-class GradientMatchingLabels:
+@dataclass
+class GradientContext:
+    """What the cloud's gradient attacker holds: its surrogate Â_t (:func:`surrogate_top`), the settings, a seed."""
+
+    surrogate_top: nn.Module
+    cfg: AttackConfig
+    seed: int = 0
+
+
+class GradientMatchingLabels(AttributeAttack):
     """``fit`` on the attacker's auxiliary :class:`Observations` (its own A2 as ``hidden``, labels); ``run`` on the
-    victims' (A2 as ``hidden`` and the returned ``gradients``; labels for scoring) → the attribute-attack row."""
+    victims' (A2 as ``hidden`` and the returned ``gradients``; labels for scoring) → accuracy, majority accuracy,
+    advantage, samples."""
 
-    name, kind = NAME, "attribute"
+    name = NAME
+    reads = "returned_gradient"  # Observations with ``gradients`` (∂ℓ/∂A2), not the uploads
 
     def __init__(self, surrogate_top: nn.Module, cfg: AttackConfig, seed: int = 0):
+        super().__init__(GradientContext(surrogate_top, cfg, seed))
         self.top, self.cfg, self.seed = surrogate_top, cfg, seed
         self.majority = 0
         self.classes = 2
@@ -83,18 +102,14 @@ class GradientMatchingLabels:
             scores.append(F.cosine_similarity((g * real).flatten(1), observed, dim=1))
         return torch.stack(scores, 1).argmax(1).numpy()
 
-    def run(self, victims: Observations) -> dict:
+    def run(self, victims: Observations) -> dict[str, float]:
         predicted = np.concatenate(
             [
                 self.predict(v.hidden, v.attention_mask, v.gradients)
                 for v in (victims.subset(range(i, min(i + 64, len(victims)))) for i in range(0, len(victims), 64))
             ]
         )
-        return {
-            "attack": self.name,
-            "kind": self.kind,
-            **score_classes(predicted, victims.labels.numpy(), self.majority),
-        }
+        return score_classes(predicted, victims.labels.numpy(), self.majority)
 
 
 def surrogate_top(top_adapter: nn.Module, seed: int) -> nn.Module:
@@ -107,3 +122,32 @@ def surrogate_top(top_adapter: nn.Module, seed: int) -> nn.Module:
                 module.reset_parameters()
     surrogate.requires_grad_(True)
     return surrogate
+
+
+def build(ctx: GradientContext, attributes: tuple[str, ...] = ()) -> list[GradientMatchingLabels]:
+    """The ``gm_label`` entry of :data:`~privtune_ray.attacks.ATTACKS` (``attributes`` unused: it reads the label)."""
+    return [GradientMatchingLabels(ctx.surrogate_top, ctx.cfg, ctx.seed)]
+
+
+def build_gradient_matching(
+    cfg: Config, task_model: nn.Module, layout, aux: TokenizedSplit, pad_id: int, log=print
+) -> GradientMatchingLabels:
+    """Gradient matching fitted for a GuardedTuning online run (``layout``: a ``GuardedLayout``, of which only
+    ``top_adapter_start`` = L − a is read).
+
+    The attacker's copy of what precedes A_t (frozen bottom → A_b → middle, all pretrained) is the pretrained model's
+    embeddings and blocks 1..L−a; its surrogate Â_t is blocks L−a+1..L with the head re-initialised from seed
+    ``cfg.seed + SURROGATE_SEED_OFFSET``. It fits Â_t on ``aux`` (its auxiliary labelled text) and logs the loss.
+    """
+    family = family_of(task_model)
+    start = layout.top_adapter_start
+    encode = BottomModel(family, task_model, start)  # embeddings + blocks 1..L−a = bottom, A_b and middle in a row
+    top = TopModel(family, task_model, start, cfg.model.task)
+    ctx = GradientContext(surrogate_top(top, cfg.seed + SURROGATE_SEED_OFFSET), cfg.attack, cfg.seed)
+    (attack,) = build(ctx)
+    history = attack.fit(attack.observe_aux(encode, aux, pad_id))
+    log(
+        f"privtune-ray: attack {attack.name} fitted its surrogate top adapter on {len(aux)} auxiliary sentences "
+        f"(loss {history[0]:.3f} -> {history[-1]:.3f} nats)"
+    )
+    return attack

@@ -20,7 +20,7 @@ from ..errors import ConfigError, DataError
 from ..mechanisms import build_mechanism
 from ..models.anchors import load_or_build_anchors
 from ..models.split import SplitModel
-from . import ATTACKS
+from . import ATTACKS, GRADIENT_ATTACKS
 from .base import Attack, AttackContext
 from .observations import Observations, observe
 
@@ -28,13 +28,14 @@ ATTACKER_SEED_OFFSET = 1_000_003  # the attacker's mechanism copy draws noise in
 
 
 def attack_names(cfg: AttackConfig, attributes: tuple[str, ...], labelled: bool = True) -> list[str]:
-    """The configured names with ``auto`` expanded: every attack, ``aia_probe`` only where there are attributes,
-    ``aia_label`` only where samples have class labels (not generation)."""
+    """The configured attacks on the uploads with ``auto`` expanded: every attack, ``aia_probe`` only where there are
+    attributes, ``aia_label`` only where samples have class labels (not generation); never ``GRADIENT_ATTACKS``
+    (they read what a device returns: ``gradient_matching.build_gradient_matching``)."""
     names = []
     skip = ({"aia_probe"} if not attributes else set()) | ({"aia_label"} if not labelled else set())
     for name in cfg.names:
         expanded = [n for n in ATTACKS if n not in skip] if name == "auto" else [name]
-        names.extend(n for n in expanded if n not in names)
+        names.extend(n for n in expanded if n not in names and n not in GRADIENT_ATTACKS)
     return names
 
 

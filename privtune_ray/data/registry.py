@@ -287,7 +287,7 @@ def load_split(
 def _normalise(ds, to_example: Callable[[Row], Row], keep: Callable[[Row], bool] | None = None, source: str = ""):
     """Raw rows -> normalised rows, as a new in-memory ``datasets.Dataset`` (types inferred afresh). A missing
     column or a value of the wrong kind is a :class:`DataError` naming the file (``source``) and the row."""
-    import datasets
+    import datasets  # heavy (pyarrow): loaded on first read, not by the registry checks
 
     rows = []
     for i, row in enumerate(ds):
@@ -320,7 +320,7 @@ def _check_utf8(path: Path) -> None:
 
 
 def _load_local(spec: DatasetSpec, split: str, path: Path):
-    import datasets
+    import datasets  # heavy (pyarrow): loaded on first read, not by the registry checks
 
     _check_utf8(path)
     datasets.disable_progress_bars()  # a local file loads in a second: no "Generating train split" bars
@@ -348,7 +348,7 @@ def _load_local(spec: DatasetSpec, split: str, path: Path):
 
 
 def _load_hub(spec: DatasetSpec, split: str, missing: Path | None):
-    import datasets
+    import datasets  # heavy (pyarrow): loaded on first read, not by the registry checks
 
     hub = spec.hub
     try:

@@ -37,10 +37,13 @@ from ..accounting import (
     pld_epsilon,
     rdp_epsilon,
 )
-from ..config import DesignConfig
+from ..config import Config, DesignConfig
 from ..errors import ConfigError
 from ..message import Message
+from ..simulation.protocol import StepResult
 from ..training.server import TopServer, summed_loss
+from .base import RoundContext
+from .split import SplitDesign
 
 UNDERSTATED_TOLERANCE = 0.10  # a plan whose PLD ε exceeds the target by more than this fraction stops (see plan_dp_sgd)
 
@@ -204,7 +207,7 @@ def poisson_batches(n_samples: int, batch_size: int, n_batches: int, seed: int) 
     so sizes vary and may be 0); the same seed gives the same batches (a resumed run redraws them)."""
     generator = torch.Generator().manual_seed(seed)
     loader = DPDataLoader.from_data_loader(DataLoader(_Indices(n_samples), batch_size=batch_size), generator=generator)
-    batches = []
+    batches: list[np.ndarray] = []
     while len(batches) < n_batches:
         for (idx,) in loader:
             batches.append(np.asarray(idx, dtype=np.int64).reshape(-1))
@@ -243,7 +246,7 @@ class DPTopServer(TopServer):
     ):
         super().__init__(dp_top(top), optimizer, scheduler, device=device)
         generator = torch.Generator(device=self.device).manual_seed(seed)
-        self.optimizer = DPOptimizer(
+        self.dp_optimizer = DPOptimizer(
             optimizer,
             noise_multiplier=plan.noise_multiplier,
             max_grad_norm=plan.clip_norm,
@@ -251,6 +254,7 @@ class DPTopServer(TopServer):
             loss_reduction="mean",
             generator=generator,
         )
+        self.optimizer = self.dp_optimizer  # TopServer's step and checkpoint go through it
         self.plan = plan
 
     def accumulate(self, msg: Message) -> float:
@@ -263,8 +267,8 @@ class DPTopServer(TopServer):
             (loss_sum / msg.batch_size).backward()
         for p in self.trainable():  # blocks a deeper device's h skips: a zero per-sample gradient
             if getattr(p, "grad_sample", None) is None:
-                p.grad_sample = torch.zeros((msg.batch_size, *p.shape), device=p.device, dtype=p.dtype)
-        self.optimizer.signal_skip_step(do_skip=True)  # clip this message's per-sample gradients into the sum
+                p.grad_sample = torch.zeros((msg.batch_size, *p.shape), device=p.device, dtype=p.dtype)  # type: ignore[attr-defined]
+        self.dp_optimizer.signal_skip_step(do_skip=True)  # clip this message's per-sample gradients into the sum
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)  # drops grad_sample, keeps the clipped sum of a skipped step
         self.compute_s += time.perf_counter() - start
@@ -275,7 +279,7 @@ class DPTopServer(TopServer):
         is not used: DP-SGD divides by the expected, not the realised, batch size)."""
         start = time.perf_counter()
         for p in self.trainable():  # every message is already in the sum: the last (real) step adds nothing
-            p.grad_sample = torch.zeros((0, *p.shape), device=p.device, dtype=p.dtype)
+            p.grad_sample = torch.zeros((0, *p.shape), device=p.device, dtype=p.dtype)  # type: ignore[attr-defined]
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -287,4 +291,94 @@ def steps_per_epoch(sample_rate: float) -> int:
     return max(1, round(1 / sample_rate))
 
 
-__all__ = ["DPPlan", "DPTopServer", "dp_top", "plan_dp_sgd", "poisson_batches", "spent_epsilon", "steps_per_epoch"]
+class EWTuneDesign(SplitDesign):
+    """``design: ewtune``: split learning whose top trains by DP-SGD; the mechanism (if any) still protects h.
+
+    ``simulate``: one DP-SGD step per Poisson round (every sample joins with the public rate q =
+    :meth:`Population.dp_sample_rate`), σ calibrated for ``simulation.rounds`` steps at q, on one top replica (the
+    noise is added once, to the round's clipped sum) and without a deadline (which messages are late depends on
+    the data's compute time, so a deadline would make inclusion data-dependent). ``train``: Poisson batches of
+    expected size ``train.batch_size``, 1/q per epoch.
+    """
+
+    name = "ewtune"
+    poisson = True
+
+    def __init__(self, cfg: Config):
+        super().__init__(cfg)
+        self.plan: DPPlan | None = None
+        self.expected_batch_size: float = float(cfg.train.batch_size)
+
+    def check(self) -> None:
+        cfg = self.cfg
+        if cfg.model.task == "causal-lm" and cfg.model.lm_head == "device":
+            raise ConfigError(
+                "design.name=ewtune clips per-sample gradients of a loss the cloud computes; with a causal "
+                "LM that loss is on the device (model.lm_head=device): use design.name=split"
+            )
+
+    def validate(self, command: str) -> None:
+        super().validate(command)
+        sim = self.cfg.simulation
+        if command != "simulate":
+            return
+        if sim.top_replicas != 1:
+            raise ConfigError(
+                f"design.name=ewtune adds the DP noise once per round on one top replica: set "
+                f"simulation.top_replicas=1 (got {sim.top_replicas})"
+            )
+        if sim.deadline_s is not None:
+            raise ConfigError(
+                "design.name=ewtune needs every sampled message in its round: set simulation.deadline_s=null "
+                "(a deadline drops messages by their compute time, which depends on the data)"
+            )
+
+    def prepare(self, population) -> None:
+        self.expected_batch_size = population.expected_batch_size()
+        self.plan = plan_dp_sgd(self.cfg.design, population.dp_sample_rate(), steps=self.cfg.simulation.rounds)
+
+    def train_plan(self, n_train: int, batches_per_epoch: int, max_steps: int | None) -> tuple[int, int]:
+        """1/q Poisson batches per epoch; σ calibrated for the whole run."""
+        q = self.cfg.train.batch_size / n_train
+        per_epoch, total = super().train_plan(n_train, steps_per_epoch(min(1.0, q)), max_steps)
+        self.plan = plan_dp_sgd(self.cfg.design, q, total)
+        return per_epoch, total
+
+    def train_batches(self, split, batches_per_epoch: int, seed: int) -> list[np.ndarray]:
+        return poisson_batches(len(split), self.cfg.train.batch_size, batches_per_epoch, seed=seed)
+
+    def top_server(self, top, optimizer, scheduler, device) -> TopServer:
+        assert self.plan is not None, "EWTuneDesign.prepare or train_plan sets the DP plan"
+        expected = max(1, round(self.expected_batch_size))
+        return DPTopServer(top, optimizer, scheduler, self.plan, expected, device=device, seed=self.cfg.seed)
+
+    def empty_round(self, ctx: RoundContext) -> StepResult:
+        """An empty Poisson round: DP-SGD still takes its (noise-only) step."""
+        return ctx.pool.step(0)
+
+    def round_fields(self, rounds_done: int) -> dict[str, float]:
+        return spent_epsilon(self.plan, rounds_done) if self.plan else {}
+
+    def summary(self, cloud, rounds_done: int, population=None) -> dict:
+        if self.plan is None:
+            return {}
+        spent = spent_epsilon(self.plan, rounds_done)
+        return {"dp_sgd": {**self.plan.to_dict(), "expected_batch_size": self.expected_batch_size, "spent": spent}}
+
+    def log_lines(self) -> list[str]:
+        if self.plan is None:
+            return []
+        warning = self.plan.pld_warning()
+        return [f"EW-Tune DP-SGD: {self.plan.describe()}"] + ([warning] if warning else [])
+
+
+__all__ = [
+    "DPPlan",
+    "DPTopServer",
+    "EWTuneDesign",
+    "dp_top",
+    "plan_dp_sgd",
+    "poisson_batches",
+    "spent_epsilon",
+    "steps_per_epoch",
+]

@@ -11,6 +11,7 @@ from .activation_dp import GaussianActivation, LaplaceActivation
 from .base import Guarantee, Mechanism
 from .dchi import DChi
 from .privtune import PrivTune, PrivTuneParams, privtune_guarantee
+from .privtune_graph import load_or_build_token_graph
 
 
 def privtune_params(cfg) -> PrivTuneParams:
@@ -31,8 +32,6 @@ def privtune_params(cfg) -> PrivTuneParams:
 
 
 def _privtune(cfg, split, tokenizer, model_id: str, seed: int) -> PrivTune:
-    from .privtune_graph import load_or_build_token_graph
-
     graph = load_or_build_token_graph(
         split.bottom, tokenizer, model_id, cfg.k, cfg.n_hops, cfg.candidates, cfg.cache_dir
     )

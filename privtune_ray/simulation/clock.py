@@ -62,7 +62,7 @@ def simulate_round(
 ) -> RoundTiming:
     """Run the round's events: arrivals (in time order) queue for the first free of ``replicas`` servers."""
     events = {d.device: Event(d.device, None, status="dropped") for d in devices if d.dropped}
-    arrivals = []
+    arrivals: list[tuple[float, int, float]] = []  # (arrival, device, top seconds)
     for d in devices:
         if not d.dropped:
             arrival = start_s + d.download_s + d.compute_s + d.upload_s

@@ -8,6 +8,7 @@ serialised :class:`~privtune_ray.message.Message` (its ``len`` is the bytes sent
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -59,3 +60,44 @@ class TopResult:
     loss_sum: float
     samples: int
     top_s: float
+
+
+@dataclass
+class DeviceResult:
+    """A device task's outcome as the coordinator holds it: the report, the upload (a handle the pool
+    resolves: bytes in process, an object ref on Ray) and how many runs it took (a lost worker's task re-runs)."""
+
+    report: DeviceReport
+    payload: Any
+    attempts: int = 1
+
+
+@dataclass
+class StepResult:
+    """The replicas' synchronous step: measured seconds (the all-reduce included) and the learning rate used."""
+
+    seconds: float
+    lr: float
+
+
+@dataclass
+class EvalResult:
+    """An evaluation's sums: correct predictions, summed cross-entropy (nats), samples."""
+
+    correct: int
+    loss_sum: float
+    samples: int
+
+    def __add__(self, other: EvalResult) -> EvalResult:
+        return EvalResult(self.correct + other.correct, self.loss_sum + other.loss_sum, self.samples + other.samples)
+
+
+@dataclass
+class Fault:
+    """One row of ``faults.csv``: what failed in which round, and what the engine did about it."""
+
+    round: int
+    component: str  # device_worker | device_task | top_replica | run
+    index: int
+    what: str
+    action: str

@@ -32,7 +32,7 @@ ROW_KEYS = (
     "train_wall_s",
     "sim_time_s",
     "device_compute_s",
-    "top_s",
+    "top_compute_s",
     "run_dir",
     "error",
 )
@@ -61,9 +61,9 @@ def row_from_summary(summary: dict[str, Any]) -> dict[str, Any]:
     """A run's ``summary.json`` as one flat row: utility = dev accuracy; ASR/advantage per attack."""
     privacy = summary.get("privacy") or {}
     row: dict[str, Any] = {
-        "mechanism": _defence(summary),
+        "mechanism": summary.get("defence"),
         "split_depth": summary.get("split_depth"),
-        "utility": summary.get("utility", summary.get("dev_accuracy")),
+        "utility": summary.get("utility"),
         "max_eia_asr_top1": summary.get("max_eia_asr_top1"),
         "max_aia_advantage": summary.get("max_aia_advantage"),
         "epsilon": privacy.get("epsilon"),
@@ -75,11 +75,11 @@ def row_from_summary(summary: dict[str, Any]) -> dict[str, Any]:
         "rounds": summary.get("rounds"),
         "train_wall_s": summary.get("train_wall_s"),
         "sim_time_s": summary.get("sim_time_s"),
-        "device_compute_s": summary.get("device_compute_s", summary.get("bottom_compute_s")),
-        "top_s": summary.get("top_s", summary.get("top_compute_s")),
+        "device_compute_s": summary.get("device_compute_s"),
+        "top_compute_s": summary.get("top_compute_s"),
         "run_dir": summary.get("run_dir"),
     }
-    sent = summary.get("sent_samples") or summary.get("train_samples") or 0
+    sent = summary.get("sent_samples", summary.get("train_samples"))  # simulate counts late uploads too
     for channel, n_bytes in (summary.get("bytes_by_channel") or {}).items():  # simulate: what crossed, per channel
         row[f"bytes_per_sample:{channel}"] = n_bytes / sent if sent else None
     spent = (summary.get("dp_sgd") or {}).get("spent") or {}
@@ -90,14 +90,6 @@ def row_from_summary(summary: dict[str, Any]) -> dict[str, Any]:
         metric = "asr_top1" if result.get("kind") == "inversion" else "advantage"
         row[f"{attack}:{metric}"] = result.get(metric)
     return row
-
-
-def _defence(summary: dict[str, Any]) -> str | None:
-    """The row's ``mechanism`` label: the mechanism, or the design (``ewtune``, ``ewtune+privtune``) when not split."""
-    mechanism, design = summary.get("mechanism"), summary.get("design", "split")
-    if design == "split":
-        return mechanism
-    return design if mechanism in (None, "none") else f"{design}+{mechanism}"
 
 
 def run_point(cfg: Config, out: str | Path, runner: str, threads: int | None = None) -> dict[str, Any]:

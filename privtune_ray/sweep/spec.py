@@ -46,16 +46,17 @@ DEFAULT_DESIGN_ARMS: dict[str, dict[str, list[Any]]] = {
     "ewtune": {"design.target_epsilon": [1.0, 3.0, 8.0], "design.calibrate_with": ["pld"]},  # σ for the PLD bound
 }
 DEFAULT_GRID: dict[str, list[Any]] = {"model.split_depth": [0, 1, 2, 3]}
+MECHANISM_KEY, DESIGN_KEY = "mechanism.name", "design.name"  # the keys that name a variant
 SHORT_KEYS = {
-    "mechanism.name": "",
-    "design.name": "",
+    MECHANISM_KEY: "",
+    DESIGN_KEY: "",
     "model.split_depth": "m",
     "mechanism.noise_multiplier": "sigma",
     "design.target_epsilon": "eps",
     "design.calibrate_with": "cal-",
     "seed": "seed",
 }
-NAME_KEYS = ("mechanism.name", "design.name")
+NAME_KEYS = (MECHANISM_KEY, DESIGN_KEY)
 
 
 @dataclass
@@ -111,8 +112,8 @@ class Point:
 
 
 def default_arms() -> list[dict[str, list[Any]]]:
-    mechanisms = [{"mechanism.name": [name], **copy.deepcopy(grid)} for name, grid in DEFAULT_ARMS.items()]
-    return mechanisms + [{"design.name": [name], **copy.deepcopy(grid)} for name, grid in DEFAULT_DESIGN_ARMS.items()]
+    mechanisms = [{MECHANISM_KEY: [name], **copy.deepcopy(grid)} for name, grid in DEFAULT_ARMS.items()]
+    return mechanisms + [{DESIGN_KEY: [name], **copy.deepcopy(grid)} for name, grid in DEFAULT_DESIGN_ARMS.items()]
 
 
 def _axes(raw: Any, where: str) -> dict[str, list[Any]]:

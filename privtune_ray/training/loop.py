@@ -9,51 +9,30 @@ from __future__ import annotations
 
 import math
 import os
-import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..attacks.observations import Observations
-from ..attacks.suite import AttackSuite, VictimSample, carve_aux, headline, load_aux, long_rows, probe_attributes
+from ..attacks.rounds import AttackRounds
+from ..attacks.suite import AttackSuite, carve_aux, load_aux, probe_attributes
 from ..config import Config
 from ..data.batching import TokenizedSplit, batch_indices, collate, end_token_id, tokenize_generation, tokenize_split
 from ..data.registry import get_spec, load_split
+from ..designs import design_for
 from ..errors import ConfigError
 from ..mechanisms import build_mechanism
 from ..message import Message
 from ..models.loading import load_split_model, load_tokenizer, resolve_model
 from ..progress import plain_lines, progress_bar
-from ..runs import RunDir
+from ..runs import RunSession, Summary, Totals
+from ..seeding import seed_everything
 from .client import SplitClient
 from .generation import evaluate_generation
 from .lm_head import DeviceHead, HiddenStateServer, detach_head
 from .server import TopServer, apply_lora, build_optimizer, summed_loss
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-@dataclass
-class Counters:
-    """Cumulative totals of a run (restored on resume)."""
-
-    step: int = 0
-    epoch: int = 0
-    batch_in_epoch: int = 0  # batches of ``epoch`` already trained on
-    samples: int = 0
-    tokens: int = 0
-    bytes_up: int = 0
-    bytes_down: int = 0  # U-shaped causal LM: the z the cloud returns
-    comm_s: float = 0.0  # serialisation + deserialisation seconds
-    train_s: float = 0.0  # wall seconds spent in the training loop (all sessions of a resumed run)
-    extra: dict = field(default_factory=dict)
 
 
 def top_device(name: str) -> str:
@@ -65,7 +44,7 @@ def top_device(name: str) -> str:
     return name
 
 
-def upload(msg: Message, counters: Counters) -> Message:
+def upload(msg: Message, counters: Totals) -> Message:
     """Serialise on the device, count the bytes, deserialise on the cloud side."""
     start = time.perf_counter()
     payload = msg.to_bytes()
@@ -75,13 +54,13 @@ def upload(msg: Message, counters: Counters) -> Message:
     return received
 
 
-def download(payload: bytes, counters: Counters) -> bytes:
+def download(payload: bytes, counters: Totals) -> bytes:
     """Count what the cloud sends back to the device (a U-shaped causal LM's z)."""
     counters.bytes_down += len(payload)
     return payload
 
 
-def u_shaped_step(client: SplitClient, server: HiddenStateServer, msg: Message, targets, counters: Counters) -> float:
+def u_shaped_step(client: SplitClient, server: HiddenStateServer, msg: Message, targets, counters: Totals) -> float:
     """The cloud returns z, the device's head takes the loss on its own targets and sends ∂ℓ/∂z back; both
     halves step. Returns the batch's mean loss (nats)."""
     z = download(server.forward(msg), counters)
@@ -93,7 +72,7 @@ def u_shaped_step(client: SplitClient, server: HiddenStateServer, msg: Message, 
     return loss_sum / msg.batch_size
 
 
-def split_step(client: SplitClient, server: TopServer, batch, counters: Counters, on_upload=None) -> float:
+def split_step(client: SplitClient, server: TopServer, batch, counters: Totals, on_upload=None) -> float:
     """One step of split fine-tuning: device forward, upload, top-model update. Returns the loss (nats).
 
     ``on_upload(message, batch)`` sees each received message (the attack suite's victim sample).
@@ -121,7 +100,7 @@ def evaluate(
     desc: str = "eval",
 ) -> dict:
     """Accuracy and mean cross-entropy (nats) on ``split``, through the same upload path as training."""
-    counters = Counters()
+    counters = Totals()
     correct, loss_sum = 0, 0.0
     batches = batch_indices(split.lengths, batch_size, shuffle=False, bucketing=True)
     for idx in progress_bar(batches, desc=desc, enabled=progress, leave=False):
@@ -144,22 +123,9 @@ def classification_spec(cfg: Config, command: str):
     return spec
 
 
-def require_one_cut(cfg: Config, command: str) -> None:
-    """``train`` and ``attack`` run the designs with one cut (split, ewtune); GuardedTuning's run in ``simulate``."""
-    from ..designs.guarded import GUARDED
-
-    if cfg.design.name in GUARDED:
-        raise ConfigError(
-            f"design.name={cfg.design.name} (GuardedTuning) runs under `privtune-ray simulate`, not `{command}`: a "
-            f"population of one device is the single-client setting (--set simulation.devices=1 "
-            f"--set simulation.devices_per_round=1), e.g. simulations/sst2_designs.yaml"
-        )
-
-
 def train_spec(cfg: Config):
     """``privtune-ray train``: a classification dataset with a classifier, or a generation dataset (SQuAD)
     with a causal LM; a mismatch is an error naming the key to change."""
-    require_one_cut(cfg, "train")
     spec = get_spec(cfg.data.dataset)
     if spec.task == "generation" and cfg.model.task != "causal-lm":
         raise ConfigError(
@@ -167,11 +133,6 @@ def train_spec(cfg: Config):
             f"decoder model (a gpt2, opt or llama checkpoint), as simulations/squad_generation.yaml does"
         )
     if spec.task == "generation":
-        if cfg.design.name == "ewtune" and cfg.model.lm_head == "device":
-            raise ConfigError(
-                "design.name=ewtune clips per-sample gradients of a loss the cloud computes; with a causal "
-                "LM that loss is on the device (model.lm_head=device): use design.name=split"
-            )
         return spec
     if cfg.model.task == "causal-lm":
         raise ConfigError(
@@ -201,14 +162,7 @@ def load_task_data(cfg: Config, tokenizer, spec) -> tuple[TokenizedSplit, Tokeni
 
 def run_training(cfg: Config, out: str | os.PathLike | None = None, resume: bool = False, log=print) -> Path:
     """Fine-tune ``cfg.model`` split at ``cfg.model.split_depth`` on ``cfg.data``; returns the run directory."""
-    from ..designs.ewtune import (
-        DPTopServer,
-        plan_dp_sgd,
-        poisson_batches,
-        spent_epsilon,
-        steps_per_epoch,
-    )  # uses .server
-
+    design = design_for(cfg, "train")
     spec = train_spec(cfg)
     device = top_device(cfg.train.device)
     seed_everything(cfg.seed)  # before loading: the fresh task head is initialised from it
@@ -226,28 +180,18 @@ def run_training(cfg: Config, out: str | os.PathLike | None = None, resume: bool
     if cfg.attack.enabled:
         aux, train_split = attacker_data(cfg, tokenizer, train_split)
     batches_per_epoch = -(-len(train_split) // cfg.train.batch_size)
-    dp_plan = None
-    if cfg.design.name == "ewtune":  # Poisson batches: 1/q per epoch; σ calibrated for the whole run
-        batches_per_epoch = steps_per_epoch(min(1.0, cfg.train.batch_size / len(train_split)))
-    total_steps = cfg.train.epochs * batches_per_epoch
-    if cfg.train.max_steps is not None:
-        total_steps = min(total_steps, cfg.train.max_steps)
-    if cfg.design.name == "ewtune":
-        dp_plan = plan_dp_sgd(cfg.design, cfg.train.batch_size / len(train_split), total_steps)
+    batches_per_epoch, total_steps = design.train_plan(len(train_split), batches_per_epoch, cfg.train.max_steps)
 
-    run = RunDir.create(cfg, out, resume=resume)
+    session = RunSession.open(cfg, out, resume)
+    run = session.run
     log(f"privtune-ray: writing run to {run.path}")
     mechanism.fit(train_split)  # per-device state from the device's own data (PrivTune importance)
     attacks = None
     if aux is not None:
-        attacks = AttackRounds(
-            AttackSuite.fit_on(
-                cfg, split_model, tokenizer, model_id, aux, cfg.data.dataset, train_split.texts, log=log
-            ),
-            cfg.attack,
-            train_split,
-            run,
+        suite = AttackSuite.fit_on(
+            cfg, split_model, tokenizer, model_id, aux, cfg.data.dataset, train_split.texts, log=log
         )
+        attacks = AttackRounds(run, cfg.attack.victim_samples, suite=suite)
 
     top = split_model.top
     device_head = None
@@ -257,175 +201,145 @@ def run_training(cfg: Config, out: str | os.PathLike | None = None, resume: bool
     if cfg.train.lora.enabled:
         top = apply_lora(top, split_model.family, cfg.train.lora)
     optimizer, scheduler = build_optimizer(top, cfg.train, total_steps)
+    upload_targets = cfg.model.task == "causal-lm" and cfg.model.lm_head == "cloud"
     client = SplitClient(
-        split_model.bottom,
-        mechanism,
-        bits=cfg.design.bits,
-        head=device_head,
-        upload_targets=cfg.model.task == "causal-lm" and cfg.model.lm_head == "cloud",
+        split_model.bottom, mechanism, bits=cfg.design.bits, head=device_head, upload_targets=upload_targets
     )
     if device_head is not None:
-        server = HiddenStateServer(top, optimizer, scheduler, device=device)
-    elif dp_plan is None:
-        server = TopServer(top, optimizer, scheduler, device=device)
+        server: TopServer = HiddenStateServer(top, optimizer, scheduler, device=device)
     else:
-        server = DPTopServer(top, optimizer, scheduler, dp_plan, cfg.train.batch_size, device=device, seed=cfg.seed)
-        log(f"privtune-ray: EW-Tune DP-SGD: {dp_plan.describe()}")
-        if dp_plan.pld_warning():
-            log(f"privtune-ray: {dp_plan.pld_warning()}")
+        server = design.top_server(top, optimizer, scheduler, device)
+    for line in design.log_lines():
+        log(f"privtune-ray: {line}")
 
-    counters = Counters()
+    totals = Totals()
     if resume:
-        if run.summary_path.exists():
-            raise ConfigError(
-                f"--resume: the run in {str(run.path)!r} has finished (summary.json exists); start a new one"
-            )
-        if run.checkpoint_path.exists() or run.previous_checkpoint_path.exists():
-            counters = _restore(run, top, optimizer, scheduler, mechanism, device_head)
-        run.truncate("metrics", counters.step)  # rows written after the checkpoint are redone
-        run.truncate("eval", counters.step)
-        run.truncate("attacks", counters.step)
-        log(f"privtune-ray: resuming at step {counters.step}/{total_steps}")
+        if session.has_checkpoint:
+            totals = _restore(session, top, optimizer, scheduler, mechanism, device_head)
+        run.truncate("metrics", totals.step)  # rows written after the checkpoint are redone
+        run.truncate("eval", totals.step)
+        run.truncate("attacks", totals.step)
+        log(f"privtune-ray: resuming at step {totals.step}/{total_steps}")
 
-    bar = progress_bar(total=total_steps, initial=counters.step, desc="train", enabled=cfg.train.progress)
+    bar = progress_bar(total=total_steps, initial=totals.step, desc="train", enabled=cfg.train.progress)
     plain = plain_lines(cfg.train.progress)
     window_loss, window_samples, window_start = [], 0, time.perf_counter()
     session_start = time.perf_counter()
-    train_s_before = counters.train_s
-    while counters.step < total_steps:
-        epoch_seed = cfg.seed * 1000 + counters.epoch
-        if dp_plan is None:
-            batches = batch_indices(
-                train_split.lengths,
-                cfg.train.batch_size,
-                shuffle=True,
-                bucketing=cfg.train.length_bucketing,
-                seed=epoch_seed,
-            )
-        else:
-            batches = poisson_batches(len(train_split), cfg.train.batch_size, batches_per_epoch, seed=epoch_seed)
-        for idx in batches[counters.batch_in_epoch :]:
+    before = Totals(**asdict(totals))  # what earlier sessions of a resumed run measured
+
+    def measured() -> None:  # the measured seconds so far, all sessions
+        totals.train_wall_s = before.train_wall_s + time.perf_counter() - session_start
+        totals.device_compute_s = before.device_compute_s + client.compute_s + client.mechanism_s
+        totals.mechanism_compute_s = before.mechanism_compute_s + client.mechanism_s
+        totals.top_compute_s = before.top_compute_s + server.compute_s
+
+    while totals.step < total_steps:
+        batches = design.train_batches(train_split, batches_per_epoch, seed=cfg.seed * 1000 + totals.epoch)
+        for idx in batches[totals.batch_in_epoch :]:
             if len(idx) == 0:  # an empty Poisson batch: a noise-only step
                 server.step(0)
-                counters.step += 1
+                totals.step += 1
             else:
-                window_loss.append(
-                    split_step(
-                        client,
-                        server,
-                        collate(train_split, idx, pad_id),
-                        counters,
-                        attacks.observe if attacks else None,
-                    )
-                )
+                batch = collate(train_split, idx, pad_id)
+                on_upload = (lambda msg, b: attacks.observe_message(msg, b, train_split)) if attacks else None
+                window_loss.append(split_step(client, server, batch, totals, on_upload))
             loss = window_loss[-1] if window_loss else float("nan")
-            counters.batch_in_epoch += 1
+            totals.batch_in_epoch += 1
             window_samples += len(idx)
             bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}", epoch=counters.epoch)
-            counters.train_s = train_s_before + time.perf_counter() - session_start
-            if counters.step % cfg.train.log_every == 0 or counters.step == total_steps:
+            bar.set_postfix(loss=f"{loss:.4f}", epoch=totals.epoch)
+            measured()
+            if totals.step % cfg.train.log_every == 0 or totals.step == total_steps:
                 now = time.perf_counter()
                 row = {
-                    "step": counters.step,
-                    "epoch": counters.epoch,
+                    "step": totals.step,
+                    "epoch": totals.epoch,
                     "loss": float(np.mean(window_loss)) if window_loss else float("nan"),
                     "lr": server.lr,
-                    "samples": counters.samples,
-                    "tokens": counters.tokens,
-                    "bytes_up": counters.bytes_up,
-                    "bytes_down": counters.bytes_down,
+                    "samples": totals.samples,
+                    "tokens": totals.tokens,
+                    "bytes_up": totals.bytes_up,
+                    "bytes_down": totals.bytes_down,
                     "samples_per_s": window_samples / max(now - window_start, 1e-9),
                     "bottom_s": client.compute_s,
                     "mechanism_s": client.mechanism_s,
                     "top_s": server.compute_s,
-                    "comm_s": counters.comm_s,
-                    "elapsed_s": counters.train_s,
-                    **(spent_epsilon(dp_plan, counters.step) if dp_plan else {}),
+                    "comm_s": totals.comm_s,
+                    "elapsed_s": totals.train_wall_s,
+                    **design.round_fields(totals.step),
                 }
                 run.append("metrics", row)
                 if plain:
                     log(
-                        f"privtune-ray: step {counters.step}/{total_steps}: loss {row['loss']:.4f}, "
-                        f"{row['samples_per_s']:.1f} samples/s, {counters.bytes_up / 2**20:.1f} MiB up, {counters.train_s:.0f} s"
+                        f"privtune-ray: step {totals.step}/{total_steps}: loss {row['loss']:.4f}, "
+                        f"{row['samples_per_s']:.1f} samples/s, {totals.bytes_up / 2**20:.1f} MiB up, "
+                        f"{totals.train_wall_s:.0f} s"
                     )
                 window_loss, window_samples, window_start = [], 0, now
-            if cfg.train.eval_every and counters.step % cfg.train.eval_every == 0 and counters.step < total_steps:
-                _evaluate_and_log(run, client, server, eval_split, cfg, tokenizer, counters.step, log=log)
-            if attacks and cfg.attack.every and counters.step % cfg.attack.every == 0 and counters.step < total_steps:
-                attacks.round(counters.step)
-            if counters.step % cfg.train.checkpoint_every == 0 and counters.step < total_steps:
-                _checkpoint(run, top, optimizer, scheduler, mechanism, counters, device_head)
-            if counters.step >= total_steps:
+            if cfg.train.eval_every and totals.step % cfg.train.eval_every == 0 and totals.step < total_steps:
+                _evaluate_and_log(run, client, server, eval_split, cfg, tokenizer, totals.step, log=log)
+            if attacks and cfg.attack.every and totals.step % cfg.attack.every == 0 and totals.step < total_steps:
+                attacks.round(totals.step)
+            if totals.step % cfg.train.checkpoint_every == 0 and totals.step < total_steps:
+                _checkpoint(session, top, optimizer, scheduler, mechanism, totals, device_head)
+            if totals.step >= total_steps:
                 break
         else:
-            counters.epoch += 1
-            counters.batch_in_epoch = 0
+            totals.epoch += 1
+            totals.batch_in_epoch = 0
     bar.close()
 
-    result = _evaluate_and_log(run, client, server, eval_split, cfg, tokenizer, counters.step)
-    attack_summary = attacks.round(counters.step, log=log) if attacks else {}
-    epochs_done = counters.samples / len(train_split)
+    result = _evaluate_and_log(run, client, server, eval_split, cfg, tokenizer, totals.step)
+    attack_summary = attacks.round(totals.step, log=log) if attacks else {}
+    epochs_done = totals.samples / len(train_split)
     # A sample is released once per epoch in which it is sent (a partial epoch counts as one).
     metric = "accuracy" if "accuracy" in result else "f1"  # classification, or generation's token F1
     privacy = mechanism.guarantee(releases=max(1, math.ceil(epochs_done - 1e-9)), max_length=cfg.model.max_length)
-    summary = {
-        "name": cfg.name,
-        "dataset": cfg.data.dataset,
-        "model": cfg.model.name,
-        "split_depth": cfg.model.split_depth,
-        "mechanism": mechanism.name,
-        "privacy": privacy.to_dict(),
-        "lora": cfg.train.lora.enabled,
-        "seed": cfg.seed,
-        "steps": counters.step,
-        "epochs": round(epochs_done, 4),
-        "train_samples": counters.samples,
-        "train_split_size": len(train_split),
-        **(
-            {"dev_accuracy": result["accuracy"]}
-            if "accuracy" in result
-            else {"dev_exact_match": result["exact_match"], "dev_f1": result["f1"]}
-        ),
-        "utility": result[metric],
-        "utility_metric": metric,
-        "dev_loss": result["loss"],
-        "dev_samples": result["samples"],
-        "bytes_up": counters.bytes_up,
-        "bytes_up_per_sample": counters.bytes_up / max(counters.samples, 1),
-        "bytes_down": counters.bytes_down,
-        "bytes_up_eval": result["bytes_up"],
-        "bytes_down_eval": result.get("bytes_down", 0),
-        **(
-            {
-                "lm_head": cfg.model.lm_head,
-                "targets_uploaded": client.upload_targets,
-                "leaks": ["the token targets (the answer text) are uploaded with h̃ (model.lm_head=cloud)"]
-                if client.upload_targets
-                else [],
-            }
-            if cfg.model.task == "causal-lm"
-            else {}
-        ),
-        "train_wall_s": counters.train_s,
-        "train_samples_per_s": counters.samples / max(counters.train_s, 1e-9),
-        "bottom_compute_s": client.compute_s,
-        "mechanism_compute_s": client.mechanism_s,
-        "top_compute_s": server.compute_s,
-        "comm_s": counters.comm_s,
-        "trainable_params": sum(p.numel() for p in top.parameters() if p.requires_grad),
-        "design": cfg.design.name,
-        **({"dp_sgd": {**dp_plan.to_dict(), "spent": spent_epsilon(dp_plan, counters.step)}} if dp_plan else {}),
-        **attack_summary,
-        "run_dir": str(run.path),
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    run.write_summary(summary)
-    run.remove_checkpoints()  # the run is complete; summary.json marks it
+    scores = (
+        {"dev_accuracy": result["accuracy"]}
+        if "accuracy" in result
+        else {"dev_exact_match": result["exact_match"], "dev_f1": result["f1"]}
+    )
+    lm_head = {}
+    if cfg.model.task == "causal-lm":
+        leak = "the token targets (the answer text) are uploaded with h̃ (model.lm_head=cloud)"
+        lm_head = {
+            "lm_head": cfg.model.lm_head,
+            "targets_uploaded": client.upload_targets,
+            "leaks": [leak] if client.upload_targets else [],
+        }
+    summary = Summary.of(
+        cfg,
+        "train",
+        design.defence(),
+        privacy=privacy.to_dict(),
+        utility=result[metric],
+        utility_metric=metric,
+        dev_loss=result["loss"],
+        totals=totals,
+        run_dir=run.path,
+        details={
+            "lora": cfg.train.lora.enabled,
+            "steps": totals.step,
+            "epochs": round(epochs_done, 4),
+            "train_split_size": len(train_split),
+            **scores,
+            "dev_samples": result["samples"],
+            "bytes_up_per_sample": totals.bytes_up / max(totals.samples, 1),
+            "bytes_up_eval": result["bytes_up"],
+            "bytes_down_eval": result.get("bytes_down", 0),
+            **lm_head,
+            "comm_s": totals.comm_s,
+            "trainable_params": sum(p.numel() for p in top.parameters() if p.requires_grad),
+            **design.summary(None, totals.step),
+            **attack_summary,
+        },
+    )
+    session.finish(summary)
     log(f"privtune-ray: mechanism {mechanism.name}: {privacy.statement}")
     if client.upload_targets:
         log("privtune-ray: warning: model.lm_head=cloud uploaded the token targets (the answer text) with every batch")
-    log(f"privtune-ray: dev {metric} {result[metric]:.4f} on {result['samples']} samples after {counters.step} steps")
+    log(f"privtune-ray: dev {metric} {result[metric]:.4f} on {result['samples']} samples after {totals.step} steps")
     log(f"privtune-ray: wrote {run.summary_path}")
     return run.path
 
@@ -439,50 +353,13 @@ def attacker_data(cfg: Config, tokenizer, train_split: TokenizedSplit) -> tuple[
     return load_aux(cfg, tokenizer, cfg.data.dataset, cfg.data.train_split), train_split
 
 
-class AttackRounds:
-    """Attack rounds during training: the latest ``attack.victim_samples`` received sentences, attacked
-    every ``attack.every`` steps and once at the end; rows appended to ``attacks.csv`` as produced."""
-
-    def __init__(self, suite: AttackSuite, cfg, train_split: TokenizedSplit, run: RunDir):
-        self.suite, self.train_split, self.run = suite, train_split, run
-        self.sample = VictimSample(cfg.victim_samples)
-
-    def observe(self, msg: Message, batch) -> None:
-        data = self.train_split
-        self.sample.add(
-            Observations.from_message(
-                msg,
-                batch.input_ids,
-                {k: v[batch.indices] for k, v in data.attributes.items()},
-                [data.texts[i] for i in batch.indices],
-            )
-        )
-
-    def round(self, step: int, log=None) -> dict:
-        victims = self.sample.take()
-        rows = self.suite.run(victims)
-        for row in long_rows(rows, step=step, victims=len(victims)):
-            self.run.append("attacks", row)
-        if log is not None:
-            for r in rows:
-                score = (
-                    f"ASR top-1 {r['asr_top1']:.3f}" if r["kind"] == "inversion" else f"advantage {r['advantage']:+.3f}"
-                )
-                log(f"privtune-ray: attack {r['attack']:<22} {score} on {len(victims)} victim sentences")
-        return {
-            "attacks": {r["attack"]: {k: v for k, v in r.items() if k != "attack"} for r in rows},
-            **headline(rows),
-            "attack_setup": self.suite.describe(),
-        }
-
-
 def _evaluate_and_log(run, client, server, split, cfg: Config, tokenizer, step: int, log=None) -> dict:
     """Evaluate on ``split``, append the row to eval.csv, and print it when ``log`` is given."""
     pad_id = tokenizer.pad_token_id
     if split.prompt_lengths is None:
         result = evaluate(client, server, split, cfg.train.eval_batch_size, pad_id, progress=cfg.train.progress)
     else:
-        counters = Counters()
+        counters = Totals()
         result = evaluate_generation(
             client,
             server,
@@ -504,17 +381,17 @@ def _evaluate_and_log(run, client, server, split, cfg: Config, tokenizer, step: 
     return result
 
 
-def _checkpoint(run: RunDir, top, optimizer, scheduler, mechanism, counters: Counters, device_head=None) -> None:
+def _checkpoint(session: RunSession, top, optimizer, scheduler, mechanism, totals: Totals, device_head=None) -> None:
     state = {
         **({"device_head": _head_state(device_head)} if device_head is not None else {}),
         "mechanism": mechanism.state_dict(),
         "top": top.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
-        "counters": counters.__dict__,
+        "totals": asdict(totals),
         "torch_rng": torch.get_rng_state(),
     }
-    run.save_checkpoint(state)
+    session.save(state)
 
 
 def _head_state(head: DeviceHead) -> dict:
@@ -525,8 +402,8 @@ def _head_state(head: DeviceHead) -> dict:
     }
 
 
-def _restore(run: RunDir, top, optimizer, scheduler, mechanism, device_head=None) -> Counters:
-    state = run.load_checkpoint()
+def _restore(session: RunSession, top, optimizer, scheduler, mechanism, device_head=None) -> Totals:
+    state = session.load()
     if device_head is not None:
         device_head.head.load_state_dict(state["device_head"]["head"])
         device_head.optimizer.load_state_dict(state["device_head"]["optimizer"])
@@ -536,4 +413,4 @@ def _restore(run: RunDir, top, optimizer, scheduler, mechanism, device_head=None
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["torch_rng"])
-    return Counters(**state["counters"])
+    return Totals(**state["totals"])

@@ -7,7 +7,7 @@ as in offsite-tuning]:
             blocks L−a+1..L + final norm + head (top adapter A_t)
     cloud:  blocks m+a+1..L−a (the middle M)
 
-Everything that crosses a cut is b-bit quantised (``design.bits``; ``designs/quantisation.py``). Per step:
+Everything that crosses a cut is b-bit quantised (``design.bits``; ``quantisation.py``). Per step:
 
 * ``online``: A1 = A_b(bottom(x)) ↑; A2 = M(A1) ↓; the device computes
   ℓ = Σ CE(A_t(A2), y) + α·B·dCor(E(x), A1) and sends ∂ℓ/∂A2 ↑; the cloud backpropagates and returns ∂ℓ/∂A1 ↓.
@@ -35,13 +35,11 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
-from ..errors import ConfigError
-from ..message import CHANNELS, Message, tensor_from_bytes, tensor_to_bytes, zero_padding
-from ..models.split import BottomModel, TopModel, family_of, run_blocks
-from ..training.server import TopServer, summed_loss
-from .dcor import distance_correlation
-
-GUARDED = ("online", "gradfree", "offline")
+from ...errors import ConfigError
+from ...message import CHANNELS, Message, tensor_from_bytes, tensor_to_bytes, zero_padding
+from ...models.split import BottomModel, TopModel, family_of, run_blocks
+from ...training.server import TopServer, summed_loss
+from ..dcor import distance_correlation
 
 
 @dataclass(frozen=True)
@@ -222,6 +220,7 @@ class GuardedClient:
 
     def offline_step(self, batch) -> tuple[float, float, list[torch.Tensor | None]]:
         """offline: A_t(M'(A1)) against the emulator, all on the device. Returns (Σ CE, α·B·dCor, adapter gradients)."""
+        assert self.emulator is not None, "offline's client holds the emulator"
         start = time.perf_counter()
         emb, a1 = self._a1(batch, grad=True)
         self.adapters.top.train()
@@ -273,6 +272,7 @@ class MiddleServer(TopServer):
         start = time.perf_counter()
         a1, a2, mask = self._pending.pop(key)
         a2.backward(tensor_from_bytes(grad_payload).to(self.device))
+        assert a1.grad is not None, "forward kept A1 with requires_grad"
         out = tensor_to_bytes(a1.grad.detach().cpu(), mask, self.bits)
         self.compute_s += time.perf_counter() - start
         return out
@@ -289,7 +289,6 @@ def module_bytes(module: nn.Module) -> int:
 
 __all__ = [
     "CHANNELS",
-    "GUARDED",
     "Blocks",
     "ClientAdapters",
     "GuardedClient",

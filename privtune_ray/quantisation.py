@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..errors import ConfigError
+from .errors import ConfigError
 
 MIN_BITS, MAX_BITS = 2, 16
 

@@ -1,0 +1,134 @@
+"""Attack rounds during training (``train`` and ``simulate``): one driver for every fitted attack.
+
+The cloud keeps the latest ``attack.victim_samples`` sentences it received and attacks them every
+``attack.every`` steps (rounds) and once at the end. Two streams of victims, by what the attacks read:
+
+* uploads (h̃, or GuardedTuning's A1): the :class:`~privtune_ray.attacks.suite.AttackSuite`'s attacks;
+* returned gradients (A2 with ∂ℓ/∂A2, GuardedTuning online): the gradient attacks (``gm_label``).
+
+Each round appends its rows to ``attacks.csv`` (long format, ``suite.long_rows``) and returns the summary part:
+``attacks`` (name -> scores), ``max_eia_asr_top1``, ``max_aia_advantage`` and ``attack_setup``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import torch
+
+from ..data.batching import Batch, TokenizedSplit
+from ..message import Message
+from .base import Attack
+from .observations import Observations
+from .suite import AttackSuite, VictimSample, headline, long_rows
+
+if TYPE_CHECKING:  # annotation only
+    from ..runs import RunDir
+
+
+class AttackRounds:
+    """Rounds of the fitted attacks on the latest victims; rows to ``run``'s ``attacks.csv`` as produced.
+
+    ``AttackRounds(run, victim_samples, suite=None, gradient_attacks=())``:
+
+    * ``run``: the run directory (``append``/``append_rows``);
+    * ``victim_samples``: ``cfg.attack.victim_samples``, sentences kept per stream (None: all since the last round);
+    * ``suite``: the fitted attacks on the uploads (``AttackSuite.fit_on``), or None;
+    * ``gradient_attacks``: fitted attacks on returned gradients (``[gradient_matching.build_gradient_matching(...)]``
+      on GuardedTuning online), or none.
+
+    Feed it with :meth:`observe_message` (an upload, as ``train`` and ``simulate`` receive it),
+    :meth:`observe_returned` (online's A2 and ∂ℓ/∂A2) or :meth:`observe` (any :class:`Observations`: those with
+    ``gradients`` go to the gradient attacks); :meth:`reset` empties both samples (a resumed run redoes rounds).
+    """
+
+    def __init__(
+        self,
+        run: RunDir,
+        victim_samples: int | None,
+        suite: AttackSuite | None = None,
+        gradient_attacks: Sequence[Attack] = (),
+    ):
+        self.run, self.suite, self.gradient_attacks = run, suite, list(gradient_attacks)
+        self.victim_samples = victim_samples
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every victim observed so far."""
+        self.sample = VictimSample(self.victim_samples)  # uploads
+        self.returned = VictimSample(self.victim_samples)  # with the returned gradients
+
+    def observe(self, observations: Observations) -> None:
+        """Add victims: to the gradient attacks' sample if they carry ``gradients``, else to the suite's."""
+        (self.sample if observations.gradients is None else self.returned).add(observations)
+
+    def observe_message(self, msg: Message, batch: Batch, train_split: TokenizedSplit) -> None:
+        """A received upload ``msg`` of ``batch`` (rows ``batch.indices`` of ``train_split``, whose attributes and
+        texts are the ground truth the attacks are scored on)."""
+        self.observe(
+            Observations.from_message(
+                msg,
+                batch.input_ids,
+                {k: v[batch.indices] for k, v in train_split.attributes.items()},
+                [train_split.texts[i] for i in batch.indices],
+            )
+        )
+
+    def observe_returned(self, a2: torch.Tensor, gradients: torch.Tensor, batch: Batch) -> None:
+        """The cloud's A2 [B, L, d] of ``batch`` and the ∂ℓ/∂A2 [B, L, d] the device returned for it."""
+        self.observe(Observations(a2, batch.attention_mask, batch.input_ids, batch.labels, gradients=gradients))
+
+    def round(self, step: int, log=None) -> dict:
+        """Attack the victims kept since the last round (``step``: the step or rounds done, the rows' ``step``).
+
+        The suite raises :class:`~privtune_ray.errors.DataError` on an empty sample; the gradient attacks skip
+        a round without victims. Returns the summary part (empty without attacks)."""
+        summary: dict = {}
+        if self.suite is not None:
+            victims = self.sample.take()
+            rows = self.suite.run(victims)
+            for row in long_rows(rows, step=step, victims=len(victims)):
+                self.run.append("attacks", row)
+            if log is not None:
+                for r in rows:
+                    score = (
+                        f"ASR top-1 {r['asr_top1']:.3f}"
+                        if r["kind"] == "inversion"
+                        else f"advantage {r['advantage']:+.3f}"
+                    )
+                    log(f"privtune-ray: attack {r['attack']:<22} {score} on {len(victims)} victim sentences")
+            summary = {
+                "attacks": {r["attack"]: {k: v for k, v in r.items() if k != "attack"} for r in rows},
+                **headline(rows),
+                "attack_setup": self.suite.describe(),
+            }
+        if self.gradient_attacks:
+            summary = merge_attack_rows(summary, self._gradient_round(step, log))
+        return summary
+
+    def _gradient_round(self, step: int, log=None) -> list[dict]:
+        if not self.returned.parts:
+            return []
+        victims = self.returned.take()
+        rows = []
+        for attack in self.gradient_attacks:
+            row = {"attack": attack.name, "kind": attack.kind, **attack.run(victims)}
+            self.run.append_rows("attacks", long_rows([row], step=step, victims=row["samples"]))
+            if log is not None:
+                log(
+                    f"privtune-ray: attack {row['attack']:<22} advantage {row['advantage']:+.3f} on "
+                    f"{row['samples']} victim samples"
+                )
+            rows.append(row)
+        return rows
+
+
+def merge_attack_rows(summary: dict, rows: list[dict]) -> dict:
+    """Add attribute-attack rows (gradient matching) to an attack summary and its max AIA advantage."""
+    merged = {**summary, "attacks": {**summary.get("attacks", {})}}
+    for row in rows:
+        merged["attacks"][row["attack"]] = {k: v for k, v in row.items() if k != "attack"}
+    advantages = [v["advantage"] for v in merged["attacks"].values() if v.get("kind") == "attribute"]
+    merged["max_aia_advantage"] = max(advantages) if advantages else None
+    return merged

@@ -1,0 +1,171 @@
+"""The interface every training design implements (after Flower's ``Strategy``).
+
+A design decides what a device computes in a round, what the cloud computes with what it receives, which
+channels carry it, and what its records and summary add. The engine (``simulation/coordinator.py`` for
+``simulate``, ``training/loop.py`` for ``train``) calls only this interface; the transport
+(``simulation/backend.py``) and the actor pool (``simulation/pool.py``) know nothing of designs.
+
+Where each method runs:
+
+* coordinator: :meth:`Design.validate`, :meth:`Design.prepare`, :meth:`Design.begin_round`,
+  :meth:`Design.cloud_round`, :meth:`Design.evaluate`, :meth:`Design.summary`, the checkpoint state;
+* a device worker (``simulation/worker.py``): :meth:`Design.device_step` with the worker as ``host``;
+* a top replica (``simulation/replica.py``): :meth:`Design.build_cloud`;
+* ``train`` (one process, one device): :meth:`Design.train_batches`, :meth:`Design.train_server`.
+
+A design instance is built from the config on each of them, so it holds only what the config and
+:meth:`Design.prepare` decide (e.g. EW-Tune's DP plan), never trained weights: the coordinator keeps those
+in the object :meth:`Design.cloud_state` returns.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from ..errors import ConfigError
+from ..simulation.protocol import DeviceReport, DeviceResult, DeviceTask, EvalResult, StepResult, TopResult
+
+if TYPE_CHECKING:  # annotations only: the engine imports the designs, not the other way round
+    from ..config import Config
+    from ..simulation.clock import DeviceTiming
+    from ..simulation.pool import ActorPool
+    from ..simulation.population import Population, RoundPlan
+
+
+@dataclass
+class RoundOutcome:
+    """What the cloud's side of a round produced, for the clock and the records.
+
+    ``timings``: one per selected device (dropped ones included); ``bytes_down``: per device (bytes);
+    ``channels``: bytes per channel per device (``None``: the upload is the one ``act_up`` channel);
+    ``extra_compute_s``: device seconds after its task (GuardedTuning's later phases); ``top``: the replicas'
+    results of the messages trained on; ``step``: the synchronous step's measured seconds and lr.
+    """
+
+    timings: list[DeviceTiming]
+    bytes_down: dict[int, int]
+    top: list[TopResult]
+    step: StepResult
+    deadline_s: float | None
+    channels: dict[int, dict[str, int]] | None = None
+    extra_compute_s: dict[int, float] = field(default_factory=dict)
+    returned: dict[int, tuple[bytes, bytes]] = field(
+        default_factory=dict
+    )  # device -> (A2, ∂ℓ/∂A2) it was sent/sent back
+
+
+@dataclass
+class RoundContext:
+    """What a design's :meth:`Design.cloud_round` may use from the coordinator."""
+
+    cfg: Config
+    pool: ActorPool
+    plan: RoundPlan
+    results: dict[int, DeviceResult]  # device -> its task's report and upload
+    sim_time_s: float  # the simulated clock at the round's start
+    download_bytes: Any  # (round, planned device) -> bytes it downloads before its work (instruction, bottom)
+    observe: Any  # (on-time devices, their upload handles) -> None: hands the attack suite what it sees
+    cloud: Any = None  # the design's coordinator state (:meth:`Design.cloud_state`)
+
+
+class Design(ABC):
+    """One training design; subclasses are registered by name in ``designs/__init__.py``."""
+
+    name: ClassVar[str]
+    commands: ClassVar[tuple[str, ...]] = ("train", "simulate", "attack")  # the CLI commands that run it
+    channels: ClassVar[tuple[str, ...]] = ("act_up",)  # what crosses, per channel, recorded in devices.csv
+    poisson: ClassVar[bool] = False  # rounds are Poisson samples of the data (DP-SGD)
+    uploads_per_sample_tensor: ClassVar[bool] = True  # a per-sample tensor leaves the device: the attacks' target
+    returns_gradients: ClassVar[bool] = False  # the cloud sends per-sample gradients back: a label attack's target
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+
+    # ------------------------------------------------------------------ configuration
+
+    def check(self) -> None:
+        """Refuse, in one line, a config this design cannot run under any command (``checks.check_config``)."""
+
+    def validate(self, command: str) -> None:
+        """:meth:`check`, then refuse a ``command`` (train | simulate | attack) this design does not run under."""
+        self.check()
+        if command not in self.commands:
+            raise ConfigError(
+                f"design.name={self.name} runs under `privtune-ray {' / '.join(self.commands)}`, not `{command}`"
+            )
+
+    def check_tiers(self, footprint, tiers, model_depth: int) -> None:
+        """Refuse device tiers whose memory cannot hold what this design puts on a device (split: none; a tier
+        with less memory holds a shallower bottom, ``simulation/tiers.py``)."""
+
+    def attack_depth(self, model_depth: int) -> int:
+        """Blocks behind what a device uploads (the attack suite's bottom)."""
+        return self.cfg.model.split_depth
+
+    # ------------------------------------------------------------------ simulate: coordinator side
+
+    def prepare(self, population: Population) -> None:
+        """After the population is drawn (before anything is written): settle what the run needs (e.g. DP plan)."""
+
+    def cloud_state(self, task_model) -> Any:
+        """The coordinator-held trainable state beside the replicas (``None``: the replicas hold everything)."""
+        return None
+
+    def download_bytes(self, cloud: Any, first_time: bool) -> int:
+        """Bytes a device downloads each round beyond the instruction and its bottom (e.g. adapters)."""
+        return 0
+
+    def begin_round(self, pool: ActorPool, cloud: Any, round_: int) -> None:
+        """Before a round's device tasks run (e.g. broadcast the round's adapters)."""
+
+    @abstractmethod
+    def cloud_round(self, ctx: RoundContext) -> RoundOutcome:
+        """The cloud's side of a round whose device tasks are in; steps the trainable parts once."""
+
+    @abstractmethod
+    def evaluate(self, pool: ActorPool, cloud: Any, depth: int, batches: list[np.ndarray], seed: int) -> EvalResult:
+        """Correct predictions, summed loss (nats) and samples of the eval split from a device of ``depth``."""
+
+    def round_fields(self, rounds_done: int) -> dict[str, float]:
+        """Extra columns of a ``rounds.csv`` row (cumulative)."""
+        return {}
+
+    def summary(self, cloud: Any, rounds_done: int, population: Population | None = None) -> dict[str, Any]:
+        """Extra fields of ``summary.json``."""
+        return {}
+
+    def defence(self) -> str:
+        """What protects the uploads, as tables label it: the design, with the mechanism where there is one."""
+        mechanism = self.cfg.mechanism.name
+        return self.name if mechanism == "none" else f"{self.name}+{mechanism}"
+
+    def log_lines(self) -> list[str]:
+        """What the run prints about the design before training."""
+        return []
+
+    # ------------------------------------------------------------------ simulate: worker and replica side
+
+    @abstractmethod
+    def device_step(self, host, task: DeviceTask) -> tuple[DeviceReport, bytes]:
+        """On a device worker (``host``): act as ``task.device`` in ``task.round``: its report and upload."""
+
+    @abstractmethod
+    def build_cloud(self, host, task_model):
+        """On a top replica (``host``): the cloud's trainable server for this design."""
+
+    # ------------------------------------------------------------------ train: one process
+
+    def train_plan(self, n_train: int, batches_per_epoch: int, max_steps: int | None) -> tuple[int, int]:
+        """(batches per epoch, total steps) of ``train`` for a split of ``n_train`` samples."""
+        total = self.cfg.train.epochs * batches_per_epoch
+        return batches_per_epoch, total if max_steps is None else min(total, max_steps)
+
+
+def no_step() -> StepResult:
+    """The step of a round in which nothing was trained."""
+    return StepResult(0.0, math.nan)
