@@ -11,7 +11,7 @@ import pandas as pd
 from .style import NothingToPlot, label, panels, save
 
 TIME_PARTS = {
-    "bottom_compute_s": "bottom (device)",
+    "bottom_compute_s": "bottom (device)",  # device_compute_s less the mechanism's share
     "mechanism_compute_s": "mechanism (device)",
     "top_compute_s": "top (cloud)",
     "comm_s": "serialisation",
@@ -43,7 +43,8 @@ def plot_learning_curve(metrics: pd.DataFrame, evals: pd.DataFrame | None, path:
 
 def plot_time_and_bytes(summary: dict[str, Any], path: str | Path) -> Path:
     """Measured seconds per part of the split (device, cloud, serialisation) and bytes per direction (MiB)."""
-    seconds = {name: summary[key] for key, name in TIME_PARTS.items() if summary.get(key)}
+    parts = {**summary, "bottom_compute_s": summary["device_compute_s"] - summary["mechanism_compute_s"]}
+    seconds = {name: parts[key] for key, name in TIME_PARTS.items() if parts.get(key)}
     traffic = {name: summary[key] / 2**20 for key, name in BYTE_PARTS.items() if summary.get(key)}
     if not seconds and not traffic:
         raise NothingToPlot("summary.json records no seconds or bytes")

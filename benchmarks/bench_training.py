@@ -24,8 +24,9 @@ from privtune_ray.benchmarking import write_results
 from privtune_ray.config import TrainConfig
 from privtune_ray.data import batch_indices, collate, load_split, tokenize_split
 from privtune_ray.models import load_split_model, load_tokenizer
+from privtune_ray.runs import Totals
 from privtune_ray.training.client import SplitClient
-from privtune_ray.training.loop import Counters, split_step, upload
+from privtune_ray.training.loop import split_step, upload
 from privtune_ray.training.server import TopServer, build_optimizer
 
 
@@ -68,21 +69,21 @@ def main() -> None:
     )
     full.attention_mask = torch.nn.functional.pad(full.attention_mask, (0, 64 - full.attention_mask.shape[1]))
     msg = client.encode(full)
-    counters = Counters()
+    counters = Totals()
     for _ in range(2):  # warm-up
         server.train_step(upload(client.encode(full), counters))
     bottom_s = _median_time(lambda: client.encode(full), 10)
     top_s = _median_time(lambda: server.train_step(msg), 5)
-    serialise_s = _median_time(lambda: upload(msg, Counters()), 10)
+    serialise_s = _median_time(lambda: upload(msg, Totals()), 10)
     payload = len(msg.to_bytes())
 
     loops = {}
     for mode, bucketing in (("length_bucketing", True), ("dynamic_padding", False)):
         client, server = fresh()
         batches = batch_indices(split.lengths, args.batch_size, shuffle=True, bucketing=bucketing, seed=0)
-        counters = Counters()
+        counters = Totals()
         split_step(client, server, collate(split, batches[0], tokenizer.pad_token_id), counters)  # warm-up
-        counters = Counters()
+        counters = Totals()
         start = time.perf_counter()
         for idx in batches:
             split_step(client, server, collate(split, idx, tokenizer.pad_token_id), counters)

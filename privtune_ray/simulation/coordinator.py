@@ -196,73 +196,85 @@ class Coordinator:
     # ------------------------------------------------------------------ rounds
 
     def train(self, resume: bool = False) -> None:
+        """The rounds, then (where due) each round's attack round, checkpoint and evaluation, in that order: the
+        checkpoint comes before the evaluation, so a replica lost while evaluating rolls back to that very round
+        and only the evaluation is redone."""
         if resume and self.session.has_checkpoint:
             self.restore(at_round=-1)
             self.log(f"privtune-ray: resuming at round {self.totals.rounds_done}/{self.sim.rounds}")
         else:
             self.checkpoint()  # round 0: the state a replica failure in the first rounds rolls back to
-        prefetched = None
-        failures: dict[int, int] = {}
+        self._prefetched: tuple[int, list] | None = None
+        failures: dict[tuple[str, int], int] = {}
+        eval_due = False  # the evaluation of the round just checkpointed is still to run
         self._wall = (time.perf_counter(), self.totals.train_wall_s)  # (session start, wall before it)
         bar = progress_bar(
             total=self.sim.rounds, initial=self.totals.rounds_done, desc="rounds", enabled=self.cfg.train.progress
         )
-        while self.totals.rounds_done < self.sim.rounds:
-            r = self.totals.rounds_done
-            plan = self.population.plan(r)
-            self.design.begin_round(self.pool, self.cloud, r)
-            pending = prefetched[1] if prefetched and prefetched[0] == r else self.pool.run_devices(plan.tasks)
-            prefetched = None
-            self._hook("devices_started", r)
+        while eval_due or self.totals.rounds_done < self.sim.rounds:
+            r, step = self.totals.rounds_done, "evaluation" if eval_due else "round"
             try:
-                results = self.pool.gather(pending)
-                self.population.commit(plan)
-                if self.sim.prefetch and r + 1 < self.sim.rounds:
-                    prefetched = (r + 1, self.pool.run_devices(self.population.plan(r + 1).tasks))
-                self._hook("training", r)
-                self._round(plan, results)
-                bar.update(1)
-                self._after_round()
+                if eval_due:
+                    self._evaluate_round()
+                    eval_due = False
+                else:
+                    self._one_round(r)
+                    bar.update(1)
+                    eval_due = self._after_round()
             except ReplicaLost as exc:
-                failures[r] = failures.get(r, 0) + 1
-                if failures[r] > self.sim.max_retries:
+                failures[step, r] = failures.get((step, r), 0) + 1
+                if failures[step, r] > self.sim.max_retries:
                     raise
-                prefetched = None
-                self._fault(Fault(r, "top_replica", -1, str(exc), "rolling back to the last checkpoint"))
+                self._prefetched = None
+                self._fault(Fault(r, "top_replica", -1, f"{exc} ({step})", "rolling back to the last checkpoint"))
                 reached, rollbacks = self.totals.rounds_done, self.totals.rollbacks + 1
                 self.restore(r)
                 self.totals.rollbacks = rollbacks
                 bar.n = self.totals.rounds_done
-                redo = reached - self.totals.rounds_done
-                self._fault(
-                    Fault(
-                        r,
-                        "run",
-                        -1,
-                        f"{redo} completed round(s) to redo",
-                        f"rolled back to the checkpoint after {self.totals.rounds_done} rounds",
-                    )
-                )
-                continue
+                done = self.totals.rounds_done
+                eval_due = done == reached and self._eval_at(done)  # lost while evaluating the checkpointed round
+                what = "its evaluation to redo" if eval_due else f"{reached - done} completed round(s) to redo"
+                self._fault(Fault(r, "run", -1, what, f"rolled back to the checkpoint after {done} rounds"))
             finally:
                 self.drain_faults()
         bar.close()
 
-    def _after_round(self) -> None:
-        """Evaluation, attack round and checkpoint where they are due (a replica lost here rolls back too)."""
+    def _one_round(self, r: int) -> None:
+        """Round ``r``: plan, the device tasks (or the ones prefetched), the design's cloud round, the records."""
+        plan = self.population.plan(r)
+        self.design.begin_round(self.pool, self.cloud, r)
+        prefetched = self._prefetched
+        pending = prefetched[1] if prefetched and prefetched[0] == r else self.pool.run_devices(plan.tasks)
+        self._prefetched = None
+        self._hook("devices_started", r)
+        results = self.pool.gather(pending)
+        self.population.commit(plan)
+        if self.sim.prefetch and r + 1 < self.sim.rounds:
+            self._prefetched = (r + 1, self.pool.run_devices(self.population.plan(r + 1).tasks))
+        self._hook("training", r)
+        self._round(plan, results)
+
+    def _eval_at(self, done: int) -> bool:
+        every = self.sim.eval_every
+        return every is not None and done % every == 0 and done < self.sim.rounds
+
+    def _after_round(self) -> bool:
+        """The attack round and the checkpoint where they are due; returns whether an evaluation is due now."""
         done = self.totals.rounds_done
-        if self.sim.eval_every and done % self.sim.eval_every == 0 and done < self.sim.rounds:
-            result = self.evaluate()
-            by_depth = ", ".join(f"m={m} {v['accuracy']:.4f}" for m, v in result["per_depth"].items())
-            self.log(
-                f"privtune-ray: round {done}/{self.sim.rounds}: dev accuracy {result['accuracy']:.4f} "
-                f"(by depth: {by_depth}); simulated {self.totals.sim_time_s:.0f} s"
-            )
-        if self.cfg.attack.every and done % self.cfg.attack.every == 0 and done < self.sim.rounds:
-            if self.attacks:
-                self.attacks.round(done)
+        if self.attacks and self.cfg.attack.every and done % self.cfg.attack.every == 0 and done < self.sim.rounds:
+            self.attacks.round(done)
         if done % self.sim.checkpoint_every == 0 and done < self.sim.rounds:
             self.checkpoint()
+        return self._eval_at(done)
+
+    def _evaluate_round(self) -> None:
+        done = self.totals.rounds_done
+        result = self.evaluate()
+        by_depth = ", ".join(f"m={m} {v['accuracy']:.4f}" for m, v in result["per_depth"].items())
+        self.log(
+            f"privtune-ray: round {done}/{self.sim.rounds}: dev accuracy {result['accuracy']:.4f} "
+            f"(by depth: {by_depth}); simulated {self.totals.sim_time_s:.0f} s"
+        )
 
     def _round(self, plan: RoundPlan, results: list[DeviceResult]) -> None:
         """The design's cloud side of a round whose device results are in, its clock and its records."""
