@@ -14,6 +14,7 @@ real rows travel as b-bit per-row codes (``quantisation.py``): ⌈N·d·b/8⌉ +
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 import torch
@@ -145,7 +146,5 @@ def tensor_from_bytes(payload: bytes) -> torch.Tensor:
 
 def _metadata(payload: bytes) -> dict[str, str]:
     """The ``__metadata__`` entry of a safetensors header (string key/values)."""
-    import json
-
     header_len = int.from_bytes(payload[:8], "little")
     return dict(json.loads(payload[8 : 8 + header_len]).get("__metadata__", {}))

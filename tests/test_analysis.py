@@ -169,7 +169,7 @@ def write_train_run(path):
                 "dev_accuracy": 0.8123,
                 "bytes_up_per_sample": 2048.0,
                 "train_wall_s": 3.0,
-                "bottom_compute_s": 1.0,
+                "device_compute_s": 1.1,
                 "mechanism_compute_s": 0.1,
                 "top_compute_s": 1.5,
             }

@@ -138,7 +138,7 @@ def test_bad_simulation_config_names_the_key(override, key):
 
 
 def test_replicas_share_the_clusters_gpus_and_fall_back_to_cpu():
-    from privtune_ray.simulation.backends import check_resources, replica_gpus
+    from privtune_ray.simulation.backend import check_resources, replica_gpus
 
     assert replica_gpus(None, 2, 1.0) == 0.5 and replica_gpus(None, 1, 4.0) == 1.0 and replica_gpus(None, 3, 0.0) == 0.0
     assert replica_gpus(0.25, 2, 1.0) == 0.25

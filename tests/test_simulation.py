@@ -11,7 +11,7 @@ import torch
 from privtune_ray.cli import main
 from privtune_ray.config import load_config
 from privtune_ray.errors import ConfigError, DataError, ModelError
-from privtune_ray.runs import RunDir
+from privtune_ray.runs import RunSession
 from privtune_ray.simulation import run_simulation
 from privtune_ray.simulation.coordinator import Coordinator, prepare, start_backend
 from privtune_ray.training.server import TopServer
@@ -101,8 +101,8 @@ def test_two_replicas_all_reduce_the_same_gradient_as_one(tmp_path, monkeypatch)
     monkeypatch.setattr(TopServer, "step", spy)
     for replicas in (1, 2):
         setup = prepare(small(f"simulation.top_replicas={replicas}", "simulation.rounds=2"))
-        backend = start_backend(setup)
-        Coordinator(setup, backend, RunDir.create(setup.cfg, tmp_path / str(replicas)), log=quiet).train()
+        pool = start_backend(setup)
+        Coordinator(setup, pool, RunSession.open(setup.cfg, tmp_path / str(replicas), resume=False), log=quiet).train()
     assert len(steps[1]) == 2 and len(steps[2]) == 4  # two rounds; every replica steps
     for r in range(2):
         one, (a, b) = steps[1][r], steps[2][2 * r : 2 * r + 2]
@@ -111,7 +111,7 @@ def test_two_replicas_all_reduce_the_same_gradient_as_one(tmp_path, monkeypatch)
         assert all(
             torch.allclose(x, y, rtol=1e-4, atol=1e-6) for x, y in zip(one, a) if x is not None
         )  # = one's, to float noise
-    w1, w2 = (r.server.top.state_dict() for r in backend.replicas)
+    w1, w2 = (r.server.top.state_dict() for r in pool.backend.replicas)
     assert all(torch.equal(w1[k], w2[k]) for k in w1)  # in sync after every step
 
 

@@ -433,13 +433,14 @@ class Coordinator:
         batches = batch_indices(self.setup.eval.lengths, self.cfg.train.eval_batch_size, shuffle=False, bucketing=True)
         self._hook("evaluating", self.totals.rounds_done)
         depths, counts = np.unique(self.population.depth, return_counts=True)
-        per_depth = {}
+        per_depth, rows = {}, []
         for m, count in zip(depths.tolist(), counts.tolist()):
             seed = derive_seed(self.cfg.seed, EVAL_SEED, m, 0, 0)
             res = self.design.evaluate(self.pool, self.cloud, m, batches, seed)
             n = res.samples
             per_depth[m] = {"accuracy": res.correct / n, "loss": res.loss_sum / n, "samples": n, "devices": count}
-            self.run.append("eval", {"rounds_done": self.totals.rounds_done, "depth": m, **per_depth[m]})
+            rows.append({"rounds_done": self.totals.rounds_done, "depth": m, **per_depth[m]})
+        self.run.append_rows("eval", rows)  # all depths or none: an evaluation cut short by a fault leaves no row
         weights = np.array([v["devices"] for v in per_depth.values()], dtype=float)
         accuracy = float(np.average([v["accuracy"] for v in per_depth.values()], weights=weights))
         loss = float(np.average([v["loss"] for v in per_depth.values()], weights=weights))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,23 +39,32 @@ ROW_KEYS = (
 )
 
 
-def _runner(name: str):
-    if name == "train":
-        from ..training.loop import run_training
+def _train(cfg: Config, out: Path, resume: bool, log) -> Path:
+    from ..training.loop import run_training  # the drivers load torch: `report` and `--help` read rows without it
 
-        return lambda cfg, out, resume, log: run_training(cfg, out, resume=resume, log=log)
-    if name == "simulate":
-        from ..simulation.coordinator import run_simulation
+    return run_training(cfg, out, resume=resume, log=log)
 
-        return lambda cfg, out, resume, log: run_simulation(cfg, out, resume=resume, log=log)
-    from ..attacks.evaluation import run_attack_evaluation
 
-    def attack(cfg, out, resume, log):
-        if resume:  # an attack evaluation has no checkpoint: an interrupted one is redone
-            shutil.rmtree(out, ignore_errors=True)
-        return run_attack_evaluation(cfg, out, log=log)
+def _simulate(cfg: Config, out: Path, resume: bool, log) -> Path:
+    from ..simulation.coordinator import run_simulation  # (as above)
 
-    return attack
+    return run_simulation(cfg, out, resume=resume, log=log)
+
+
+def _attack(cfg: Config, out: Path, resume: bool, log) -> Path:
+    from ..attacks.evaluation import run_attack_evaluation  # (as above)
+
+    if resume:  # an attack evaluation has no checkpoint: an interrupted one is redone
+        shutil.rmtree(out, ignore_errors=True)
+    return run_attack_evaluation(cfg, out, log=log)
+
+
+# sweep.runner -> the command a point runs: (cfg, out, resume, log) -> run directory
+RUNNERS: dict[str, Callable[[Config, Path, bool, Any], Path]] = {
+    "train": _train,
+    "simulate": _simulate,
+    "attack": _attack,
+}
 
 
 def row_from_summary(summary: dict[str, Any]) -> dict[str, Any]:
@@ -114,7 +124,7 @@ def run_point(cfg: Config, out: str | Path, runner: str, threads: int | None = N
                 print(line, file=log_file, flush=True)
 
             try:
-                _runner(runner)(cfg, out, (out / "config.yaml").exists(), log)
+                RUNNERS[runner](cfg, out, (out / "config.yaml").exists(), log)
             except Exception as exc:  # recorded in the row, the sweep goes on
                 error = f"{exc.__class__.__name__}: {exc}"
                 log(traceback.format_exc())
