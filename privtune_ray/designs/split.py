@@ -37,16 +37,8 @@ class SplitDesign(Design):
         )
         batch = host.batch(task.samples)
         payload = client.encode(batch).to_bytes()
-        report = DeviceReport(
-            round=task.round,
-            device=task.device,
-            depth=task.depth,
-            samples=len(task.samples),
-            tokens=batch.num_tokens,
-            bytes_up=len(payload),
-            compute_s=client.compute_s,
-            mechanism_s=client.mechanism_s,
-            worker=host.name,
+        report = DeviceReport.of(
+            task, batch.num_tokens, payload, host.name, client.compute_s, mechanism_s=client.mechanism_s
         )
         return report, payload
 

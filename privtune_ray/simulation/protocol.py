@@ -52,6 +52,24 @@ class DeviceReport:
     loss_sum: float = 0.0  # GuardedTuning offline: Σ CE of the local step (nats)
     penalty: float = 0.0  # GuardedTuning offline: α·B·dCor of the local step
 
+    @classmethod
+    def of(
+        cls, task: DeviceTask, tokens: int, payload: bytes, worker: str, compute_s: float, **measured
+    ) -> DeviceReport:
+        """The report of ``task`` whose upload is ``payload`` (``measured``: mechanism_s, loss_sum, penalty)."""
+        return cls(
+            task.round,
+            task.device,
+            task.depth,
+            len(task.samples),
+            tokens,
+            len(payload),
+            compute_s,
+            measured.pop("mechanism_s", 0.0),
+            worker,
+            **measured,
+        )
+
 
 @dataclass
 class TopResult:

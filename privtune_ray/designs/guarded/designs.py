@@ -261,22 +261,7 @@ class GuardedDesign(Design):
         client, batch = self.client(host), host.batch(task.samples)
         client.compute_s = 0.0
         payload = client.upload(batch)
-        return self._report(host, task, batch, payload, client.compute_s), payload
-
-    def _report(self, host, task, batch, payload, compute_s, loss_sum=0.0, penalty=0.0) -> DeviceReport:
-        return DeviceReport(
-            round=task.round,
-            device=task.device,
-            depth=task.depth,
-            samples=len(task.samples),
-            tokens=batch.num_tokens,
-            bytes_up=len(payload),
-            compute_s=compute_s,
-            mechanism_s=0.0,
-            worker=host.name,
-            loss_sum=loss_sum,
-            penalty=penalty,
-        )
+        return DeviceReport.of(task, batch.num_tokens, payload, host.name, client.compute_s), payload
 
     def device_top(self, host, task: DeviceTask, a2_payload: bytes) -> tuple[float, bytes | None, bytes, float]:
         """(Σ CE, the ∂ℓ/∂A2 upload or None, A_t's gradients, measured seconds)."""
@@ -361,7 +346,10 @@ class OfflineDesign(GuardedDesign):
         torch.manual_seed(derive_seed(task.seed, 2))  # A_t's dropout
         loss_sum, penalty, grads = client.offline_step(batch)
         payload = gradients_to_bytes(grads)
-        return self._report(host, task, batch, payload, client.compute_s, loss_sum, penalty), payload
+        report = DeviceReport.of(
+            task, batch.num_tokens, payload, host.name, client.compute_s, loss_sum=loss_sum, penalty=penalty
+        )
+        return report, payload
 
     def exchange(self, ctx: RoundContext, on_time: list[int], tasks: dict) -> tuple[dict, list[TopResult]]:
         ex = {i: DeviceExchange() for i in on_time}
