@@ -42,3 +42,14 @@ def ray_session():
         )
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory):
+    """One uninterrupted in-process run of test_simulation's small config that the in-process and the Ray tests
+    compare against (one run for both modules). Read-only: a test that writes into a run works on its own."""
+    from test_simulation import quiet, small
+
+    from privtune_ray.simulation import run_simulation
+
+    return run_simulation(small(), out=tmp_path_factory.mktemp("sim") / "reference", log=quiet)

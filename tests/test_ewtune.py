@@ -299,6 +299,7 @@ def test_ewtune_in_simulate_refuses_what_breaks_its_account(overrides, match, tm
     assert not (tmp_path / "never").exists()
 
 
+@pytest.mark.slow  # three EW-Tune simulations; resume is checked in the default run by test_simulation and test_train
 def test_an_interrupted_ewtune_simulation_resumes_with_the_same_noise(tmp_path):
     """The checkpoint keeps the DP noise generator: the resumed run's losses and ε rows equal an uninterrupted run's."""
     from privtune_ray.simulation import run_simulation

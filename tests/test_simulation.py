@@ -43,12 +43,6 @@ def quiet(*_):
     pass
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """One uninterrupted in-process run that other tests compare against."""
-    return run_simulation(small(), out=tmp_path_factory.mktemp("sim") / "reference", log=quiet)
-
-
 def test_simulation_writes_a_complete_run_directory(reference):
     for name in ("config.yaml", "env.json", "devices.csv", "rounds.csv", "eval.csv", "summary.json"):
         assert (reference / name).is_file(), name
@@ -82,6 +76,7 @@ def test_simulation_writes_a_complete_run_directory(reference):
     assert env["seed"] == 0 and env["versions"]["ray"]
 
 
+@pytest.mark.slow  # a whole second run; the resume test below also checks a fresh run's records equal `reference`'s
 def test_same_seed_same_records(reference, tmp_path):
     again = run_simulation(small(), out=tmp_path / "again", log=quiet)
     pd.testing.assert_frame_equal(
@@ -141,7 +136,9 @@ def test_an_interrupted_simulation_resumes_to_the_same_result(reference, tmp_pat
 def test_deadline_drops_late_messages_and_mechanism_is_recorded(tmp_path):
     # phones upload ~0.5 MB at 5-20 Mbit/s after downloading ~60 MB: laptops (100 Mbit/s) make an 8 s deadline, phones do not
     out = run_simulation(
-        small("simulation.deadline_s=8.0", "mechanism.name=dchi", "mechanism.eta=100"), out=tmp_path / "d", log=quiet
+        small("simulation.deadline_s=8.0", "mechanism.name=dchi", "mechanism.eta=100", "simulation.rounds=2"),
+        out=tmp_path / "d",
+        log=quiet,
     )
     devices = pd.read_csv(out / "devices.csv")
     rounds = pd.read_csv(out / "rounds.csv")

@@ -15,11 +15,6 @@ from privtune_ray.simulation.backend import check_resources, connect_ray
 RAY = ["simulation.backend=ray", "simulation.worker_cpus=1", "simulation.replica_cpus=1"]
 
 
-@pytest.fixture(scope="module")
-def inprocess(tmp_path_factory):
-    return run_simulation(small(), out=tmp_path_factory.mktemp("sim") / "inprocess", log=quiet)
-
-
 def _same_result(a, b):
     pd.testing.assert_frame_equal(pd.read_csv(a / "devices.csv")[EXACT], pd.read_csv(b / "devices.csv")[EXACT])
     # the bottom runs on 1 thread in a worker and on 2 in-process: float noise, amplified a little by AdamW
@@ -29,18 +24,18 @@ def _same_result(a, b):
     assert sa["dev_loss"] == pytest.approx(sb["dev_loss"], abs=1e-3)
 
 
-def test_ray_backend_gives_the_in_process_result(ray_session, inprocess, tmp_path):
+def test_ray_backend_gives_the_in_process_result(ray_session, reference, tmp_path):
     # two device workers sharing the devices, and devices of round r+1 computed while the top trains on r
     pool = ["simulation.device_workers=2", "simulation.worker_cpus=0.5", "simulation.prefetch=true"]
     out = run_simulation(small(*RAY, *pool), out=tmp_path / "ray", log=quiet)
-    _same_result(out, inprocess)
+    _same_result(out, reference)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["backend"]["backend"] == "ray" and summary["backend"]["replica"]["device"] == "cpu"
     workers = pd.read_csv(out / "devices.csv").groupby("worker")["device"].nunique()
     assert len(workers) == 2 and not (out / "faults.csv").exists()  # any worker runs any device
 
 
-def test_killed_worker_and_replica_lose_no_sample(ray_session, inprocess, tmp_path):
+def test_killed_worker_and_replica_lose_no_sample(ray_session, reference, tmp_path):
     killed = []
 
     def kill_worker(coordinator, r):
@@ -56,6 +51,9 @@ def test_killed_worker_and_replica_lose_no_sample(ray_session, inprocess, tmp_pa
     def kill_worker_at_evaluation(coordinator, done):  # as an evaluation starts: in the round loop and the final one
         ray_session.kill(coordinator.backend.workers[0])
         killed.append(f"worker at evaluation {done}")
+        if done == 2 and "replica at evaluation 2" not in killed:  # the round-2 evaluation loses its replica too
+            ray_session.kill(coordinator.backend.replicas[0])
+            killed.append("replica at evaluation 2")
 
     out = run_simulation(
         small(*RAY),
@@ -63,23 +61,35 @@ def test_killed_worker_and_replica_lose_no_sample(ray_session, inprocess, tmp_pa
         log=quiet,
         hooks={"devices_started": kill_worker, "training": kill_replica, "evaluating": kill_worker_at_evaluation},
     )
-    assert killed == ["worker", "worker at evaluation 2", "replica", "worker at evaluation 4"]
+    # the round-2 evaluation is redone once (rolled back to round 2's checkpoint, written before it), so its hook
+    # fires twice
+    assert killed == [
+        "worker",
+        "worker at evaluation 2",
+        "replica at evaluation 2",
+        "worker at evaluation 2",
+        "replica",
+        "worker at evaluation 4",
+    ]
     faults = pd.read_csv(out / "faults.csv")
     assert {"device_worker", "device_task", "top_replica"} <= set(faults["component"])
     # an evaluation's dead worker is replaced and its batches re-run: a device-worker fault, not a replica's
-    assert (faults["action"] == "replaced; encode_eval re-run").sum() == 2
-    assert set(faults.loc[faults["component"] == "top_replica", "round"]) == {3}  # the one killed in round 3 only
-    assert "rolled back to the checkpoint after 2 rounds" in " ".join(faults["action"])
+    assert (faults["action"] == "replaced; encode_eval re-run").sum() == 3
+    # the replica killed at the round-2 evaluation (faults under round 2) and the one killed in round 3
+    assert set(faults.loc[faults["component"] == "top_replica", "round"]) == {2, 3}
+    runs = faults[faults["component"] == "run"]
+    assert runs["what"].tolist() == ["its evaluation to redo", "1 completed round(s) to redo"]
+    assert (runs["action"] == "rolled back to the checkpoint after 2 rounds").all()
     devices = pd.read_csv(out / "devices.csv")
     assert not devices.duplicated(["round", "device"]).any()
     sent0 = devices[(devices["round"] == 0) & (devices["status"] != "dropped")]
     assert len(sent0) > 0 and (sent0["attempts"] == 2).all()  # round 0's tasks re-ran on the new worker
-    _same_result(out, inprocess)
-    assert json.loads((out / "summary.json").read_text())["rollbacks"] == 1
-    ray_eval, reference = pd.read_csv(out / "eval.csv"), pd.read_csv(inprocess / "eval.csv")
-    assert ray_eval["rounds_done"].tolist() == reference["rounds_done"].tolist() == [2, 2, 4, 4]  # one row per depth
-    assert np.allclose(ray_eval["accuracy"], reference["accuracy"]) and np.allclose(
-        ray_eval["loss"], reference["loss"], atol=1e-3
+    _same_result(out, reference)
+    assert json.loads((out / "summary.json").read_text())["rollbacks"] == 2
+    ray_eval, in_process = pd.read_csv(out / "eval.csv"), pd.read_csv(reference / "eval.csv")
+    assert ray_eval["rounds_done"].tolist() == in_process["rounds_done"].tolist() == [2, 2, 4, 4]  # one row per depth
+    assert np.allclose(ray_eval["accuracy"], in_process["accuracy"]) and np.allclose(
+        ray_eval["loss"], in_process["loss"], atol=1e-3
     )
 
 
@@ -106,6 +116,7 @@ def test_cluster_launcher_config_passes_rays_schema():
     assert any('pip install "torch==2.13.*" -e .' in c for c in config["setup_commands"])  # the Makefile's pin
 
 
+@pytest.mark.slow  # the Ray fault handling is checked above; GuardedTuning's protocol in test_guarded
 def test_guarded_online_on_ray_survives_a_killed_worker(ray_session, tmp_path):
     """GuardedTuning online on actors: a worker killed between the protocol's phases is replaced (with the round's
     adapters) and its phase re-run; the records equal the in-process run's."""

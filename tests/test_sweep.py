@@ -1,6 +1,7 @@
 """Sweeps: grid expansion, bad input caught before anything runs, points as Ray tasks, one table, resume."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -129,7 +130,13 @@ def test_ray_sweep_collects_one_row_per_point(ray_sweep):
     assert meta["base"]["name"] == "ci-sst2_headline" and len(meta["points"]) == 2 and meta["versions"]["torch"]
 
 
-def test_rerunning_a_sweep_resumes_and_a_grown_grid_adds_points(ray_sweep):
+def _copy_of(sweep: Path, tmp_path: Path) -> Path:
+    """A test's own copy of the module's sweep: the tests that rerun or grow a sweep leave ``ray_sweep`` as it was."""
+    return Path(shutil.copytree(sweep, tmp_path / sweep.name))
+
+
+def test_rerunning_a_sweep_resumes_and_a_grown_grid_adds_points(ray_sweep, tmp_path):
+    ray_sweep = _copy_of(ray_sweep, tmp_path)
     summaries = {
         p: (ray_sweep / "points" / p / "summary.json").stat().st_mtime_ns for p in ("none-m2", "privtune-eta5-m2")
     }
@@ -158,15 +165,28 @@ def test_rerunning_a_sweep_resumes_and_a_grown_grid_adds_points(ray_sweep):
 
 
 def test_report_of_a_sweep_has_its_headline_and_plots(ray_sweep, tmp_path):
-    assert main(["report", str(ray_sweep), "--out", str(tmp_path)]) == 0
-    text = (tmp_path / "report.md").read_text()
+    sweep = _copy_of(ray_sweep, tmp_path)
+    base, spec, points = load_sweep(CI_HEADLINE, grid_args=["model.split_depth=9"])  # two points that fail
+    run_sweep(base, spec, points, sweep, log=quiet)
+    out = tmp_path / "report"
+    assert main(["report", str(sweep), "--out", str(out)]) == 0
+    text = (out / "report.md").read_text()
     assert "privtune" in text and "none-m9" in text  # the failed points are listed
-    for image in (tmp_path).glob("*.png"):
+    for image in out.glob("*.png"):
         assert image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert len(list(tmp_path.glob("*.png"))) >= 3
+    assert len(list(out.glob("*.png"))) >= 3
 
 
-@pytest.mark.parametrize("name", ["financial_phrasebank", "blog_topic", "ag_news"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        # one in the default run (the quickest); the others' points are checked in test_config, their data in
+        # test_data, blog's author attributes attacked in test_attacks
+        "financial_phrasebank",
+        pytest.param("blog_topic", marks=pytest.mark.slow),
+        pytest.param("ag_news", marks=pytest.mark.slow),
+    ],
+)
 def test_each_dataset_ci_variant_runs(name, tmp_path):
     """The PrivTune point of each dataset's CI variant trains, is attacked and lands in the table."""
     base, spec, points = load_sweep(SIMULATIONS / "ci" / f"{name}.yaml")
@@ -213,6 +233,7 @@ def test_simulate_and_attack_runners_fill_the_table(runner, tmp_path):
         assert summary["victims"] == 16 and pd.isna(row["utility"])
 
 
+@pytest.mark.slow  # each design is run in test_guarded and test_ewtune, a sweep and its report above
 def test_designs_sweep_puts_every_design_in_the_table_and_the_report(tmp_path):
     """The designs side by side (CI variant of simulations/sst2_designs.yaml): one row each, bytes per channel, the
     DP-SGD ε of EW-Tune, gradient matching on online; the report's traffic-per-channel table."""
