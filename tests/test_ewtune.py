@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
+from privtune_ray.checks import check_config
 from privtune_ray.config import DesignConfig, TrainConfig, load_config
 from privtune_ray.data import load_split
 from privtune_ray.data.batching import collate, tokenize_split
@@ -156,8 +157,8 @@ def test_poisson_batches_come_from_opacus_and_repeat_under_a_seed():
     ],
 )
 def test_bad_design_keys_name_the_key(override, match):
-    with pytest.raises(ConfigError, match=match):
-        load_config(BASELINE, [override])
+    with pytest.raises(ConfigError, match=match):  # the schema's checks, then the design registry's (check_config)
+        check_config(load_config(BASELINE, [override]))
 
 
 def test_ewtune_training_records_the_epsilon_spent_as_it_goes(tmp_path):

@@ -42,7 +42,7 @@ from ..errors import ConfigError
 from ..message import Message
 from ..simulation.protocol import StepResult
 from ..training.server import TopServer, summed_loss
-from .base import RoundContext
+from .base import Design, RoundContext
 from .split import SplitDesign
 
 UNDERSTATED_TOLERANCE = 0.10  # a plan whose PLD ε exceeds the target by more than this fraction stops (see plan_dp_sgd)
@@ -303,6 +303,7 @@ class EWTuneDesign(SplitDesign):
 
     name = "ewtune"
     poisson = True
+    defence = Design.defence  # labelled by the design (``ewtune``, ``ewtune+dchi``), not by the mechanism alone
 
     def __init__(self, cfg: Config):
         super().__init__(cfg)

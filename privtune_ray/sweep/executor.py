@@ -130,7 +130,7 @@ def run_sweep(base: dict[str, Any], spec: SweepSpec, points: list[Point], out: s
 
     import ray
 
-    from ..simulation.backends import connect_ray
+    from ..simulation.backend import connect_ray
 
     connect_ray(spec.address)
     task = ray.remote(num_cpus=spec.cpus_per_point, num_gpus=spec.gpus_per_point)(run_point)
