@@ -3,7 +3,7 @@
 Run it with the code whose behaviour is the reference (the commit before a refactor), e.g. from a worktree of it:
     git worktree add /tmp/golden-src <commit>
     cd /tmp/golden-src && HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONPATH=/tmp/golden-src \
-        /work/main/.venv/bin/python /work/main/tests/golden/record.py --out /work/main/tests/golden/records.json
+        <project>/.venv/bin/python <project>/tests/golden/record.py --out <project>/tests/golden/records.json
 (the worktree finds the data as ../shared/data beside it, or pass PRIVTUNE_DATA_DIR). Each case runs --runs times
 (default 2); a field whose values differ between the runs is dropped and listed, so what is kept is reproducible.
 Only fields that do not depend on measured time are candidates (FIELDS, SUMMARY_KEYS, MEASURED below).
