@@ -28,7 +28,7 @@ from privtune_ray.benchmarking import (
     write_results,
 )
 from privtune_ray.config import MechanismConfig
-from privtune_ray.mechanisms import MECHANISMS, build_mechanism, privtune_params
+from privtune_ray.mechanisms import MECHANISMS, PrivTuneParams, build_mechanism
 from privtune_ray.mechanisms.privtune import PrivTune
 from privtune_ray.mechanisms.privtune_graph import build_token_graph
 from privtune_ray.models import resolve_model
@@ -47,7 +47,7 @@ def main() -> None:
         cfg = MechanismConfig(name=name)
         if name == "privtune":
             mech = PrivTune(
-                graph, split.bottom, tokenizer.all_special_ids, privtune_params(cfg), tokenizer.pad_token_id
+                graph, split.bottom, tokenizer.all_special_ids, PrivTuneParams.of(cfg), tokenizer.pad_token_id
             )
         else:
             mech = build_mechanism(cfg, split, tokenizer, resolve_model(args.model))

@@ -1,19 +1,25 @@
-"""Config checks that need a feature registry: names only a registry knows.
+"""Config checks that need a feature registry: names only a registry knows, and each variant's own keys.
 
-:func:`privtune_ray.config.load_config` checks the schema, the types and the ranges without importing any feature
-package; :func:`check_config` then checks every name against its registry (dataset, partitioner, mechanism,
-attacks, design; the design then checks its own keys, ``Design.check``). Each failure is one :class:`~privtune_ray.errors.ConfigError` line naming the key and the fix. Every
-command that runs something calls it right after loading its config (``cli.py``, the run drivers' ``prepare``).
+:func:`privtune_ray.config.load_config` checks the schema, the types and the shared ranges without importing any
+feature package; :func:`check_config` then checks every name against its registry (dataset, partitioner,
+mechanism, attacks, design), each variant's keys by its own parameter dataclass (:func:`check_variant_keys`), and
+the design's combination with the rest (``Design.check``). Each failure is one
+:class:`~privtune_ray.errors.ConfigError` line naming the key and the fix. Every command that runs something calls
+it right after loading its config, before anything is written (``cli.py``, the run drivers' ``prepare``).
 """
 
 from __future__ import annotations
 
-from .attacks import ATTACKS
-from .config import Config, require
+from typing import Any
+
+from .attacks import ATTACK_CLASSES, ATTACKS
+from .config import Config, VariantParams, require
 from .data.partition import PARTITIONERS
 from .data.registry import DATASETS
-from .designs import check_design
+from .designs import DESIGNS, check_design
 from .mechanisms import MECHANISMS
+from .models.denoiser import DENOISERS
+from .training.warm_start import OBJECTIVES, public_source, uses_public_text
 
 
 def check_config(cfg: Config) -> None:
@@ -23,6 +29,16 @@ def check_config(cfg: Config) -> None:
         "data.dataset",
         f"unknown dataset {cfg.data.dataset!r}; choose one of {sorted(DATASETS)}",
     )
+    spec = DATASETS[cfg.data.dataset]
+    for key in ("train_split", "eval_split"):
+        split = getattr(cfg.data, key)
+        labelled = [s for s in spec.splits if s not in spec.unlabelled]
+        require(
+            split not in spec.unlabelled,
+            f"data.{key}",
+            f"{cfg.data.dataset} split {split!r} has no labels (it is public text, e.g. for train.warm_start): "
+            f"choose one of {labelled}",
+        )
     require(
         cfg.mechanism.name in MECHANISMS,
         "mechanism.name",
@@ -34,7 +50,44 @@ def check_config(cfg: Config) -> None:
         "simulation.partition",
         f"choose one of {sorted(PARTITIONERS)}",
     )
+    _check_public_text(cfg)
+    check_variant_keys(cfg)
     check_design(cfg)
+
+
+def _check_public_text(cfg: Config) -> None:
+    ws, den = cfg.train.warm_start, cfg.train.denoiser
+    require(
+        ws.objective in OBJECTIVES,
+        "train.warm_start.objective",
+        f"unknown objective {ws.objective!r}; choose one of {sorted(OBJECTIVES)}",
+    )
+    require(
+        den.kind == "none" or den.kind in DENOISERS,
+        "train.denoiser.kind",
+        f"unknown denoiser {den.kind!r}; choose none or one of {sorted(DENOISERS)}",
+    )
+    if uses_public_text(cfg):
+        require(
+            ws.dataset is None or ws.dataset in DATASETS,
+            "train.warm_start.dataset",
+            f"unknown dataset {ws.dataset!r}; choose one of {sorted(DATASETS)}",
+        )
+        public_source(cfg)  # never the training or evaluation split
+
+
+def check_variant_keys(cfg: Config) -> None:
+    """Every key of the ``mechanism``, ``design`` and ``attack`` sections is range-checked by the parameter
+    dataclass of each variant that reads it, whichever variant the run selects (a bad value is refused even where
+    this run ignores it, so that changing ``name`` alone never meets it later)."""
+    sections: list[tuple[str, Any, set[type[VariantParams]]]] = [
+        ("mechanism", cfg.mechanism, {cls.Params for cls in MECHANISMS.values()}),
+        ("design", cfg.design, {cls.Params for cls in DESIGNS.values()}),
+        ("attack", cfg.attack, {cls.Params for cls in ATTACK_CLASSES}),
+    ]
+    for key, section, params in sections:
+        for cls in sorted(params, key=lambda c: c.__name__):
+            cls.of(section).validate(key)
 
 
 def _check_attacks(cfg: Config) -> None:
@@ -53,4 +106,4 @@ def _check_attacks(cfg: Config) -> None:
         )
 
 
-__all__ = ["check_config"]
+__all__ = ["check_config", "check_variant_keys"]

@@ -22,7 +22,7 @@ from .errors import ConfigError, PrivtuneError
 from .sweep.spec import EXECUTORS
 
 # Each command imports the packages it runs (torch, transformers, ray, the registries) inside its function, after
-# its config's schema checks: `--help` and a bad key, type or range answer without them.
+# its config's schema checks: `--help` and a bad key or type answer without them.
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -124,7 +124,7 @@ def _config(args):
 
 
 def _train(args) -> None:
-    cfg = _config(args)  # a bad key, type or range answers before torch and transformers are imported
+    cfg = _config(args)  # a bad key or type answers before torch and transformers are imported
     from .training.loop import run_training
 
     run_training(cfg, out=args.out, resume=args.resume)

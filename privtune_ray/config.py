@@ -2,8 +2,10 @@
 
 Every key is checked: an unknown key or a value of the wrong type or range raises one
 :class:`ConfigError` that names the full dotted key and the fix. This module is the schema alone and imports
-no feature package (no torch): names that only a registry knows (dataset, partitioner, mechanism, attacks) are
-checked by :func:`privtune_ray.checks.check_config`, which every command that runs something calls next.
+no feature package (no torch): it checks types, finiteness and the shared keys' ranges; names that only a
+registry knows (dataset, partitioner, mechanism, attacks, design) and the ranges of a variant's own keys (its
+``VariantParams`` dataclass beside its code) are checked by :func:`privtune_ray.checks.check_config`, which every
+command that runs something calls next.
 """
 
 from __future__ import annotations
@@ -67,7 +69,10 @@ class DataConfig:
 class MechanismConfig:
     """The privacy mechanism a device applies to h before upload (``privtune_ray/mechanisms/``).
 
-    Keys are shared where the meaning is: ``eta`` is η of d_χ noise for both ``dchi`` and ``privtune``.
+    This section is the YAML schema and holds the defaults; each mechanism reads its keys through its own parameter
+    dataclass beside its code, which checks their ranges (``DChiParams``, ``ClippedNoiseParams``,
+    ``PrivTuneParams``). Keys are shared where the meaning is: ``eta`` is η of d_χ noise for both ``dchi`` and
+    ``privtune``.
     """
 
     name: str = "none"  # none | dchi | gaussian | laplace | privtune
@@ -90,26 +95,6 @@ class MechanismConfig:
     importance_samples: int | None = 20000  # PrivTune: device samples used for importance
     cache_dir: str | None = None  # PrivTune graph cache (None: $PRIVTUNE_CACHE_DIR or ~/.cache/privtune-ray)
 
-    def validate(self, key: str) -> None:
-        require(self.eta > 0, f"{key}.eta", "must be > 0 (larger eta means less noise)")
-        require(self.noise_multiplier > 0, f"{key}.noise_multiplier", "must be > 0")
-        require(self.clip_norm > 0, f"{key}.clip_norm", "must be > 0")
-        require(0 < self.delta < 1, f"{key}.delta", "must be in (0, 1), e.g. 1e-5")
-        require(self.k >= 1, f"{key}.k", "must be >= 1 (and below the vocabulary size)")
-        require(self.n_hops >= 1, f"{key}.n_hops", "must be >= 1")
-        require(self.candidates >= 1, f"{key}.candidates", "must be >= 1")
-        require(self.radius >= 0, f"{key}.radius", "must be >= 0")
-        require(0 < self.s_min <= 1, f"{key}.s_min", "must be in (0, 1]")
-        require(self.pgd_steps >= 0, f"{key}.pgd_steps", "must be >= 0")
-        require(self.pgd_step_size > 0, f"{key}.pgd_step_size", "must be > 0")
-        for name in ("lambda_s", "lambda_d", "lambda_p"):
-            require(getattr(self, name) >= 0, f"{key}.{name}", "must be >= 0")
-        require(
-            self.importance_samples is None or self.importance_samples > 0,
-            f"{key}.importance_samples",
-            "must be > 0 or null",
-        )
-
 
 @dataclass
 class LoraConfig:
@@ -125,6 +110,49 @@ class LoraConfig:
         require(self.r > 0, f"{key}.r", "must be a positive rank")
         require(self.alpha > 0, f"{key}.alpha", "must be positive")
         require(0.0 <= self.dropout < 1.0, f"{key}.dropout", "must be in [0, 1)")
+
+
+@dataclass
+class WarmStartConfig:
+    """Noise-aware warm start (``training/warm_start.py``): before the private fine-tune, the cloud adapts its top to
+    the mechanism's output on **public** text through its own copy of the public mechanism; it costs no privacy.
+
+    Source: ``dataset``/``split`` (None: the run's dataset), never the training or evaluation split (refused; a
+    sentence of the source that is also a training or evaluation sentence is dropped). Objective (``objective``):
+    ``hidden``: per-token MSE between the top's last hidden states on h̃ and the clean pretrained top's on h, over
+    real tokens, normalised by the clean states' mean square; ``pooled``: 1 − cos between their mean-pooled
+    sentence vectors. ``steps`` AdamW steps of ``batch_size`` sentences at ``lr`` (linear decay)."""
+
+    enabled: bool = False
+    dataset: str | None = None  # a key of the data registry; None: the run's dataset
+    split: str = "test"  # SST-2's test split is unlabelled public in-domain text
+    samples: int | None = None  # sentences of the source used (None: all)
+    steps: int = 300
+    batch_size: int = 32
+    lr: float = 1.0e-4
+    objective: str = "hidden"  # hidden | pooled
+
+    def validate(self, key: str) -> None:
+        require(self.samples is None or self.samples >= 1, f"{key}.samples", "must be >= 1 or null")
+        for name in ("steps", "batch_size"):
+            require(getattr(self, name) >= 1, f"{key}.{name}", "must be >= 1")
+        require(self.lr > 0, f"{key}.lr", "must be > 0")
+
+
+@dataclass
+class DenoiserConfig:
+    """A cloud denoiser (``models/denoiser.py``): a trainable front block before the top's first block, trained with
+    the top. ``mlp``: per token, h' = h̃ + W₂·GELU(W₁·LN(h̃)) of hidden width ``width``, W₂ = 0 at the start (the
+    identity). ``pretrain_steps`` > 0: first pretrained on the warm-start source (``train.warm_start``'s dataset and
+    split, public text) to predict h from h̃ (MSE over real tokens, normalised by the mean square of h)."""
+
+    kind: str = "none"  # none | mlp
+    width: int = 1024
+    pretrain_steps: int = 0
+
+    def validate(self, key: str) -> None:
+        require(self.width >= 1, f"{key}.width", "must be >= 1")
+        require(self.pretrain_steps >= 0, f"{key}.pretrain_steps", "must be >= 0")
 
 
 @dataclass
@@ -147,6 +175,8 @@ class TrainConfig:
     max_new_tokens: int = 24  # generation: answer tokens trained on and generated at evaluation (greedy)
     device: str = "cpu"  # the top model's device in `train` and in-process `simulate`: cpu | cuda | auto (cuda if seen)
     lora: LoraConfig = field(default_factory=LoraConfig)
+    warm_start: WarmStartConfig = field(default_factory=WarmStartConfig)
+    denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)
 
     def validate(self, key: str) -> None:
         require(self.epochs >= 1, f"{key}.epochs", "must be >= 1")
@@ -163,6 +193,8 @@ class TrainConfig:
         require(self.max_new_tokens >= 1, f"{key}.max_new_tokens", "must be >= 1")
         require(self.device in ("cpu", "cuda", "auto"), f"{key}.device", "must be 'cpu', 'cuda' or 'auto'")
         self.lora.validate(f"{key}.lora")
+        self.warm_start.validate(f"{key}.warm_start")
+        self.denoiser.validate(f"{key}.denoiser")
 
 
 @dataclass
@@ -171,11 +203,15 @@ class AttackConfig:
 
     The attacker fits on public auxiliary text pushed through the known bottom and its own copy of the
     known mechanism, then attacks a sample of the victims' messages (every ``every`` steps and at the end
-    of ``train``; the dev split for ``privtune-ray attack``).
+    of ``train``; the dev split for ``privtune-ray attack``). An attack's own keys (``epochs``, ``probe_*``,
+    ``opt_*``, ``keywords``) are read and range-checked by its parameter dataclass beside its code.
     """
 
     enabled: bool = False  # run the attacks during `privtune-ray train`
     names: list[str] = field(default_factory=lambda: ["auto"])  # attack names, or "auto": all that apply
+    # adaptive: the attacks are fitted through the attacker's own copy of the mechanism (it models the noise);
+    # static: fitted on clean bottom outputs of the same public text (it does not). The first is the headline's.
+    attackers: list[str] = field(default_factory=lambda: ["adaptive"])
     aux_dataset: str | None = None  # None: the run's dataset
     aux_split: str = "train"  # carved out of training when it is the training split
     aux_samples: int = 2000  # auxiliary sentences the attacker fits on
@@ -197,16 +233,18 @@ class AttackConfig:
 
     def validate(self, key: str) -> None:
         require(len(self.names) > 0, f"{key}.names", "must name at least one attack (or 'auto')")
+        require(
+            len(self.attackers) > 0 and set(self.attackers) <= {"adaptive", "static"},
+            f"{key}.attackers",
+            f"must list adaptive and/or static (got {self.attackers})",
+        )
         require(self.aux_samples >= 1, f"{key}.aux_samples", "must be >= 1")
         require(
             self.victim_samples is None or self.victim_samples >= 1, f"{key}.victim_samples", "must be >= 1 or null"
         )
         require(self.every is None or self.every >= 1, f"{key}.every", "must be >= 1 or null")
-        for name in ("epochs", "probe_epochs", "batch_size", "opt_candidates", "keywords", "top_k"):
+        for name in ("batch_size", "top_k"):
             require(getattr(self, name) >= 1, f"{key}.{name}", "must be >= 1")
-        require(self.opt_steps >= 0, f"{key}.opt_steps", "must be >= 0")
-        for name in ("lr", "probe_lr", "opt_lr", "opt_temperature"):
-            require(getattr(self, name) > 0, f"{key}.{name}", "must be > 0")
 
 
 @dataclass
@@ -314,7 +352,10 @@ class DesignConfig:
     whose PLD ε exceeds the target by more than 10 % stops before training unless ``allow_understated_epsilon``.
     ``online`` / ``gradfree`` / ``offline``: the GuardedTuning designs (``designs/guarded.py``): the device holds
     ``adapter_layers`` trainable blocks after its frozen bottom and before the head, the cloud the middle; dCor
-    weight α = ``dcor_weight``; the offline emulator keeps ``emulator_keep`` of the middle's blocks."""
+    weight α = ``dcor_weight``; the offline emulator keeps ``emulator_keep`` of the middle's blocks.
+
+    This section is the YAML schema and holds the defaults; ``name`` and ``bits`` are every design's, the other keys
+    are read and range-checked by the design's own parameter dataclass (``EWTuneParams``, ``GuardedParams``)."""
 
     name: str = "split"  # a key of privtune_ray.designs.DESIGNS: split | ewtune | online | gradfree | offline
     target_epsilon: float = 3.0  # ewtune: ε (nats) of the whole run at delta
@@ -330,21 +371,8 @@ class DesignConfig:
     emulator_keep: float = 0.5  # GuardedTuning offline: fraction of the middle's blocks the emulator keeps
 
     def validate(self, key: str) -> None:
-        require(self.adapter_layers >= 1, f"{key}.adapter_layers", "must be >= 1 block per adapter")
-        require(self.dcor_weight >= 0, f"{key}.dcor_weight", "must be >= 0 (0: no decorrelation)")
-        require(0 < self.emulator_keep <= 1, f"{key}.emulator_keep", "must be in (0, 1]")
         require(
             self.bits is None or 2 <= self.bits <= 16, f"{key}.bits", "must be an integer in 2..16 (or null for fp32)"
-        )
-        require(self.target_epsilon > 0, f"{key}.target_epsilon", "must be > 0")
-        require(0 < self.delta < 1, f"{key}.delta", "must be in (0, 1), e.g. 1e-5")
-        require(self.clip_norm > 0, f"{key}.clip_norm", "must be > 0")
-        require(self.max_noise_multiplier > 0.3, f"{key}.max_noise_multiplier", "must be > 0.3")
-        require(self.edgeworth_order in (1, 2), f"{key}.edgeworth_order", "must be 1 or 2")
-        require(
-            self.calibrate_with in ("edgeworth", "pld"),
-            f"{key}.calibrate_with",
-            f"must be edgeworth (EW-Tune's estimate) or pld (the dp-accounting bound), got {self.calibrate_with!r}",
         )
 
 
@@ -366,7 +394,6 @@ class Config:
         require(self.seed >= 0, "seed", "must be >= 0")
         self.model.validate("model")
         self.data.validate("data")
-        self.mechanism.validate("mechanism")
         self.train.validate("train")
         self.attack.validate("attack")
         self.simulation.validate("simulation")
@@ -374,6 +401,22 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass
+class VariantParams:
+    """A variant's own parameters, peft style: a dataclass beside the variant's code (a mechanism, a design, an
+    attack) whose fields name the keys it reads from its flat config section. The section is the YAML schema and
+    holds the defaults; the variant's dataclass holds the ranges (:meth:`validate`), so this module imports no
+    feature package. :func:`privtune_ray.checks.check_config` checks every registered variant's keys."""
+
+    @classmethod
+    def of(cls, section: Any):
+        """The variant's view of a config section: its fields, read by name."""
+        return cls(**{f.name: getattr(section, f.name) for f in dataclasses.fields(cls)})
+
+    def validate(self, key: str) -> None:
+        """Raise the one-line :class:`ConfigError` naming ``{key}.{field}`` for the first value out of range."""
 
 
 def require(condition: bool, key: str, message: str) -> None:

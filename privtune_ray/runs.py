@@ -198,6 +198,15 @@ class RunDir:
     def write_summary(self, summary: dict[str, Any]) -> None:
         self._write_json("summary.json", summary)
 
+    def write_json(self, name: str, obj: dict[str, Any]) -> None:
+        """``<name>.json`` in the run directory, written atomically (a record a resumed session reads back)."""
+        self._write_json(f"{name}.json", obj)
+
+    def read_json(self, name: str) -> dict[str, Any]:
+        """``<name>.json`` as written by :meth:`write_json` ({} when there is none)."""
+        path = self.path / f"{name}.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
     def _write_json(self, name: str, obj: dict[str, Any]) -> None:
         write_atomic(self.path / name, json.dumps(obj, indent=2, default=str) + "\n")
 

@@ -64,6 +64,7 @@ def test_optimisation_inversion_recovers_tokens_at_m2(minilm, tokenizer):
     assert scores["asr_top1"] >= 0.9, scores
 
 
+@pytest.mark.slow  # the attribute probe's end-to-end check in the default suite: the attack CLI's aia_label
 def test_blog_gender_probe_beats_the_majority_class_without_defence(minilm, tokenizer):
     ctx, aux, victims = _setup(minilm, tokenizer, 0, "blog", aux_n=8000, attributes=("gender",))  # all 2,760 dev
     probe = AttributeProbe(ctx, "gender")
@@ -126,8 +127,7 @@ def test_empty_victim_sample_and_unknown_attack_are_errors():
 class _Fixed(Attack):
     """A stand-in attack whose scores are given (the driver's bookkeeping is under test, not an attack)."""
 
-    def __init__(self, name: str, kind: str, scores: dict, reads: str = "upload"):
-        super().__init__(None)
+    def __init__(self, name: str, kind: str, scores: dict, reads: str = "upload"):  # no context: nothing is fitted
         self.name, self.kind, self.scores, self.reads = name, kind, scores, reads
         self.seen: list[int] = []
 
@@ -181,10 +181,23 @@ def test_attack_rounds_merge_the_suite_and_gradient_matching_as_the_runs_record_
     rounds.observe(_obs(4))
     rounds.observe(_obs(5, gradients=True))  # with gradients: the gradient attacks' victims
     summary = rounds.round(7)
-    assert list(summary) == ["attacks", "max_eia_asr_top1", "max_aia_advantage", "attack_setup"]
+    assert list(summary) == [
+        "attacks",
+        "max_eia_asr_top1",
+        "max_aia_advantage",
+        "max_eia_asr_top1_by_attacker",
+        "attack_setup",
+    ]
     assert summary["attacks"]["eia_knn_l2"] == pytest.approx(
-        {"kind": "inversion", "asr_top1": 0.5, "seconds": summary["attacks"]["eia_knn_l2"]["seconds"], "fit_s": 0.0}
+        {
+            "attacker": "adaptive",
+            "kind": "inversion",
+            "asr_top1": 0.5,
+            "seconds": summary["attacks"]["eia_knn_l2"]["seconds"],
+            "fit_s": 0.0,
+        }
     )
+    assert summary["max_eia_asr_top1_by_attacker"] == {"adaptive": 0.5}
     assert summary["attacks"]["gm_label"] == {"kind": "attribute", "accuracy": 0.9, "advantage": 0.4, "samples": 5}
     assert summary["max_eia_asr_top1"] == 0.5 and summary["max_aia_advantage"] == 0.4  # over the suite's and gm's
     assert summary["attack_setup"] == {"aux_sentences": 10, "aux_dropped_as_victims": 0}
@@ -204,7 +217,7 @@ def test_attack_rounds_merge_the_suite_and_gradient_matching_as_the_runs_record_
     ]
     assert {(r["step"], r["victims"]) for r in records.rows[:7]} == {(7, 4)}
     assert {(r["step"], r["victims"]) for r in records.rows[7:]} == {(7, 5)}
-    assert list(records.rows[0]) == ["step", "victims", "attack", "kind", "metric", "value"]
+    assert list(records.rows[0]) == ["step", "victims", "attack", "attacker", "kind", "metric", "value"]
 
 
 def test_attack_rounds_without_gradient_victims_skip_gradient_matching():
@@ -215,7 +228,13 @@ def test_attack_rounds_without_gradient_victims_skip_gradient_matching():
     assert {r["attack"] for r in records.rows} == {"eia_knn_l2", "aia_label"}
     alone, _, _ = _rounds(gradient=False)  # the single-process path: the suite's summary, nothing merged
     alone.observe(_obs(3))
-    assert list(alone.round(1)) == ["attacks", "max_eia_asr_top1", "max_aia_advantage", "attack_setup"]
+    assert list(alone.round(1)) == [
+        "attacks",
+        "max_eia_asr_top1",
+        "max_aia_advantage",
+        "max_eia_asr_top1_by_attacker",
+        "attack_setup",
+    ]
 
 
 def test_attack_rounds_keep_the_latest_victims_and_reset():
@@ -242,9 +261,10 @@ def test_gradient_matching_is_in_the_one_registry_but_not_in_the_suite():
     assert attack_names(AttackConfig(names=["eia_knn_l2", "gm_label"]), ()) == ["eia_knn_l2"]
 
 
-def _attack_cli(out, victims: int | None) -> dict:
+def _attack_cli(out, victims: int | None, *overrides: str) -> dict:
     """The small configuration of the six-attack evaluation on SST-2 dev (all of it, or its first ``victims``)."""
     extra = [] if victims is None else ["--set", f"attack.victim_samples={victims}"]
+    extra += sum((["--set", o] for o in overrides), [])
     rc = main(
         [
             "attack",
@@ -284,6 +304,32 @@ def test_attack_cli_runs_the_suite_end_to_end(tmp_path):
     assert summary["max_eia_asr_top1"] >= 0.9
     rows = pd.read_csv(tmp_path / "attacks" / "attacks.csv")
     assert set(rows["attack"]) == set(summary["attacks"]) and np.isfinite(rows["value"]).all()
+
+
+def test_a_static_attacker_fits_on_clean_outputs_and_is_reported_beside_the_adaptive_one(tmp_path):
+    """d_χ at η = 10: each attack is fitted once per attacker model and reported under its own key; the
+    nearest-neighbour attack fits nothing, so both attacker models score it alike, while the inverter differs."""
+    summary = _attack_cli(
+        tmp_path / "attacks",
+        64,
+        "mechanism.name=dchi",
+        "mechanism.eta=10",
+        "attack.names=[eia_knn_l2, eia_mlp]",
+        "attack.attackers=[adaptive, static]",
+        "attack.epochs=3",
+    )
+    attacks = summary["attacks"]
+    assert set(attacks) == {"eia_knn_l2", "eia_mlp", "eia_knn_l2@static", "eia_mlp@static"}
+    assert attacks["eia_mlp"]["asr_top1"] != attacks["eia_mlp@static"]["asr_top1"]
+    assert attacks["eia_knn_l2"]["asr_top1"] == attacks["eia_knn_l2@static"]["asr_top1"]
+    by = summary["max_eia_asr_top1_by_attacker"]
+    assert by == {
+        "adaptive": max(attacks["eia_knn_l2"]["asr_top1"], attacks["eia_mlp"]["asr_top1"]),
+        "static": max(attacks["eia_knn_l2@static"]["asr_top1"], attacks["eia_mlp@static"]["asr_top1"]),
+    }
+    assert summary["max_eia_asr_top1"] == by["adaptive"]  # the first attacker model is the headline's
+    rows = pd.read_csv(tmp_path / "attacks" / "attacks.csv")
+    assert set(rows["attacker"]) == {"adaptive", "static"}
 
 
 @pytest.mark.slow

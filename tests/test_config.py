@@ -88,8 +88,45 @@ def test_missing_config_file():
     ],
 )
 def test_bad_mechanism_values_name_the_key(override, match):
+    cfg = load_config(RUNS[0], [override])  # the schema holds; the mechanisms' own parameter dataclasses refuse it
     with pytest.raises(ConfigError, match=match):
-        load_config(RUNS[0], [override])
+        check_config(cfg)
+
+
+@pytest.mark.parametrize(
+    "override,match",
+    [
+        ("design.dcor_weight=-0.5", r"'design.dcor_weight'.*>= 0"),  # GuardedParams
+        ("design.emulator_keep=0", r"'design.emulator_keep'.*\(0, 1\]"),
+        ("design.edgeworth_order=3", r"'design.edgeworth_order'.*1 or 2"),  # EWTuneParams
+        ("attack.epochs=0", r"'attack.epochs'.*>= 1"),  # InverterParams
+        ("attack.opt_temperature=0", r"'attack.opt_temperature'.*> 0"),  # OptimisationParams
+        ("attack.probe_lr=0", r"'attack.probe_lr'.*> 0"),  # ProbeParams
+        ("attack.keywords=0", r"'attack.keywords'.*>= 1"),  # KeywordParams
+        ("mechanism.pgd_step_size=0", r"'mechanism.pgd_step_size'.*> 0"),  # PrivTuneParams
+    ],
+)
+def test_each_variants_own_keys_are_checked_by_its_parameter_dataclass(override, match):
+    """Whichever variant the run selects: a bad value is refused now, not met when `name` changes later."""
+    cfg = load_config(RUNS[0], [override])
+    with pytest.raises(ConfigError, match=match):
+        check_config(cfg)
+
+
+def test_every_variants_parameter_dataclass_reads_keys_of_its_section():
+    from privtune_ray.attacks import ATTACK_CLASSES
+    from privtune_ray.designs import DESIGNS
+    from privtune_ray.mechanisms import MECHANISMS
+
+    cfg = Config()
+    variants = [(cfg.mechanism, MECHANISMS.values()), (cfg.design, DESIGNS.values()), (cfg.attack, ATTACK_CLASSES)]
+    seen = 0
+    for section, classes in variants:
+        for cls in classes:
+            params = cls.Params.of(section)  # every field is a key of the section, read with its default
+            assert all(getattr(params, f) == getattr(section, f) for f in vars(params))
+            seen += len(vars(params))
+    assert seen >= 30
 
 
 def test_a_yaml_syntax_error_names_the_file_line_and_column(tmp_path):
@@ -165,7 +202,12 @@ def test_the_schema_imports_no_feature_package():
 
 
 @pytest.mark.parametrize(
-    "order", ["privtune_ray.attacks, privtune_ray.config", "privtune_ray.config, privtune_ray.attacks"]
+    "order",
+    [
+        "privtune_ray.attacks, privtune_ray.config",
+        # config first cannot cycle: it imports no feature package (test_the_schema_imports_no_feature_package)
+        pytest.param("privtune_ray.config, privtune_ray.attacks", marks=pytest.mark.slow),
+    ],
 )
 def test_config_and_attacks_import_in_either_order(order):
     first, second = order.split(", ")

@@ -5,8 +5,10 @@ import collections
 import numpy as np
 import pytest
 
+from privtune_ray.checks import check_config
+from privtune_ray.config import load_config
 from privtune_ray.data import DATASETS, batch_indices, collate, load_split, partition, resolve_data_dir, tokenize_split
-from privtune_ray.errors import DataError
+from privtune_ray.errors import ConfigError, DataError
 
 # Row counts from shared/data/README.md (squad: our article-disjoint split of its 10,570 dev questions).
 EXPECTED_ROWS = {
@@ -84,8 +86,16 @@ def test_data_dir_from_environment(tmp_path, monkeypatch):
 def test_unknown_dataset_and_split():
     with pytest.raises(DataError, match="unknown dataset 'imdb'"):
         load_split("imdb", "train")
-    with pytest.raises(DataError, match="no split 'test'"):
-        load_split("sst2", "test")
+    with pytest.raises(DataError, match="no split 'validation'.*'train', 'dev', 'test'"):
+        load_split("sst2", "validation")
+
+
+def test_sst2_test_is_unlabelled_public_text_that_no_run_trains_or_evaluates_on():
+    public = load_split("sst2", "test")
+    assert len(public) == 1821 and set(public["label"]) == {-1} and all(public["text"])
+    for key in ("train_split", "eval_split"):
+        with pytest.raises(ConfigError, match=rf"'data.{key}'.*split 'test' has no labels.*\['train', 'dev'\]"):
+            check_config(load_config(None, [f"data.{key}=test"]))
 
 
 def test_hub_fallback_normalises_hub_columns(tmp_path, monkeypatch):

@@ -159,7 +159,11 @@ def _golden() -> dict[str, dict[str, Any]]:
     return json.loads(GOLDEN.read_text())["cases"] if GOLDEN.is_file() else {}
 
 
-@pytest.mark.parametrize("case", list(CASES))
+# The GuardedTuning cases are behind `slow`: test_guarded.py runs each design end to end in the default suite.
+SLOW_CASES = {"simulate-online", "simulate-gradfree", "simulate-offline"}
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c in SLOW_CASES else c for c in CASES])
 def test_records_equal_the_golden_ones(case, tmp_path):
     golden = _golden()
     assert case in golden, f"{GOLDEN} has no case {case!r}: run tests/golden/record.py"

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from privtune_ray.attacks.gradient_matching import GradientMatchingLabels
+from privtune_ray.checks import check_config
 from privtune_ray.config import AttackConfig, load_config
 from privtune_ray.data import load_split
 from privtune_ray.data.batching import collate, tokenize_split
@@ -176,8 +177,8 @@ def test_guarded_layout_of_a_config_names_the_keys():
         ("design.emulator_keep", 0, "emulator_keep"),
         ("design.bits", 17, "design.bits"),
     ]:
-        with pytest.raises(ConfigError, match=match):
-            small("design.name=online", f"{key}={value}")
+        with pytest.raises(ConfigError, match=match):  # the schema's bits, GuardedParams' own keys
+            check_config(small("design.name=online", f"{key}={value}"))
 
 
 @pytest.fixture(scope="module")

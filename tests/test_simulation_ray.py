@@ -24,6 +24,7 @@ def _same_result(a, b):
     assert sa["dev_loss"] == pytest.approx(sb["dev_loss"], abs=1e-3)
 
 
+@pytest.mark.slow  # the fault test below runs on Ray too and checks the same equality with the in-process run
 def test_ray_backend_gives_the_in_process_result(ray_session, reference, tmp_path):
     # two device workers sharing the devices, and devices of round r+1 computed while the top trains on r
     pool = ["simulation.device_workers=2", "simulation.worker_cpus=0.5", "simulation.prefetch=true"]

@@ -83,9 +83,10 @@ def test_bad_sweep_sections_name_the_key(section, match):
         parse_sweep(section)
 
 
-def test_a_bad_point_fails_before_anything_runs(tmp_path):
-    with pytest.raises(ConfigError, match=r"sweep point 'none-eta-1-m2'.*mechanism.eta"):
-        load_sweep(CI_HEADLINE, grid_args=["mechanism.eta=-1"])
+def test_a_bad_point_fails_before_anything_runs(tmp_path, capsys):
+    assert main(["sweep", str(CI_HEADLINE), "--grid", "mechanism.eta=-1", "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert "sweep point 'none-eta-1-m2'" in err and "'mechanism.eta'" in err and not (tmp_path / "s").exists()
     with pytest.raises(ConfigError, match=r"--grid 'mechanism.eta' must look like key=v1,v2"):
         load_sweep(CI_HEADLINE, grid_args=["mechanism.eta"])
     assert main(["sweep", str(CI_HEADLINE), "--grid", "mechanism.etaa=1", "--out", str(tmp_path / "s")]) == 2

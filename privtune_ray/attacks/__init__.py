@@ -33,11 +33,22 @@ ATTACKS: dict[str, Callable[[Any, tuple[str, ...]], list[Attack]]] = {
     "gm_label": gradient_matching.build,
 }
 
+# Every attack class: :func:`privtune_ray.checks.check_config` checks each one's keys (its ``Params``).
+ATTACK_CLASSES: tuple[type[Attack], ...] = (
+    KNNInversion,
+    LearnedInversion,
+    OptimisationInversion,
+    AttributeProbe,
+    KeywordInference,
+    GradientMatchingLabels,
+)
+
 # Attacks on the gradients a device returns (GradientContext), not on its uploads: the suite leaves them out.
 GRADIENT_ATTACKS = frozenset({gradient_matching.NAME})
 
 __all__ = [
     "ATTACKS",
+    "ATTACK_CLASSES",
     "GRADIENT_ATTACKS",
     "Attack",
     "AttackContext",

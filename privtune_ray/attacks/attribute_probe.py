@@ -10,20 +10,19 @@ seen in the auxiliary data; the majority baseline predicts its most frequent cla
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import VariantParams, require
 from ..errors import DataError
+from ..models.split import mean_pool
 from .base import AttackContext, AttributeAttack, fit_minibatch
 from .observations import Observations
 from .scoring import score_classes
-
-
-def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    m = attention_mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * m).sum(1) / m.sum(1).clamp_min(1)
 
 
 class PooledMLP(nn.Module):
@@ -43,9 +42,24 @@ class PooledMLP(nn.Module):
         return self.net((pooled - self.mean) / self.std)
 
 
-def fit_probe(model: PooledMLP, n: int, loss_of, ctx: AttackContext) -> list[float]:
-    cfg = ctx.cfg
-    return fit_minibatch(model, n, loss_of, cfg.probe_epochs, cfg.batch_size, cfg.probe_lr, ctx.seed, weight_decay=1e-2)
+@dataclass
+class ProbeParams(VariantParams):
+    """The probes' keys of the ``attack`` section: ``probe_epochs`` epochs of AdamW at ``probe_lr`` on minibatches of
+    ``batch_size`` sentences (defaults: ``config.AttackConfig``)."""
+
+    probe_epochs: int
+    probe_lr: float
+    batch_size: int
+
+    def validate(self, key: str) -> None:
+        require(self.probe_epochs >= 1, f"{key}.probe_epochs", "must be >= 1")
+        require(self.probe_lr > 0, f"{key}.probe_lr", "must be > 0")
+
+
+def fit_probe(model: PooledMLP, n: int, loss_of, params: ProbeParams, seed: int) -> list[float]:
+    return fit_minibatch(
+        model, n, loss_of, params.probe_epochs, params.batch_size, params.probe_lr, seed, weight_decay=1e-2
+    )
 
 
 def pooled(obs: Observations) -> torch.Tensor:
@@ -54,6 +68,8 @@ def pooled(obs: Observations) -> torch.Tensor:
 
 class AttributeProbe(AttributeAttack):
     """Predicts ``target``: a private attribute name, or ``"label"`` for the task label."""
+
+    Params = ProbeParams
 
     def __init__(self, ctx: AttackContext, target: str):
         super().__init__(ctx)
@@ -81,7 +97,9 @@ class AttributeProbe(AttributeAttack):
         x, y = pooled(aux), torch.as_tensor(y)
         self.model = PooledMLP(x.shape[1], len(self.classes))
         self.model.standardise_on(x)
-        fit_probe(self.model, len(x), lambda idx: F.cross_entropy(self.model(x[idx]), y[idx]), self.ctx)
+        fit_probe(
+            self.model, len(x), lambda idx: F.cross_entropy(self.model(x[idx]), y[idx]), self.params, self.ctx.seed
+        )
 
     @torch.no_grad()
     def predict(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> np.ndarray:

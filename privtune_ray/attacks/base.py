@@ -14,12 +14,12 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from ..config import AttackConfig
+from ..config import AttackConfig, VariantParams
 from ..models.split import BottomModel
 from .observations import Observations
 from .scoring import score_inversion
@@ -45,9 +45,12 @@ class Attack(ABC):
     name = "attack"
     kind = "attack"
     reads = "upload"  # what its victims' Observations hold: the uploaded h̃, or "returned_gradient" (∂ℓ/∂A2 too)
+    Params: ClassVar[type[VariantParams]] = VariantParams  # its own keys of the ``attack`` section
+    attacker = "adaptive"  # the attacker model that fitted it: adaptive (through the mechanism) or static (clean)
 
     def __init__(self, ctx: AttackContext):
         self.ctx = ctx
+        self.params = self.Params.of(ctx.cfg)
 
     def fit(self, aux: Observations) -> None:
         """Learn from the auxiliary observations (no-op for attacks without training)."""

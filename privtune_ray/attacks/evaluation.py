@@ -23,7 +23,7 @@ from ..mechanisms import build_mechanism
 from ..models.loading import load_split_model, load_tokenizer, resolve_model
 from ..runs import RunDir
 from .observations import observe
-from .suite import AttackSuite, headline, load_aux, long_rows, probe_attributes
+from .suite import AttackSuite, by_name, headline, load_aux, long_rows, probe_attributes
 
 
 def run_attack_evaluation(cfg: Config, out: str | os.PathLike | None = None, log=print) -> Path:
@@ -65,7 +65,7 @@ def run_attack_evaluation(cfg: Config, out: str | os.PathLike | None = None, log
         "split_depth": cfg.model.split_depth,
         "mechanism": mechanism.name,
         "privacy": mechanism.guarantee(releases=1, max_length=cfg.model.max_length).to_dict(),
-        "attacks": {r["attack"]: {k: v for k, v in r.items() if k != "attack"} for r in rows},
+        "attacks": {name: {k: v for k, v in r.items() if k != "attack"} for name, r in by_name(rows).items()},
         **headline(rows),
         "attack_setup": suite.describe(),
         "wall_s": time.perf_counter() - start,
@@ -73,12 +73,12 @@ def run_attack_evaluation(cfg: Config, out: str | os.PathLike | None = None, log
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     run.write_summary(summary)
-    for r in rows:
+    for name, r in by_name(rows).items():
         main = (
             f"ASR top-1 {r['asr_top1']:.3f}"
             if r["kind"] == "inversion"
             else f"accuracy {r['accuracy']:.3f} (advantage {r['advantage']:+.3f})"
         )
-        log(f"privtune-ray: {r['attack']:<24} {main}")
+        log(f"privtune-ray: {name:<24} {main}")
     log(f"privtune-ray: wrote {run.summary_path}")
     return run.path

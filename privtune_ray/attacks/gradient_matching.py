@@ -29,6 +29,7 @@ from torch import nn
 from ..config import AttackConfig, Config
 from ..data.batching import TokenizedSplit, batch_indices, collate
 from ..models.split import BottomModel, TopModel, family_of
+from .attribute_probe import ProbeParams
 from .base import AttributeAttack, fit_minibatch
 from .observations import Observations
 from .scoring import score_classes
@@ -53,6 +54,7 @@ class GradientMatchingLabels(AttributeAttack):
 
     name = NAME
     reads = "returned_gradient"  # Observations with ``gradients`` (∂ℓ/∂A2), not the uploads
+    Params = ProbeParams  # the surrogate Â_t is fitted like a probe
 
     def __init__(self, surrogate_top: nn.Module, cfg: AttackConfig, seed: int = 0):
         super().__init__(GradientContext(surrogate_top, cfg, seed))
@@ -84,9 +86,8 @@ class GradientMatchingLabels(AttributeAttack):
             idx = torch.as_tensor(idx)
             return F.cross_entropy(self.top(a2[idx], mask[idx]), labels[idx])
 
-        return fit_minibatch(
-            self.top, len(labels), loss_of, self.cfg.probe_epochs, self.cfg.batch_size, self.cfg.probe_lr, self.seed
-        )
+        p = self.params
+        return fit_minibatch(self.top, len(labels), loss_of, p.probe_epochs, p.batch_size, p.probe_lr, self.seed)
 
     def predict(self, a2: torch.Tensor, mask: torch.Tensor, grads: torch.Tensor) -> np.ndarray:
         """ŷ per sample: the class whose surrogate gradient is closest in cosine to the received one."""

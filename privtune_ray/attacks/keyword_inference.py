@@ -15,11 +15,15 @@ reported too.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
+from ..config import require
 from ..errors import DataError
-from .attribute_probe import PooledMLP, fit_probe, mean_pool, pooled
+from ..models.split import mean_pool
+from .attribute_probe import PooledMLP, ProbeParams, fit_probe, pooled
 from .base import AttackContext, AttributeAttack
 from .observations import Observations
 
@@ -47,8 +51,22 @@ def choose_keywords(
     return eligible[:k]
 
 
+@dataclass
+class KeywordParams(ProbeParams):
+    """The probe's keys, and the sensitive words: ``keyword_list`` when given, else the ``keywords`` whole-word
+    tokens chosen on the auxiliary data (defaults: ``config.AttackConfig``)."""
+
+    keywords: int
+    keyword_list: list[str] | None
+
+    def validate(self, key: str) -> None:
+        super().validate(key)
+        require(self.keywords >= 1, f"{key}.keywords", "must be >= 1")
+
+
 class KeywordInference(AttributeAttack):
     name = "aia_keyword"
+    Params = KeywordParams
 
     def __init__(self, ctx: AttackContext):
         super().__init__(ctx)
@@ -60,7 +78,7 @@ class KeywordInference(AttributeAttack):
         return (ids.unsqueeze(-1) == torch.tensor(self.keywords)).any(1).float()
 
     def fit(self, aux: Observations) -> None:
-        self.keywords = choose_keywords(aux, self.ctx.tokenizer, self.ctx.cfg.keywords, self.ctx.cfg.keyword_list)
+        self.keywords = choose_keywords(aux, self.ctx.tokenizer, self.params.keywords, self.params.keyword_list)
         x, y = pooled(aux), self.presence(aux)
         self.majority = (y.mean(0) > 0.5).float()
         self.model = PooledMLP(x.shape[1], len(self.keywords))
@@ -70,7 +88,7 @@ class KeywordInference(AttributeAttack):
         def loss_of(idx):
             return F.binary_cross_entropy_with_logits(self.model(x[idx]), y[idx], pos_weight=pos_weight)
 
-        fit_probe(self.model, len(x), loss_of, self.ctx)
+        fit_probe(self.model, len(x), loss_of, self.params, self.ctx.seed)
 
     @torch.no_grad()
     def predict(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

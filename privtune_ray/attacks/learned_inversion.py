@@ -16,12 +16,14 @@ auxiliary text never contains; the softmax of the training loss runs over the au
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import VariantParams, require
 from .base import AttackContext, InversionAttack, fit_minibatch
 from .knn_inversion import nearest_tokens
 from .observations import Observations
@@ -72,7 +74,23 @@ class Inverter(nn.Module):
         return torch.exp(self.log_scale) * self.features(hidden, attention_mask)[attention_mask.bool()] @ unit_anchors.T
 
 
+@dataclass
+class InverterParams(VariantParams):
+    """The learned inverters' keys of the ``attack`` section: ``epochs`` of AdamW at ``lr`` on minibatches of
+    ``batch_size`` auxiliary sentences (defaults: ``config.AttackConfig``)."""
+
+    epochs: int
+    lr: float
+    batch_size: int
+
+    def validate(self, key: str) -> None:
+        require(self.epochs >= 1, f"{key}.epochs", "must be >= 1")
+        require(self.lr > 0, f"{key}.lr", "must be > 0")
+
+
 class LearnedInversion(InversionAttack):
+    Params = InverterParams
+
     def __init__(self, ctx: AttackContext, arch: str = "mlp"):
         super().__init__(ctx)
         self.name = f"eia_{arch}"
@@ -95,8 +113,8 @@ class LearnedInversion(InversionAttack):
             logits = self.model(aux.hidden[idx_t, :length], mask, anchors)
             return F.cross_entropy(logits, targets[idx_t, :length][mask.bool()])
 
-        cfg = self.ctx.cfg
-        self.history = fit_minibatch(self.model, len(aux), loss_of, cfg.epochs, cfg.batch_size, cfg.lr, self.ctx.seed)
+        p = self.params
+        self.history = fit_minibatch(self.model, len(aux), loss_of, p.epochs, p.batch_size, p.lr, self.ctx.seed)
 
     @torch.no_grad()
     def predict(self, hidden, attention_mask):

@@ -11,21 +11,43 @@ order, decides. Gradients flow through the frozen bottom (``BottomModel.from_emb
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
+from ..config import VariantParams, require
 from .base import AttackContext, InversionAttack
 from .knn_inversion import nearest_tokens
 
 
+@dataclass
+class OptimisationParams(VariantParams):
+    """eia_opt's keys of the ``attack`` section: ``opt_steps`` Adam steps at ``opt_lr`` on relaxed token logits z,
+    softmax(z/T) with T = ``opt_temperature``, over the ``opt_candidates`` nearest anchors per position (defaults:
+    ``config.AttackConfig``)."""
+
+    opt_steps: int
+    opt_candidates: int
+    opt_lr: float
+    opt_temperature: float
+
+    def validate(self, key: str) -> None:
+        require(self.opt_steps >= 0, f"{key}.opt_steps", "must be >= 0")
+        require(self.opt_candidates >= 1, f"{key}.opt_candidates", "must be >= 1")
+        for name in ("opt_lr", "opt_temperature"):
+            require(getattr(self, name) > 0, f"{key}.{name}", "must be > 0")
+
+
 class OptimisationInversion(InversionAttack):
     name = "eia_opt"
+    Params = OptimisationParams
 
     def __init__(self, ctx: AttackContext):
         super().__init__(ctx)
         self.embeddings = ctx.bottom.embedding_matrix.detach()
 
     def predict(self, hidden, attention_mask):
-        cfg, real = self.ctx.cfg, attention_mask.bool()
+        cfg, real = self.params, attention_mask.bool()
         hidden = hidden.float()
         n_cand = min(cfg.opt_candidates, self.embeddings.shape[0])
         candidates = torch.zeros((*hidden.shape[:2], n_cand), dtype=torch.long)
@@ -42,6 +64,6 @@ class OptimisationInversion(InversionAttack):
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-        order = z.detach().topk(min(cfg.top_k, n_cand), dim=-1).indices
+        order = z.detach().topk(min(self.ctx.cfg.top_k, n_cand), dim=-1).indices
         guesses = torch.gather(candidates, -1, order)
         return guesses.masked_fill(~real.unsqueeze(-1), -1)

@@ -21,7 +21,7 @@ from ..data.batching import Batch, TokenizedSplit
 from ..message import Message
 from .base import Attack
 from .observations import Observations
-from .suite import AttackSuite, VictimSample, headline, long_rows
+from .suite import AttackSuite, VictimSample, by_name, headline, long_rows
 
 if TYPE_CHECKING:  # annotation only
     from ..runs import RunDir
@@ -90,16 +90,17 @@ class AttackRounds:
             rows = self.suite.run(victims)
             for row in long_rows(rows, step=step, victims=len(victims)):
                 self.run.append("attacks", row)
+            named = by_name(rows)
             if log is not None:
-                for r in rows:
+                for name, r in named.items():
                     score = (
                         f"ASR top-1 {r['asr_top1']:.3f}"
                         if r["kind"] == "inversion"
                         else f"advantage {r['advantage']:+.3f}"
                     )
-                    log(f"privtune-ray: attack {r['attack']:<22} {score} on {len(victims)} victim sentences")
+                    log(f"privtune-ray: attack {name:<22} {score} on {len(victims)} victim sentences")
             summary = {
-                "attacks": {r["attack"]: {k: v for k, v in r.items() if k != "attack"} for r in rows},
+                "attacks": {name: {k: v for k, v in r.items() if k != "attack"} for name, r in named.items()},
                 **headline(rows),
                 "attack_setup": self.suite.describe(),
             }
@@ -129,6 +130,8 @@ def merge_attack_rows(summary: dict, rows: list[dict]) -> dict:
     merged = {**summary, "attacks": {**summary.get("attacks", {})}}
     for row in rows:
         merged["attacks"][row["attack"]] = {k: v for k, v in row.items() if k != "attack"}
-    advantages = [v["advantage"] for v in merged["attacks"].values() if v.get("kind") == "attribute"]
+    advantages = [  # the headline's attacker model (a static attacker's rows are tagged name@static)
+        v["advantage"] for k, v in merged["attacks"].items() if v.get("kind") == "attribute" and "@" not in k
+    ]
     merged["max_aia_advantage"] = max(advantages) if advantages else None
     return merged

@@ -1,9 +1,11 @@
 """The attack suite of a run: the attacker's auxiliary data, its fitted attacks, and rounds of attacks.
 
 The attacker (SPEC §3) owns public auxiliary text disjoint from the victims' data. It pushes that text
-through the known bottom and **its own copy of the known mechanism** (same parameters, its own noise
-seed; PrivTune's importance weights fitted on the auxiliary text, since the device's data is private),
-fits every attack on those observations, then attacks the victims' messages.
+through the known bottom and, as the **adaptive** attacker, **its own copy of the known mechanism** (same
+parameters, its own noise seed; PrivTune's importance weights fitted on the auxiliary text, since the device's data
+is private), fits every attack on those observations, then attacks the victims' messages. The **static** attacker
+(``attack.attackers``) fits the same attacks on the clean bottom outputs of the same text: it does not model the
+noise (the nearest-neighbour attack of the paper's lineage, and inverters trained without the mechanism).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from ..config import AttackConfig, Config
 from ..data.batching import TokenizedSplit, tokenize_split
 from ..data.registry import get_spec, load_split
 from ..errors import ConfigError, DataError
-from ..mechanisms import build_mechanism
+from ..mechanisms import Mechanism, build_mechanism
 from ..models.anchors import load_or_build_anchors
 from ..models.split import SplitModel
 from . import ATTACKS, GRADIENT_ATTACKS
@@ -120,19 +122,30 @@ class AttackSuite:
         anchors = load_or_build_anchors(split.bottom, tokenizer, model_id)
         ctx = AttackContext(split.bottom, tokenizer, anchors, cfg.attack, seed=cfg.seed)
         labelled = get_spec(dataset).task == "classification"
-        attacks = [a for name in attack_names(cfg.attack, attributes, labelled) for a in ATTACKS[name](ctx, attributes)]
-        mechanism = build_mechanism(cfg.mechanism, split, tokenizer, model_id, seed=cfg.seed + ATTACKER_SEED_OFFSET)
-        mechanism.fit(aux)
-        aux_obs = observe(split.bottom, mechanism, aux, tokenizer.pad_token_id)
-        suite = cls(ctx, attacks, aux_size=len(aux), aux_dropped=dropped)
-        for attack in attacks:
-            start = time.perf_counter()
-            attack.fit(aux_obs)
-            suite.fit_s[attack.name] = time.perf_counter() - start
-            log(
-                f"privtune-ray: fitted {attack.name} on {len(aux)} auxiliary sentences ({suite.fit_s[attack.name]:.1f} s)"
-            )
+        suite = cls(ctx, [], aux_size=len(aux), aux_dropped=dropped)
+        for attacker in cfg.attack.attackers:
+            if attacker == "adaptive":
+                seed = cfg.seed + ATTACKER_SEED_OFFSET
+                mechanism = build_mechanism(cfg.mechanism, split, tokenizer, model_id, seed=seed)
+                mechanism.fit(aux)
+            else:  # static: the clean bottom outputs
+                mechanism = Mechanism(cfg.seed)
+            aux_obs = observe(split.bottom, mechanism, aux, tokenizer.pad_token_id)
+            for name in attack_names(cfg.attack, attributes, labelled):
+                for attack in ATTACKS[name](ctx, attributes):
+                    attack.attacker = attacker
+                    start = time.perf_counter()
+                    attack.fit(aux_obs)
+                    key = suite.key(attack)
+                    suite.fit_s[key] = time.perf_counter() - start
+                    suite.attacks.append(attack)
+                    log(f"privtune-ray: fitted {key} on {len(aux)} auxiliary sentences ({suite.fit_s[key]:.1f} s)")
         return suite
+
+    def key(self, attack: Attack) -> str:
+        """The attack's name, tagged ``name@attacker`` where its attacker model is not the first's (``by_name``)."""
+        primary = self.attacks[0].attacker if self.attacks else attack.attacker
+        return attack.name if attack.attacker == primary else f"{attack.name}@{attack.attacker}"
 
     def run(self, victims: Observations) -> list[dict]:
         """One round: every attack on ``victims``; one row per attack with its scores and seconds."""
@@ -145,10 +158,11 @@ class AttackSuite:
             rows.append(
                 {
                     "attack": attack.name,
+                    "attacker": attack.attacker,
                     "kind": attack.kind,
                     **scores,
                     "seconds": time.perf_counter() - start,
-                    "fit_s": self.fit_s.get(attack.name, 0.0),
+                    "fit_s": self.fit_s.get(self.key(attack), 0.0),
                 }
             )
         return rows
@@ -161,23 +175,40 @@ class AttackSuite:
         }
 
 
+def by_name(rows: list[dict]) -> dict[str, dict]:
+    """A round's rows keyed by attack name, tagged ``name@attacker`` where the attacker model is not the first's."""
+    first = rows[0].get("attacker", "adaptive") if rows else "adaptive"
+    tag = lambda r: "" if r.get("attacker", "adaptive") == first else f"@{r['attacker']}"  # noqa: E731
+    return {f"{r['attack']}{tag(r)}": r for r in rows}
+
+
+LABELS = ("attack", "attacker", "kind")  # a row's labels; every other field is a metric
+
+
 def long_rows(rows: list[dict], **keys) -> list[dict]:
-    """Rows of (``keys``, attack, kind, metric, value): one CSV schema for every attack's metrics."""
+    """Rows of (``keys``, attack, attacker, kind, metric, value): one CSV schema for every attack's metrics."""
     return [
-        {**keys, "attack": r["attack"], "kind": r["kind"], "metric": k, "value": float(v)}
+        {**keys, **{k: r.get(k, "adaptive") for k in LABELS}, "metric": k, "value": float(v)}
         for r in rows
         for k, v in r.items()
-        if k not in ("attack", "kind")
+        if k not in LABELS
     ]
 
 
 def headline(rows: list[dict]) -> dict:
-    """The numbers a privacy–utility plot needs: the best attack of each kind."""
-    inversion = [r["asr_top1"] for r in rows if r["kind"] == "inversion"]
-    attribute = [r["advantage"] for r in rows if r["kind"] == "attribute"]
+    """The numbers a privacy–utility plot needs: the best attack of each kind, for the first attacker model, and
+    the best inversion per attacker model (``max_eia_asr_top1_by_attacker``)."""
+    attackers = list(dict.fromkeys(r.get("attacker", "adaptive") for r in rows))
+
+    def best(kind: str, metric: str, attacker: str):
+        values = [r[metric] for r in rows if r["kind"] == kind and r.get("attacker", "adaptive") == attacker]
+        return max(values) if values else None
+
+    first = attackers[0] if attackers else "adaptive"
     return {
-        "max_eia_asr_top1": max(inversion) if inversion else None,
-        "max_aia_advantage": max(attribute) if attribute else None,
+        "max_eia_asr_top1": best("inversion", "asr_top1", first),
+        "max_aia_advantage": best("attribute", "advantage", first),
+        "max_eia_asr_top1_by_attacker": {a: best("inversion", "asr_top1", a) for a in attackers},
     }
 
 

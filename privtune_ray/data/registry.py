@@ -43,6 +43,7 @@ class DatasetSpec:
     label_names: tuple[str, ...] = ()
     attributes: tuple[str, ...] = ()  # private attributes (strings) kept for attribute inference
     keep: Callable[[str, Row], bool] | None = None  # split filter, for datasets split from one file
+    unlabelled: tuple[str, ...] = ()  # splits whose file has no label column (label -1): public text, never trained on
     hub: HubSource | None = None
     notes: str = ""
 
@@ -144,13 +145,14 @@ def _hub_squad(row: Row) -> Row:
 DATASETS: dict[str, DatasetSpec] = {
     "sst2": DatasetSpec(
         name="sst2",
-        description="GLUE SST-2 binary sentiment (67,349 train / 872 dev)",
+        description="GLUE SST-2 binary sentiment (67,349 train / 872 dev / 1,821 unlabelled test)",
         folder="sst2",
-        files={"train": "train.tsv", "dev": "dev.tsv"},
+        files={"train": "train.tsv", "dev": "dev.tsv", "test": "test.tsv"},
+        unlabelled=("test",),  # GLUE keeps the test labels hidden: public in-domain text (train.warm_start)
         task="classification",
         to_example=_sst2,
         label_names=("negative", "positive"),
-        hub=HubSource("stanfordnlp/sst2", None, {"train": "train", "dev": "validation"}, _hub_sst2),
+        hub=HubSource("stanfordnlp/sst2", None, {"train": "train", "dev": "validation", "test": "test"}, _hub_sst2),
     ),
     "financial_phrasebank": DatasetSpec(
         name="financial_phrasebank",
@@ -344,7 +346,10 @@ def _load_local(spec: DatasetSpec, split: str, path: Path):
     if len(ds) == 0:
         raise DataError(f"dataset file {path} holds no rows (it is empty, or a header line only): restore it")
     keep = (lambda row: spec.keep(split, row)) if spec.keep is not None else None
-    return _normalise(ds, spec.to_example, keep, str(path))
+    to_example = spec.to_example
+    if split in spec.unlabelled:
+        to_example = lambda row: spec.to_example({"label": -1, **row})  # noqa: E731
+    return _normalise(ds, to_example, keep, str(path))
 
 
 def _load_hub(spec: DatasetSpec, split: str, missing: Path | None):

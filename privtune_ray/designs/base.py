@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from ..config import VariantParams
 from ..errors import ConfigError
 from ..simulation.protocol import DeviceReport, DeviceResult, DeviceTask, EvalResult, StepResult, TopResult
 
@@ -82,9 +83,13 @@ class Design(ABC):
     poisson: ClassVar[bool] = False  # rounds are Poisson samples of the data (DP-SGD)
     uploads_per_sample_tensor: ClassVar[bool] = True  # a per-sample tensor leaves the device: the attacks' target
     returns_gradients: ClassVar[bool] = False  # the cloud sends per-sample gradients back: a label attack's target
+    Params: ClassVar[type[VariantParams]] = (
+        VariantParams  # its own keys of the ``design`` section (beside ``name``, ``bits``)
+    )
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
+        self.params = self.Params.of(cfg.design)
 
     # ------------------------------------------------------------------ configuration
 

@@ -37,7 +37,7 @@ from ..accounting import (
     pld_epsilon,
     rdp_epsilon,
 )
-from ..config import Config, DesignConfig
+from ..config import Config, VariantParams, require
 from ..errors import ConfigError
 from ..message import Message
 from ..simulation.protocol import StepResult
@@ -46,6 +46,35 @@ from .base import Design, RoundContext
 from .split import SplitDesign
 
 UNDERSTATED_TOLERANCE = 0.10  # a plan whose PLD ε exceeds the target by more than this fraction stops (see plan_dp_sgd)
+
+
+@dataclass
+class EWTuneParams(VariantParams):
+    """EW-Tune's keys of the ``design`` section (defaults: ``config.DesignConfig``): the run spends ε =
+    ``target_epsilon`` (nats) at δ = ``delta``; per-sample gradients are clipped to L2 norm C = ``clip_norm``; σ is
+    searched in [0.3, ``max_noise_multiplier``] by ``calibrate_with`` (``edgeworth``, EW-Tune's estimate of order
+    ``edgeworth_order``, or ``pld``, the bound); a plan whose PLD ε exceeds the target by more than 10 % stops
+    unless ``allow_understated_epsilon``."""
+
+    target_epsilon: float
+    delta: float
+    clip_norm: float
+    max_noise_multiplier: float
+    edgeworth_order: int
+    calibrate_with: str
+    allow_understated_epsilon: bool
+
+    def validate(self, key: str) -> None:
+        require(self.target_epsilon > 0, f"{key}.target_epsilon", "must be > 0")
+        require(0 < self.delta < 1, f"{key}.delta", "must be in (0, 1), e.g. 1e-5")
+        require(self.clip_norm > 0, f"{key}.clip_norm", "must be > 0")
+        require(self.max_noise_multiplier > 0.3, f"{key}.max_noise_multiplier", "must be > 0.3")
+        require(self.edgeworth_order in (1, 2), f"{key}.edgeworth_order", "must be 1 or 2")
+        require(
+            self.calibrate_with in ("edgeworth", "pld"),
+            f"{key}.calibrate_with",
+            f"must be edgeworth (EW-Tune's estimate) or pld (the dp-accounting bound), got {self.calibrate_with!r}",
+        )
 
 
 @dataclass
@@ -108,7 +137,7 @@ def _edgeworth_or_nan(order: int, delta: float, q: float, sigma: float, steps: i
         return float("nan")
 
 
-def _out_of_range(design: DesignConfig, exc: SigmaOutOfRange, q: float, steps: int) -> str:
+def _out_of_range(design: EWTuneParams, exc: SigmaOutOfRange, q: float, steps: int) -> str:
     """The calibration's :class:`SigmaOutOfRange` in config keys: one line naming the fix."""
     where = f"q = {q:.3g}, {steps} steps, delta = {design.delta:g}"
     t, accountant = design.target_epsilon, {"edgeworth": "Edgeworth", "pld": "PLD"}[design.calibrate_with]
@@ -132,7 +161,7 @@ def _out_of_range(design: DesignConfig, exc: SigmaOutOfRange, q: float, steps: i
     )
 
 
-def plan_dp_sgd(design: DesignConfig, sample_rate: float, steps: int) -> DPPlan:
+def plan_dp_sgd(design: EWTuneParams, sample_rate: float, steps: int) -> DPPlan:
     """Calibrate σ for ``design.target_epsilon`` over ``steps`` Poisson steps of rate q = ``sample_rate``
     (``train``: batch_size / N; ``simulate``: the Poisson round's :meth:`Population.dp_sample_rate`).
 
@@ -302,6 +331,7 @@ class EWTuneDesign(SplitDesign):
     """
 
     name = "ewtune"
+    Params = EWTuneParams
     poisson = True
     defence = Design.defence  # labelled by the design (``ewtune``, ``ewtune+dchi``), not by the mechanism alone
 
@@ -336,13 +366,13 @@ class EWTuneDesign(SplitDesign):
 
     def prepare(self, population) -> None:
         self.expected_batch_size = population.expected_batch_size()
-        self.plan = plan_dp_sgd(self.cfg.design, population.dp_sample_rate(), steps=self.cfg.simulation.rounds)
+        self.plan = plan_dp_sgd(self.params, population.dp_sample_rate(), steps=self.cfg.simulation.rounds)
 
     def train_plan(self, n_train: int, batches_per_epoch: int, max_steps: int | None) -> tuple[int, int]:
         """1/q Poisson batches per epoch; σ calibrated for the whole run."""
         q = self.cfg.train.batch_size / n_train
         per_epoch, total = super().train_plan(n_train, steps_per_epoch(min(1.0, q)), max_steps)
-        self.plan = plan_dp_sgd(self.cfg.design, q, total)
+        self.plan = plan_dp_sgd(self.params, q, total)
         return per_epoch, total
 
     def train_batches(self, split, batches_per_epoch: int, seed: int) -> list[np.ndarray]:
@@ -378,6 +408,7 @@ __all__ = [
     "DPTopServer",
     "EWTuneDesign",
     "dp_top",
+    "EWTuneParams",
     "plan_dp_sgd",
     "poisson_batches",
     "spent_epsilon",

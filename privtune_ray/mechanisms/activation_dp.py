@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import abc
 import math
+from dataclasses import dataclass
 
 import dp_accounting
 import torch
 
 from ..accounting.reference import epsilon_of_event
 from ..accounting.validation import check_delta, check_noise_multiplier
+from ..config import VariantParams, require
 from ..errors import ConfigError
 from .base import Guarantee, Mechanism, real_tokens
 
@@ -31,8 +33,28 @@ def clip_rows(h: torch.Tensor, clip_norm: float, p: int) -> torch.Tensor:
     return h * torch.clamp(clip_norm / norms.clamp_min(1e-12), max=1.0)
 
 
+@dataclass
+class ClippedNoiseParams(VariantParams):
+    """Rows clipped to norm C = ``clip_norm`` (L2 for gaussian, L1 for laplace), then noise of scale
+    ``noise_multiplier``·C (σ of Gaussian, λ of Laplace); ``delta``: δ of the (ε, δ) statement."""
+
+    noise_multiplier: float
+    clip_norm: float
+    delta: float
+
+    def validate(self, key: str) -> None:
+        require(self.noise_multiplier > 0, f"{key}.noise_multiplier", "must be > 0")
+        require(self.clip_norm > 0, f"{key}.clip_norm", "must be > 0")
+        require(0 < self.delta < 1, f"{key}.delta", "must be in (0, 1), e.g. 1e-5")
+
+
 class _ClippedNoise(Mechanism, abc.ABC):
     norm_p = 2
+    Params = ClippedNoiseParams
+
+    @classmethod
+    def from_params(cls, params, split, tokenizer, model_id, seed=0):
+        return cls(params.noise_multiplier, params.clip_norm, params.delta, seed)
 
     def __init__(self, noise_multiplier: float, clip_norm: float, delta: float = 1e-5, seed: int = 0):
         check_noise_multiplier(noise_multiplier), check_delta(delta)

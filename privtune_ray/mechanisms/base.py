@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..config import VariantParams
 from ..data.batching import TokenizedSplit
 from ..errors import NonFiniteRelease
 from ..message import zero_padding
@@ -46,9 +47,24 @@ class Guarantee:
 
 
 class Mechanism:
-    """Base class; the identity (``none``: plain split learning, the utility upper bound)."""
+    """Base class; the identity (``none``: plain split learning, the utility upper bound).
+
+    A mechanism's keys of the ``mechanism`` config section are its ``Params`` dataclass (``VariantParams``);
+    :meth:`from_params` builds it from them (``MECHANISMS`` maps a config name to the class)."""
 
     name = "none"
+    Params: type[VariantParams] = VariantParams  # none reads no key
+
+    @classmethod
+    def from_params(cls, params: Any, split: Any, tokenizer: Any, model_id: str, seed: int = 0) -> Mechanism:
+        """The mechanism with these parameters, for the bottom of ``split`` (a SplitModel; None where the mechanism
+        needs no model) and its ``tokenizer``."""
+        return cls(seed)
+
+    @classmethod
+    def guarantee_of(cls, params: Any, releases: int, max_length: int) -> Guarantee:
+        """The guarantee of these parameters, without a model (``privtune-ray account``)."""
+        return cls.from_params(params, None, None, "", 0).guarantee(releases, max_length)
 
     def __init__(self, seed: int = 0):
         self.reseed(seed)

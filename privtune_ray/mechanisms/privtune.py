@@ -26,42 +26,68 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..accounting.validation import check_eta
+from ..config import VariantParams, require
 from ..data.batching import TokenizedSplit, batch_indices, collate
 from ..errors import ConfigError
-from ..models.split import BottomModel
+from ..models.split import BottomModel, mean_pool
 from .base import Guarantee, Mechanism, real_tokens
 from .dchi import sample_dchi
 from .importance import token_importance
-from .privtune_graph import TokenGraph
+from .privtune_graph import TokenGraph, load_or_build_token_graph
 
 
 @dataclass
-class PrivTuneParams:
-    eta: float = 50.0  # η, per unit of L2 distance
-    radius: float = 2.0  # r, bound on ‖δ_i‖₂
-    s_min: float = 0.5  # smallest noise scale (most important tokens)
-    pgd_steps: int = 10  # K
-    pgd_step_size: float = 0.25  # α, as a fraction of r
-    lambda_s: float = 1.0
-    lambda_d: float = 1.0
-    lambda_p: float = 1.0  # weight of prediction consistency when proxy_head is on
-    proxy_head: bool = False
-    importance: bool = True  # off: w = 0 for every token, s_i = 1
-    importance_samples: int | None = 20000  # device samples used for importance (None: all)
+class PrivTuneParams(VariantParams):
+    """PrivTune's keys of the ``mechanism`` section (defaults: ``config.MechanismConfig``)."""
 
-    def validate(self) -> None:
-        check_eta(self.eta)
-        if not self.radius >= 0:
-            raise ConfigError(f"PrivTune radius r must be >= 0, got {self.radius}")
-        if not 0 < self.s_min <= 1:
-            raise ConfigError(f"PrivTune s_min must be in (0, 1], got {self.s_min}")
-        if self.pgd_steps < 0 or not self.pgd_step_size > 0:
-            raise ConfigError("PrivTune needs pgd_steps >= 0 and pgd_step_size > 0")
+    eta: float  # η, per unit of L2 distance
+    k: int  # neighbours per token in the k-NN token graph
+    n_hops: int  # n: the target comes from the ring N_n(v)
+    candidates: int  # ring members kept per token (nearest to its anchor)
+    radius: float  # r, bound on ‖δ_i‖₂
+    s_min: float  # smallest noise scale (most important tokens)
+    pgd_steps: int  # K
+    pgd_step_size: float  # α, as a fraction of r
+    lambda_s: float
+    lambda_d: float
+    lambda_p: float  # weight of prediction consistency when proxy_head is on
+    proxy_head: bool
+    importance: bool  # off: w = 0 for every token, s_i = 1
+    importance_samples: int | None  # device samples used for importance (None: all)
+    cache_dir: str | None  # token-graph cache (None: $PRIVTUNE_CACHE_DIR or ~/.cache/privtune-ray)
+
+    def validate(self, key: str) -> None:
+        require(self.eta > 0, f"{key}.eta", "must be > 0 (larger eta means less noise)")
+        require(self.k >= 1, f"{key}.k", "must be >= 1 (and below the vocabulary size)")
+        require(self.n_hops >= 1, f"{key}.n_hops", "must be >= 1")
+        require(self.candidates >= 1, f"{key}.candidates", "must be >= 1")
+        require(self.radius >= 0, f"{key}.radius", "must be >= 0")
+        require(0 < self.s_min <= 1, f"{key}.s_min", "must be in (0, 1]")
+        require(self.pgd_steps >= 0, f"{key}.pgd_steps", "must be >= 0")
+        require(self.pgd_step_size > 0, f"{key}.pgd_step_size", "must be > 0")
+        for name in ("lambda_s", "lambda_d", "lambda_p"):
+            require(getattr(self, name) >= 0, f"{key}.{name}", "must be >= 0")
+        require(
+            self.importance_samples is None or self.importance_samples > 0,
+            f"{key}.importance_samples",
+            "must be > 0 or null",
+        )
 
 
 class PrivTune(Mechanism):
     name = "privtune"
+    Params = PrivTuneParams
+
+    @classmethod
+    def from_params(cls, params, split, tokenizer, model_id, seed=0):
+        graph = load_or_build_token_graph(
+            split.bottom, tokenizer, model_id, params.k, params.n_hops, params.candidates, params.cache_dir
+        )
+        return cls(graph, split.bottom, tokenizer.all_special_ids, params, pad_id=tokenizer.pad_token_id, seed=seed)
+
+    @classmethod
+    def guarantee_of(cls, params, releases, max_length):
+        return privtune_guarantee(params, releases, proxy_used=params.proxy_head)
 
     def __init__(
         self,
@@ -72,7 +98,7 @@ class PrivTune(Mechanism):
         pad_id: int = 0,
         seed: int = 0,
     ):
-        params.validate()
+        params.validate("mechanism")
         super().__init__(seed)
         self.graph, self.bottom, self.p = graph, bottom, params
         self.special_ids = list(special_ids)
@@ -100,7 +126,7 @@ class PrivTune(Mechanism):
         pooled, labels = [], []
         for idx in batch_indices(data.lengths, 128, shuffle=False, bucketing=True):
             batch = collate(data, idx, self.pad_id)
-            pooled.append(_mean_pool(self.bottom(batch.input_ids, batch.attention_mask), batch.attention_mask))
+            pooled.append(mean_pool(self.bottom(batch.input_ids, batch.attention_mask), batch.attention_mask))
             labels.append(batch.labels)
         x, y = torch.cat(pooled), torch.cat(labels)
         with torch.random.fork_rng(devices=[]):  # initialised from this device's seed, not the global generator
@@ -183,12 +209,12 @@ class PrivTune(Mechanism):
 
     def _proxy_gradient(self, h: torch.Tensor, attention_mask: torch.Tensor):
         """δ ↦ ∇_δ KL(p(pool h) ‖ p(pool(h+δ))) for the device's proxy head (autograd)."""
-        reference = F.log_softmax(self.proxy(_mean_pool(h, attention_mask)), -1)
+        reference = F.log_softmax(self.proxy(mean_pool(h, attention_mask)), -1)
 
         def gradient(delta: torch.Tensor) -> torch.Tensor:
             delta = delta.detach().requires_grad_(True)
             with torch.enable_grad():
-                current = F.log_softmax(self.proxy(_mean_pool(h + delta, attention_mask)), -1)
+                current = F.log_softmax(self.proxy(mean_pool(h + delta, attention_mask)), -1)
                 kl = F.kl_div(current, reference, log_target=True, reduction="sum")
                 (grad,) = torch.autograd.grad(kl, delta)
             return grad
@@ -239,8 +265,3 @@ def privtune_guarantee(
             "prediction_consistency": "proxy head" if proxy_used else "skipped (no proxy head)",
         },
     )
-
-
-def _mean_pool(h: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    m = attention_mask.unsqueeze(-1).to(h.dtype)
-    return (h * m).sum(1) / m.sum(1).clamp_min(1)

@@ -94,6 +94,7 @@ class TopModel(nn.Module):
         self.context = family.context(base)
         self.blocks = nn.ModuleList(list(family.blocks(base))[m:])
         self.final = nn.Sequential(*family.final(base))
+        self.front: nn.Module | None = None  # a cloud denoiser before the first block (``models/denoiser.py``)
         if task == "causal-lm":
             if family.lm_head is None:
                 raise ModelError(
@@ -113,8 +114,15 @@ class TopModel(nn.Module):
             raise ModelError(
                 f"h from depth {depth} cannot enter a top model that holds blocks {self.m + 1}..{self.m + len(self.blocks)}"
             )
+        return self.head(self.features(hidden, attention_mask, start), attention_mask)
+
+    def features(self, hidden: torch.Tensor, attention_mask: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """The top's last hidden states [B, L, d] (after the final norm), the head's input: the front block (a cloud
+        denoiser, if any), then blocks ``start``.. of the top."""
+        if self.front is not None:
+            hidden = self.front(hidden, attention_mask)
         hidden = run_blocks(self.blocks[start:], hidden, self.context(hidden, attention_mask))
-        return self.head(self.final(hidden), attention_mask)
+        return self.final(hidden)
 
 
 @dataclass
@@ -149,3 +157,9 @@ def split_model(task_model: nn.Module, m: int, task: str = "classification", nam
     return SplitModel(
         bottom=bottom, top=top, family=family, m=m, depth=depth, task=task, hidden_size=hidden_size, name=name
     )
+
+
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """[B, L, d] → [B, d]: the mean over each sentence's real tokens (padding rows left out)."""
+    m = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp_min(1)

@@ -39,6 +39,7 @@ from ..data.batching import TokenizedSplit, batch_indices, collate
 from ..data.partition import partition
 from ..designs import design_for
 from ..designs.base import Design, RoundContext, RoundOutcome
+from ..errors import ConfigError
 from ..mechanisms import config_guarantee
 from ..message import CHANNELS, UPLINKS, Message, tensor_from_bytes
 from ..models.loading import load_task_model, load_tokenizer, resolve_model
@@ -81,6 +82,11 @@ class Setup:
 def prepare(cfg: Config) -> Setup:
     """Load the model and data, size the tiers, draw the population; every bad input fails here."""
     design = design_for(cfg, "simulate")
+    if cfg.train.warm_start.enabled or cfg.train.denoiser.kind != "none":
+        raise ConfigError(
+            "train.warm_start and train.denoiser run under `privtune-ray train` only (the top replicas of `simulate` "
+            "start from the pretrained top): set train.warm_start.enabled=false and train.denoiser.kind=none"
+        )
     spec = classification_spec(cfg, "simulate")
     sim = cfg.simulation
     seed_everything(cfg.seed)

@@ -96,6 +96,8 @@ def row_from_summary(summary: dict[str, Any]) -> dict[str, Any]:
     for accountant in ("edgeworth", "pld", "rdp"):  # EW-Tune: the DP-SGD ε spent, per accountant
         if f"epsilon_{accountant}" in spent:
             row[f"dp_epsilon_{accountant}"] = spent[f"epsilon_{accountant}"]
+    for attacker, asr in (summary.get("max_eia_asr_top1_by_attacker") or {}).items():  # adaptive, static
+        row[f"max_eia_asr_top1:{attacker}"] = asr
     for attack, result in (summary.get("attacks") or {}).items():
         metric = "asr_top1" if result.get("kind") == "inversion" else "advantage"
         row[f"{attack}:{metric}"] = result.get(metric)

@@ -25,6 +25,7 @@ from ..designs import design_for
 from ..errors import ConfigError
 from ..mechanisms import build_mechanism
 from ..message import Message
+from ..models.denoiser import build_denoiser
 from ..models.loading import load_split_model, load_tokenizer, resolve_model
 from ..progress import plain_lines, progress_bar
 from ..runs import RunSession, Summary, Totals
@@ -33,6 +34,7 @@ from .client import SplitClient
 from .generation import evaluate_generation
 from .lm_head import DeviceHead, HiddenStateServer, detach_head
 from .server import TopServer, apply_lora, build_optimizer, summed_loss
+from .warm_start import WARM_START_SEED_OFFSET, PublicBatches, load_public, prepare_top, uses_public_text
 
 
 def top_device(name: str) -> str:
@@ -181,6 +183,13 @@ def run_training(cfg: Config, out: str | os.PathLike | None = None, resume: bool
         aux, train_split = attacker_data(cfg, tokenizer, train_split)
     batches_per_epoch = -(-len(train_split) // cfg.train.batch_size)
     batches_per_epoch, total_steps = design.train_plan(len(train_split), batches_per_epoch, cfg.train.max_steps)
+    public = None  # the cloud's public text for its warm start and denoiser (never a device's data)
+    if uses_public_text(cfg):
+        public, public_dropped = load_public(cfg, tokenizer, [train_split.texts, eval_split.texts])
+    if cfg.train.denoiser.kind != "none":
+        split_model.top.front = build_denoiser(
+            cfg.train.denoiser.kind, split_model.hidden_size, cfg.train.denoiser.width
+        )
 
     session = RunSession.open(cfg, out, resume)
     run = session.run
@@ -194,6 +203,23 @@ def run_training(cfg: Config, out: str | os.PathLike | None = None, resume: bool
         attacks = AttackRounds(run, cfg.attack.victim_samples, suite=suite)
 
     top = split_model.top
+    public_record = {}
+    if public is not None and not (resume and session.has_checkpoint):  # a checkpoint holds the prepared top
+        cloud_mechanism = build_mechanism(
+            cfg.mechanism, split_model, tokenizer, model_id, seed=cfg.seed + WARM_START_SEED_OFFSET
+        )
+        cloud_mechanism.fit(public)  # PrivTune's importance from the public text, as the attacker's copy
+        batches = PublicBatches(
+            public, split_model.bottom, cloud_mechanism, cfg.train.warm_start.batch_size, pad_id, cfg.seed + 29
+        )
+        public_record = {
+            "public_sentences": len(public),
+            "public_dropped_as_private": public_dropped,
+            **prepare_top(cfg, top.to(device), batches, device, log=log),
+        }
+        run.write_json("public", public_record)
+    elif public is not None:
+        public_record = run.read_json("public")
     device_head = None
     if cfg.model.task == "causal-lm" and cfg.model.lm_head == "device":  # U-shaped: the head and the loss stay
         head = detach_head(top)
@@ -331,6 +357,9 @@ def run_training(cfg: Config, out: str | os.PathLike | None = None, resume: bool
             **lm_head,
             "comm_s": totals.comm_s,
             "trainable_params": sum(p.numel() for p in top.parameters() if p.requires_grad),
+            "warm_start": cfg.train.warm_start.objective if cfg.train.warm_start.enabled else "none",
+            "denoiser": cfg.train.denoiser.kind,
+            **public_record,
             **design.summary(None, totals.step),
             **attack_summary,
         },

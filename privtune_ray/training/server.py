@@ -20,14 +20,19 @@ from ..models.families import Family
 
 
 def apply_lora(top: nn.Module, family: Family, lora: LoraConfig) -> nn.Module:
-    """Wrap ``top`` with peft LoRA adapters on its blocks' projections; the head stays fully trainable."""
+    """Wrap ``top`` with peft LoRA adapters on its blocks' projections; the head (and a front denoiser) stay fully
+    trainable."""
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
 
     targets = lora.target_modules or list(family.lora_targets)
     pattern = rf".*blocks\.\d+\..*\b({'|'.join(targets)})"  # only inside the top's blocks, not the head
     config = PeftLoraConfig(
-        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=pattern, modules_to_save=["head"]
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=pattern,
+        modules_to_save=["head"] + (["front"] if getattr(top, "front", None) is not None else []),  # a cloud denoiser
     )
     return get_peft_model(top, config)
 

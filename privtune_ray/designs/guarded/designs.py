@@ -38,6 +38,7 @@ from .modules import (
     ClientAdapters,
     GuardedClient,
     GuardedLayout,
+    GuardedParams,
     MiddleServer,
     gradients_to_bytes,
     guarded_layout,
@@ -69,6 +70,7 @@ class DeviceExchange:
 class GuardedDesign(Design):
     """What the three designs share: the layout, the adapters' round trip, the clock of a multi-phase round."""
 
+    Params = GuardedParams
     commands = ("simulate",)
     channels = CHANNELS
     trains_middle: ClassVar[bool] = False  # online: the cloud's middle trains (gradients return up)
@@ -228,7 +230,7 @@ class GuardedDesign(Design):
                 "middle_blocks": span(lay.middle),
                 "top_adapter_blocks": span(list(range(lay.top_adapter_start, lay.depth))),
                 "emulator_blocks": [b + 1 for b in lay.emulator] if self.local_only else None,
-                "dcor_weight": self.cfg.design.dcor_weight if self.trains_bottom_adapter else 0.0,
+                "dcor_weight": self.params.dcor_weight if self.trains_bottom_adapter else 0.0,
                 "bits": self.cfg.design.bits,
                 "adapter_bytes_per_round": cloud.trainable_bytes,
                 "first_download_extra_bytes": cloud.first_extra_bytes,
@@ -246,9 +248,8 @@ class GuardedDesign(Design):
                 emulator = Blocks(copy.deepcopy(host.task_model), layout.emulator).requires_grad_(False).eval()
             adapters = ClientAdapters(host.task_model, layout, self.cfg.model.task)
             bottom = host.split(layout.m).bottom
-            design = self.cfg.design
             host.state["guarded"] = GuardedClient(
-                self.name, bottom, adapters, design.dcor_weight, design.bits, emulator
+                self.name, bottom, adapters, self.params.dcor_weight, self.cfg.design.bits, emulator
             )
         return host.state["guarded"]
 

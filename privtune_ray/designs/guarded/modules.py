@@ -35,6 +35,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
+from ...config import VariantParams, require
 from ...errors import ConfigError
 from ...message import CHANNELS, Message, tensor_from_bytes, tensor_to_bytes, zero_padding
 from ...models.split import BottomModel, TopModel, family_of, run_blocks
@@ -90,11 +91,26 @@ class GuardedLayout:
         return [middle[int(i)] for i in np.linspace(0, len(middle) - 1, n).round().astype(int)]
 
 
+@dataclass
+class GuardedParams(VariantParams):
+    """GuardedTuning's keys of the ``design`` section (defaults: ``config.DesignConfig``): a = ``adapter_layers``
+    trainable blocks at each end of the device's side, α = ``dcor_weight`` of α·dCor(E(x), A1) (online, offline),
+    and the fraction ``emulator_keep`` of the middle's blocks the offline emulator keeps."""
+
+    adapter_layers: int
+    dcor_weight: float
+    emulator_keep: float
+
+    def validate(self, key: str) -> None:
+        require(self.adapter_layers >= 1, f"{key}.adapter_layers", "must be >= 1 block per adapter")
+        require(self.dcor_weight >= 0, f"{key}.dcor_weight", "must be >= 0 (0: no decorrelation)")
+        require(0 < self.emulator_keep <= 1, f"{key}.emulator_keep", "must be in (0, 1]")
+
+
 def guarded_layout(cfg, depth: int) -> GuardedLayout:
     """The layout of ``cfg`` (a :class:`~privtune_ray.config.Config`) on a model of ``depth`` blocks."""
-    return GuardedLayout.check(
-        depth, cfg.model.split_depth, cfg.design.adapter_layers, cfg.design.emulator_keep, cfg.model.name
-    )
+    p = GuardedParams.of(cfg.design)
+    return GuardedLayout.check(depth, cfg.model.split_depth, p.adapter_layers, p.emulator_keep, cfg.model.name)
 
 
 class Blocks(nn.Module):
@@ -296,6 +312,7 @@ __all__ = [
     "MiddleServer",
     "gradients_from_bytes",
     "gradients_to_bytes",
+    "GuardedParams",
     "guarded_layout",
     "module_bytes",
 ]

@@ -1,0 +1,129 @@
+"""The cloud's levers on public text (issue 15): the warm start, the denoiser, and the refusals that keep them
+off private data."""
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from privtune_ray.checks import check_config
+from privtune_ray.cli import main
+from privtune_ray.config import load_config
+from privtune_ray.errors import ConfigError
+from privtune_ray.mechanisms import build_mechanism
+from privtune_ray.models.denoiser import TokenDenoiser
+from privtune_ray.models.split import split_model
+from privtune_ray.simulation.coordinator import prepare
+from privtune_ray.training.loop import run_training
+from privtune_ray.training.server import TopServer
+from privtune_ray.training.warm_start import PublicBatches, load_public, warm_start
+
+ROOT = Path(__file__).parents[1]
+BASELINE = str(ROOT / "simulations" / "sst2_baseline.yaml")
+SMALL = ["train.progress=false", "data.max_train_samples=256", "data.max_eval_samples=64", "train.log_every=2"]
+quiet = lambda *_: None  # noqa: E731
+LEVERS = ["mechanism.name=dchi", "mechanism.eta=20", "train.warm_start.enabled=true", "train.warm_start.samples=96"]
+
+
+@pytest.mark.parametrize(
+    "override,match",
+    [
+        ("train.warm_start.split=train", r"split 'train', which is data.train_split: .*private"),
+        ("train.warm_start.split=dev", r"split 'dev', which is data.eval_split"),
+        ("train.warm_start.split=validation", r"train.warm_start.split='validation': sst2 has the splits"),
+        (
+            "train.warm_start.objective=kl",
+            r"'train.warm_start.objective'.*unknown objective 'kl'.*\['hidden', 'pooled'\]",
+        ),
+        ("train.warm_start.dataset=imdb", r"'train.warm_start.dataset'.*unknown dataset 'imdb'"),
+        ("train.denoiser.kind=unet", r"'train.denoiser.kind'.*unknown denoiser 'unet'.*none or one of \['mlp'\]"),
+        ("train.warm_start.steps=0", r"'train.warm_start.steps'.*>= 1"),
+    ],
+)
+def test_a_public_source_that_is_private_or_unknown_is_refused_naming_it(override, match, tmp_path):
+    with pytest.raises(ConfigError, match=match):
+        check_config(load_config(BASELINE, [*LEVERS, override]))
+    args = ["train", BASELINE, "--out", str(tmp_path / "run"), *sum((["--set", s] for s in [*LEVERS, override]), [])]
+    assert main(args) == 2 and not (tmp_path / "run").exists()
+
+
+def test_simulate_refuses_the_levers_it_does_not_run():
+    with pytest.raises(ConfigError, match="run under `privtune-ray train` only"):
+        prepare(load_config(str(ROOT / "simulations" / "sst2_devices.yaml"), ["train.warm_start.enabled=true"]))
+
+
+def test_public_text_leaves_out_every_private_sentence(tokenizer):
+    cfg = load_config(BASELINE, [*LEVERS, "train.warm_start.samples=null"])
+    public, _ = load_public(cfg, tokenizer, [[]])
+    private = public.texts[:7] + ["a sentence of no public split"]
+    kept, dropped = load_public(cfg, tokenizer, [private[:4], private[4:]])
+    assert dropped == 7 and len(kept) == len(public) - 7 and not set(kept.texts) & set(private)
+
+
+def test_the_warm_start_brings_the_tops_features_on_noisy_input_towards_the_clean_ones(minilm, tokenizer):
+    """``hidden`` distillation on 96 public sentences: the relative distance between the top's features on h̃ and
+    the clean pretrained top's on h falls, on held-out public sentences too."""
+    cfg = load_config(BASELINE, LEVERS)
+    public, _ = load_public(cfg, tokenizer, [[]])
+    split = split_model(copy.deepcopy(minilm), 2)
+    mech = build_mechanism(cfg.mechanism, split, tokenizer, "", seed=5)
+    train, held_out = public.subset(range(64)), public.subset(range(64, 96))
+    pad = tokenizer.pad_token_id
+
+    def distance(top, data):
+        h, noisy, mask = PublicBatches(data, split.bottom, mech, 32, pad, seed=1).next()
+        with torch.no_grad():
+            clean = top.features(h, mask)
+            real = mask.bool()
+            return float((top.features(noisy, mask) - clean)[real].pow(2).sum() / clean[real].pow(2).sum())
+
+    top = split.top
+    top.front = TokenDenoiser(split.hidden_size, 64)
+    before = distance(top, held_out)
+    losses = warm_start(top, PublicBatches(train, split.bottom, mech, 16, pad, seed=0), 30, 3e-4, "hidden", "cpu")
+    assert losses[-1] < 0.7 * losses[0]
+    assert distance(top, held_out) < 0.8 * before
+
+
+def test_train_with_warm_start_and_denoiser_records_them_and_resumes_to_the_same_result(tmp_path, monkeypatch):
+    """The levers run once, before the first step: a run interrupted at step 3 resumes from its checkpoint (which
+    holds the prepared top, denoiser included) without rerunning them, and ends where an uninterrupted run ends."""
+    cfg = load_config(
+        BASELINE,
+        [
+            *SMALL,
+            *LEVERS,
+            "train.warm_start.steps=6",
+            "train.denoiser.kind=mlp",
+            "train.denoiser.width=32",
+            "train.denoiser.pretrain_steps=4",
+            "train.max_steps=4",
+            "train.checkpoint_every=2",
+        ],
+    )
+    whole = json.loads((run_training(cfg, out=tmp_path / "whole", log=quiet) / "summary.json").read_text())
+    assert whole["warm_start"] == "hidden" and whole["denoiser"] == "mlp"
+    assert whole["public_sentences"] == 96 and whole["public_dropped_as_private"] == 0
+    assert len(whole["warm_start_loss"]) == 2 and len(whole["denoiser_pretrain_loss"]) == 2
+    assert json.loads((tmp_path / "whole" / "public.json").read_text())["warm_start_loss"] == whole["warm_start_loss"]
+
+    calls, original = {"n": 0}, TopServer.train_step
+
+    def dies_at_step_3(self, msg):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return original(self, msg)
+
+    monkeypatch.setattr(TopServer, "train_step", dies_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        run_training(cfg, out=tmp_path / "cut", log=quiet)
+    monkeypatch.setattr(TopServer, "train_step", original)
+    ran = []
+    monkeypatch.setattr("privtune_ray.training.loop.prepare_top", lambda *a, **k: ran.append(1) or {})
+    resumed = json.loads((run_training(cfg, out=tmp_path / "cut", resume=True, log=quiet) / "summary.json").read_text())
+    assert not ran  # the checkpoint holds the prepared top
+    assert resumed["warm_start_loss"] == whole["warm_start_loss"]
+    assert resumed["dev_loss"] == pytest.approx(whole["dev_loss"], abs=1e-5)
