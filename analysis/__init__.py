@@ -8,6 +8,7 @@
     overhead        per-device cost by tier of a simulation (bytes, compute, simulated time)
     timeline        Gantt chart of one simulated round
     headline        best utility under an ASR threshold per mechanism, and a Markdown table formatter
+    seeds           settings over seeds (mean ± std) and the frontier over seeds per attacker model
     report          ``write_report``: everything above into PNGs and ``report.md``
 
 Run ``python -m analysis DIR [--out OUT]`` (or ``privtune-ray report DIR``).

@@ -73,3 +73,52 @@ def plot_frontier(table: pd.DataFrame, path: str | Path, threshold: float | None
         )
     figure_legend(fig, axes)
     return save(fig, path, "Privacy–utility frontier (lower ASR and higher accuracy are better)")
+
+
+def plot_frontier_over_seeds(
+    summary: pd.DataFrame, path: str | Path, thresholds: tuple[float, ...] = (0.05, 0.10, 0.20, 0.30)
+) -> Path:
+    """One panel per attacker model: each setting (``seeds.over_seeds``) at its mean max EIA ASR and mean utility,
+    with the seeds' std as error bars both ways; dotted lines mark the ASR ``thresholds``."""
+    tagged = [c[: -len("_mean")] for c in summary.columns if c.startswith(f"{X}:") and c.endswith("_mean")]
+    columns = tagged or [X]
+    if summary.empty:
+        raise NothingToPlot("no setting has finished points")
+    colors = mechanism_colors(summary["mechanism"].dropna())
+    fig, axes = panels(len(columns), size=(6.0, 4.6), sharey=True)
+    for ax, column in zip(axes, columns):
+        attacker = column.partition(":")[2] or "adaptive"
+        for mechanism in mechanisms(summary):
+            part = summary[summary["mechanism"] == mechanism].sort_values(f"{column}_mean")
+            ax.errorbar(
+                100 * part[f"{column}_mean"],
+                100 * part["utility_mean"],
+                xerr=100 * part[f"{column}_std"].fillna(0),
+                yerr=100 * part["utility_std"].fillna(0),
+                fmt="*" if mechanism == REFERENCE else "o",
+                ms=12 if mechanism == REFERENCE else 5,
+                capsize=3,
+                color=colors[mechanism],
+                label=mechanism,
+            )
+            for _, row in part.iterrows():
+                if row["setting"]:
+                    ax.annotate(
+                        row["setting"],
+                        (100 * row[f"{column}_mean"], 100 * row["utility_mean"]),
+                        textcoords="offset points",
+                        xytext=(4, 3),
+                        fontsize=6,
+                        color=colors[mechanism],
+                    )
+        for t in thresholds:
+            ax.axvline(100 * t, ls=":" if t != 0.10 else "--", color="grey", lw=1)
+        label(
+            ax,
+            f"{attacker} attacker",
+            "max EIA ASR top-1 (%), mean ± std over seeds",
+            "utility (%), mean ± std",
+            legend=False,
+        )
+    figure_legend(fig, axes)
+    return save(fig, path, "Privacy–utility frontier over seeds (dotted: 5 / 20 / 30 % ASR, dashed: 10 %)")

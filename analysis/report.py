@@ -17,10 +17,11 @@ from privtune_ray.errors import ConfigError
 
 from .attack_success import plot_attack_success
 from .communication import channels_per_sample, plot_channels, plot_communication, plot_simulation_communication
-from .frontier import plot_frontier
+from .frontier import plot_frontier, plot_frontier_over_seeds
 from .headline import headline_table, markdown_table
 from .learning_curve import plot_learning_curve, plot_time_and_bytes
 from .overhead import overhead_by_tier, plot_overhead
+from .seeds import SEED, frontier_over_seeds, over_seeds
 from .style import KIB, MIB, NothingToPlot
 from .tables import (
     ADVANTAGE,
@@ -202,6 +203,7 @@ def _sweep_section(path: Path, root: Path, out: Path, threshold: float) -> str:
         f"{len(table)} finished point(s), {len(failed)} failed.",
         "### Privacy–utility frontier",
         _figure(out, f"frontier-{slug}.png", "privacy–utility frontier", plot_frontier, table, threshold=threshold),
+        *_seed_parts(table, out, slug, threshold),
         "### Attack success",
         f"Each mechanism at its best-utility point with max EIA ASR ≤ {100 * threshold:g}%, or, without one,"
         " at its lowest-ASR (strongest-noise) point.",
@@ -217,6 +219,35 @@ def _sweep_section(path: Path, root: Path, out: Path, threshold: float) -> str:
         markdown_table(failed.dropna(axis=1, how="all"), "g") if not failed.empty else "None.",
     ]
     return "\n\n".join(parts)
+
+
+def _seed_parts(table: pd.DataFrame, out: Path, slug: str, threshold: float) -> list[str]:
+    """The frontier over seeds, where the sweep swept ``seed``: the best setting per mechanism and attacker model
+    at each ASR bound (mean ± std), every setting, and the plot with error bars."""
+    if SEED not in table.columns or table[SEED].nunique() < 2:
+        return []
+    summary = over_seeds(table)
+    bounds = sorted({0.05, threshold, 0.20, 0.30})
+    best = pd.concat([frontier_over_seeds(table, b).assign(bound=b) for b in bounds], ignore_index=True)
+    best["utility"] = [_pm(m, s) for m, s in zip(best["utility_mean"], best["utility_std"])]
+    best["max EIA ASR"] = [_pm(m, s) for m, s in zip(best["max_eia_asr"], best["max_eia_asr_std"])]
+    best["bound"] = [f"≤ {100 * b:g}%" for b in best["bound"]]
+    shown = best[
+        ["bound", "mechanism", "attacker", "setting", "seeds", "utility", "max EIA ASR", "meets_bound", "drop_points"]
+    ]
+    return [
+        "### Frontier over seeds",
+        f"Per mechanism and attacker model, the setting of best mean utility whose mean max EIA ASR top-1 is within "
+        f"each bound (mean ± std over {int(table[SEED].nunique())} seeds, in %; `meets_bound` false: no setting is "
+        f"within it, the lowest-ASR one is shown). Adaptive: the inverters are fitted through the attacker's copy of "
+        f"the mechanism; static: on clean outputs.",
+        markdown_table(shown, ".1f"),
+        _figure(out, f"frontier-seeds-{slug}.png", "frontier over seeds", plot_frontier_over_seeds, summary),
+    ]
+
+
+def _pm(mean: float, std: float) -> str:
+    return f"{100 * mean:.1f} ± {100 * std:.1f}" if not pd.isna(std) else f"{100 * mean:.1f}"
 
 
 def _channel_parts(table: pd.DataFrame, out: Path, slug: str) -> list[str]:

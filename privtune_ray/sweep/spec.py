@@ -55,6 +55,7 @@ SHORT_KEYS = {
     "design.target_epsilon": "eps",
     "design.calibrate_with": "cal-",
     "seed": "seed",
+    "train.warm_start.enabled": "warm",
 }
 NAME_KEYS = (MECHANISM_KEY, DESIGN_KEY)
 

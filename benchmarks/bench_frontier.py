@@ -1,0 +1,108 @@
+"""The privacy–utility frontier (issue 15): run (or resume) the frontier sweep, then write its targets.
+
+For each mechanism (``privtune``, ``dchi``) and attacker model (``adaptive``, ``static``): the setting of best mean
+SST-2 dev accuracy over seeds whose mean max EIA ASR top-1 is at most 10 %, with the seeds' std, beside the
+undefended ``none``; the targets of the issue are checked against them and written as measured, met or not.
+
+    python benchmarks/bench_frontier.py [--sweep-dir runs/sst2-frontier] [--config simulations/sst2_frontier.yaml]
+        [--set key=value ...] [--measure-only] [--out benchmarks/results/frontier.json]
+
+The sweep is resumable: rerunning the command runs only the points not yet finished (``--measure-only`` runs
+none and summarises what is there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).parents[1]))  # the analysis package beside privtune_ray
+
+from analysis.seeds import frontier_over_seeds, over_seeds  # noqa: E402
+from analysis.tables import load_sweep as load_table  # noqa: E402
+from privtune_ray.benchmarking import write_results  # noqa: E402
+from privtune_ray.cli import main as cli  # noqa: E402
+
+BOUND = 0.10
+PAPER_DROP = 3.33  # points: PrivTune's reported utility drop at 10 % ASR (RoBERTa, SST)
+
+
+def _clean(value):
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def summarise(sweep_dir: Path) -> dict:
+    table = load_table(sweep_dir)
+    best = frontier_over_seeds(table, BOUND)
+    out: dict = {}
+    for mechanism, part in best.groupby("mechanism"):
+        out[mechanism] = {
+            row["attacker"]: {
+                "utility_mean": _clean(row["utility_mean"]),
+                "utility_std": _clean(row["utility_std"]),
+                "max_eia_asr": _clean(row["max_eia_asr"]),
+                "max_eia_asr_std": _clean(row["max_eia_asr_std"]),
+                "meets_bound": bool(row["meets_bound"]),
+                "seeds": int(row["seeds"]),
+                "setting": row["setting"],
+            }
+            for _, row in part.iterrows()
+        }
+    reference = out.get("none", {})
+    undefended = next(iter(reference.values()), {}).get("utility_mean")
+    targets = {}
+    for attacker, pt in out.get("privtune", {}).items():
+        dchi = out.get("dchi", {}).get(attacker, {})
+        spread = max(pt.get("utility_std") or 0.0, dchi.get("utility_std") or 0.0)
+        targets[attacker] = {
+            "privtune_utility_at_10pct": pt["utility_mean"] if pt["meets_bound"] else None,
+            "adaptive_target_80pct_met": attacker == "adaptive" and pt["meets_bound"] and pt["utility_mean"] >= 0.80,
+            "drop_points": None if undefended is None else 100 * (undefended - pt["utility_mean"]),
+            "paper_drop_points": PAPER_DROP,
+            "privtune_minus_dchi_points": (
+                100 * (pt["utility_mean"] - dchi["utility_mean"]) if dchi and pt["meets_bound"] else None
+            ),
+            "seeds_spread_points": 100 * spread,
+            "privtune_beats_dchi_beyond_spread": bool(
+                dchi and pt["meets_bound"] and pt["utility_mean"] - dchi["utility_mean"] > spread
+            ),
+        }
+    settings = over_seeds(table)
+    return {
+        **out,
+        "undefended_utility": undefended,
+        "targets": targets,
+        "bound": BOUND,
+        "settings": [{k: _clean(v) for k, v in r.items()} for r in settings.to_dict("records")],
+        "points": len(table),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", default="simulations/sst2_frontier.yaml")
+    parser.add_argument("--sweep-dir", default="runs/sst2-frontier")
+    parser.add_argument("--set", action="append", default=[], help="key=value for the sweep's base config")
+    parser.add_argument("--measure-only", action="store_true", help="summarise the points already finished")
+    parser.add_argument("--out", default="benchmarks/results/frontier.json")
+    args = parser.parse_args()
+    if not args.measure_only:
+        rc = cli(["sweep", args.config, "--out", args.sweep_dir, *sum((["--set", s] for s in args.set), [])])
+        if rc != 0:
+            return rc
+    results = {
+        "benchmark": "frontier",
+        "sweep": args.sweep_dir,
+        "config": args.config,
+        **summarise(Path(args.sweep_dir)),
+    }
+    write_results(args.out, results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
