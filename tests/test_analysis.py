@@ -324,3 +324,76 @@ def test_bad_directory_raises_config_error(tmp_path):
         write_report(tmp_path)
     with pytest.raises(ConfigError, match="privtune-ray sweep"):
         write_report(tmp_path / "missing")
+
+
+# ---------------------------------------------------------------- settings over seeds (issue 15)
+
+# (mechanism, eta, warm, seed, utility, adaptive ASR, static ASR)
+SEEDED = [
+    *[("none", np.nan, np.nan, s, u, 0.9, 0.9) for s, u in ((0, 0.88), (1, 0.86), (2, 0.87))],
+    *[("privtune", 4.0, False, s, u, a, 0.03) for s, u, a in ((0, 0.60, 0.06), (1, 0.62, 0.08), (2, 0.58, 0.07))],
+    *[("privtune", 4.0, True, s, u, a, 0.03) for s, u, a in ((0, 0.70, 0.06), (1, 0.74, 0.08), (2, 0.72, 0.07))],
+    *[("privtune", 6.0, True, s, u, a, 0.08) for s, u, a in ((0, 0.80, 0.10), (1, 0.82, 0.14), (2, 0.81, 0.12))],
+    *[("dchi", 4.0, True, s, u, a, 0.05) for s, u, a in ((0, 0.69, 0.09), (1, 0.71, 0.09), (2, 0.70, 0.09))],
+]
+
+
+def _seeded_sweep(path):
+    rows = []
+    for mechanism, eta, warm, seed, utility, adaptive, static in SEEDED:
+        row = {k: np.nan for k in ROW_KEYS}
+        slug = f"{mechanism}-eta{eta:g}-seed{seed}-warm{warm}" if mechanism != "none" else f"none-seed{seed}"
+        row.update(
+            point=slug,
+            status="done",
+            mechanism=mechanism,
+            split_depth=2,
+            utility=utility,
+            max_eia_asr_top1=adaptive,
+            error="",
+            **{
+                "mechanism.name": mechanism,
+                "mechanism.eta": eta,
+                "train.warm_start.enabled": warm,
+                "seed": seed,
+                "max_eia_asr_top1:adaptive": adaptive,
+                "max_eia_asr_top1:static": static,
+                "eia_knn_l2:asr_top1": static,
+            },
+        )
+        rows.append(row)
+    path.mkdir(parents=True)
+    pd.DataFrame(rows).to_csv(path / "sweep.csv", index=False)
+    return path
+
+
+def test_settings_over_seeds_give_mean_and_std_per_attacker_model(tmp_path):
+    from analysis.seeds import frontier_over_seeds, over_seeds
+
+    table = load_sweep(_seeded_sweep(tmp_path / "sweep"))
+    summary = over_seeds(table).set_index(["mechanism", "setting"])
+    warm4 = summary.loc[("privtune", "eta=4, warm=True")]
+    assert warm4["seeds"] == 3 and warm4["utility_mean"] == pytest.approx(0.72)
+    assert warm4["utility_std"] == pytest.approx(0.02) and warm4["max_eia_asr_top1:adaptive_mean"] == pytest.approx(
+        0.07
+    )
+    best = frontier_over_seeds(table, 0.10).set_index(["mechanism", "attacker"])
+    # adaptive: eta=6 is out (mean ASR 12 %), the warm start wins at eta=4; static: eta=6 is in (8 %)
+    assert best.loc[("privtune", "adaptive"), "setting"] == "eta=4, warm=True"
+    assert best.loc[("privtune", "static"), "setting"] == "eta=6, warm=True"
+    assert best.loc[("privtune", "static"), "utility_mean"] == pytest.approx(0.81)
+    assert best.loc[("privtune", "adaptive"), "drop_points"] == pytest.approx(15.0)
+    assert bool(best.loc[("dchi", "adaptive"), "meets_bound"]) and not bool(
+        best.loc[("none", "adaptive"), "meets_bound"]
+    )
+    tight = frontier_over_seeds(table, 0.05).set_index(["mechanism", "attacker"])
+    assert not bool(tight.loc[("privtune", "adaptive"), "meets_bound"])  # its lowest-ASR setting is shown instead
+
+
+def test_the_report_of_a_seeded_sweep_has_the_frontier_over_seeds(tmp_path):
+    sweep = _seeded_sweep(tmp_path / "sweep")
+    out = tmp_path / "report"
+    write_report(sweep, out)
+    text = (out / "report.md").read_text()
+    assert "### Frontier over seeds" in text and "72.0 ± 2.0" in text and "≤ 30%" in text
+    assert (out / "frontier-seeds-sweep.png").read_bytes()[:8] == PNG_MAGIC
