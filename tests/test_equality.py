@@ -159,8 +159,16 @@ def _golden() -> dict[str, dict[str, Any]]:
     return json.loads(GOLDEN.read_text())["cases"] if GOLDEN.is_file() else {}
 
 
-# The GuardedTuning cases are behind `slow`: test_guarded.py runs each design end to end in the default suite.
-SLOW_CASES = {"simulate-online", "simulate-gradfree", "simulate-offline"}
+# The default suite keeps one case per driver (train, simulate) on the mechanism with the most state (PrivTune);
+# the rest are behind `slow`: test_guarded.py and test_ewtune.py run those designs end to end by default.
+SLOW_CASES = {
+    "simulate-split-none",
+    "simulate-ewtune",
+    "simulate-online",
+    "simulate-gradfree",
+    "simulate-offline",
+    "train-ewtune",
+}
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c in SLOW_CASES else c for c in CASES])
