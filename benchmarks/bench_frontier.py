@@ -57,7 +57,8 @@ def summarise(sweep_dir: Path) -> dict:
     targets = {}
     for attacker, pt in out.get("privtune", {}).items():
         dchi = out.get("dchi", {}).get(attacker, {})
-        spread = max(pt.get("utility_std") or 0.0, dchi.get("utility_std") or 0.0)
+        stds = [x.get("utility_std") for x in (pt, dchi)]
+        spread = None if any(v is None for v in stds) else max(stds)  # unmeasured with one seed
         targets[attacker] = {
             "privtune_utility_at_10pct": pt["utility_mean"] if pt["meets_bound"] else None,
             "adaptive_target_80pct_met": attacker == "adaptive" and pt["meets_bound"] and pt["utility_mean"] >= 0.80,
@@ -66,13 +67,18 @@ def summarise(sweep_dir: Path) -> dict:
             "privtune_minus_dchi_points": (
                 100 * (pt["utility_mean"] - dchi["utility_mean"]) if dchi and pt["meets_bound"] else None
             ),
-            "seeds_spread_points": 100 * spread,
-            "privtune_beats_dchi_beyond_spread": bool(
-                dchi and pt["meets_bound"] and pt["utility_mean"] - dchi["utility_mean"] > spread
+            "seeds_spread_points": None if spread is None else 100 * spread,
+            "privtune_beats_dchi_beyond_spread": (
+                None
+                if spread is None or not (dchi and pt["meets_bound"])
+                else bool(pt["utility_mean"] - dchi["utility_mean"] > spread)
             ),
         }
     settings = over_seeds(table)
+    fewest = int(settings["seeds"].min()) if not settings.empty else 0
     return {
+        "min_seeds_per_setting": fewest,
+        "complete": fewest >= 3,  # the protocol: at least 3 seeds for every setting
         **out,
         "undefended_utility": undefended,
         "targets": targets,
