@@ -57,13 +57,12 @@ def probe_attributes(cfg: AttackConfig, dataset: str) -> tuple[str, ...]:
 
 def disjoint_aux(aux: TokenizedSplit, victims_texts: list[str]) -> tuple[TokenizedSplit, int]:
     """``aux`` without any sentence whose text is also a victim's; returns it and how many were dropped."""
-    victims = set(victims_texts)
-    keep = [i for i, t in enumerate(aux.texts) if t not in victims]
-    if not keep:
+    kept, dropped = aux.without_texts(victims_texts)
+    if len(kept) == 0:
         raise DataError(
             "the auxiliary set is entirely made of victims' sentences: choose another attack.aux_split or aux_dataset"
         )
-    return aux.subset(np.asarray(keep)), len(aux) - len(keep)
+    return kept, dropped
 
 
 def carve_aux(train: TokenizedSplit, n: int, seed: int) -> tuple[TokenizedSplit, TokenizedSplit]:

@@ -37,6 +37,12 @@ class TokenizedSplit:
     def lengths(self) -> np.ndarray:
         return np.fromiter((len(ids) for ids in self.input_ids), dtype=np.int64, count=len(self.input_ids))
 
+    def without_texts(self, texts) -> tuple[TokenizedSplit, int]:
+        """This split without any sample whose text is in ``texts``; returns it and how many were dropped."""
+        drop = set(texts)
+        keep = np.asarray([i for i, t in enumerate(self.texts) if t not in drop], dtype=np.int64)
+        return self.subset(keep), len(self) - len(keep)
+
     def subset(self, indices) -> TokenizedSplit:
         indices = np.asarray(indices, dtype=np.int64)
         return TokenizedSplit(

@@ -88,11 +88,10 @@ def load_public(cfg: Config, tokenizer, private: list[list[str]]) -> tuple[Token
         seed=cfg.seed + 23,
     )
     public = tokenize_split(raw, tokenizer, cfg.model.max_length)
-    seen = set().union(*map(set, private))
-    keep = np.asarray([i for i, t in enumerate(public.texts) if t not in seen], dtype=np.int64)
-    if len(keep) == 0:
+    kept, dropped = public.without_texts(t for texts in private for t in texts)
+    if len(kept) == 0:
         raise ConfigError(f"every sentence of {dataset} split {split!r} is also a training or evaluation sentence")
-    return public.subset(keep), len(public) - len(keep)
+    return kept, dropped
 
 
 @dataclass
