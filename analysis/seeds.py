@@ -29,8 +29,12 @@ def asr_column(attacker: str) -> str:
 
 
 def setting_keys(table: pd.DataFrame) -> list[str]:
-    """The swept keys that define a setting: every override but the seed and the mechanism's name."""
-    return [c for c in override_columns(table) if c not in (SEED, "mechanism.name")]
+    """The swept keys that define a setting: every override but the seed and the mechanism's name, and the split
+    depth where the table's rows differ in it without sweeping it (several sweeps' tables, one per depth)."""
+    keys = [c for c in override_columns(table) if c not in (SEED, "mechanism.name")]
+    if "model.split_depth" not in keys and "split_depth" in table and table["split_depth"].nunique() > 1:
+        keys.insert(0, "split_depth")
+    return keys
 
 
 def setting_label(row: pd.Series, keys: list[str]) -> str:

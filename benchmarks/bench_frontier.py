@@ -4,7 +4,7 @@ For each mechanism (``privtune``, ``dchi``) and attacker model (``adaptive``, ``
 SST-2 dev accuracy over seeds whose mean max EIA ASR top-1 is at most 10 %, with the seeds' std, beside the
 undefended ``none``; the targets of the issue are checked against them and written as measured, met or not.
 
-    python benchmarks/bench_frontier.py [--sweep-dir runs/sst2-frontier] [--config simulations/sst2_frontier.yaml]
+    python benchmarks/bench_frontier.py [--sweep-dir runs/sst2-frontier ...] [--config simulations/sst2_frontier.yaml]
         [--set key=value ...] [--measure-only] [--out benchmarks/results/frontier.json]
 
 The sweep is resumable: rerunning the command runs only the points not yet finished (``--measure-only`` runs
@@ -18,6 +18,8 @@ import math
 import os
 import sys
 from pathlib import Path
+
+import pandas as pd
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parents[1]))  # the analysis package beside privtune_ray
@@ -35,8 +37,9 @@ def _clean(value):
     return None if isinstance(value, float) and math.isnan(value) else value
 
 
-def summarise(sweep_dir: Path) -> dict:
-    table = load_table(sweep_dir)
+def summarise(sweep_dirs: list[Path]) -> dict:
+    """The frontier over the points of one or more sweep directories (e.g. one per split depth)."""
+    table = pd.concat([load_table(d) for d in sweep_dirs], ignore_index=True)
     best = frontier_over_seeds(table, BOUND)
     out: dict = {}
     for mechanism, part in best.groupby("mechanism"):
@@ -91,20 +94,28 @@ def summarise(sweep_dir: Path) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", default="simulations/sst2_frontier.yaml")
-    parser.add_argument("--sweep-dir", default="runs/sst2-frontier")
+    parser.add_argument(
+        "--sweep-dir",
+        action="append",
+        help="a sweep directory (repeatable: the frontier over several, e.g. one per split depth; "
+        "default runs/sst2-frontier)",
+    )
     parser.add_argument("--set", action="append", default=[], help="key=value for the sweep's base config")
     parser.add_argument("--measure-only", action="store_true", help="summarise the points already finished")
     parser.add_argument("--out", default="benchmarks/results/frontier.json")
     args = parser.parse_args()
+    dirs = args.sweep_dir or ["runs/sst2-frontier"]
     if not args.measure_only:
-        rc = cli(["sweep", args.config, "--out", args.sweep_dir, *sum((["--set", s] for s in args.set), [])])
+        if len(dirs) > 1:
+            parser.error("several --sweep-dir are summarised, not run: add --measure-only, or run one at a time")
+        rc = cli(["sweep", args.config, "--out", dirs[0], *sum((["--set", s] for s in args.set), [])])
         if rc != 0:
             return rc
     results = {
         "benchmark": "frontier",
-        "sweep": args.sweep_dir,
+        "sweeps": dirs,
         "config": args.config,
-        **summarise(Path(args.sweep_dir)),
+        **summarise([Path(d) for d in dirs]),
     }
     write_results(args.out, results)
     return 0

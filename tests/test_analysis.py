@@ -4,6 +4,7 @@ overhead, timeline and the report."""
 import json
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -18,6 +19,8 @@ from analysis.tables import failed_points, find_simulations, find_sweeps, find_t
 from analysis.timeline import median_round, timeline_segments
 from privtune_ray.errors import ConfigError
 from privtune_ray.sweep.runner import ROW_KEYS
+
+ROOT = Path(__file__).parents[1]
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -397,3 +400,35 @@ def test_the_report_of_a_seeded_sweep_has_the_frontier_over_seeds(tmp_path):
     text = (out / "report.md").read_text()
     assert "### Frontier over seeds" in text and "72.0 ± 2.0" in text and "≤ 30%" in text
     assert (out / "frontier-seeds-sweep.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_the_frontier_over_sweeps_of_different_split_depths_keeps_the_depth_in_the_setting(tmp_path):
+    from analysis.seeds import frontier_over_seeds
+
+    shallow = load_sweep(_seeded_sweep(tmp_path / "m2"))
+    deep = load_sweep(_seeded_sweep(tmp_path / "m4")).assign(split_depth=4)
+    deep["utility"] += 0.05  # the deeper split keeps more at the same ASR
+    table = pd.concat([shallow, deep], ignore_index=True)
+    best = frontier_over_seeds(table, 0.10).set_index(["mechanism", "attacker"])
+    assert best.loc[("privtune", "adaptive"), "setting"] == "split_depth=4, eta=4, warm=True"
+    assert best.loc[("privtune", "adaptive"), "utility_mean"] == pytest.approx(0.77)
+    # one depth alone: the depth is not part of the label
+    assert frontier_over_seeds(shallow, 0.10).set_index(["mechanism", "attacker"]).loc[
+        ("privtune", "adaptive"), "setting"
+    ] == "eta=4, warm=True"
+
+
+def test_bench_frontier_summarises_several_sweep_directories(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_frontier", ROOT / "benchmarks" / "bench_frontier.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    shallow = _seeded_sweep(tmp_path / "m2")
+    deep = _seeded_sweep(tmp_path / "m4")
+    csv = pd.read_csv(deep / "sweep.csv").assign(split_depth=4)
+    csv.to_csv(deep / "sweep.csv", index=False)
+    result = bench.summarise([shallow, deep])
+    assert result["points"] == 2 * len(SEEDED) and result["complete"]
+    assert result["privtune"]["adaptive"]["setting"].startswith("split_depth=")
+    assert result["privtune"]["adaptive"]["seeds"] == 3

@@ -263,3 +263,48 @@ def test_designs_sweep_puts_every_design_in_the_table_and_the_report(tmp_path):
         and "| online |" in report
         and (out / "report" / "channels-designs.png").is_file()
     )
+
+
+DRIVER = """
+import multiprocessing, os, time
+from concurrent.futures import ProcessPoolExecutor
+from privtune_ray.sweep.executor import _exit_with
+
+if __name__ == "__main__":
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=spawn, initializer=_exit_with, initargs=(os.getpid(), 0.2)) as pool:
+        print(pool.submit(os.getpid).result(), flush=True)
+        pool.submit(time.sleep, 120)
+        time.sleep(120)
+"""
+
+
+def _running(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie (an orphan may wait for a reaper)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def test_local_sweep_workers_end_when_the_driver_is_killed(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "driver.py"
+    script.write_text(DRIVER)
+    driver = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        worker = int(driver.stdout.readline())
+        assert _running(worker)
+        os.kill(driver.pid, signal.SIGKILL)  # no shutdown of the pool: only the workers' own watch can end them
+        driver.wait(10)
+        deadline = time.monotonic() + 20
+        while _running(worker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _running(worker), "the pool worker outlived its killed driver"
+    finally:
+        driver.kill()

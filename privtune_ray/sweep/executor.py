@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict
@@ -76,6 +77,20 @@ def _record(out: Path, base: dict[str, Any], spec: SweepSpec, points: list[Point
     return every
 
 
+def _exit_with(parent: int, poll_s: float = 1.0) -> None:
+    """Pool-worker initializer: a daemon thread ends this worker once ``parent`` (the sweep's driver) is gone.
+
+    A driver stopped by SIGTERM or SIGKILL never shuts its pool down, and its spawned workers would go on
+    running their points at full CPU. A worker's own run is checkpointed, so the next ``sweep`` resumes it."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="privtune-ray-parent-watch", daemon=True).start()
+
+
 def _run_local(base, spec: SweepSpec, points: list[Point], out: Path, finished) -> None:
     """``executor: local``: in this process, or ``local_workers`` spawned subprocesses sharing the cores."""
     if spec.local_workers == 1:
@@ -83,7 +98,12 @@ def _run_local(base, spec: SweepSpec, points: list[Point], out: Path, finished) 
             finished(point, run_point(point_config(base, point), out / "points" / point.slug, spec.runner))
         return
     threads = max(1, (os.cpu_count() or 1) // spec.local_workers)
-    with ProcessPoolExecutor(spec.local_workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(
+        spec.local_workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_exit_with,
+        initargs=(os.getpid(),),
+    ) as pool:
         pending = {
             pool.submit(run_point, point_config(base, p), out / "points" / p.slug, spec.runner, threads): p
             for p in points
