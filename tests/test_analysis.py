@@ -413,9 +413,10 @@ def test_the_frontier_over_sweeps_of_different_split_depths_keeps_the_depth_in_t
     assert best.loc[("privtune", "adaptive"), "setting"] == "split_depth=4, eta=4, warm=True"
     assert best.loc[("privtune", "adaptive"), "utility_mean"] == pytest.approx(0.77)
     # one depth alone: the depth is not part of the label
-    assert frontier_over_seeds(shallow, 0.10).set_index(["mechanism", "attacker"]).loc[
-        ("privtune", "adaptive"), "setting"
-    ] == "eta=4, warm=True"
+    assert (
+        frontier_over_seeds(shallow, 0.10).set_index(["mechanism", "attacker"]).loc[("privtune", "adaptive"), "setting"]
+        == "eta=4, warm=True"
+    )
 
 
 def test_bench_frontier_summarises_several_sweep_directories(tmp_path):
