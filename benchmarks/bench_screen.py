@@ -12,7 +12,7 @@ short run). It ranks settings by how much sentence-level signal survives the noi
 measures the ones worth fine-tuning. Each depth's clean bottom outputs are computed once; each setting releases
 them through its mechanism, seeded like a run.
 
-    python benchmarks/bench_screen.py [--depths 2 3 4] [--settings dchi:4 privtune:4 ...] [--train-samples 8000]
+    python benchmarks/bench_screen.py [--depths 2 3 4] [--settings dchi:4 privtune:eta=4,radius=0 ...] [--train-samples 8000]
         [--attacks eia_knn_l2 eia_mlp] [--out benchmarks/results/screen.json]
 """
 
@@ -74,9 +74,16 @@ def probe_accuracy(train: Observations, dev: Observations, steps: int = 300, see
         return float((head(x_dev).argmax(1) == dev.labels).float().mean())
 
 
-def screen_depth(m: int, settings: list[tuple[str, float]], args, log=print) -> list[dict]:
-    cfg = load_config(CONFIG, [f"model.split_depth={m}", f"attack.names=[{','.join(args.attacks)}]"] + args.set)
-    cfg.attack.attackers = ["adaptive"]
+def parse_setting(text: str) -> tuple[str, list[str]]:
+    """``dchi:4`` (η) or ``privtune:eta=4,importance=false`` → the setting's label and its ``mechanism.*`` overrides."""
+    name, _, rest = text.partition(":")
+    pairs = [p for p in rest.split(",") if p] if "=" in rest else [f"eta={rest}"] if rest else []
+    return text, [f"mechanism.name={name}", *(f"mechanism.{p}" for p in pairs)]
+
+
+def screen_depth(m: int, settings: list[tuple[str, list[str]]], args, log=print) -> list[dict]:
+    base = [f"model.split_depth={m}", f"attack.names=[{','.join(args.attacks)}]", "attack.attackers=[adaptive]"]
+    cfg = load_config(CONFIG, base + args.set)
     split = load_split_model(cfg.model.name, m)
     tokenizer = load_tokenizer(cfg.model.name)
     model_id = resolve_model(cfg.model.name)
@@ -91,12 +98,12 @@ def screen_depth(m: int, settings: list[tuple[str, float]], args, log=print) -> 
     clean_dev = observe(split.bottom, Mechanism(cfg.seed), dev, pad)
     log(f"m={m}: clean bottom outputs of {len(train)} + {len(dev)} sentences ({time.perf_counter() - start:.0f} s)")
     majority = float(clean_dev.labels.eq(clean_dev.labels.mode().values).float().mean())
-    rows = [{"m": m, "mechanism": "none", "eta": None, "max_eia_asr": None, "probe_accuracy": None}]
+    rows = [{"m": m, "setting": "none", "mechanism": "none", "eta": None, "max_eia_asr": None, "probe_accuracy": None}]
     rows[0]["probe_accuracy"] = probe_accuracy(clean_train, clean_dev, seed=cfg.seed)
     log(f"m={m}: none  probe {rows[0]['probe_accuracy']:.3f} (majority {majority:.3f})")
-    for name, eta in settings:
+    for label, overrides in settings:
         start = time.perf_counter()
-        cfg.mechanism.name, cfg.mechanism.eta = name, eta
+        cfg = load_config(CONFIG, base + args.set + overrides)
         device = build_mechanism(cfg.mechanism, split, tokenizer, model_id, seed=cfg.seed)
         device.fit(train)
         accuracy = probe_accuracy(released(device, clean_train), released(device, clean_dev), seed=cfg.seed)
@@ -108,15 +115,16 @@ def screen_depth(m: int, settings: list[tuple[str, float]], args, log=print) -> 
         rows.append(
             {
                 "m": m,
-                "mechanism": name,
-                "eta": eta,
+                "setting": label,
+                "mechanism": cfg.mechanism.name,
+                "eta": cfg.mechanism.eta,
                 "max_eia_asr": asr,
                 "asr_by_attack": {r["attack"]: r["asr_top1"] for r in attack_rows},
                 "probe_accuracy": accuracy,
                 "seconds": time.perf_counter() - start,
             }
         )
-        log(f"m={m}: {name} eta={eta:g}  probe {accuracy:.3f}  max EIA ASR {asr:.3f}  ({rows[-1]['seconds']:.0f} s)")
+        log(f"m={m}: {label}  probe {accuracy:.3f}  max EIA ASR {asr:.3f}  ({rows[-1]['seconds']:.0f} s)")
     for row in rows:
         row["majority"] = majority
     return rows
@@ -125,13 +133,18 @@ def screen_depth(m: int, settings: list[tuple[str, float]], args, log=print) -> 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--depths", type=int, nargs="+", default=[2, 3, 4])
-    parser.add_argument("--settings", nargs="+", default=["dchi:4", "dchi:6", "privtune:4", "privtune:6"])
+    parser.add_argument(
+        "--settings",
+        nargs="+",
+        default=["dchi:4", "dchi:6", "privtune:4", "privtune:6"],
+        help="mechanism:eta, or mechanism:key=value,... (its mechanism.* keys, e.g. privtune:eta=4,importance=false)",
+    )
     parser.add_argument("--train-samples", type=int, default=8000)
     parser.add_argument("--attacks", nargs="+", default=["eia_knn_l2", "eia_mlp"])
     parser.add_argument("--set", action="append", default=[], help="config override key=value (repeatable)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "screen.json"))
     args = parser.parse_args(argv)
-    settings = [(s.split(":")[0], float(s.split(":")[1])) for s in args.settings]
+    settings = [parse_setting(s) for s in args.settings]
     torch.set_num_threads(os.cpu_count() or 1)
     rows = [row for m in args.depths for row in screen_depth(m, settings, args)]
     write_results(
