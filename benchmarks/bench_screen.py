@@ -146,18 +146,22 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     settings = [parse_setting(s) for s in args.settings]
     torch.set_num_threads(os.cpu_count() or 1)
-    rows = [row for m in args.depths for row in screen_depth(m, settings, args)]
-    write_results(
-        args.out,
-        {
-            "benchmark": "frontier screen: adaptive max EIA ASR vs a linear probe on mean-pooled h̃, per split depth",
-            "config": str(CONFIG.relative_to(CONFIG.parents[1])),
-            "train_samples": args.train_samples,
-            "attacks": args.attacks,
-            "overrides": args.set,
-            "rows": rows,
-        },
-    )
+    rows: list[dict] = []
+    for i, m in enumerate(args.depths):  # written after each depth: an interrupted screen keeps what it measured
+        rows += screen_depth(m, settings, args)
+        write_results(
+            args.out,
+            {
+                "benchmark": "frontier screen: adaptive max EIA ASR vs a linear probe on mean-pooled h̃, per split depth",
+                "config": str(CONFIG.relative_to(CONFIG.parents[1])),
+                "train_samples": args.train_samples,
+                "attacks": args.attacks,
+                "overrides": args.set,
+                "depths_done": args.depths[: i + 1],
+                "complete": i + 1 == len(args.depths),
+                "rows": rows,
+            },
+        )
     return 0
 
 

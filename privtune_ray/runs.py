@@ -158,6 +158,11 @@ class RunDir:
             df = pd.read_csv(path)
             df[df[key] <= after_step].to_csv(path, index=False)
 
+    def has_row(self, table: str, step: int, key: str = "step") -> bool:
+        """Whether ``table.csv`` holds a row with ``key == step``."""
+        path = self.path / f"{table}.csv"
+        return path.exists() and bool((pd.read_csv(path)[key] == step).any())
+
     def save_checkpoint(self, state: dict[str, Any]) -> None:
         """Write ``state`` atomically as the latest checkpoint; the latest until now becomes the previous one."""
         import torch

@@ -52,9 +52,9 @@ def test_killed_worker_and_replica_lose_no_sample(ray_session, reference, tmp_pa
     def kill_worker_at_evaluation(coordinator, done):  # as an evaluation starts: in the round loop and the final one
         ray_session.kill(coordinator.backend.workers[0])
         killed.append(f"worker at evaluation {done}")
-        if done == 2 and "replica at evaluation 2" not in killed:  # the round-2 evaluation loses its replica too
+        if done in (2, 4) and f"replica at evaluation {done}" not in killed:  # and its replica, once, at both
             ray_session.kill(coordinator.backend.replicas[0])
-            killed.append("replica at evaluation 2")
+            killed.append(f"replica at evaluation {done}")
 
     out = run_simulation(
         small(*RAY),
@@ -62,8 +62,8 @@ def test_killed_worker_and_replica_lose_no_sample(ray_session, reference, tmp_pa
         log=quiet,
         hooks={"devices_started": kill_worker, "training": kill_replica, "evaluating": kill_worker_at_evaluation},
     )
-    # the round-2 evaluation is redone once (rolled back to round 2's checkpoint, written before it), so its hook
-    # fires twice
+    # the round-2 evaluation and the final one are redone once each (rolled back to the checkpoint written before
+    # them), so their hooks fire twice: the final evaluation needs no manual step
     assert killed == [
         "worker",
         "worker at evaluation 2",
@@ -71,22 +71,26 @@ def test_killed_worker_and_replica_lose_no_sample(ray_session, reference, tmp_pa
         "worker at evaluation 2",
         "replica",
         "worker at evaluation 4",
+        "replica at evaluation 4",
+        "worker at evaluation 4",
     ]
     faults = pd.read_csv(out / "faults.csv")
     assert {"device_worker", "device_task", "top_replica"} <= set(faults["component"])
     # an evaluation's dead worker is replaced and its batches re-run: a device-worker fault, not a replica's
-    assert (faults["action"] == "replaced; encode_eval re-run").sum() == 3
-    # the replica killed at the round-2 evaluation (faults under round 2) and the one killed in round 3
-    assert set(faults.loc[faults["component"] == "top_replica", "round"]) == {2, 3}
+    assert (faults["action"] == "replaced; encode_eval re-run").sum() == 4
+    # the replicas killed at the round-2 and the final evaluation (faults under rounds 2 and 4), and in round 3
+    assert set(faults.loc[faults["component"] == "top_replica", "round"]) == {2, 3, 4}
     runs = faults[faults["component"] == "run"]
-    assert runs["what"].tolist() == ["its evaluation to redo", "1 completed round(s) to redo"]
-    assert (runs["action"] == "rolled back to the checkpoint after 2 rounds").all()
+    assert runs["what"].tolist() == ["its evaluation to redo", "1 completed round(s) to redo", "its evaluation to redo"]
+    assert runs["action"].tolist() == ["rolled back to the checkpoint after 2 rounds"] * 2 + [
+        "rolled back to the checkpoint after 4 rounds"
+    ]
     devices = pd.read_csv(out / "devices.csv")
     assert not devices.duplicated(["round", "device"]).any()
     sent0 = devices[(devices["round"] == 0) & (devices["status"] != "dropped")]
     assert len(sent0) > 0 and (sent0["attempts"] == 2).all()  # round 0's tasks re-ran on the new worker
     _same_result(out, reference)
-    assert json.loads((out / "summary.json").read_text())["rollbacks"] == 2
+    assert json.loads((out / "summary.json").read_text())["rollbacks"] == 3
     ray_eval, in_process = pd.read_csv(out / "eval.csv"), pd.read_csv(reference / "eval.csv")
     assert ray_eval["rounds_done"].tolist() == in_process["rounds_done"].tolist() == [2, 2, 4, 4]  # one row per depth
     assert np.allclose(ray_eval["accuracy"], in_process["accuracy"]) and np.allclose(

@@ -204,15 +204,20 @@ class Coordinator:
     def train(self, resume: bool = False) -> None:
         """The rounds, then (where due) each round's attack round, checkpoint and evaluation, in that order: the
         checkpoint comes before the evaluation, so a replica lost while evaluating rolls back to that very round
-        and only the evaluation is redone."""
+        and only the evaluation is redone. The final evaluation is one of them (after a checkpoint of the last
+        round): its result is ``self.final``."""
+        self.final: dict | None = None
+        eval_due = False  # the evaluation of the round just checkpointed is still to run
         if resume and self.session.has_checkpoint:
             self.restore(at_round=-1)
             self.log(f"privtune-ray: resuming at round {self.totals.rounds_done}/{self.sim.rounds}")
+            done = self.totals.rounds_done
+            eval_due = self._eval_at(done) and not self.run.has_row("eval", done, key="rounds_done")
+            eval_due = eval_due or done == self.sim.rounds  # the final evaluation is never read back: redo it
         else:
             self.checkpoint()  # round 0: the state a replica failure in the first rounds rolls back to
         self._prefetched: tuple[int, list] | None = None
         failures: dict[tuple[str, int], int] = {}
-        eval_due = False  # the evaluation of the round just checkpointed is still to run
         self._wall = (time.perf_counter(), self.totals.train_wall_s)  # (session start, wall before it)
         bar = progress_bar(
             total=self.sim.rounds, initial=self.totals.rounds_done, desc="rounds", enabled=self.cfg.train.progress
@@ -261,21 +266,25 @@ class Coordinator:
         self._round(plan, results)
 
     def _eval_at(self, done: int) -> bool:
+        """An evaluation follows round ``done``: every ``eval_every`` rounds, and the final one after the last."""
         every = self.sim.eval_every
-        return every is not None and done % every == 0 and done < self.sim.rounds
+        return done == self.sim.rounds or (every is not None and done % every == 0)
 
     def _after_round(self) -> bool:
         """The attack round and the checkpoint where they are due; returns whether an evaluation is due now."""
         done = self.totals.rounds_done
         if self.attacks and self.cfg.attack.every and done % self.cfg.attack.every == 0 and done < self.sim.rounds:
             self.attacks.round(done)
-        if done % self.sim.checkpoint_every == 0 and done < self.sim.rounds:
+        if done % self.sim.checkpoint_every == 0 or done == self.sim.rounds:
             self.checkpoint()
         return self._eval_at(done)
 
     def _evaluate_round(self) -> None:
         done = self.totals.rounds_done
         result = self.evaluate()
+        if done == self.sim.rounds:
+            self.final = result
+            return
         by_depth = ", ".join(f"m={m} {v['accuracy']:.4f}" for m, v in result["per_depth"].items())
         self.log(
             f"privtune-ray: round {done}/{self.sim.rounds}: dev accuracy {result['accuracy']:.4f} "
@@ -499,9 +508,8 @@ def run_simulation(
         coordinator = Coordinator(setup, pool, session, log=log, hooks=hooks)
         coordinator.faults = faults  # the transport's faults land in the coordinator's list
         start_attacks(coordinator, log)
-        coordinator.train(resume=resume)
-        result = coordinator.evaluate()
-        coordinator.drain_faults()  # a worker replaced during the final evaluation is recorded too
+        coordinator.train(resume=resume)  # the final evaluation too: a fault there is redone like any other
+        result = coordinator.final
         done = coordinator.totals.rounds_done
         attack_summary = coordinator.attacks.round(done, log=log) if coordinator.attacks else {}
         summary = _summary(coordinator, result, attack_summary)
