@@ -154,17 +154,14 @@ def test_deadline_drops_late_messages_and_mechanism_is_recorded(tmp_path):
 
 
 def test_attack_rounds_run_on_the_messages_devices_sent(tmp_path):
-    out = run_simulation(
-        small(
-            "attack.enabled=true",
-            "attack.names=[eia_knn_l2, aia_label]",
-            "attack.aux_samples=100",
-            "attack.victim_samples=32",
-            "attack.every=2",
-        ),
-        out=tmp_path / "a",
-        log=quiet,
-    )
+    attacking = [
+        "attack.enabled=true",
+        "attack.names=[eia_knn_l2, aia_label]",
+        "attack.aux_samples=100",
+        "attack.victim_samples=32",
+        "attack.every=2",
+    ]
+    out = run_simulation(small(*attacking), out=tmp_path / "a", log=quiet)
     attacks = pd.read_csv(out / "attacks.csv")
     assert sorted(attacks["step"].unique()) == [2, 4]  # every 2 rounds and at the end
     asr = attacks[(attacks.attack == "eia_knn_l2") & (attacks.metric == "asr_top1")]["value"]
@@ -173,6 +170,21 @@ def test_attack_rounds_run_on_the_messages_devices_sent(tmp_path):
     assert (asr > 0.8).all()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["max_eia_asr_top1"] == pytest.approx(asr.iloc[-1]) and summary["attack_setup"]["aux_sentences"] > 0
+
+    # stopped as the final evaluation starts, after the last round's checkpoint: the resumed run redoes the
+    # evaluation and attacks the last round's victims (kept in that checkpoint), with no row twice
+    def interrupt(coordinator, done):
+        if done == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_simulation(small(*attacking), out=tmp_path / "b", log=quiet, hooks={"evaluating": interrupt})
+    resumed = run_simulation(small(*attacking), out=tmp_path / "b", resume=True, log=quiet)
+    pd.testing.assert_frame_equal(pd.read_csv(resumed / "eval.csv"), pd.read_csv(out / "eval.csv"), atol=1e-6)
+    scores = lambda t: t[~t["metric"].isin(["seconds", "fit_s"])].reset_index(drop=True)  # noqa: E731
+    again, first = scores(pd.read_csv(resumed / "attacks.csv")), scores(attacks)
+    pd.testing.assert_frame_equal(again.drop(columns="value"), first.drop(columns="value"))
+    assert np.allclose(again["value"], first["value"], atol=1e-6)
 
 
 def test_bad_input_fails_before_the_run_directory_is_written(tmp_path):

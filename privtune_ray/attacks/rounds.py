@@ -59,6 +59,13 @@ class AttackRounds:
         self.sample = VictimSample(self.victim_samples)  # uploads
         self.returned = VictimSample(self.victim_samples)  # with the returned gradients
 
+    def victims(self) -> dict[str, list[Observations]]:
+        """The victims kept for the next round (for a checkpoint after the last round, which no redone round refills)."""
+        return {"uploads": list(self.sample.parts), "returned": list(self.returned.parts)}
+
+    def restore_victims(self, state: dict[str, list[Observations]]) -> None:
+        self.sample.parts, self.returned.parts = list(state["uploads"]), list(state["returned"])
+
     def observe(self, observations: Observations) -> None:
         """Add victims: to the gradient attacks' sample if they carry ``gradients``, else to the suite's."""
         (self.sample if observations.gradients is None else self.returned).add(observations)

@@ -179,6 +179,8 @@ class Coordinator:
                 "population": self.population.state_dict(),
                 "top": self.pool.top_state(),
                 "cloud": self.cloud.state_dict() if self.cloud is not None else None,
+                # after the last round no round is redone to refill the attacks' victims: keep them
+                "victims": self.attacks.victims() if self.attacks and self.totals.rounds_done == self.sim.rounds else None,
             }
         )
 
@@ -198,6 +200,8 @@ class Coordinator:
         self.run.truncate("attacks", done)
         if self.attacks is not None:
             self.attacks.reset()  # the redone rounds refill the victim samples
+            if state.get("victims") is not None:  # none to redo: the last round's victims
+                self.attacks.restore_victims(state["victims"])
 
     # ------------------------------------------------------------------ rounds
 
@@ -213,7 +217,10 @@ class Coordinator:
             self.log(f"privtune-ray: resuming at round {self.totals.rounds_done}/{self.sim.rounds}")
             done = self.totals.rounds_done
             eval_due = self._eval_at(done) and not self.run.has_row("eval", done, key="rounds_done")
-            eval_due = eval_due or done == self.sim.rounds  # the final evaluation is never read back: redo it
+            if done == self.sim.rounds:  # the final evaluation and attacks are not read back: redo them, rows and all
+                self.run.truncate("eval", done - 1, key="rounds_done")
+                self.run.truncate("attacks", done - 1)
+                eval_due = True
         else:
             self.checkpoint()  # round 0: the state a replica failure in the first rounds rolls back to
         self._prefetched: tuple[int, list] | None = None
