@@ -180,7 +180,9 @@ class Coordinator:
                 "top": self.pool.top_state(),
                 "cloud": self.cloud.state_dict() if self.cloud is not None else None,
                 # after the last round no round is redone to refill the attacks' victims: keep them
-                "victims": self.attacks.victims() if self.attacks and self.totals.rounds_done == self.sim.rounds else None,
+                "victims": self.attacks.victims()
+                if self.attacks and self.totals.rounds_done == self.sim.rounds
+                else None,
             }
         )
 
