@@ -519,6 +519,7 @@ def run_simulation(
         start_attacks(coordinator, log)
         coordinator.train(resume=resume)  # the final evaluation too: a fault there is redone like any other
         result = coordinator.final
+        assert result is not None  # train() ends after the final evaluation
         done = coordinator.totals.rounds_done
         attack_summary = coordinator.attacks.round(done, log=log) if coordinator.attacks else {}
         summary = _summary(coordinator, result, attack_summary)
