@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from test_simulation import interrupted_then_resumed
 
 from privtune_ray.attacks.gradient_matching import GradientMatchingLabels
 from privtune_ray.checks import check_config
@@ -336,13 +337,7 @@ def test_an_interrupted_guarded_run_resumes_to_the_same_records(tmp_path):
     cfg = ["design.name=online", "design.bits=8", "simulation.rounds=4", "simulation.checkpoint_every=2"]
     full = run_simulation(small(*cfg), out=tmp_path / "full", log=quiet)
 
-    def interrupt(coordinator, r):
-        if r == 3:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        run_simulation(small(*cfg), out=tmp_path / "cut", log=quiet, hooks={"training": interrupt})
-    resumed = run_simulation(small(*cfg), out=tmp_path / "cut", resume=True, log=quiet)
+    resumed = interrupted_then_resumed(small(*cfg), tmp_path / "cut", "training", at=3)
     columns = ["round", "device", "status", "samples", "bytes_up", "bytes_act_down", "bytes_adapter_up"]
     pd.testing.assert_frame_equal(
         pd.read_csv(resumed / "devices.csv")[columns], pd.read_csv(full / "devices.csv")[columns]

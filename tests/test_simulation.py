@@ -43,6 +43,18 @@ def quiet(*_):
     pass
 
 
+def interrupted_then_resumed(cfg, out: Path, hook: str, at: int) -> Path:
+    """Run ``cfg`` into ``out``, stopped (KeyboardInterrupt) as hook ``hook`` fires for round ``at``; resume it."""
+
+    def interrupt(coordinator, r):
+        if r == at:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_simulation(cfg, out=out, log=quiet, hooks={hook: interrupt})
+    return run_simulation(cfg, out=out, resume=True, log=quiet)
+
+
 def test_simulation_writes_a_complete_run_directory(reference):
     for name in ("config.yaml", "env.json", "devices.csv", "rounds.csv", "eval.csv", "summary.json"):
         assert (reference / name).is_file(), name
@@ -173,13 +185,7 @@ def test_attack_rounds_run_on_the_messages_devices_sent(tmp_path):
 
     # stopped as the final evaluation starts, after the last round's checkpoint: the resumed run redoes the
     # evaluation and attacks the last round's victims (kept in that checkpoint), with no row twice
-    def interrupt(coordinator, done):
-        if done == 4:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        run_simulation(small(*attacking), out=tmp_path / "b", log=quiet, hooks={"evaluating": interrupt})
-    resumed = run_simulation(small(*attacking), out=tmp_path / "b", resume=True, log=quiet)
+    resumed = interrupted_then_resumed(small(*attacking), tmp_path / "b", "evaluating", at=4)
     pd.testing.assert_frame_equal(pd.read_csv(resumed / "eval.csv"), pd.read_csv(out / "eval.csv"), atol=1e-6)
     scores = lambda t: t[~t["metric"].isin(["seconds", "fit_s"])].reset_index(drop=True)  # noqa: E731
     again, first = scores(pd.read_csv(resumed / "attacks.csv")), scores(attacks)
