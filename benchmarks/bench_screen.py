@@ -32,9 +32,11 @@ import torch  # noqa: E402
 from privtune_ray.attacks.observations import Observations, observe  # noqa: E402
 from privtune_ray.attacks.suite import AttackSuite, headline, load_aux  # noqa: E402
 from privtune_ray.benchmarking import write_results  # noqa: E402
+from privtune_ray.checks import check_config  # noqa: E402
 from privtune_ray.config import load_config  # noqa: E402
 from privtune_ray.data.batching import tokenize_split  # noqa: E402
 from privtune_ray.data.registry import load_split  # noqa: E402
+from privtune_ray.errors import PrivtuneError  # noqa: E402
 from privtune_ray.mechanisms import build_mechanism  # noqa: E402
 from privtune_ray.mechanisms.base import Mechanism  # noqa: E402
 from privtune_ray.models.loading import load_split_model, load_tokenizer, resolve_model  # noqa: E402
@@ -145,6 +147,15 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "screen.json"))
     args = parser.parse_args(argv)
     settings = [parse_setting(s) for s in args.settings]
+    try:  # every setting at every depth is checked before anything runs: bad input is one line, exit status 2
+        for m in args.depths:
+            for _, overrides in settings:
+                cfg = load_config(CONFIG, [f"model.split_depth={m}", *args.set, *overrides])
+                check_config(cfg)
+        load_split_model(cfg.model.name, max(args.depths))  # a depth beyond the model's is refused here
+    except PrivtuneError as exc:
+        print(f"bench_screen: {exc}", file=sys.stderr)
+        return 2
     torch.set_num_threads(os.cpu_count() or 1)
     rows: list[dict] = []
     for i, m in enumerate(args.depths):  # written after each depth: an interrupted screen keeps what it measured
