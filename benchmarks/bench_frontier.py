@@ -105,6 +105,13 @@ def main() -> int:
     parser.add_argument("--out", default="benchmarks/results/frontier.json")
     args = parser.parse_args()
     dirs = args.sweep_dir or ["runs/sst2-frontier"]
+    missing = [d for d in dirs if not (Path(d) / "sweep.csv").is_file()]
+    if args.measure_only and missing:
+        print(
+            f"bench_frontier: no sweep.csv in {', '.join(missing)}: run the sweep first (drop --measure-only)",
+            file=sys.stderr,
+        )
+        return 2
     if not args.measure_only:
         if len(dirs) > 1:
             parser.error("several --sweep-dir are summarised, not run: add --measure-only, or run one at a time")
