@@ -12,13 +12,20 @@ short run). It ranks settings by how much sentence-level signal survives the noi
 measures the ones worth fine-tuning. Each depth's clean bottom outputs are computed once; each setting releases
 them through its mechanism, seeded like a run.
 
+**An ablation at equal ASR.** With ``--seeds`` (the mechanism's noise, the attacker's and the probe's
+initialisation; the training sample stays seed 0's) and each variant at two or more η that bracket ``--bound``, the
+results' ``at_equal_asr`` holds every variant's probe accuracy interpolated at that ASR (:mod:`analysis.ablation`),
+mean ± std over seeds, set against plain d_χ. Variants are the settings' labels without η, e.g.
+``privtune:radius=0`` (no mean shift), ``privtune:importance=false`` (no scaling).
+
     python benchmarks/bench_screen.py [--depths 2 3 4] [--settings dchi:4 privtune:eta=4,radius=0 ...] [--train-samples 8000]
-        [--attacks eia_knn_l2 eia_mlp] [--out benchmarks/results/screen.json]
+        [--seeds 0 1 2] [--bound 0.10] [--attacks eia_knn_l2 eia_mlp] [--out benchmarks/results/screen.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 import time
@@ -29,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).parents[1]))
 
 import torch  # noqa: E402
 
+from analysis.ablation import at_equal_asr, compare_to  # noqa: E402
 from privtune_ray.attacks.observations import Observations, observe  # noqa: E402
 from privtune_ray.attacks.suite import AttackSuite, headline, load_aux  # noqa: E402
 from privtune_ray.benchmarking import write_results  # noqa: E402
@@ -76,6 +84,13 @@ def probe_accuracy(train: Observations, dev: Observations, steps: int = 300, see
         return float((head(x_dev).argmax(1) == dev.labels).float().mean())
 
 
+def variant(label: str) -> str:
+    """A setting's label without its η: ``privtune:eta=6,importance=false`` → ``privtune:importance=false``."""
+    name, _, rest = label.partition(":")
+    pairs = [p for p in rest.split(",") if p and "=" in p and not p.startswith("eta=")]
+    return f"{name}:{','.join(pairs)}" if pairs else name
+
+
 def parse_setting(text: str) -> tuple[str, list[str]]:
     """``dchi:4`` (η) or ``privtune:eta=4,importance=false`` → the setting's label and its ``mechanism.*`` overrides."""
     name, _, rest = text.partition(":")
@@ -103,14 +118,14 @@ def screen_depth(m: int, settings: list[tuple[str, list[str]]], args, log=print)
     rows = [{"m": m, "setting": "none", "mechanism": "none", "eta": None, "max_eia_asr": None, "probe_accuracy": None}]
     rows[0]["probe_accuracy"] = probe_accuracy(clean_train, clean_dev, seed=cfg.seed)
     log(f"m={m}: none  probe {rows[0]['probe_accuracy']:.3f} (majority {majority:.3f})")
-    for label, overrides in settings:
+    for (label, overrides), seed in itertools.product(settings, args.seeds):
         start = time.perf_counter()
-        cfg = load_config(CONFIG, base + args.set + overrides)
-        device = build_mechanism(cfg.mechanism, split, tokenizer, model_id, seed=cfg.seed)
+        cfg = load_config(CONFIG, base + args.set + overrides + [f"seed={seed}"])
+        device = build_mechanism(cfg.mechanism, split, tokenizer, model_id, seed=seed)
         device.fit(train)
-        accuracy = probe_accuracy(released(device, clean_train), released(device, clean_dev), seed=cfg.seed)
+        accuracy = probe_accuracy(released(device, clean_train), released(device, clean_dev), seed=seed)
         suite = AttackSuite.fit_on(cfg, split, tokenizer, model_id, aux, "sst2", victims.texts, log=lambda *_: None)
-        victim_device = build_mechanism(cfg.mechanism, split, tokenizer, model_id, seed=cfg.seed + 1)
+        victim_device = build_mechanism(cfg.mechanism, split, tokenizer, model_id, seed=seed + 1)
         victim_device.fit(victims)
         attack_rows = suite.run(observe(split.bottom, victim_device, victims, pad))
         asr = headline(attack_rows)["max_eia_asr_top1"]
@@ -118,6 +133,8 @@ def screen_depth(m: int, settings: list[tuple[str, list[str]]], args, log=print)
             {
                 "m": m,
                 "setting": label,
+                "variant": variant(label),
+                "seed": seed,
                 "mechanism": cfg.mechanism.name,
                 "eta": cfg.mechanism.eta,
                 "max_eia_asr": asr,
@@ -126,7 +143,7 @@ def screen_depth(m: int, settings: list[tuple[str, list[str]]], args, log=print)
                 "seconds": time.perf_counter() - start,
             }
         )
-        log(f"m={m}: {label}  probe {accuracy:.3f}  max EIA ASR {asr:.3f}  ({rows[-1]['seconds']:.0f} s)")
+        log(f"m={m}: {label} seed {seed}  probe {accuracy:.3f}  max EIA ASR {asr:.3f}  ({rows[-1]['seconds']:.0f} s)")
     for row in rows:
         row["majority"] = majority
     return rows
@@ -141,6 +158,8 @@ def main(argv=None) -> int:
         default=["dchi:4", "dchi:6", "privtune:4", "privtune:6"],
         help="mechanism:eta, or mechanism:key=value,... (its mechanism.* keys, e.g. privtune:eta=4,importance=false)",
     )
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="mechanism, attacker and probe seeds")
+    parser.add_argument("--bound", type=float, default=0.10, help="the ASR at which variants are compared")
     parser.add_argument("--train-samples", type=int, default=8000)
     parser.add_argument("--attacks", nargs="+", default=["eia_knn_l2", "eia_mlp"])
     parser.add_argument("--set", action="append", default=[], help="config override key=value (repeatable)")
@@ -168,8 +187,10 @@ def main(argv=None) -> int:
                 "train_samples": args.train_samples,
                 "attacks": args.attacks,
                 "overrides": args.set,
+                "seeds": args.seeds,
                 "depths_done": args.depths[: i + 1],
                 "complete": i + 1 == len(args.depths),
+                "at_equal_asr": compare_to(at_equal_asr(rows, args.bound), reference="dchi"),
                 "rows": rows,
             },
         )

@@ -433,3 +433,48 @@ def test_bench_frontier_summarises_several_sweep_directories(tmp_path):
     assert result["points"] == 2 * len(SEEDED) and result["complete"]
     assert result["privtune"]["adaptive"]["setting"].startswith("split_depth=")
     assert result["privtune"]["adaptive"]["seeds"] == 3
+
+
+def _ablation_rows(variant, seed, points):
+    return [
+        {"m": 4, "variant": variant, "seed": seed, "eta": eta, "max_eia_asr": a, "probe_accuracy": u}
+        for eta, a, u in points
+    ]
+
+
+def test_utility_at_equal_asr_interpolates_between_the_bracketing_etas_per_seed():
+    from analysis.ablation import at_equal_asr, compare_to, interpolate_at
+
+    assert interpolate_at([(0.05, 0.60), (0.15, 0.70)], 0.10) == pytest.approx(0.65)
+    assert interpolate_at([(0.12, 0.60), (0.15, 0.70)], 0.10) is None  # never extrapolated
+    rows = (
+        _ablation_rows("dchi", 0, [(5, 0.06, 0.60), (7, 0.14, 0.64)])
+        + _ablation_rows("dchi", 1, [(5, 0.08, 0.61), (7, 0.12, 0.65)])
+        + _ablation_rows("privtune", 0, [(5, 0.05, 0.66), (7, 0.15, 0.70)])
+        + _ablation_rows("privtune", 1, [(5, 0.02, 0.67), (7, 0.06, 0.70)])  # does not reach the bound
+        + [{"m": 4, "variant": "none", "seed": 0, "eta": None, "max_eia_asr": None, "probe_accuracy": 0.8}]
+    )
+    table = {r["variant"]: r for r in compare_to(at_equal_asr(rows, 0.10), reference="dchi")}
+    assert set(table) == {"dchi", "privtune"}
+    assert table["dchi"]["probe_accuracy_mean"] == pytest.approx((0.62 + 0.63) / 2)
+    assert table["dchi"]["seeds"] == 2 and table["dchi"]["probe_accuracy_std"] > 0
+    assert table["privtune"]["seeds"] == 1 and table["privtune"]["seeds_not_bracketed"] == [1]
+    assert table["privtune"]["minus_reference"] == pytest.approx(100 * (0.68 - 0.625))
+    assert table["privtune"]["beyond_spread"] is False  # one bracketing seed: no spread, no claim
+    assert table["dchi"]["minus_reference"] == 0
+
+
+def test_a_screen_setting_s_variant_is_its_label_without_eta():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_screen", ROOT / "benchmarks" / "bench_screen.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.variant("dchi:4") == "dchi"
+    assert bench.variant("privtune:eta=6,importance=false") == "privtune:importance=false"
+    assert bench.variant("privtune:radius=0,eta=5") == "privtune:radius=0"
+    assert bench.parse_setting("privtune:eta=6,radius=0")[1] == [
+        "mechanism.name=privtune",
+        "mechanism.eta=6",
+        "mechanism.radius=0",
+    ]
