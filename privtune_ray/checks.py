@@ -67,6 +67,11 @@ def _check_public_text(cfg: Config) -> None:
         "train.denoiser.kind",
         f"unknown denoiser {den.kind!r}; choose none or one of {sorted(DENOISERS)}",
     )
+    require(
+        cfg.train.head_pooling == "token" or cfg.model.task == "classification",
+        "train.head_pooling",
+        "'mean' pools a classifier's input; model.task=causal-lm needs 'token'",
+    )
     if uses_public_text(cfg):
         require(
             ws.dataset is None or ws.dataset in DATASETS,

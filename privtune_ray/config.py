@@ -177,8 +177,12 @@ class TrainConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
     warm_start: WarmStartConfig = field(default_factory=WarmStartConfig)
     denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)
+    # the classification head's input: "token", the family's own read-out ([CLS], <s>, the last token), or "mean",
+    # the mean of the top's last hidden states over real tokens (models.split.MeanPooledHead; a cloud-side lever)
+    head_pooling: str = "token"
 
     def validate(self, key: str) -> None:
+        require(self.head_pooling in ("token", "mean"), f"{key}.head_pooling", "must be 'token' or 'mean'")
         require(self.epochs >= 1, f"{key}.epochs", "must be >= 1")
         require(self.max_steps is None or self.max_steps >= 1, f"{key}.max_steps", "must be >= 1 or null")
         require(self.batch_size >= 1, f"{key}.batch_size", "must be >= 1")

@@ -14,7 +14,7 @@ from privtune_ray.config import load_config
 from privtune_ray.errors import ConfigError
 from privtune_ray.mechanisms import build_mechanism
 from privtune_ray.models.denoiser import TokenDenoiser
-from privtune_ray.models.split import split_model
+from privtune_ray.models.split import MeanPooledHead, mean_pool, split_model
 from privtune_ray.simulation.coordinator import prepare
 from privtune_ray.training.loop import run_training
 from privtune_ray.training.server import TopServer
@@ -40,6 +40,7 @@ LEVERS = ["mechanism.name=dchi", "mechanism.eta=20", "train.warm_start.enabled=t
         ("train.warm_start.dataset=imdb", r"'train.warm_start.dataset'.*unknown dataset 'imdb'"),
         ("train.denoiser.kind=unet", r"'train.denoiser.kind'.*unknown denoiser 'unet'.*none or one of \['mlp'\]"),
         ("train.warm_start.steps=0", r"'train.warm_start.steps'.*>= 1"),
+        ("train.head_pooling=max", r"'train.head_pooling'.*'token' or 'mean'"),
     ],
 )
 def test_a_public_source_that_is_private_or_unknown_is_refused_naming_it(override, match, tmp_path):
@@ -49,9 +50,32 @@ def test_a_public_source_that_is_private_or_unknown_is_refused_naming_it(overrid
     assert main(args) == 2 and not (tmp_path / "run").exists()
 
 
-def test_simulate_refuses_the_levers_it_does_not_run():
+def test_a_mean_pooled_head_on_a_language_model_is_refused():
+    with pytest.raises(ConfigError, match=r"'train.head_pooling'.*causal-lm needs 'token'"):
+        check_config(load_config(BASELINE, ["model.task=causal-lm", "train.head_pooling=mean"]))
+
+
+@pytest.mark.parametrize("lever", ["train.warm_start.enabled=true", "train.head_pooling=mean"])
+def test_simulate_refuses_the_levers_it_does_not_run(lever):
     with pytest.raises(ConfigError, match="run under `privtune-ray train` only"):
-        prepare(load_config(str(ROOT / "simulations" / "sst2_devices.yaml"), ["train.warm_start.enabled=true"]))
+        prepare(load_config(str(ROOT / "simulations" / "sst2_devices.yaml"), [lever]))
+
+
+def test_the_mean_pooled_head_reads_every_real_token_and_no_padding_row(minilm):
+    """The family's head (BERT: the [CLS] pooler) reads one position; the mean-pooled head reads the mean of the
+    real tokens: changing a later real token moves its logits only, changing a padding row moves neither."""
+    top = split_model(copy.deepcopy(minilm), 2).top
+    pooled = MeanPooledHead(top.head).eval()
+    hidden, mask = torch.randn(2, 8, 384), torch.tensor([[1] * 8, [1] * 5 + [0] * 3])
+    with torch.no_grad():
+        token_logits, mean_logits = top.head.eval()(hidden, mask), pooled(hidden, mask)
+        assert torch.allclose(mean_logits, top.head(mean_pool(hidden, mask).unsqueeze(1), mask[:, :1]))
+        later, padded = hidden.clone(), hidden.clone()
+        later[:, 3] += 5.0
+        padded[1, 6] += 5.0
+        assert torch.allclose(top.head(later, mask), token_logits)  # [CLS] only
+        assert not torch.allclose(pooled(later, mask), mean_logits, atol=1e-4)
+        assert torch.allclose(pooled(padded, mask), mean_logits)
 
 
 def test_public_text_leaves_out_every_private_sentence(tokenizer):
@@ -100,12 +124,13 @@ def test_train_with_warm_start_and_denoiser_records_them_and_resumes_to_the_same
             "train.denoiser.kind=mlp",
             "train.denoiser.width=32",
             "train.denoiser.pretrain_steps=4",
+            "train.head_pooling=mean",
             "train.max_steps=4",
             "train.checkpoint_every=2",
         ],
     )
     whole = json.loads((run_training(cfg, out=tmp_path / "whole", log=quiet) / "summary.json").read_text())
-    assert whole["warm_start"] == "hidden" and whole["denoiser"] == "mlp"
+    assert whole["warm_start"] == "hidden" and whole["denoiser"] == "mlp" and whole["head_pooling"] == "mean"
     assert whole["public_sentences"] == 96 and whole["public_dropped_as_private"] == 0
     first, last = whole["warm_start_loss"]  # the first step's loss, the mean of the last ten
     assert last < first and len(whole["denoiser_pretrain_loss"]) == 2

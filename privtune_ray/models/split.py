@@ -163,3 +163,23 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
     """[B, L, d] → [B, d]: the mean over each sentence's real tokens (padding rows left out)."""
     m = attention_mask.unsqueeze(-1).to(hidden.dtype)
     return (hidden * m).sum(1) / m.sum(1).clamp_min(1)
+
+
+class MeanPooledHead(nn.Module):
+    """A classification head read from the sentence mean: ``head([h̄], [1])`` with h̄ = (1/|x|) Σ_i h_i over real
+    tokens, in place of the family's own read-out (BERT's [CLS] pooler, RoBERTa's <s>, a decoder's last token).
+
+    A cloud-side lever (``train.head_pooling: mean``): under d_χ noise one token's state carries its own noise, the
+    mean over |x| tokens averages independent noise down (sentence-transformers models such as MiniLM are trained
+    with this read-out). The family's head sees a one-token sequence, so every family's head works unchanged."""
+
+    def __init__(self, head: nn.Module):
+        super().__init__()
+        self.head = head
+
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        pooled = mean_pool(hidden, attention_mask).unsqueeze(1)
+        return self.head(pooled, attention_mask[:, :1].clamp_min(1))
+
+
+HEAD_POOLINGS = {"token": None, "mean": MeanPooledHead}  # train.head_pooling → the wrapper of the family's head

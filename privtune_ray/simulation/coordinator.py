@@ -82,10 +82,11 @@ class Setup:
 def prepare(cfg: Config) -> Setup:
     """Load the model and data, size the tiers, draw the population; every bad input fails here."""
     design = design_for(cfg, "simulate")
-    if cfg.train.warm_start.enabled or cfg.train.denoiser.kind != "none":
+    if cfg.train.warm_start.enabled or cfg.train.denoiser.kind != "none" or cfg.train.head_pooling != "token":
         raise ConfigError(
-            "train.warm_start and train.denoiser run under `privtune-ray train` only (the top replicas of `simulate` "
-            "start from the pretrained top): set train.warm_start.enabled=false and train.denoiser.kind=none"
+            "train.warm_start, train.denoiser and train.head_pooling run under `privtune-ray train` only (the top "
+            "replicas of `simulate` start from the pretrained top): set train.warm_start.enabled=false, "
+            "train.denoiser.kind=none and train.head_pooling=token"
         )
     spec = classification_spec(cfg, "simulate")
     sim = cfg.simulation

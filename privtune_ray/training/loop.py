@@ -27,6 +27,7 @@ from ..mechanisms import build_mechanism
 from ..message import Message
 from ..models.denoiser import build_denoiser
 from ..models.loading import load_split_model, load_tokenizer, resolve_model
+from ..models.split import HEAD_POOLINGS
 from ..progress import plain_lines, progress_bar
 from ..runs import RunSession, Summary, Totals
 from ..seeding import seed_everything
@@ -190,6 +191,8 @@ def run_training(cfg: Config, out: str | os.PathLike | None = None, resume: bool
         split_model.top.front = build_denoiser(
             cfg.train.denoiser.kind, split_model.hidden_size, cfg.train.denoiser.width
         )
+    if (pooled := HEAD_POOLINGS[cfg.train.head_pooling]) is not None:
+        split_model.top.head = pooled(split_model.top.head)
 
     session = RunSession.open(cfg, out, resume)
     run = session.run
@@ -359,6 +362,7 @@ def run_training(cfg: Config, out: str | os.PathLike | None = None, resume: bool
             "trainable_params": sum(p.numel() for p in top.parameters() if p.requires_grad),
             "warm_start": cfg.train.warm_start.objective if cfg.train.warm_start.enabled else "none",
             "denoiser": cfg.train.denoiser.kind,
+            "head_pooling": cfg.train.head_pooling,
             **public_record,
             **design.summary(None, totals.step),
             **attack_summary,
