@@ -50,9 +50,25 @@ def check_config(cfg: Config) -> None:
         "simulation.partition",
         f"choose one of {sorted(PARTITIONERS)}",
     )
+    _check_top(cfg)
     _check_public_text(cfg)
     check_variant_keys(cfg)
     check_design(cfg)
+
+
+def _check_top(cfg: Config) -> None:
+    """The top's read-out and step against the task: mean pooling feeds a classifier; a U-shaped causal LM
+    (the loss on the device) steps once per message."""
+    require(
+        cfg.train.head_pooling == "token" or cfg.model.task == "classification",
+        "train.head_pooling",
+        "'mean' pools a classifier's input; model.task=causal-lm needs 'token'",
+    )
+    require(
+        cfg.train.physical_batch_size is None or not (cfg.model.task == "causal-lm" and cfg.model.lm_head == "device"),
+        "train.physical_batch_size",
+        "splits a batch whose loss the cloud computes; with model.lm_head=device set it to null",
+    )
 
 
 def _check_public_text(cfg: Config) -> None:
@@ -66,11 +82,6 @@ def _check_public_text(cfg: Config) -> None:
         den.kind == "none" or den.kind in DENOISERS,
         "train.denoiser.kind",
         f"unknown denoiser {den.kind!r}; choose none or one of {sorted(DENOISERS)}",
-    )
-    require(
-        cfg.train.head_pooling == "token" or cfg.model.task == "classification",
-        "train.head_pooling",
-        "'mean' pools a classifier's input; model.task=causal-lm needs 'token'",
     )
     if uses_public_text(cfg):
         require(

@@ -175,6 +175,8 @@ def _account(args) -> None:
         print(f"  {g.statement}")
         if g.epsilon is not None:
             print(f"  epsilon (PLD) = {g.epsilon:.4f}, epsilon (RDP) = {g.epsilon_rdp:.4f}, delta = {g.delta:g}")
+        if cfg.design.name == "ewtune":
+            _print_dp_sgd_plan(cfg)
     dpsgd = (args.sample_rate, args.steps)
     if any(v is not None for v in dpsgd + (args.noise_multiplier, args.target_epsilon)):
         if None in dpsgd:
@@ -231,6 +233,23 @@ def _account(args) -> None:
             print(line)
     elif not args.config:
         raise PrivtuneError("give a config, or --sample-rate, --steps and --noise-multiplier (or --target-epsilon)")
+
+
+def _print_dp_sgd_plan(cfg) -> None:
+    """EW-Tune's DP-SGD plan of ``train`` for this config, as the run would calibrate it (the training split's N,
+    less the attacker's carve-out): q, T, σ and ε by each accountant, and the warning where Edgeworth understates."""
+    from .designs import design_for
+    from .models.loading import load_tokenizer
+    from .training.loop import attacker_data, load_task_data, train_spec
+
+    design = design_for(cfg, "train")
+    tokenizer = load_tokenizer(cfg.model.name)
+    train_split, _ = load_task_data(cfg, tokenizer, train_spec(cfg))
+    if cfg.attack.enabled:
+        _, train_split = attacker_data(cfg, tokenizer, train_split)
+    per_epoch = -(-len(train_split) // cfg.train.batch_size)
+    design.train_plan(len(train_split), per_epoch, cfg.train.max_steps)
+    print(f"design ewtune (train, N = {len(train_split)} samples): " + "; ".join(design.log_lines()))
 
 
 def _sweep(args) -> None:

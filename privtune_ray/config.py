@@ -180,9 +180,26 @@ class TrainConfig:
     # the classification head's input: "token", the family's own read-out ([CLS], <s>, the last token), or "mean",
     # the mean of the top's last hidden states over real tokens (models.split.MeanPooledHead; a cloud-side lever)
     head_pooling: str = "token"
+    # which of the top's parameters train (with lora.enabled: false): "all", or "bias", BitFit's biases plus the
+    # task head (and a front denoiser); LoRA (lora.enabled) is the third choice
+    trainable: str = "all"
+    # the most samples one forward pass takes: a larger (logical, e.g. DP-SGD's Poisson) batch is sent and
+    # backpropagated in pieces of this size and takes one optimiser step (None: the whole batch at once)
+    physical_batch_size: int | None = None
 
     def validate(self, key: str) -> None:
         require(self.head_pooling in ("token", "mean"), f"{key}.head_pooling", "must be 'token' or 'mean'")
+        require(self.trainable in ("all", "bias"), f"{key}.trainable", "must be 'all' or 'bias' (BitFit)")
+        require(
+            not (self.trainable == "bias" and self.lora.enabled),
+            f"{key}.trainable",
+            "is 'bias' while train.lora.enabled is true: choose one, BitFit (trainable=bias) or LoRA",
+        )
+        require(
+            self.physical_batch_size is None or self.physical_batch_size >= 1,
+            f"{key}.physical_batch_size",
+            "must be >= 1 or null",
+        )
         require(self.epochs >= 1, f"{key}.epochs", "must be >= 1")
         require(self.max_steps is None or self.max_steps >= 1, f"{key}.max_steps", "must be >= 1 or null")
         require(self.batch_size >= 1, f"{key}.batch_size", "must be >= 1")

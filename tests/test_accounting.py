@@ -1,5 +1,7 @@
 """The Edgeworth accountant against dp-accounting's PLD and RDP and Opacus' PRV accountants."""
 
+from pathlib import Path
+
 import dp_accounting
 import numpy as np
 import pytest
@@ -203,3 +205,26 @@ def test_account_warns_where_edgeworth_understates_and_names_a_breakdown(capsys)
         capsys, "--sample-rate", "0.001", "--steps", "100", "--target-epsilon", "3", "--calibrate-with", "pld"
     )
     assert rc == 0 and "calibrated sigma = 0.46" in out and "PLD (dp-accounting)    epsilon = 3.00" in out
+
+
+def test_rdp_calibration_is_looser_than_pld_and_meets_its_own_bound():
+    from privtune_ray.accounting import calibrate_sigma_pld, calibrate_sigma_rdp
+
+    q, steps = 0.016, 186  # 3 epochs of an expected batch of 1,024 from SST-2
+    sigma_rdp, sigma_pld = calibrate_sigma_rdp(3.0, DELTA, q, steps), calibrate_sigma_pld(3.0, DELTA, q, steps)
+    assert rdp_epsilon(DELTA, q, sigma_rdp, steps) == pytest.approx(3.0, rel=1e-3) and sigma_rdp > sigma_pld
+    assert pld_epsilon(DELTA, q, sigma_rdp, steps) < 3.0  # the RDP σ over-protects by the PLD bound
+    with pytest.raises(ConfigError, match=r"unreachable .* \(RDP epsilon"):
+        calibrate_sigma_rdp(1e-4, DELTA, 1.0, 10000, sigma_range=(0.3, 5.0))
+
+
+def test_account_of_an_ewtune_config_prints_the_dp_sgd_plan_the_run_calibrates(capsys):
+    config = str(Path(__file__).parents[1] / "simulations" / "sst2_ewtune.yaml")
+    args = [config, "--set", "data.max_train_samples=2000", "--set", "train.batch_size=200", "--set", "train.epochs=1"]
+    rc, out, _ = _account(capsys, *args)
+    # N = 2,000, q = 0.1, T = 10, σ by the PLD bound; Edgeworth's estimate beside it, 2.38: 0.79 x the PLD ε
+    assert rc == 0 and "design ewtune (train, N = 2000 samples)" in out and "q = 0.10000, T = 10" in out
+    assert "epsilon 3.000 (PLD, the guarantee)" in out
+    assert "warning: the Edgeworth epsilon 2.382 is 0.79 x the PLD epsilon 3.000" in out
+    rc, _, err = _account(capsys, *args, "--set", "design.delta=0.001")
+    assert rc == 2 and "design.delta=0.001 is at least 1/N = 0.0005" in err and len(err.strip().splitlines()) == 1

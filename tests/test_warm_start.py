@@ -136,7 +136,7 @@ def test_train_with_warm_start_and_denoiser_records_them_and_resumes_to_the_same
     assert last < first and len(whole["denoiser_pretrain_loss"]) == 2
     assert json.loads((tmp_path / "whole" / "public.json").read_text())["warm_start_loss"] == whole["warm_start_loss"]
 
-    calls, original = {"n": 0}, TopServer.train_step
+    calls, original = {"n": 0}, TopServer.accumulate
 
     def dies_at_step_3(self, msg):
         calls["n"] += 1
@@ -144,10 +144,10 @@ def test_train_with_warm_start_and_denoiser_records_them_and_resumes_to_the_same
             raise KeyboardInterrupt
         return original(self, msg)
 
-    monkeypatch.setattr(TopServer, "train_step", dies_at_step_3)
+    monkeypatch.setattr(TopServer, "accumulate", dies_at_step_3)
     with pytest.raises(KeyboardInterrupt):
         run_training(cfg, out=tmp_path / "cut", log=quiet)
-    monkeypatch.setattr(TopServer, "train_step", original)
+    monkeypatch.setattr(TopServer, "accumulate", original)
     ran = []
     monkeypatch.setattr("privtune_ray.training.loop.prepare_top", lambda *a, **k: ran.append(1) or {})
     resumed = json.loads((run_training(cfg, out=tmp_path / "cut", resume=True, log=quiet) / "summary.json").read_text())

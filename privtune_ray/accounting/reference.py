@@ -2,7 +2,8 @@
 
 * :func:`pld_epsilon`, :func:`rdp_epsilon`: Google's dp-accounting (privacy-loss distributions; Rényi DP).
 * :func:`prv_epsilon`: Opacus' PRV accountant.
-* :func:`calibrate_sigma_pld`: σ for a target PLD ε, by dp-accounting's ``calibrate_dp_mechanism``.
+* :func:`calibrate_sigma_pld`, :func:`calibrate_sigma_rdp`: σ for a target PLD (RDP) ε, by dp-accounting's
+  ``calibrate_dp_mechanism``.
 * :class:`PLDAccountant`, :class:`RDPAccountant`: the same behind the accountant interface (``base.Accountant``).
 
 All for T-fold self-composition of the Poisson-subsampled Gaussian (sample rate q, noise multiplier σ),
@@ -85,30 +86,45 @@ def calibrate_sigma_pld(
     most ``target_epsilon``: dp-accounting's ``calibrate_dp_mechanism`` (Brent's method in σ, then a check that the
     returned σ meets the target). Raises :class:`SigmaOutOfRange` (a ConfigError), ``unreachable`` when ε(hi) >
     target, ``met_at_lo`` when ε(lo) ≤ target."""
+    return _calibrate("pld", target_epsilon, delta, q, steps, sigma_range)
+
+
+def calibrate_sigma_rdp(
+    target_epsilon: float, delta: float, q: float, steps: int, sigma_range: tuple[float, float] = (0.3, 100.0)
+) -> float:
+    """As :func:`calibrate_sigma_pld`, by the Rényi DP bound (:func:`rdp_epsilon`; looser, so σ is larger)."""
+    return _calibrate("rdp", target_epsilon, delta, q, steps, sigma_range)
+
+
+def _calibrate(
+    kind: str, target_epsilon: float, delta: float, q: float, steps: int, sigma_range: tuple[float, float]
+) -> float:
     check_epsilon(target_epsilon), check_delta(delta), check_sample_rate(q), check_steps(steps)
+    epsilon = {"pld": pld_epsilon, "rdp": rdp_epsilon}[kind]
     lo, hi = sigma_range
     where = f"q={q:g}, steps={steps}, delta={delta:g}"
-    top = pld_epsilon(delta, q, hi, steps)
+    name = kind.upper()
+    top = epsilon(delta, q, hi, steps)
     if top > target_epsilon:
         raise SigmaOutOfRange(
-            f"target epsilon {target_epsilon:g} is unreachable with a noise multiplier up to {hi:g} (PLD epsilon {top:.4g} "
-            f"there; {where}): raise the target epsilon, lower the sample rate or the steps",
+            f"target epsilon {target_epsilon:g} is unreachable with a noise multiplier up to {hi:g} ({name} epsilon "
+            f"{top:.4g} there; {where}): raise the target epsilon, lower the sample rate or the steps",
             "unreachable",
             hi,
             top,
         )
-    bottom = pld_epsilon(delta, q, lo, steps)
+    bottom = epsilon(delta, q, lo, steps)
     if bottom <= target_epsilon:
         raise SigmaOutOfRange(
             f"target epsilon {target_epsilon:g} is met already at sigma = {lo:g}, the smallest noise multiplier searched "
-            f"(PLD epsilon {bottom:.4g}; {where}): lower the target epsilon",
+            f"({name} epsilon {bottom:.4g}; {where}): lower the target epsilon",
             "met_at_lo",
             lo,
             bottom,
         )
     return float(
         dp_accounting.calibrate_dp_mechanism(
-            lambda: _accountant("pld"),
+            lambda: _accountant(kind),
             lambda sigma: subsampled_gaussian_event(q, sigma, steps),
             target_epsilon,
             delta,

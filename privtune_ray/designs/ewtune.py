@@ -104,6 +104,8 @@ class DPPlan:
             "guarantee": f"({self.epsilon_pld:.4g}, {self.delta:g})-DP (PLD bound, dp-accounting)",
             "epsilon_edgeworth_estimate": self.epsilon_edgeworth,
             "estimate": f"EW-Tune's Edgeworth order-{self.edgeworth_order} approximation, not a bound",
+            "edgeworth_to_pld": self.epsilon_edgeworth / self.epsilon_pld if self.epsilon_pld > 0 else float("nan"),
+            "warning": self.edgeworth_warning(),
         }
 
     def describe(self) -> str:
@@ -115,15 +117,22 @@ class DPPlan:
             f"{edgeworth} (Edgeworth, EW-Tune's estimate), {self.epsilon_rdp:.3f} (RDP) at delta {self.delta:g}"
         )
 
-    def pld_warning(self, tolerance: float = 0.05) -> str | None:
-        """A line when the PLD ε (a bound) exceeds the target the Edgeworth ε (an approximation) was calibrated to."""
-        if self.epsilon_pld <= self.target_epsilon * (1 + tolerance):
+    def edgeworth_warning(self, tolerance: float = UNDERSTATED_TOLERANCE) -> str | None:
+        """A line wherever the Edgeworth ε (an approximation) is below the PLD ε (a bound) by more than ``tolerance``
+        (a fraction), stating their ratio, or where the expansion breaks down; None where they agree."""
+        where = f"q = {self.sample_rate:.3g}, T = {self.steps}, sigma = {self.noise_multiplier:.4g}"
+        if math.isnan(self.epsilon_edgeworth):
+            return (
+                f"warning: the Edgeworth expansion breaks down for this schedule ({where}) and gives no epsilon; the "
+                f"guarantee is the PLD epsilon {self.epsilon_pld:.3f}"
+            )
+        if self.epsilon_edgeworth >= self.epsilon_pld * (1 - tolerance):
             return None
+        fix = " (design.calibrate_with=pld calibrates to the bound)" if self.calibrated_with == "edgeworth" else ""
         return (
-            f"warning: PLD gives epsilon {self.epsilon_pld:.3f} for this schedule, above the target "
-            f"{self.target_epsilon:g} that the Edgeworth approximation meets (q = {self.sample_rate:.3g}, T = {self.steps}): "
-            f"the Edgeworth expansion is not a bound; the guarantee is the PLD epsilon (design.calibrate_with=pld "
-            f"calibrates to it)"
+            f"warning: the Edgeworth epsilon {self.epsilon_edgeworth:.3f} is {self.epsilon_edgeworth / self.epsilon_pld:.2f}"
+            f" x the PLD epsilon {self.epsilon_pld:.3f} for this schedule ({where}): the Edgeworth expansion understates "
+            f"the privacy loss; the guarantee is the PLD epsilon{fix}"
         )
 
 
@@ -364,12 +373,35 @@ class EWTuneDesign(SplitDesign):
                 "(a deadline drops messages by their compute time, which depends on the data)"
             )
 
+    def check_dataset(self, n_samples: int, logical_batch: int, batch_key: str) -> None:
+        """DP-SGD against the N training samples: δ < 1/N (at δ ≥ 1/N publishing one sample whole is
+        (0, δ)-DP), and an expected logical batch (``batch_key``) of at most N (q ≤ 1)."""
+        delta = self.params.delta
+        if delta >= 1 / n_samples:
+            raise ConfigError(
+                f"design.delta={delta:g} is at least 1/N = {1 / n_samples:.3g} (N = {n_samples} training samples), "
+                f"where releasing one sample whole meets the guarantee: set design.delta below 1/N, e.g. "
+                f"{10 ** math.floor(math.log10(0.1 / n_samples)):g}"
+            )
+        if logical_batch > n_samples:
+            raise ConfigError(
+                f"{batch_key} = {logical_batch} (DP-SGD's expected logical batch) exceeds the {n_samples} training "
+                f"samples (sample rate q > 1): lower it to at most {n_samples}"
+            )
+
     def prepare(self, population) -> None:
+        sim = self.cfg.simulation
+        self.check_dataset(
+            population.n_samples,
+            sim.devices_per_round * sim.local_batch_size,
+            "simulation.devices_per_round x simulation.local_batch_size",
+        )
         self.expected_batch_size = population.expected_batch_size()
-        self.plan = plan_dp_sgd(self.params, population.dp_sample_rate(), steps=self.cfg.simulation.rounds)
+        self.plan = plan_dp_sgd(self.params, population.dp_sample_rate(), steps=sim.rounds)
 
     def train_plan(self, n_train: int, batches_per_epoch: int, max_steps: int | None) -> tuple[int, int]:
         """1/q Poisson batches per epoch; σ calibrated for the whole run."""
+        self.check_dataset(n_train, self.cfg.train.batch_size, "train.batch_size")
         q = self.cfg.train.batch_size / n_train
         per_epoch, total = super().train_plan(n_train, steps_per_epoch(min(1.0, q)), max_steps)
         self.plan = plan_dp_sgd(self.params, q, total)
@@ -399,7 +431,7 @@ class EWTuneDesign(SplitDesign):
     def log_lines(self) -> list[str]:
         if self.plan is None:
             return []
-        warning = self.plan.pld_warning()
+        warning = self.plan.edgeworth_warning()
         return [f"EW-Tune DP-SGD: {self.plan.describe()}"] + ([warning] if warning else [])
 
 

@@ -17,7 +17,7 @@ from ..models.split import split_model
 from ..simulation.clock import DeviceTiming, simulate_round, transfer_s
 from ..simulation.protocol import DeviceReport, DeviceTask, EvalResult, TopResult, derive_seed
 from ..training.client import SplitClient
-from ..training.server import TopServer, apply_lora, build_optimizer
+from ..training.server import TopServer, adapt_top, build_optimizer
 from .base import Design, RoundContext, RoundOutcome, no_step
 
 
@@ -51,10 +51,10 @@ class SplitDesign(Design):
     # ------------------------------------------------------------------ cloud (replica)
 
     def build_cloud(self, host, task_model) -> TopServer:
-        """The top from the shallowest device's depth (LoRA on it if configured), AdamW over the run's rounds."""
+        """The top from the shallowest device's depth (LoRA or BitFit on it if configured), AdamW over the run's rounds."""
         cfg = self.cfg
         split = split_model(task_model, host.setup.entry_depth, task=cfg.model.task, name=cfg.model.name)
-        top = apply_lora(split.top, split.family, cfg.train.lora) if cfg.train.lora.enabled else split.top
+        top = adapt_top(split.top, split.family, cfg.train)
         optimizer, scheduler = build_optimizer(top, cfg.train, cfg.simulation.rounds)
         return self.top_server(top, optimizer, scheduler, host.device)
 

@@ -48,6 +48,7 @@ from ..progress import plain_lines, progress_bar
 from ..runs import RunSession, Summary, Totals
 from ..seeding import seed_everything
 from ..training.loop import attacker_data, classification_spec, load_task_data, top_device
+from ..training.server import lora_targets
 from .backend import BACKENDS, ReplicaLost
 from .clock import simulate_round
 from .pool import ActorPool
@@ -92,7 +93,9 @@ def prepare(cfg: Config) -> Setup:
     sim = cfg.simulation
     seed_everything(cfg.seed)
     task_model = load_task_model(cfg.model.name, cfg.model.task, spec.num_labels)
-    split_model(task_model, cfg.model.split_depth, task=cfg.model.task, name=cfg.model.name)  # checks m ≤ L
+    split = split_model(task_model, cfg.model.split_depth, task=cfg.model.task, name=cfg.model.name)  # checks m ≤ L
+    if cfg.train.lora.enabled:
+        lora_targets(split.top, split.family, cfg.train.lora)
     depth = depth_of(task_model)
     full = split_model(task_model, 0, task=cfg.model.task, name=cfg.model.name)
     footprint = BottomFootprint.measure(full, task_model.config, sim.local_batch_size, cfg.model.max_length)

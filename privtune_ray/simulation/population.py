@@ -150,6 +150,11 @@ class Population:
             poisson_sample(len(self.parts[i]), self.dp_sample_rate(), derive_seed(self.seed, i, round_, 0x9015))
         ]
 
+    @property
+    def n_samples(self) -> int:
+        """N: the training samples held by all devices."""
+        return self._n_samples
+
     def dp_sample_rate(self) -> float:
         """q: the probability with which each sample is in a Poisson round's batch (public: K·b / N)."""
         return min(1.0, self.sim.devices_per_round * self.sim.local_batch_size / max(self._n_samples, 1))

@@ -1,7 +1,7 @@
 """Reference (single-process) split fine-tuning: device client, cloud server, and the loop joining them."""
 
 from .client import SplitClient
-from .server import TopServer, apply_lora, build_optimizer
+from .server import TopServer, adapt_top, apply_lora, build_optimizer
 
 
 def __getattr__(name: str):
@@ -13,4 +13,4 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 
-__all__ = ["SplitClient", "TopServer", "apply_lora", "build_optimizer", "evaluate", "run_training"]
+__all__ = ["SplitClient", "TopServer", "adapt_top", "apply_lora", "build_optimizer", "evaluate", "run_training"]

@@ -34,7 +34,7 @@ from ..seeding import seed_everything
 from .client import SplitClient
 from .generation import evaluate_generation
 from .lm_head import DeviceHead, HiddenStateServer, detach_head
-from .server import TopServer, apply_lora, build_optimizer, summed_loss
+from .server import TopServer, adapt_top, build_optimizer, lora_targets, summed_loss
 from .warm_start import WARM_START_SEED_OFFSET, PublicBatches, load_public, prepare_top, uses_public_text
 
 
@@ -75,22 +75,35 @@ def u_shaped_step(client: SplitClient, server: HiddenStateServer, msg: Message, 
     return loss_sum / msg.batch_size
 
 
-def split_step(client: SplitClient, server: TopServer, batch, counters: Totals, on_upload=None) -> float:
-    """One step of split fine-tuning: device forward, upload, top-model update. Returns the loss (nats).
+def split_step(client: SplitClient, server: TopServer, batches: list, counters: Totals, on_upload=None) -> float:
+    """One step of split fine-tuning on a logical batch sent as one or more physical ``batches``
+    (``train.physical_batch_size``): per piece, device forward, upload and the top's backward pass (gradients add
+    up); then one optimiser step over all of them. Returns the logical batch's mean loss (nats).
 
     ``on_upload(message, batch)`` sees each received message (the attack suite's victim sample).
     """
-    msg = upload(client.encode(batch), counters)
-    if on_upload is not None:
-        on_upload(msg, batch)
-    if client.head is None:
-        loss = server.train_step(msg)
-    else:
-        loss = u_shaped_step(client, server, msg, batch.labels, counters)
+    loss_sum, n = 0.0, 0
+    for batch in batches:
+        msg = upload(client.encode(batch), counters)
+        if on_upload is not None:
+            on_upload(msg, batch)
+        counters.samples += len(batch.indices)
+        counters.tokens += batch.num_tokens
+        if client.head is not None:  # U-shaped: one piece per step (checked by the config)
+            counters.step += 1
+            return u_shaped_step(client, server, msg, batch.labels, counters)
+        loss_sum += server.accumulate(msg)
+        n += msg.batch_size
+    server.step(n)
     counters.step += 1
-    counters.samples += len(batch.indices)
-    counters.tokens += batch.num_tokens
-    return loss
+    return loss_sum / max(n, 1)
+
+
+def physical_pieces(indices: np.ndarray, size: int | None) -> list[np.ndarray]:
+    """``indices`` cut into consecutive pieces of at most ``size`` samples (None: one piece)."""
+    if size is None or len(indices) <= size:
+        return [indices]
+    return [indices[i : i + size] for i in range(0, len(indices), size)]
 
 
 def evaluate(
@@ -173,6 +186,8 @@ def run_training(cfg: Config, out: str | os.PathLike | None = None, resume: bool
     split_model = load_split_model(
         cfg.model.name, cfg.model.split_depth, task=cfg.model.task, num_labels=max(spec.num_labels, 2)
     )
+    if cfg.train.lora.enabled:
+        lora_targets(split_model.top, split_model.family, cfg.train.lora)
     tokenizer = load_tokenizer(cfg.model.name)
     train_split, eval_split = load_task_data(cfg, tokenizer, spec)
     torch.set_num_threads(cfg.train.threads or os.cpu_count() or 1)
@@ -227,8 +242,7 @@ def run_training(cfg: Config, out: str | os.PathLike | None = None, resume: bool
     if cfg.model.task == "causal-lm" and cfg.model.lm_head == "device":  # U-shaped: the head and the loss stay
         head = detach_head(top)
         device_head = DeviceHead(head, *build_optimizer(head, cfg.train, total_steps))
-    if cfg.train.lora.enabled:
-        top = apply_lora(top, split_model.family, cfg.train.lora)
+    top = adapt_top(top, split_model.family, cfg.train)
     optimizer, scheduler = build_optimizer(top, cfg.train, total_steps)
     upload_targets = cfg.model.task == "causal-lm" and cfg.model.lm_head == "cloud"
     client = SplitClient(
@@ -269,9 +283,9 @@ def run_training(cfg: Config, out: str | os.PathLike | None = None, resume: bool
                 server.step(0)
                 totals.step += 1
             else:
-                batch = collate(train_split, idx, pad_id)
+                pieces = [collate(train_split, p, pad_id) for p in physical_pieces(idx, cfg.train.physical_batch_size)]
                 on_upload = (lambda msg, b: attacks.observe_message(msg, b, train_split)) if attacks else None
-                window_loss.append(split_step(client, server, batch, totals, on_upload))
+                window_loss.append(split_step(client, server, pieces, totals, on_upload))
             loss = window_loss[-1] if window_loss else float("nan")
             totals.batch_in_epoch += 1
             window_samples += len(idx)

@@ -3,7 +3,7 @@
 The server only ever gets :class:`~privtune_ray.message.Message` objects (h̃, mask, labels).
 Optimiser: AdamW (no weight decay on biases and norm weights), linear warm-up over
 ``warmup_ratio·T`` steps then linear decay to 0 at step T. Optionally LoRA (peft) on the blocks'
-projections, with the task head fully trained.
+projections, or BitFit (only the biases), with the task head fully trained either way.
 """
 
 from __future__ import annotations
@@ -15,8 +15,28 @@ from torch import nn
 
 from ..config import LoraConfig, TrainConfig
 from ..data.batching import IGNORE
+from ..errors import ConfigError
 from ..message import Message
 from ..models.families import Family
+
+
+def lora_targets(top: nn.Module, family: Family, lora: LoraConfig) -> list[str]:
+    """The module names LoRA adapts (``train.lora.target_modules``, or the family's projections), each checked to
+    name at least one linear layer inside the top's blocks: a name that matches none is one ConfigError listing
+    the names there are."""
+    targets = lora.target_modules or list(family.lora_targets)
+    linear = {
+        name.rsplit(".", 1)[-1]
+        for name, m in top.named_modules()
+        if name.startswith("blocks.") and isinstance(m, nn.Linear)
+    }
+    missing = [t for t in targets if t not in linear]
+    if missing:
+        raise ConfigError(
+            f"train.lora.target_modules: {missing} name no linear layer in the top model's blocks; choose from "
+            f"{sorted(linear)}"
+        )
+    return targets
 
 
 def apply_lora(top: nn.Module, family: Family, lora: LoraConfig) -> nn.Module:
@@ -25,7 +45,7 @@ def apply_lora(top: nn.Module, family: Family, lora: LoraConfig) -> nn.Module:
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
 
-    targets = lora.target_modules or list(family.lora_targets)
+    targets = lora_targets(top, family, lora)
     pattern = rf".*blocks\.\d+\..*\b({'|'.join(targets)})"  # only inside the top's blocks, not the head
     config = PeftLoraConfig(
         r=lora.r,
@@ -35,6 +55,24 @@ def apply_lora(top: nn.Module, family: Family, lora: LoraConfig) -> nn.Module:
         modules_to_save=["head"] + (["front"] if getattr(top, "front", None) is not None else []),  # a cloud denoiser
     )
     return get_peft_model(top, config)
+
+
+def apply_bitfit(top: nn.Module) -> nn.Module:
+    """BitFit (Ben Zaken et al., 2022): freeze every weight of the top's blocks but the biases; the task head and a
+    front denoiser train whole. Per-sample gradients (DP-SGD) then cost B × (biases + head) floats."""
+    for name, param in top.named_parameters():
+        param.requires_grad_(not name.startswith("blocks.") or name.endswith(".bias"))
+    return top
+
+
+def adapt_top(top: nn.Module, family: Family, cfg: TrainConfig) -> nn.Module:
+    """The top as ``train`` configures its trainable part: LoRA (``lora.enabled``), BitFit (``trainable: bias``)
+    or all of it."""
+    if cfg.lora.enabled:
+        return apply_lora(top, family, cfg.lora)
+    if cfg.trainable == "bias":
+        return apply_bitfit(top)
+    return top
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig, total_steps: int):

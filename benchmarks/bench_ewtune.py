@@ -1,0 +1,206 @@
+"""EW-Tune that learns (issue 16): DP-SGD accuracy at PLD ε ≤ 3, in ``train`` and ``simulate``, and EW-Tune's own claim.
+
+1. ``claim``: at the target ε and δ of the config, σ calibrated by the Edgeworth expansion (EW-Tune's), by RDP and by
+   PLD (dp-accounting) for the recipe's schedules (``train``: q = batch_size / N, T = epochs / q; ``simulate``:
+   q = devices_per_round × local_batch_size / N, T = rounds) and a grid of (q, epochs): how much less noise
+   Edgeworth calibration gives (EW-Tune reports up to 5.6 % less than RDP) and the PLD ε its σ really spends.
+2. ``train`` and ``simulate``: the config (``simulations/sst2_ewtune.yaml``) run for each seed, calibrated by each
+   accountant of ``--arms`` (``pld``: the bound; ``edgeworth``: EW-Tune's σ, run with
+   ``design.allow_understated_epsilon``, to show what its smaller σ buys in accuracy at the PLD ε it spends).
+
+    python benchmarks/bench_ewtune.py [--seeds 0 1] [--only train simulate] [--arms pld edgeworth] [--claim-only]
+        [--config simulations/sst2_ewtune.yaml] [--set key=value ...] [--runs-dir runs/ewtune]
+        [--out benchmarks/results/ewtune.json]
+
+Runs are resumable: a finished run (its summary.json) is read, an interrupted one resumes from its checkpoint.
+The file holds, for ``train`` and ``simulate``, ``accuracy_mean``, ``accuracy_std``, ``pld_epsilon``,
+``edgeworth_epsilon``, ``delta`` and ``setting`` (the ``pld`` arm), every run, and the targets measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).parents[1]))
+
+from privtune_ray.accounting import (  # noqa: E402
+    SigmaOutOfRange,
+    calibrate_sigma,
+    calibrate_sigma_pld,
+    calibrate_sigma_rdp,
+    pld_epsilon,
+)
+from privtune_ray.benchmarking import write_results  # noqa: E402
+from privtune_ray.config import load_config  # noqa: E402
+
+TARGETS = {"train": 0.83, "simulate": 0.80}  # SST-2 dev accuracy at PLD ε ≤ 3 (the issue's targets)
+GRID_Q = (0.004, 0.016, 0.06)
+GRID_EPOCHS = (1, 3, 10)
+
+
+def calibrations(target: float, delta: float, q: float, steps: int) -> dict:
+    """σ by each accountant for ``target`` at (q, T); Edgeworth's saving against RDP and PLD; the PLD ε it spends."""
+    row: dict = {"q": q, "steps": steps, "q_times_steps": q * steps}
+    row["sigma_rdp"] = calibrate_sigma_rdp(target, delta, q, steps)
+    row["sigma_pld"] = calibrate_sigma_pld(target, delta, q, steps)
+    try:
+        sigma = calibrate_sigma(target, delta, q, steps)
+    except SigmaOutOfRange as exc:  # the expansion breaks down at this schedule: it calibrates nothing
+        row.update(sigma_edgeworth=None, edgeworth_breaks_down=str(exc))
+        return row
+    row.update(
+        sigma_edgeworth=sigma,
+        less_noise_than_rdp=1 - sigma / row["sigma_rdp"],
+        less_noise_than_pld=1 - sigma / row["sigma_pld"],
+        pld_epsilon_of_edgeworth_sigma=pld_epsilon(delta, q, sigma, steps),
+    )
+    return row
+
+
+def claim(cfg, n_train: int, n_simulate: int) -> dict:
+    target, delta = cfg.design.target_epsilon, cfg.design.delta
+    q_train = cfg.train.batch_size / n_train
+    q_sim = cfg.simulation.devices_per_round * cfg.simulation.local_batch_size / n_simulate
+    schedules = {
+        "train": calibrations(target, delta, q_train, cfg.train.epochs * max(1, round(1 / q_train))),
+        "simulate": calibrations(target, delta, q_sim, cfg.simulation.rounds),
+    }
+    grid = [calibrations(target, delta, q, e * round(1 / q)) for q in GRID_Q for e in GRID_EPOCHS]
+    savings = [r["less_noise_than_rdp"] for r in grid if r["sigma_edgeworth"] is not None]
+    return {
+        "target_epsilon": target,
+        "delta": delta,
+        "schedules": schedules,
+        "grid": grid,
+        "edgeworth_less_noise_than_rdp_max": max(savings) if savings else None,
+        "paper_less_noise_than_rdp_max": 0.056,
+    }
+
+
+def run_one(kind: str, cfg, out: Path) -> dict:
+    """One ``train`` or ``simulate`` run into ``out`` (read if finished, resumed if interrupted); its record."""
+    summary_path = out / "summary.json"
+    if not summary_path.exists():
+        if kind == "train":
+            from privtune_ray.training.loop import run_training as run
+        else:
+            from privtune_ray.simulation import run_simulation as run
+        run(cfg, out, resume=(out / "config.yaml").exists(), log=print)
+    summary = json.loads(summary_path.read_text())
+    dp = summary["dp_sgd"]
+    return {
+        "seed": cfg.seed,
+        "accuracy": summary["utility"],
+        "pld_epsilon": dp["epsilon_pld"],
+        "edgeworth_epsilon": dp["epsilon_edgeworth"],
+        "noise_multiplier": dp["noise_multiplier"],
+        "calibrated_with": dp["calibrated_with"],
+        "sample_rate": dp["sample_rate"],
+        "steps": dp["steps"],
+        "expected_batch_size": dp.get("expected_batch_size"),
+        "run": str(out),
+    }
+
+
+def aggregate(runs: list[dict], cfg, setting: str) -> dict:
+    acc = np.array([r["accuracy"] for r in runs])
+    return {
+        "accuracy_mean": float(acc.mean()),
+        "accuracy_std": float(acc.std(ddof=1)) if len(acc) > 1 else None,
+        "seeds": len(runs),
+        "pld_epsilon": max(r["pld_epsilon"] for r in runs),
+        "edgeworth_epsilon": max(r["edgeworth_epsilon"] for r in runs),
+        "delta": cfg.design.delta,
+        "noise_multiplier": runs[0]["noise_multiplier"],
+        "setting": setting,
+        "runs": runs,
+    }
+
+
+def setting_of(cfg, kind: str) -> str:
+    t = cfg.train
+    top = f"LoRA r={t.lora.r}" if t.lora.enabled else ("BitFit" if t.trainable == "bias" else "full top")
+    common = f"m={cfg.model.split_depth}, {top}, lr={t.lr:g}, C={cfg.design.clip_norm:g}, sigma by {cfg.design.calibrate_with}"
+    if kind == "train":
+        return f"{common}, expected batch {t.batch_size}, {t.epochs} epochs"
+    sim = cfg.simulation
+    return (
+        f"{common}, {sim.devices} devices, {sim.devices_per_round} x {sim.local_batch_size} expected per round, "
+        f"{sim.rounds} rounds"
+    )
+
+
+def n_samples(cfg) -> int:
+    """N of the run's training split (less the attacker's carve-out), as ``train`` and ``simulate`` count it."""
+    from privtune_ray.models.loading import load_tokenizer
+    from privtune_ray.training.loop import attacker_data, load_task_data, train_spec
+
+    tokenizer = load_tokenizer(cfg.model.name)
+    train_split, _ = load_task_data(cfg, tokenizer, train_spec(cfg))
+    if cfg.attack.enabled:
+        _, train_split = attacker_data(cfg, tokenizer, train_split)
+    return len(train_split)
+
+
+def main(argv=None) -> int:
+    from privtune_ray.checks import check_config
+    from privtune_ray.errors import PrivtuneError
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=str(Path(__file__).parents[1] / "simulations" / "sst2_ewtune.yaml"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--only", nargs="+", choices=["train", "simulate"], default=["train", "simulate"])
+    parser.add_argument("--arms", nargs="+", choices=["pld", "edgeworth"], default=["pld"])
+    parser.add_argument("--claim-only", action="store_true", help="only the accountants' calibration (no training)")
+    parser.add_argument("--set", action="append", default=[], help="config override key=value (repeatable)")
+    parser.add_argument("--runs-dir", default="runs/ewtune")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "ewtune.json"))
+    args = parser.parse_args(argv)
+    try:
+        base = load_config(args.config, args.set)
+        configs = {}
+        for kind in args.only:
+            for arm in args.arms:
+                for seed in args.seeds:
+                    extra = [f"seed={seed}", f"design.calibrate_with={arm}"]
+                    extra += ["design.allow_understated_epsilon=true"] if arm == "edgeworth" else []
+                    cfg = load_config(args.config, args.set + extra)
+                    check_config(cfg)
+                    configs[(kind, arm, seed)] = cfg
+        n = n_samples(base)
+    except PrivtuneError as exc:
+        print(f"bench_ewtune: error: {exc}", file=sys.stderr)
+        return 2
+    results: dict = {"benchmark": "ewtune", "config": args.config, "overrides": args.set, "seeds": args.seeds}
+    results["claim"] = claim(base, n, n)
+    if not args.claim_only:
+        for kind in args.only:
+            arms = {}
+            for arm in args.arms:
+                runs = [
+                    run_one(kind, configs[(kind, arm, s)], Path(args.runs_dir) / f"{kind}-{arm}-seed{s}")
+                    for s in args.seeds
+                ]
+                arms[arm] = aggregate(
+                    runs, configs[(kind, arm, args.seeds[0])], setting_of(configs[(kind, arm, args.seeds[0])], kind)
+                )
+            main_arm = arms.get("pld") or next(iter(arms.values()))
+            results[kind] = {
+                **{k: v for k, v in main_arm.items() if k != "runs"},
+                "arms": arms,
+                "target_accuracy": TARGETS[kind],
+                "target_met": main_arm["accuracy_mean"] >= TARGETS[kind] and main_arm["pld_epsilon"] <= 3.0 * 1.001,
+            }
+    write_results(args.out, results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
