@@ -7,6 +7,8 @@
 2. ``train`` and ``simulate``: the config (``simulations/sst2_ewtune.yaml``) run for each seed, calibrated by each
    accountant of ``--arms`` (``pld``: the bound; ``edgeworth``: EW-Tune's σ, run with
    ``design.allow_understated_epsilon``, to show what its smaller σ buys in accuracy at the PLD ε it spends).
+3. ``step_cost``: the top's seconds per expected logical batch, plain LoRA against DP-SGD LoRA and DP-SGD BitFit,
+   side by side (``--step-repeats``, 0 skips it).
 
     python benchmarks/bench_ewtune.py [--seeds 0 1] [--only train simulate] [--arms pld edgeworth] [--claim-only]
         [--config simulations/sst2_ewtune.yaml] [--set key=value ...] [--runs-dir runs/ewtune]
@@ -81,6 +83,68 @@ def claim(cfg, n_train: int, n_simulate: int) -> dict:
         "grid": grid,
         "edgeworth_less_noise_than_rdp_max": max(savings) if savings else None,
         "paper_less_noise_than_rdp_max": 0.056,
+    }
+
+
+def step_cost(cfg, repeats: int) -> dict:
+    """Seconds of the top's work on one expected logical batch (``train.batch_size`` SST-2 samples in pieces of
+    ``train.physical_batch_size``, sorted by length), side by side in one process: a plain step and a DP-SGD step
+    (per-sample gradients, clipping, noise) of the LoRA top, and a DP-SGD step of the BitFit top. The bottom's
+    forward is done once beforehand (the same messages for every variant)."""
+    import copy
+
+    import torch
+
+    from privtune_ray.benchmarking import interleaved_timings, ratio_to
+    from privtune_ray.config import LoraConfig, TrainConfig
+    from privtune_ray.data.batching import collate
+    from privtune_ray.designs.ewtune import DPPlan, DPTopServer
+    from privtune_ray.mechanisms.base import Mechanism
+    from privtune_ray.models import load_split_model
+    from privtune_ray.models.loading import load_tokenizer
+    from privtune_ray.training.client import SplitClient
+    from privtune_ray.training.loop import load_task_data, physical_pieces, train_spec
+    from privtune_ray.training.server import TopServer, adapt_top, build_optimizer
+
+    tokenizer = load_tokenizer(cfg.model.name)
+    train_split, _ = load_task_data(cfg, tokenizer, train_spec(cfg))
+    split = load_split_model(cfg.model.name, cfg.model.split_depth, num_labels=2)
+    idx = np.random.default_rng(0).choice(len(train_split), cfg.train.batch_size, replace=False)
+    pieces = physical_pieces(idx, cfg.train.physical_batch_size, train_split.lengths)
+    client = SplitClient(split.bottom, Mechanism())
+    messages = [client.encode(collate(train_split, p, tokenizer.pad_token_id)) for p in pieces]
+    plan = DPPlan(0.015, 1, 0.75, cfg.design.clip_norm, cfg.design.delta, 3.0, 0.0, 0.0, 0.0)
+
+    def server(trainable: str, dp: bool):
+        train = TrainConfig(
+            lr=cfg.train.lr,
+            lora=LoraConfig(enabled=trainable == "lora"),
+            trainable="bias" if trainable == "bias" else "all",
+        )
+        top = adapt_top(copy.deepcopy(split.top), split.family, train)
+        optimizer, scheduler = build_optimizer(top, train, 1000)
+        if dp:
+            return DPTopServer(top, optimizer, scheduler, plan, expected_batch_size=cfg.train.batch_size)
+        return TopServer(top, optimizer, scheduler)
+
+    servers = {"lora": server("lora", False), "lora_dp": server("lora", True), "bitfit_dp": server("bias", True)}
+
+    def one_step(s):
+        def run() -> None:
+            for msg in messages:
+                s.accumulate(msg)
+            s.step(len(idx))
+
+        return run
+
+    times = interleaved_timings({name: one_step(s) for name, s in servers.items()}, repeats)
+    return {
+        "samples": len(idx),
+        "pieces": len(pieces),
+        "tokens": int(sum(int(m.attention_mask.sum()) for m in messages)),
+        "padded_tokens": int(sum(m.attention_mask.numel() for m in messages)),
+        "threads": torch.get_num_threads(),
+        **{name: ratio_to(times, name, "lora") for name in servers},
     }
 
 
@@ -159,6 +223,7 @@ def main(argv=None) -> int:
     parser.add_argument("--only", nargs="+", choices=["train", "simulate"], default=["train", "simulate"])
     parser.add_argument("--arms", nargs="+", choices=["pld", "edgeworth"], default=["pld"])
     parser.add_argument("--claim-only", action="store_true", help="only the accountants' calibration (no training)")
+    parser.add_argument("--step-repeats", type=int, default=3, help="timed DP steps per variant (0: skip)")
     parser.add_argument("--set", action="append", default=[], help="config override key=value (repeatable)")
     parser.add_argument("--runs-dir", default="runs/ewtune")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "ewtune.json"))
@@ -180,6 +245,8 @@ def main(argv=None) -> int:
         return 2
     results: dict = {"benchmark": "ewtune", "config": args.config, "overrides": args.set, "seeds": args.seeds}
     results["claim"] = claim(base, n, n)
+    if args.step_repeats:
+        results["step_cost"] = step_cost(base, args.step_repeats)
     if not args.claim_only:
         for kind in args.only:
             arms = {}
@@ -198,6 +265,7 @@ def main(argv=None) -> int:
                 "target_accuracy": TARGETS[kind],
                 "target_met": main_arm["accuracy_mean"] >= TARGETS[kind] and main_arm["pld_epsilon"] <= 3.0 * 1.001,
             }
+    results["complete"] = all(kind in results for kind in ("train", "simulate")) and len(args.seeds) >= 2
     write_results(args.out, results)
     return 0
 

@@ -82,11 +82,11 @@ def main() -> None:
         client, server = fresh()
         batches = batch_indices(split.lengths, args.batch_size, shuffle=True, bucketing=bucketing, seed=0)
         counters = Totals()
-        split_step(client, server, collate(split, batches[0], tokenizer.pad_token_id), counters)  # warm-up
+        split_step(client, server, [collate(split, batches[0], tokenizer.pad_token_id)], counters)  # warm-up
         counters = Totals()
         start = time.perf_counter()
         for idx in batches:
-            split_step(client, server, collate(split, idx, tokenizer.pad_token_id), counters)
+            split_step(client, server, [collate(split, idx, tokenizer.pad_token_id)], counters)
         seconds = time.perf_counter() - start
         loops[mode] = {
             "steps": counters.step,

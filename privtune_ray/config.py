@@ -184,7 +184,8 @@ class TrainConfig:
     # task head (and a front denoiser); LoRA (lora.enabled) is the third choice
     trainable: str = "all"
     # the most samples one forward pass takes: a larger (logical, e.g. DP-SGD's Poisson) batch is sent and
-    # backpropagated in pieces of this size and takes one optimiser step (None: the whole batch at once)
+    # backpropagated in pieces of this size (by length, with length_bucketing) and takes one optimiser step
+    # (None: the whole batch at once)
     physical_batch_size: int | None = None
 
     def validate(self, key: str) -> None:

@@ -250,7 +250,7 @@ def test_a_logical_batch_in_physical_pieces_takes_the_dp_step_of_the_whole(minil
         top = adapt_top(_no_dropout(copy.deepcopy(split.top)), split.family, train_cfg)
         before = {n: p.detach().clone() for n, p in top.named_parameters() if p.requires_grad}
         server = DPTopServer(top, *_sgd(top), plan, expected_batch_size=8, seed=3)
-        pieces = [collate(dev, idx, tokenizer.pad_token_id) for idx in physical_pieces(np.arange(8), size)]
+        pieces = [collate(dev, idx, tokenizer.pad_token_id) for idx in physical_pieces(np.arange(8), size, dev.lengths)]
         split_step(client, server, pieces, Totals())
         tops.append(top)
         steps.append({n: p.detach() - before[n] for n, p in top.named_parameters() if p.requires_grad})

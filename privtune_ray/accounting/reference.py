@@ -12,6 +12,7 @@ add-or-remove-one neighbouring, ε in nats.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import dp_accounting
@@ -53,11 +54,17 @@ def epsilon_of_event(
     """ε(δ) of any dp-accounting event with the PLD (default; grid ``interval`` nats) or RDP accountant."""
     check_delta(delta)
     acc = _accountant(accountant, interval)
-    # dp-accounting logs a warning for each Rényi order whose series does not converge (it drops that order).
+    with _quiet_absl():
+        return float(acc.compose(event).get_epsilon(delta))
+
+
+@contextlib.contextmanager
+def _quiet_absl():
+    """dp-accounting logs a warning for each Rényi order whose series does not converge (it drops that order)."""
     level = logging.getLogger("absl").level
     logging.getLogger("absl").setLevel(logging.ERROR)
     try:
-        return float(acc.compose(event).get_epsilon(delta))
+        yield
     finally:
         logging.getLogger("absl").setLevel(level)
 
@@ -122,15 +129,16 @@ def _calibrate(
             lo,
             bottom,
         )
-    return float(
-        dp_accounting.calibrate_dp_mechanism(
-            lambda: _accountant(kind),
-            lambda sigma: subsampled_gaussian_event(q, sigma, steps),
-            target_epsilon,
-            delta,
-            dp_accounting.ExplicitBracketInterval(lo, hi),
+    with _quiet_absl():
+        return float(
+            dp_accounting.calibrate_dp_mechanism(
+                lambda: _accountant(kind),
+                lambda sigma: subsampled_gaussian_event(q, sigma, steps),
+                target_epsilon,
+                delta,
+                dp_accounting.ExplicitBracketInterval(lo, hi),
+            )
         )
-    )
 
 
 class _DpAccountingAccountant(Accountant):

@@ -99,10 +99,14 @@ def split_step(client: SplitClient, server: TopServer, batches: list, counters: 
     return loss_sum / max(n, 1)
 
 
-def physical_pieces(indices: np.ndarray, size: int | None) -> list[np.ndarray]:
-    """``indices`` cut into consecutive pieces of at most ``size`` samples (None: one piece)."""
+def physical_pieces(indices: np.ndarray, size: int | None, lengths: np.ndarray | None = None) -> list[np.ndarray]:
+    """``indices`` cut into pieces of at most ``size`` samples (None: one piece). With ``lengths`` (tokens per
+    sample) the batch is sorted by length first, so each piece pads to little more than its own samples: the
+    logical batch and its step are the same (a sum over its samples), the padded tokens fewer."""
     if size is None or len(indices) <= size:
         return [indices]
+    if lengths is not None:
+        indices = indices[np.argsort(lengths[indices], kind="stable")]
     return [indices[i : i + size] for i in range(0, len(indices), size)]
 
 
@@ -276,6 +280,7 @@ def run_training(cfg: Config, out: str | os.PathLike | None = None, resume: bool
         totals.mechanism_compute_s = before.mechanism_compute_s + client.mechanism_s
         totals.top_compute_s = before.top_compute_s + server.compute_s
 
+    lengths = train_split.lengths if cfg.train.length_bucketing else None  # pieces of a logical batch by length
     while totals.step < total_steps:
         batches = design.train_batches(train_split, batches_per_epoch, seed=cfg.seed * 1000 + totals.epoch)
         for idx in batches[totals.batch_in_epoch :]:
@@ -283,7 +288,8 @@ def run_training(cfg: Config, out: str | os.PathLike | None = None, resume: bool
                 server.step(0)
                 totals.step += 1
             else:
-                pieces = [collate(train_split, p, pad_id) for p in physical_pieces(idx, cfg.train.physical_batch_size)]
+                pieces = physical_pieces(idx, cfg.train.physical_batch_size, lengths)
+                pieces = [collate(train_split, piece, pad_id) for piece in pieces]
                 on_upload = (lambda msg, b: attacks.observe_message(msg, b, train_split)) if attacks else None
                 window_loss.append(split_step(client, server, pieces, totals, on_upload))
             loss = window_loss[-1] if window_loss else float("nan")
