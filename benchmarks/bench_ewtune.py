@@ -243,7 +243,12 @@ def main(argv=None) -> int:
     except PrivtuneError as exc:
         print(f"bench_ewtune: error: {exc}", file=sys.stderr)
         return 2
-    results: dict = {"benchmark": "ewtune", "config": args.config, "overrides": args.set, "seeds": args.seeds}
+    results: dict = {
+        "benchmark": "ewtune",
+        "config": os.path.relpath(args.config),
+        "overrides": args.set,
+        "seeds": args.seeds,
+    }
     results["claim"] = claim(base, n, n)
     if args.step_repeats:
         results["step_cost"] = step_cost(base, args.step_repeats)
