@@ -14,6 +14,7 @@ none and summarises what is there).
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -35,6 +36,21 @@ PAPER_DROP = 3.33  # points: PrivTune's reported utility drop at 10 % ASR (RoBER
 
 def _clean(value):
     return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def sweep_base(sweep_dir: Path) -> dict:
+    """What a sweep's base config holds that its points' settings do not name: the split depth, the top's training
+    (steps, lr, LoRA, head pooling) and the attacks (from its ``sweep.json``; empty where there is none)."""
+    path = sweep_dir / "sweep.json"
+    if not path.is_file():
+        return {}
+    base = json.loads(path.read_text())["base"]
+    model, train, attack = base.get("model", {}), base.get("train", {}), base.get("attack", {})
+    return {
+        "model.split_depth": model.get("split_depth"),
+        **{f"train.{k}": train[k] for k in ("max_steps", "lr", "head_pooling", "lora") if k in train},
+        "attack.names": attack.get("names"),
+    }
 
 
 def summarise(sweep_dirs: list[Path]) -> dict:
@@ -122,6 +138,7 @@ def main() -> int:
         "benchmark": "frontier",
         "sweeps": dirs,
         "config": args.config,
+        "base": {d: sweep_base(Path(d)) for d in dirs},
         **summarise([Path(d) for d in dirs]),
     }
     write_results(args.out, results)
