@@ -41,6 +41,7 @@ from privtune_ray.accounting import (  # noqa: E402
 )
 from privtune_ray.benchmarking import write_results  # noqa: E402
 from privtune_ray.config import load_config  # noqa: E402
+from privtune_ray.training.loop import devices_train_size  # noqa: E402
 
 TARGETS = {"train": 0.83, "simulate": 0.80}  # SST-2 dev accuracy at PLD ε ≤ 3 (the issue's targets)
 GRID_Q = (0.004, 0.016, 0.06)
@@ -201,20 +202,9 @@ def setting_of(cfg, kind: str) -> str:
     )
 
 
-def n_samples(cfg) -> int:
-    """N of the run's training split (less the attacker's carve-out), as ``train`` and ``simulate`` count it."""
-    from privtune_ray.models.loading import load_tokenizer
-    from privtune_ray.training.loop import attacker_data, load_task_data, train_spec
-
-    tokenizer = load_tokenizer(cfg.model.name)
-    train_split, _ = load_task_data(cfg, tokenizer, train_spec(cfg))
-    if cfg.attack.enabled:
-        _, train_split = attacker_data(cfg, tokenizer, train_split)
-    return len(train_split)
-
-
 def main(argv=None) -> int:
     from privtune_ray.checks import check_config
+    from privtune_ray.designs import design_for
     from privtune_ray.errors import PrivtuneError
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -239,7 +229,9 @@ def main(argv=None) -> int:
                     cfg = load_config(args.config, args.set + extra)
                     check_config(cfg)
                     configs[(kind, arm, seed)] = cfg
-        n = n_samples(base)
+        n = devices_train_size(base)
+        design_for(base, "train").check_dataset(n, base.train.batch_size, "train.batch_size")  # δ < 1/N, q ≤ 1
+        calibrated = claim(base, n, n)
     except PrivtuneError as exc:
         print(f"bench_ewtune: error: {exc}", file=sys.stderr)
         return 2
@@ -249,7 +241,7 @@ def main(argv=None) -> int:
         "overrides": args.set,
         "seeds": args.seeds,
     }
-    results["claim"] = claim(base, n, n)
+    results["claim"] = calibrated
     if args.step_repeats:
         results["step_cost"] = step_cost(base, args.step_repeats)
     if not args.claim_only:

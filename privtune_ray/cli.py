@@ -239,17 +239,12 @@ def _print_dp_sgd_plan(cfg) -> None:
     """EW-Tune's DP-SGD plan of ``train`` for this config, as the run would calibrate it (the training split's N,
     less the attacker's carve-out): q, T, σ and ε by each accountant, and the warning where Edgeworth understates."""
     from .designs import design_for
-    from .models.loading import load_tokenizer
-    from .training.loop import attacker_data, load_task_data, train_spec
+    from .training.loop import devices_train_size
 
     design = design_for(cfg, "train")
-    tokenizer = load_tokenizer(cfg.model.name)
-    train_split, _ = load_task_data(cfg, tokenizer, train_spec(cfg))
-    if cfg.attack.enabled:
-        _, train_split = attacker_data(cfg, tokenizer, train_split)
-    per_epoch = -(-len(train_split) // cfg.train.batch_size)
-    design.train_plan(len(train_split), per_epoch, cfg.train.max_steps)
-    print(f"design ewtune (train, N = {len(train_split)} samples): " + "; ".join(design.log_lines()))
+    n = devices_train_size(cfg)
+    design.train_plan(n, -(-n // cfg.train.batch_size), cfg.train.max_steps)
+    print(f"design ewtune (train, N = {n} samples): " + "; ".join(design.log_lines()))
 
 
 def _sweep(args) -> None:
