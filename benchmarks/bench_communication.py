@@ -35,7 +35,7 @@ from privtune_ray.benchmarking import (
     write_results,
 )
 from privtune_ray.config import MechanismConfig
-from privtune_ray.mechanisms import build_mechanism
+from privtune_ray.mechanisms.registry import build_mechanism
 from privtune_ray.models import resolve_model
 from privtune_ray.quantisation import dequantise, quantise, quantised_bytes
 from privtune_ray.training.client import SplitClient

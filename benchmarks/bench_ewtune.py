@@ -204,7 +204,7 @@ def setting_of(cfg, kind: str) -> str:
 
 def main(argv=None) -> int:
     from privtune_ray.checks import check_config
-    from privtune_ray.designs import design_for
+    from privtune_ray.designs.registry import design_for
     from privtune_ray.errors import PrivtuneError
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

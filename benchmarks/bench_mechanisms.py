@@ -28,9 +28,10 @@ from privtune_ray.benchmarking import (
     write_results,
 )
 from privtune_ray.config import MechanismConfig
-from privtune_ray.mechanisms import MECHANISMS, PrivTuneParams, build_mechanism
+from privtune_ray.mechanisms.params import PrivTuneParams
 from privtune_ray.mechanisms.privtune import PrivTune
 from privtune_ray.mechanisms.privtune_graph import build_token_graph
+from privtune_ray.mechanisms.registry import MECHANISMS, build_mechanism
 from privtune_ray.models import resolve_model
 
 

@@ -45,8 +45,8 @@ from privtune_ray.config import load_config  # noqa: E402
 from privtune_ray.data.batching import tokenize_split  # noqa: E402
 from privtune_ray.data.registry import load_split  # noqa: E402
 from privtune_ray.errors import PrivtuneError  # noqa: E402
-from privtune_ray.mechanisms import build_mechanism  # noqa: E402
 from privtune_ray.mechanisms.base import Mechanism  # noqa: E402
+from privtune_ray.mechanisms.registry import build_mechanism  # noqa: E402
 from privtune_ray.models.loading import load_split_model, load_tokenizer, resolve_model  # noqa: E402
 from privtune_ray.models.split import mean_pool  # noqa: E402
 

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from .attacks import ATTACK_CLASSES, ATTACKS
+from .attacks.params import ATTACK_PARAMS
 from .config import Config, VariantParams, require
 from .data.partition import PARTITIONERS
-from .data.registry import DATASETS
-from .designs import DESIGNS, check_design
-from .mechanisms import MECHANISMS
-from .models.denoiser import DENOISERS
-from .training.warm_start import OBJECTIVES, public_source, uses_public_text
+from .data.registry import DATASETS, get_spec
+from .designs.params import DESIGN_PARAMS, check_design
+from .errors import ConfigError
+from .mechanisms.params import MECHANISM_PARAMS
 
 
 def check_config(cfg: Config) -> None:
@@ -40,9 +39,9 @@ def check_config(cfg: Config) -> None:
             f"choose one of {labelled}",
         )
     require(
-        cfg.mechanism.name in MECHANISMS,
+        cfg.mechanism.name in MECHANISM_PARAMS,
         "mechanism.name",
-        f"unknown mechanism {cfg.mechanism.name!r}; choose one of {sorted(MECHANISMS)}",
+        f"unknown mechanism {cfg.mechanism.name!r}; choose one of {sorted(MECHANISM_PARAMS)}",
     )
     _check_attacks(cfg)
     require(
@@ -72,17 +71,7 @@ def _check_top(cfg: Config) -> None:
 
 
 def _check_public_text(cfg: Config) -> None:
-    ws, den = cfg.train.warm_start, cfg.train.denoiser
-    require(
-        ws.objective in OBJECTIVES,
-        "train.warm_start.objective",
-        f"unknown objective {ws.objective!r}; choose one of {sorted(OBJECTIVES)}",
-    )
-    require(
-        den.kind == "none" or den.kind in DENOISERS,
-        "train.denoiser.kind",
-        f"unknown denoiser {den.kind!r}; choose none or one of {sorted(DENOISERS)}",
-    )
+    ws = cfg.train.warm_start
     if uses_public_text(cfg):
         require(
             ws.dataset is None or ws.dataset in DATASETS,
@@ -92,14 +81,36 @@ def _check_public_text(cfg: Config) -> None:
         public_source(cfg)  # never the training or evaluation split
 
 
+def public_source(cfg: Config) -> tuple[str, str]:
+    """(dataset, split) of the public text; refused, in one line, where it is the training or evaluation split."""
+    ws = cfg.train.warm_start
+    source = (ws.dataset or cfg.data.dataset, ws.split)
+    for key in ("train_split", "eval_split"):
+        if source == (cfg.data.dataset, getattr(cfg.data, key)):
+            raise ConfigError(
+                f"train.warm_start reads {source[0]} split {source[1]!r}, which is data.{key}: the cloud would learn "
+                f"from private (or evaluation) data; choose another train.warm_start.split or dataset (sst2 has an "
+                f"unlabelled public test split)"
+            )
+    if source[1] not in get_spec(source[0]).splits:
+        raise ConfigError(
+            f"train.warm_start.split={source[1]!r}: {source[0]} has the splits {get_spec(source[0]).splits}"
+        )
+    return source
+
+
+def uses_public_text(cfg: Config) -> bool:
+    return cfg.train.warm_start.enabled or (cfg.train.denoiser.kind != "none" and cfg.train.denoiser.pretrain_steps > 0)
+
+
 def check_variant_keys(cfg: Config) -> None:
     """Every key of the ``mechanism``, ``design`` and ``attack`` sections is range-checked by the parameter
     dataclass of each variant that reads it, whichever variant the run selects (a bad value is refused even where
     this run ignores it, so that changing ``name`` alone never meets it later)."""
     sections: list[tuple[str, Any, set[type[VariantParams]]]] = [
-        ("mechanism", cfg.mechanism, {cls.Params for cls in MECHANISMS.values()}),
-        ("design", cfg.design, {cls.Params for cls in DESIGNS.values()}),
-        ("attack", cfg.attack, {cls.Params for cls in ATTACK_CLASSES}),
+        ("mechanism", cfg.mechanism, set(MECHANISM_PARAMS.values())),
+        ("design", cfg.design, set(DESIGN_PARAMS.values())),
+        ("attack", cfg.attack, set(ATTACK_PARAMS.values())),
     ]
     for key, section, params in sections:
         for cls in sorted(params, key=lambda c: c.__name__):
@@ -110,9 +121,9 @@ def _check_attacks(cfg: Config) -> None:
     attack = cfg.attack
     for name in attack.names:
         require(
-            name == "auto" or name in ATTACKS,
+            name == "auto" or name in ATTACK_PARAMS,
             "attack.names",
-            f"unknown attack {name!r}; choose from {sorted(ATTACKS)} or 'auto'",
+            f"unknown attack {name!r}; choose from {sorted(ATTACK_PARAMS)} or 'auto'",
         )
     if attack.aux_dataset is not None:
         require(
@@ -122,4 +133,4 @@ def _check_attacks(cfg: Config) -> None:
         )
 
 
-__all__ = ["check_config", "check_variant_keys"]
+__all__ = ["check_config", "check_variant_keys", "public_source", "uses_public_text"]

@@ -164,7 +164,7 @@ def _account(args) -> None:
     )
     from .checks import check_config
     from .config import load_config
-    from .mechanisms import config_guarantee
+    from .mechanisms.registry import config_guarantee
 
     if args.config:
         cfg = load_config(args.config, args.overrides)
@@ -238,7 +238,7 @@ def _account(args) -> None:
 def _print_dp_sgd_plan(cfg) -> None:
     """EW-Tune's DP-SGD plan of ``train`` for this config, as the run would calibrate it (the training split's N,
     less the attacker's carve-out): q, T, σ and ε by each accountant, and the warning where Edgeworth understates."""
-    from .designs import design_for
+    from .designs.registry import design_for
     from .training.loop import devices_train_size
 
     design = design_for(cfg, "train")

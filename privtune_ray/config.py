@@ -112,6 +112,11 @@ class LoraConfig:
         require(0.0 <= self.dropout < 1.0, f"{key}.dropout", "must be in [0, 1)")
 
 
+# The names of training/warm_start.OBJECTIVES and models/denoiser.DENOISERS (plus none), checked here without torch.
+WARM_START_OBJECTIVES = ("hidden", "pooled")
+DENOISER_KINDS = ("none", "mlp")
+
+
 @dataclass
 class WarmStartConfig:
     """Noise-aware warm start (``training/warm_start.py``): before the private fine-tune, the cloud adapts its top to
@@ -133,6 +138,11 @@ class WarmStartConfig:
     objective: str = "hidden"  # hidden | pooled
 
     def validate(self, key: str) -> None:
+        require(
+            self.objective in WARM_START_OBJECTIVES,
+            f"{key}.objective",
+            f"unknown objective {self.objective!r}; choose one of {list(WARM_START_OBJECTIVES)}",
+        )
         require(self.samples is None or self.samples >= 1, f"{key}.samples", "must be >= 1 or null")
         for name in ("steps", "batch_size"):
             require(getattr(self, name) >= 1, f"{key}.{name}", "must be >= 1")
@@ -151,6 +161,11 @@ class DenoiserConfig:
     pretrain_steps: int = 0
 
     def validate(self, key: str) -> None:
+        require(
+            self.kind in DENOISER_KINDS,
+            f"{key}.kind",
+            f"unknown denoiser {self.kind!r}; choose one of {list(DENOISER_KINDS)}",
+        )
         require(self.width >= 1, f"{key}.width", "must be >= 1")
         require(self.pretrain_steps >= 0, f"{key}.pretrain_steps", "must be >= 0")
 
@@ -374,12 +389,14 @@ class DesignConfig:
     whose PLD ε exceeds the target by more than 10 % stops before training unless ``allow_understated_epsilon``.
     ``online`` / ``gradfree`` / ``offline``: the GuardedTuning designs (``designs/guarded.py``): the device holds
     ``adapter_layers`` trainable blocks after its frozen bottom and before the head, the cloud the middle; dCor
-    weight α = ``dcor_weight``; the offline emulator keeps ``emulator_keep`` of the middle's blocks.
+    weight α = ``dcor_weight``; the offline emulator keeps ``emulator_keep`` of the middle's blocks. ``online``'s
+    label defence: each sample's ∂ℓ/∂A2 is clipped to L2 norm ``grad_up_clip_norm`` and gets Gaussian noise of std
+    ``grad_up_noise_multiplier``·C before it leaves the device (``GuardedParams``).
 
     This section is the YAML schema and holds the defaults; ``name`` and ``bits`` are every design's, the other keys
     are read and range-checked by the design's own parameter dataclass (``EWTuneParams``, ``GuardedParams``)."""
 
-    name: str = "split"  # a key of privtune_ray.designs.DESIGNS: split | ewtune | online | gradfree | offline
+    name: str = "split"  # a key of privtune_ray.designs.registry.DESIGNS: split | ewtune | online | gradfree | offline
     target_epsilon: float = 3.0  # ewtune: ε (nats) of the whole run at delta
     delta: float = 1.0e-5
     clip_norm: float = 1.0  # C: per-sample gradient L2 bound
@@ -391,6 +408,8 @@ class DesignConfig:
     adapter_layers: int = 1  # GuardedTuning: a, trainable blocks the device holds at each end
     dcor_weight: float = 0.5  # GuardedTuning: α of α·dCor(E(x), A1) (online, offline)
     emulator_keep: float = 0.5  # GuardedTuning offline: fraction of the middle's blocks the emulator keeps
+    grad_up_clip_norm: float | None = None  # online: C_g, per-sample L2 bound on ∂ℓ/∂A2 before upload (None: off)
+    grad_up_noise_multiplier: float = 0.0  # online: σ_g, Gaussian noise σ_g·C_g on ∂ℓ/∂A2 (label DP; 0: clip only)
 
     def validate(self, key: str) -> None:
         require(

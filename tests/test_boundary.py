@@ -13,8 +13,9 @@ from privtune_ray.data import load_split
 from privtune_ray.data.batching import collate, tokenize_split
 from privtune_ray.designs.guarded import Blocks, ClientAdapters, GuardedClient, GuardedLayout, MiddleServer
 from privtune_ray.errors import NonFiniteRelease
-from privtune_ray.mechanisms import MECHANISMS, Mechanism, build_mechanism
 from privtune_ray.mechanisms.activation_dp import LaplaceActivation
+from privtune_ray.mechanisms.base import Mechanism
+from privtune_ray.mechanisms.registry import MECHANISMS, build_mechanism
 from privtune_ray.message import Message, tensor_from_bytes
 from privtune_ray.models import resolve_model
 from privtune_ray.models.split import BottomModel, family_of, split_model
@@ -110,6 +111,42 @@ def test_guarded_channels_carry_nothing_at_padding_rows(minilm, dev, tokenizer, 
             assert x.shape[:2] == b.attention_mask.shape, channel
             assert not x[pads].any(), f"{design} {channel}: a padding row carries values"
             assert x[~pads].abs().sum() > 0, channel
+
+
+@pytest.mark.parametrize("sigma", [0.0, 2.0])
+def test_online_label_defence_is_what_the_cloud_receives(minilm, dev, tokenizer, sigma):
+    """design.grad_up_clip_norm C and grad_up_noise_multiplier σ: the ∂ℓ/∂A2 the cloud decodes is each sample's
+    exact gradient scaled to norm ≤ C, plus noise of std σ·C on its real rows only (padding rows stay zero)."""
+    clip = 0.05
+    lay = GuardedLayout.check(6, 2, 1)
+    model = copy.deepcopy(minilm)
+    bottom = BottomModel(family_of(model), model, 2)
+    adapters = ClientAdapters(model, lay, "classification")
+    exact_client = GuardedClient("online", bottom, adapters, dcor_weight=0.5, bits=None)
+    client = GuardedClient("online", bottom, adapters, 0.5, None, None, grad_clip=clip, grad_sigma=sigma)
+    middle = Blocks(copy.deepcopy(model), lay.middle)
+    server = MiddleServer(middle, *build_optimizer(middle, load_config(None).train, 10), trains=True, bits=None)
+    batch, _ = _twin_batches(dev, tokenizer)
+    pads = ~batch.attention_mask.bool()
+    a2 = server.forward(0, client.upload(batch), train=False)
+    torch.manual_seed(0)
+    _, exact, _ = exact_client.top_step(batch, a2)
+    torch.manual_seed(0)  # the same dropout: only the defence differs
+    _, sent, _ = client.top_step(batch, a2, noise_seed=7)
+    exact, sent = tensor_from_bytes(exact), tensor_from_bytes(sent)
+    norms = exact.flatten(1).norm(dim=1)
+    assert (norms > clip).any(), "the clip must bind for this test to check it"
+    clipped = exact * torch.clamp(clip / norms, max=1.0).view(-1, 1, 1)
+    assert not sent[pads].any()
+    noise = (sent - clipped)[~pads]
+    if sigma == 0:
+        assert torch.allclose(sent, clipped, atol=1e-7)
+        assert (sent.flatten(1).norm(dim=1) <= clip * (1 + 1e-5)).all()
+    else:
+        assert abs(float(noise.std()) / (sigma * clip) - 1) < 0.05 and abs(float(noise.mean())) < 0.05 * sigma * clip
+        torch.manual_seed(0)
+        _, again, _ = client.top_step(batch, a2, noise_seed=8)
+        assert not torch.allclose(tensor_from_bytes(again), sent)  # fresh noise per (device, round) seed
 
 
 def _probe_accuracy(train_x, train_y, test_x, test_y, steps=300) -> float:

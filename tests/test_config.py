@@ -104,6 +104,9 @@ def test_bad_mechanism_values_name_the_key(override, match):
         ("attack.probe_lr=0", r"'attack.probe_lr'.*> 0"),  # ProbeParams
         ("attack.keywords=0", r"'attack.keywords'.*>= 1"),  # KeywordParams
         ("mechanism.pgd_step_size=0", r"'mechanism.pgd_step_size'.*> 0"),  # PrivTuneParams
+        ("design.grad_up_noise_multiplier=-1", r"'design.grad_up_noise_multiplier'.*>= 0"),  # the label defence
+        ("design.grad_up_clip_norm=0", r"'design.grad_up_clip_norm'.*> 0"),
+        ("design.grad_up_noise_multiplier=1", r"'design.grad_up_noise_multiplier'.*needs design.grad_up_clip_norm"),
     ],
 )
 def test_each_variants_own_keys_are_checked_by_its_parameter_dataclass(override, match):
@@ -114,9 +117,9 @@ def test_each_variants_own_keys_are_checked_by_its_parameter_dataclass(override,
 
 
 def test_every_variants_parameter_dataclass_reads_keys_of_its_section():
-    from privtune_ray.attacks import ATTACK_CLASSES
-    from privtune_ray.designs import DESIGNS
-    from privtune_ray.mechanisms import MECHANISMS
+    from privtune_ray.attacks.registry import ATTACK_CLASSES
+    from privtune_ray.designs.registry import DESIGNS
+    from privtune_ray.mechanisms.registry import MECHANISMS
 
     cfg = Config()
     variants = [(cfg.mechanism, MECHANISMS.values()), (cfg.design, DESIGNS.values()), (cfg.attack, ATTACK_CLASSES)]
@@ -204,11 +207,51 @@ def test_the_schema_imports_no_feature_package():
 @pytest.mark.parametrize(
     "order",
     [
-        "privtune_ray.attacks, privtune_ray.config",
+        "privtune_ray.attacks.registry, privtune_ray.config",
         # config first cannot cycle: it imports no feature package (test_the_schema_imports_no_feature_package)
-        pytest.param("privtune_ray.config, privtune_ray.attacks", marks=pytest.mark.slow),
+        pytest.param("privtune_ray.config, privtune_ray.attacks.registry", marks=pytest.mark.slow),
     ],
 )
 def test_config_and_attacks_import_in_either_order(order):
     first, second = order.split(", ")
     assert {"privtune_ray", "torch"} <= _imports(f"import {first}\nimport {second}\nimport privtune_ray.checks")
+
+
+def test_the_config_checks_import_no_feature_package():
+    """Every name and every variant's key is checked from the light ``params`` modules, so that a bad value answers
+    in about a second; each case below fails before the check passes a torch import."""
+    code = (
+        "from privtune_ray.config import load_config\nfrom privtune_ray.checks import check_config\n"
+        "from privtune_ray.errors import ConfigError\n"
+        "check_config(load_config('simulations/sst2_quick.yaml'))\n"
+        "for bad in ['mechanism.eta=-1', 'design.dcor_weight=-1', 'attack.opt_lr=0', 'design.name=ewtune', "
+        "'train.denoiser.kind=cnn']:\n"
+        "    extra = ['model.task=causal-lm', 'model.lm_head=device'] if bad == 'design.name=ewtune' else []\n"
+        "    try:\n"
+        "        check_config(load_config('simulations/sst2_quick.yaml', [bad, *extra]))\n"
+        "    except ConfigError:\n"
+        "        continue\n"
+        "    raise SystemExit(f'{bad} passed')"
+    )
+    loaded = _imports(code)
+    assert not loaded & {"torch", "transformers", "ray", "opacus", "dp_accounting"}, loaded
+
+
+def test_the_light_registries_name_the_same_variants_and_dataclasses_as_the_full_ones():
+    from privtune_ray.attacks.params import ATTACK_PARAMS
+    from privtune_ray.attacks.registry import ATTACK_CLASSES, ATTACKS, GRADIENT_ATTACKS
+    from privtune_ray.attacks.registry import gradient_matching as gm
+    from privtune_ray.config import DENOISER_KINDS, WARM_START_OBJECTIVES
+    from privtune_ray.designs.params import DESIGN_PARAMS, RETURNS_GRADIENTS
+    from privtune_ray.designs.registry import DESIGNS
+    from privtune_ray.mechanisms.params import MECHANISM_PARAMS
+    from privtune_ray.mechanisms.registry import MECHANISMS
+    from privtune_ray.models.denoiser import DENOISERS
+    from privtune_ray.training.warm_start import OBJECTIVES
+
+    assert {n: c.Params for n, c in MECHANISMS.items()} == MECHANISM_PARAMS
+    assert {n: c.Params for n, c in DESIGNS.items()} == DESIGN_PARAMS
+    assert {n for n, c in DESIGNS.items() if c.returns_gradients} == RETURNS_GRADIENTS
+    assert set(ATTACKS) == set(ATTACK_PARAMS) and GRADIENT_ATTACKS == {gm.NAME}
+    assert {c.Params for c in ATTACK_CLASSES} == set(ATTACK_PARAMS.values())
+    assert set(WARM_START_OBJECTIVES) == set(OBJECTIVES) and set(DENOISER_KINDS) == {"none", *DENOISERS}

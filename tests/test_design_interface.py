@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from privtune_ray.config import load_config
-from privtune_ray.designs import DESIGNS
+from privtune_ray.designs.registry import DESIGNS
 from privtune_ray.designs.split import SplitDesign
 from privtune_ray.errors import ConfigError
 from privtune_ray.runs import RunSession

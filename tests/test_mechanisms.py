@@ -8,11 +8,11 @@ from scipy import stats
 from privtune_ray.config import MechanismConfig
 from privtune_ray.data import collate, load_split, tokenize_split
 from privtune_ray.errors import ConfigError
-from privtune_ray.mechanisms import DChi, GaussianActivation, LaplaceActivation, build_mechanism
-from privtune_ray.mechanisms.activation_dp import clip_rows
-from privtune_ray.mechanisms.dchi import sample_dchi
+from privtune_ray.mechanisms.activation_dp import GaussianActivation, LaplaceActivation, clip_rows
+from privtune_ray.mechanisms.dchi import DChi, sample_dchi
 from privtune_ray.mechanisms.importance import token_importance
 from privtune_ray.mechanisms.privtune_graph import graph_from_anchors, knn_graph, rings
+from privtune_ray.mechanisms.registry import build_mechanism
 from privtune_ray.models import resolve_model, split_model
 
 D, ETA = 384, 50.0

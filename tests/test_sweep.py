@@ -10,7 +10,7 @@ import yaml
 
 from privtune_ray.cli import main
 from privtune_ray.config import load_config, read_config_file
-from privtune_ray.designs import DESIGNS
+from privtune_ray.designs.registry import DESIGNS
 from privtune_ray.errors import ConfigError
 from privtune_ray.sweep import DEFAULT_ARMS, expand, load_sweep, parse_sweep, row_from_summary, run_sweep
 

@@ -12,7 +12,7 @@ from privtune_ray.checks import check_config
 from privtune_ray.cli import main
 from privtune_ray.config import load_config
 from privtune_ray.errors import ConfigError
-from privtune_ray.mechanisms import build_mechanism
+from privtune_ray.mechanisms.registry import build_mechanism
 from privtune_ray.models.denoiser import TokenDenoiser
 from privtune_ray.models.split import MeanPooledHead, mean_pool, split_model
 from privtune_ray.simulation.coordinator import prepare
@@ -38,7 +38,7 @@ LEVERS = ["mechanism.name=dchi", "mechanism.eta=20", "train.warm_start.enabled=t
             r"'train.warm_start.objective'.*unknown objective 'kl'.*\['hidden', 'pooled'\]",
         ),
         ("train.warm_start.dataset=imdb", r"'train.warm_start.dataset'.*unknown dataset 'imdb'"),
-        ("train.denoiser.kind=unet", r"'train.denoiser.kind'.*unknown denoiser 'unet'.*none or one of \['mlp'\]"),
+        ("train.denoiser.kind=unet", r"'train.denoiser.kind'.*unknown denoiser 'unet'.*\['none', 'mlp'\]"),
         ("train.warm_start.steps=0", r"'train.warm_start.steps'.*>= 1"),
         ("train.head_pooling=max", r"'train.head_pooling'.*'token' or 'mean'"),
     ],

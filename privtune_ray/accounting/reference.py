@@ -58,6 +58,12 @@ def epsilon_of_event(
         return float(acc.compose(event).get_epsilon(delta))
 
 
+def composed_epsilons(event: dp_accounting.DpEvent, releases: int, delta: float) -> tuple[float, float]:
+    """(PLD ε, RDP ε) in nats at ``delta`` of ``releases`` compositions of ``event`` (the PLD ε is the bound)."""
+    composed = dp_accounting.SelfComposedDpEvent(event, releases)
+    return epsilon_of_event(composed, delta, "pld"), epsilon_of_event(composed, delta, "rdp")
+
+
 @contextlib.contextmanager
 def _quiet_absl():
     """dp-accounting logs a warning for each Rényi order whose series does not converge (it drops that order)."""

@@ -10,18 +10,16 @@ seen in the auxiliary data; the majority baseline predicts its most frequent cla
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import VariantParams, require
 from ..errors import DataError
 from ..models.split import mean_pool
 from .base import AttackContext, AttributeAttack, fit_minibatch
 from .observations import Observations
+from .params import ProbeParams
 from .scoring import score_classes
 
 
@@ -40,20 +38,6 @@ class PooledMLP(nn.Module):
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         return self.net((pooled - self.mean) / self.std)
-
-
-@dataclass
-class ProbeParams(VariantParams):
-    """The probes' keys of the ``attack`` section: ``probe_epochs`` epochs of AdamW at ``probe_lr`` on minibatches of
-    ``batch_size`` sentences (defaults: ``config.AttackConfig``)."""
-
-    probe_epochs: int
-    probe_lr: float
-    batch_size: int
-
-    def validate(self, key: str) -> None:
-        require(self.probe_epochs >= 1, f"{key}.probe_epochs", "must be >= 1")
-        require(self.probe_lr > 0, f"{key}.probe_lr", "must be > 0")
 
 
 def fit_probe(model: PooledMLP, n: int, loss_of, params: ProbeParams, seed: int) -> list[float]:

@@ -18,8 +18,8 @@ from ..checks import check_config
 from ..config import Config
 from ..data.batching import tokenize_split
 from ..data.registry import get_spec, load_split
-from ..designs import design_for
-from ..mechanisms import build_mechanism
+from ..designs.registry import design_for
+from ..mechanisms.registry import build_mechanism
 from ..models.loading import load_split_model, load_tokenizer, resolve_model
 from ..runs import RunDir
 from .observations import observe

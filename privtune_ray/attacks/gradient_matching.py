@@ -11,7 +11,7 @@ and guesses
 Per-sample rows of g are the sample's own gradient (blocks act on each sample alone), so the batch sum
 needs no unmixing. Scored like every attribute attack: accuracy against the majority class (advantage).
 
-Registered as ``gm_label`` in :data:`privtune_ray.attacks.ATTACKS`; its builder takes a :class:`GradientContext`
+Registered as ``gm_label`` in :data:`privtune_ray.attacks.registry.ATTACKS`; its builder takes a :class:`GradientContext`
 (what this attacker knows) where the upload attacks take an ``AttackContext``. :func:`build_gradient_matching`
 builds and fits it for a GuardedTuning online run.
 """
@@ -29,9 +29,9 @@ from torch import nn
 from ..config import AttackConfig, Config
 from ..data.batching import TokenizedSplit, batch_indices, collate
 from ..models.split import BottomModel, TopModel, family_of
-from .attribute_probe import ProbeParams
 from .base import AttributeAttack, fit_minibatch
 from .observations import Observations
+from .params import ProbeParams
 from .scoring import score_classes
 
 NAME = "gm_label"
@@ -126,7 +126,7 @@ def surrogate_top(top_adapter: nn.Module, seed: int) -> nn.Module:
 
 
 def build(ctx: GradientContext, attributes: tuple[str, ...] = ()) -> list[GradientMatchingLabels]:
-    """The ``gm_label`` entry of :data:`~privtune_ray.attacks.ATTACKS` (``attributes`` unused: it reads the label)."""
+    """The ``gm_label`` entry of :data:`~privtune_ray.attacks.registry.ATTACKS` (``attributes`` unused: it reads the label)."""
     return [GradientMatchingLabels(ctx.surrogate_top, ctx.cfg, ctx.seed)]
 
 

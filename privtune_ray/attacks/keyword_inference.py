@@ -15,17 +15,15 @@ reported too.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
-from ..config import require
 from ..errors import DataError
 from ..models.split import mean_pool
-from .attribute_probe import PooledMLP, ProbeParams, fit_probe, pooled
+from .attribute_probe import PooledMLP, fit_probe, pooled
 from .base import AttackContext, AttributeAttack
 from .observations import Observations
+from .params import KeywordParams
 
 
 def choose_keywords(
@@ -49,19 +47,6 @@ def choose_keywords(
     if not eligible:
         raise DataError("aia_keyword found no candidate keywords in the auxiliary data: raise attack.aux_samples")
     return eligible[:k]
-
-
-@dataclass
-class KeywordParams(ProbeParams):
-    """The probe's keys, and the sensitive words: ``keyword_list`` when given, else the ``keywords`` whole-word
-    tokens chosen on the auxiliary data (defaults: ``config.AttackConfig``)."""
-
-    keywords: int
-    keyword_list: list[str] | None
-
-    def validate(self, key: str) -> None:
-        super().validate(key)
-        require(self.keywords >= 1, f"{key}.keywords", "must be >= 1")
 
 
 class KeywordInference(AttributeAttack):

@@ -16,17 +16,16 @@ auxiliary text never contains; the softmax of the training loss runs over the au
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import VariantParams, require
 from .base import AttackContext, InversionAttack, fit_minibatch
 from .knn_inversion import nearest_tokens
 from .observations import Observations
+from .params import InverterParams
 
 
 class MLPMap(nn.Module):
@@ -72,20 +71,6 @@ class Inverter(nn.Module):
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor, unit_anchors: torch.Tensor) -> torch.Tensor:
         """Logits [T, V'] of the T real positions (mask = 1), in row-major order."""
         return torch.exp(self.log_scale) * self.features(hidden, attention_mask)[attention_mask.bool()] @ unit_anchors.T
-
-
-@dataclass
-class InverterParams(VariantParams):
-    """The learned inverters' keys of the ``attack`` section: ``epochs`` of AdamW at ``lr`` on minibatches of
-    ``batch_size`` auxiliary sentences (defaults: ``config.AttackConfig``)."""
-
-    epochs: int
-    lr: float
-    batch_size: int
-
-    def validate(self, key: str) -> None:
-        require(self.epochs >= 1, f"{key}.epochs", "must be >= 1")
-        require(self.lr > 0, f"{key}.lr", "must be > 0")
 
 
 class LearnedInversion(InversionAttack):

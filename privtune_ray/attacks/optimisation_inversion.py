@@ -11,31 +11,11 @@ order, decides. Gradients flow through the frozen bottom (``BottomModel.from_emb
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-from ..config import VariantParams, require
 from .base import AttackContext, InversionAttack
 from .knn_inversion import nearest_tokens
-
-
-@dataclass
-class OptimisationParams(VariantParams):
-    """eia_opt's keys of the ``attack`` section: ``opt_steps`` Adam steps at ``opt_lr`` on relaxed token logits z,
-    softmax(z/T) with T = ``opt_temperature``, over the ``opt_candidates`` nearest anchors per position (defaults:
-    ``config.AttackConfig``)."""
-
-    opt_steps: int
-    opt_candidates: int
-    opt_lr: float
-    opt_temperature: float
-
-    def validate(self, key: str) -> None:
-        require(self.opt_steps >= 0, f"{key}.opt_steps", "must be >= 0")
-        require(self.opt_candidates >= 1, f"{key}.opt_candidates", "must be >= 1")
-        for name in ("opt_lr", "opt_temperature"):
-            require(getattr(self, name) > 0, f"{key}.{name}", "must be > 0")
+from .params import OptimisationParams
 
 
 class OptimisationInversion(InversionAttack):

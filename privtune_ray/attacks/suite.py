@@ -19,12 +19,13 @@ from ..config import AttackConfig, Config
 from ..data.batching import TokenizedSplit, tokenize_split
 from ..data.registry import get_spec, load_split
 from ..errors import ConfigError, DataError
-from ..mechanisms import Mechanism, build_mechanism
+from ..mechanisms.base import Mechanism
+from ..mechanisms.registry import build_mechanism
 from ..models.anchors import load_or_build_anchors
 from ..models.split import SplitModel
-from . import ATTACKS, GRADIENT_ATTACKS
 from .base import Attack, AttackContext
 from .observations import Observations, observe
+from .registry import ATTACKS, GRADIENT_ATTACKS
 
 ATTACKER_SEED_OFFSET = 1_000_003  # the attacker's mechanism copy draws noise independent of the devices'
 

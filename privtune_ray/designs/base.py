@@ -27,9 +27,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from ..config import VariantParams
 from ..errors import ConfigError
 from ..simulation.protocol import DeviceReport, DeviceResult, DeviceTask, EvalResult, StepResult, TopResult
+from .params import DesignParams
 
 if TYPE_CHECKING:  # annotations only: the engine imports the designs, not the other way round
     from ..config import Config
@@ -83,9 +83,7 @@ class Design(ABC):
     poisson: ClassVar[bool] = False  # rounds are Poisson samples of the data (DP-SGD)
     uploads_per_sample_tensor: ClassVar[bool] = True  # a per-sample tensor leaves the device: the attacks' target
     returns_gradients: ClassVar[bool] = False  # the cloud sends per-sample gradients back: a label attack's target
-    Params: ClassVar[type[VariantParams]] = (
-        VariantParams  # its own keys of the ``design`` section (beside ``name``, ``bits``)
-    )
+    Params: ClassVar[type[DesignParams]] = DesignParams  # its keys of the ``design`` section and their checks
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
@@ -94,7 +92,9 @@ class Design(ABC):
     # ------------------------------------------------------------------ configuration
 
     def check(self) -> None:
-        """Refuse, in one line, a config this design cannot run under any command (``checks.check_config``)."""
+        """Refuse, in one line, a config this design cannot run under any command (its ``Params.check``, which
+        ``checks.check_config`` runs without importing torch)."""
+        self.params.check(self.cfg, self.name)
 
     def validate(self, command: str) -> None:
         """:meth:`check`, then refuse a ``command`` (train | simulate | attack) this design does not run under."""

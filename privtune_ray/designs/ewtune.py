@@ -37,44 +37,16 @@ from ..accounting import (
     pld_epsilon,
     rdp_epsilon,
 )
-from ..config import Config, VariantParams, require
+from ..config import Config
 from ..errors import ConfigError
 from ..message import Message
 from ..simulation.protocol import StepResult
 from ..training.server import TopServer, summed_loss
 from .base import Design, RoundContext
+from .params import EWTuneParams
 from .split import SplitDesign
 
 UNDERSTATED_TOLERANCE = 0.10  # a plan whose PLD ε exceeds the target by more than this fraction stops (see plan_dp_sgd)
-
-
-@dataclass
-class EWTuneParams(VariantParams):
-    """EW-Tune's keys of the ``design`` section (defaults: ``config.DesignConfig``): the run spends ε =
-    ``target_epsilon`` (nats) at δ = ``delta``; per-sample gradients are clipped to L2 norm C = ``clip_norm``; σ is
-    searched in [0.3, ``max_noise_multiplier``] by ``calibrate_with`` (``edgeworth``, EW-Tune's estimate of order
-    ``edgeworth_order``, or ``pld``, the bound); a plan whose PLD ε exceeds the target by more than 10 % stops
-    unless ``allow_understated_epsilon``."""
-
-    target_epsilon: float
-    delta: float
-    clip_norm: float
-    max_noise_multiplier: float
-    edgeworth_order: int
-    calibrate_with: str
-    allow_understated_epsilon: bool
-
-    def validate(self, key: str) -> None:
-        require(self.target_epsilon > 0, f"{key}.target_epsilon", "must be > 0")
-        require(0 < self.delta < 1, f"{key}.delta", "must be in (0, 1), e.g. 1e-5")
-        require(self.clip_norm > 0, f"{key}.clip_norm", "must be > 0")
-        require(self.max_noise_multiplier > 0.3, f"{key}.max_noise_multiplier", "must be > 0.3")
-        require(self.edgeworth_order in (1, 2), f"{key}.edgeworth_order", "must be 1 or 2")
-        require(
-            self.calibrate_with in ("edgeworth", "pld"),
-            f"{key}.calibrate_with",
-            f"must be edgeworth (EW-Tune's estimate) or pld (the dp-accounting bound), got {self.calibrate_with!r}",
-        )
 
 
 @dataclass
@@ -348,14 +320,6 @@ class EWTuneDesign(SplitDesign):
         super().__init__(cfg)
         self.plan: DPPlan | None = None
         self.expected_batch_size: float = float(cfg.train.batch_size)
-
-    def check(self) -> None:
-        cfg = self.cfg
-        if cfg.model.task == "causal-lm" and cfg.model.lm_head == "device":
-            raise ConfigError(
-                "design.name=ewtune clips per-sample gradients of a loss the cloud computes; with a causal "
-                "LM that loss is on the device (model.lm_head=device): use design.name=split"
-            )
 
     def validate(self, command: str) -> None:
         super().validate(command)

@@ -15,37 +15,21 @@ from __future__ import annotations
 
 import abc
 import math
-from dataclasses import dataclass
 
 import dp_accounting
 import torch
 
-from ..accounting.reference import epsilon_of_event
+from ..accounting.reference import composed_epsilons
 from ..accounting.validation import check_delta, check_noise_multiplier
-from ..config import VariantParams, require
 from ..errors import ConfigError
 from .base import Guarantee, Mechanism, real_tokens
+from .params import ClippedNoiseParams
 
 
 def clip_rows(h: torch.Tensor, clip_norm: float, p: int) -> torch.Tensor:
     """h_i · min(1, C/‖h_i‖_p) for every row i (the last dimension)."""
     norms = h.norm(p=p, dim=-1, keepdim=True)
     return h * torch.clamp(clip_norm / norms.clamp_min(1e-12), max=1.0)
-
-
-@dataclass
-class ClippedNoiseParams(VariantParams):
-    """Rows clipped to norm C = ``clip_norm`` (L2 for gaussian, L1 for laplace), then noise of scale
-    ``noise_multiplier``·C (σ of Gaussian, λ of Laplace); ``delta``: δ of the (ε, δ) statement."""
-
-    noise_multiplier: float
-    clip_norm: float
-    delta: float
-
-    def validate(self, key: str) -> None:
-        require(self.noise_multiplier > 0, f"{key}.noise_multiplier", "must be > 0")
-        require(self.clip_norm > 0, f"{key}.clip_norm", "must be > 0")
-        require(0 < self.delta < 1, f"{key}.delta", "must be in (0, 1), e.g. 1e-5")
 
 
 class _ClippedNoise(Mechanism, abc.ABC):
@@ -76,9 +60,7 @@ class _ClippedNoise(Mechanism, abc.ABC):
         """The dp-accounting event of one release of one sample of at most ``max_length`` tokens."""
 
     def guarantee(self, releases: int = 1, max_length: int = 64) -> Guarantee:
-        event = dp_accounting.SelfComposedDpEvent(self.sample_event(max_length), releases)
-        eps = epsilon_of_event(event, self.delta, "pld")
-        eps_rdp = epsilon_of_event(event, self.delta, "rdp")
+        eps, eps_rdp = composed_epsilons(self.sample_event(max_length), releases, self.delta)
         return Guarantee(
             kind="(eps,delta)-dp",
             statement=f"per sample (<= {max_length} tokens), {releases} release(s): ({eps:.4g}, {self.delta:g})-DP "

@@ -8,24 +8,12 @@ Guarantee per token and release: P[M(x)=y] ≤ exp(η‖h(x)−h(x')‖₂)·P[M
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 
 from ..accounting.validation import check_eta
-from ..config import VariantParams, require
 from .base import Guarantee, Mechanism, real_tokens
-
-
-@dataclass
-class DChiParams(VariantParams):
-    """``mechanism.eta``: η of d_χ noise, per unit of L2 distance (mean noise radius d/η)."""
-
-    eta: float
-
-    def validate(self, key: str) -> None:
-        require(self.eta > 0, f"{key}.eta", "must be > 0 (larger eta means less noise)")
+from .params import DChiParams
 
 
 def sample_dchi(

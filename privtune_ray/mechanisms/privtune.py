@@ -21,57 +21,17 @@ Guarantee per token and release: exp((η/s_i)·(‖h(x)−h(x')‖₂ + 2r)) ≤
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
-from ..config import VariantParams, require
 from ..data.batching import TokenizedSplit, batch_indices, collate
 from ..errors import ConfigError
 from ..models.split import BottomModel, mean_pool
 from .base import Guarantee, Mechanism, real_tokens
 from .dchi import sample_dchi
 from .importance import token_importance
+from .params import PrivTuneParams
 from .privtune_graph import TokenGraph, load_or_build_token_graph
-
-
-@dataclass
-class PrivTuneParams(VariantParams):
-    """PrivTune's keys of the ``mechanism`` section (defaults: ``config.MechanismConfig``)."""
-
-    eta: float  # η, per unit of L2 distance
-    k: int  # neighbours per token in the k-NN token graph
-    n_hops: int  # n: the target comes from the ring N_n(v)
-    candidates: int  # ring members kept per token (nearest to its anchor)
-    radius: float  # r, bound on ‖δ_i‖₂
-    s_min: float  # smallest noise scale (most important tokens)
-    pgd_steps: int  # K
-    pgd_step_size: float  # α, as a fraction of r
-    lambda_s: float
-    lambda_d: float
-    lambda_p: float  # weight of prediction consistency when proxy_head is on
-    proxy_head: bool
-    importance: bool  # off: w = 0 for every token, s_i = 1
-    importance_samples: int | None  # device samples used for importance (None: all)
-    cache_dir: str | None  # token-graph cache (None: $PRIVTUNE_CACHE_DIR or ~/.cache/privtune-ray)
-
-    def validate(self, key: str) -> None:
-        require(self.eta > 0, f"{key}.eta", "must be > 0 (larger eta means less noise)")
-        require(self.k >= 1, f"{key}.k", "must be >= 1 (and below the vocabulary size)")
-        require(self.n_hops >= 1, f"{key}.n_hops", "must be >= 1")
-        require(self.candidates >= 1, f"{key}.candidates", "must be >= 1")
-        require(self.radius >= 0, f"{key}.radius", "must be >= 0")
-        require(0 < self.s_min <= 1, f"{key}.s_min", "must be in (0, 1]")
-        require(self.pgd_steps >= 0, f"{key}.pgd_steps", "must be >= 0")
-        require(self.pgd_step_size > 0, f"{key}.pgd_step_size", "must be > 0")
-        for name in ("lambda_s", "lambda_d", "lambda_p"):
-            require(getattr(self, name) >= 0, f"{key}.{name}", "must be >= 0")
-        require(
-            self.importance_samples is None or self.importance_samples > 0,
-            f"{key}.importance_samples",
-            "must be > 0 or null",
-        )
 
 
 class PrivTune(Mechanism):

@@ -22,7 +22,8 @@ import torch
 
 from ..config import Config
 from ..data.batching import Batch, TokenizedSplit, collate
-from ..mechanisms import Mechanism, build_mechanism
+from ..mechanisms.base import Mechanism
+from ..mechanisms.registry import build_mechanism
 from ..models.loading import load_task_model, load_tokenizer, resolve_model
 from ..models.split import SplitModel, split_model
 from .protocol import DeviceReport, DeviceTask

@@ -21,9 +21,9 @@ from ..attacks.suite import AttackSuite, carve_aux, load_aux, probe_attributes
 from ..config import Config
 from ..data.batching import TokenizedSplit, batch_indices, collate, end_token_id, tokenize_generation, tokenize_split
 from ..data.registry import get_spec, load_split
-from ..designs import design_for
+from ..designs.registry import design_for
 from ..errors import ConfigError
-from ..mechanisms import build_mechanism
+from ..mechanisms.registry import build_mechanism
 from ..message import Message
 from ..models.denoiser import build_denoiser
 from ..models.loading import load_split_model, load_tokenizer, resolve_model

@@ -29,11 +29,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..checks import public_source, uses_public_text
 from ..config import Config
 from ..data.batching import TokenizedSplit, collate, tokenize_split
-from ..data.registry import get_spec, load_split
+from ..data.registry import load_split
 from ..errors import ConfigError
-from ..mechanisms import Mechanism
+from ..mechanisms.base import Mechanism
 from ..models.split import BottomModel, TopModel, mean_pool
 
 WARM_START_SEED_OFFSET = 2_000_003  # the cloud's mechanism copy draws noise independent of the devices' and attacker's
@@ -52,28 +53,6 @@ OBJECTIVES: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch
     "hidden": _relative_mse,
     "pooled": _pooled_cosine,
 }
-
-
-def public_source(cfg: Config) -> tuple[str, str]:
-    """(dataset, split) of the public text; refused, in one line, where it is the training or evaluation split."""
-    ws = cfg.train.warm_start
-    source = (ws.dataset or cfg.data.dataset, ws.split)
-    for key in ("train_split", "eval_split"):
-        if source == (cfg.data.dataset, getattr(cfg.data, key)):
-            raise ConfigError(
-                f"train.warm_start reads {source[0]} split {source[1]!r}, which is data.{key}: the cloud would learn "
-                f"from private (or evaluation) data; choose another train.warm_start.split or dataset (sst2 has an "
-                f"unlabelled public test split)"
-            )
-    if source[1] not in get_spec(source[0]).splits:
-        raise ConfigError(
-            f"train.warm_start.split={source[1]!r}: {source[0]} has the splits {get_spec(source[0]).splits}"
-        )
-    return source
-
-
-def uses_public_text(cfg: Config) -> bool:
-    return cfg.train.warm_start.enabled or (cfg.train.denoiser.kind != "none" and cfg.train.denoiser.pretrain_steps > 0)
 
 
 def load_public(cfg: Config, tokenizer, private: list[list[str]]) -> tuple[TokenizedSplit, int]:

@@ -23,9 +23,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import dp_accounting
 import numpy as np
 import torch
 
+from ...accounting.reference import composed_epsilons
 from ...errors import ConfigError
 from ...message import CHANNELS, tensor_from_bytes
 from ...models.split import depth_of
@@ -33,12 +35,12 @@ from ...simulation.clock import DeviceTiming, transfer_s
 from ...simulation.protocol import DeviceReport, DeviceTask, EvalResult, TopResult, derive_seed
 from ...training.server import build_optimizer, summed_loss
 from ..base import Design, RoundContext, RoundOutcome, no_step
+from ..params import GuardedParams
 from .modules import (
     Blocks,
     ClientAdapters,
     GuardedClient,
     GuardedLayout,
-    GuardedParams,
     MiddleServer,
     gradients_to_bytes,
     guarded_layout,
@@ -85,22 +87,6 @@ class GuardedDesign(Design):
                 f"--set simulation.devices_per_round=1), e.g. simulations/sst2_designs.yaml"
             )
         self.check()
-
-    def check(self) -> None:
-        """What GuardedTuning replaces or cannot combine with."""
-        cfg, sim = self.cfg, self.cfg.simulation
-        needs = {
-            "mechanism.name": (
-                cfg.mechanism.name == "none",
-                "none (GuardedTuning protects A1 by dCor and quantisation)",
-            ),
-            "train.lora.enabled": (not cfg.train.lora.enabled, "false (the middle and adapters are fully fine-tuned)"),
-            "simulation.prefetch": (not sim.prefetch, "false (a round's uploads depend on the adapters of that round)"),
-            "simulation.deadline_s": (sim.deadline_s is None, "null (every exchange of a round is waited for)"),
-        }
-        for key, (ok, fix) in needs.items():
-            if not ok:
-                raise ConfigError(f"design.name={self.name} needs {key}={fix}")
 
     def layout(self, model_depth: int) -> GuardedLayout:
         return guarded_layout(self.cfg, model_depth)
@@ -234,7 +220,31 @@ class GuardedDesign(Design):
                 "bits": self.cfg.design.bits,
                 "adapter_bytes_per_round": cloud.trainable_bytes,
                 "first_download_extra_bytes": cloud.first_extra_bytes,
+                "label_dp": self.label_dp(population),
             }
+        }
+
+    def label_dp(self, population=None) -> dict[str, Any] | None:
+        """online's label defence: the (ε, δ)-label-DP of the ∂ℓ/∂A2 uploads of the most-sent sample (R uploads,
+        each a Gaussian mechanism of noise multiplier σ_g/2 on its label; ε in nats by PLD, RDP beside it). None
+        where the defence is off; ε = inf where it clips without noise."""
+        p = self.params
+        if not (self.returns_gradients and p.label_defence):
+            return None
+        releases = max((population.releases(i) for i in range(len(population))), default=0) if population else 0
+        sigma = p.grad_up_noise_multiplier
+        eps, eps_rdp = float("inf"), float("inf")
+        if sigma > 0 and releases > 0:
+            eps, eps_rdp = composed_epsilons(dp_accounting.GaussianDpEvent(sigma / 2), releases, p.delta)
+        return {
+            "clip_norm": p.grad_up_clip_norm,
+            "noise_multiplier": sigma,
+            "releases": releases,
+            "epsilon": eps,
+            "epsilon_rdp": eps_rdp,
+            "delta": p.delta,
+            "statement": f"({eps:.4g}, {p.delta:g})-label-DP of the returned-gradient channel (grad_up) per sample "
+            f"over {releases} upload(s) (PLD); the adapters' per-device gradient sums are not covered",
         }
 
     # ------------------------------------------------------------------ device (worker)
@@ -248,8 +258,16 @@ class GuardedDesign(Design):
                 emulator = Blocks(copy.deepcopy(host.task_model), layout.emulator).requires_grad_(False).eval()
             adapters = ClientAdapters(host.task_model, layout, self.cfg.model.task)
             bottom = host.split(layout.m).bottom
+            p = self.params
             host.state["guarded"] = GuardedClient(
-                self.name, bottom, adapters, self.params.dcor_weight, self.cfg.design.bits, emulator
+                self.name,
+                bottom,
+                adapters,
+                p.dcor_weight,
+                self.cfg.design.bits,
+                emulator,
+                p.grad_up_clip_norm,
+                p.grad_up_noise_multiplier,
             )
         return host.state["guarded"]
 
@@ -269,7 +287,7 @@ class GuardedDesign(Design):
         client, batch = self.client(host), host.batch(task.samples)
         client.compute_s = 0.0
         torch.manual_seed(derive_seed(task.seed, 2))  # A_t's dropout (the middle's is seeded by task.seed)
-        loss_sum, grad_up, grads = client.top_step(batch, a2_payload)
+        loss_sum, grad_up, grads = client.top_step(batch, a2_payload, derive_seed(task.seed, 3))
         return loss_sum, grad_up, gradients_to_bytes(grads), client.compute_s
 
     def device_bottom(self, host, task: DeviceTask, grad_a1_payload: bytes) -> tuple[float, bytes, float]:

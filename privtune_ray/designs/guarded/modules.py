@@ -35,12 +35,12 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
-from ...config import VariantParams, require
 from ...errors import ConfigError
 from ...message import CHANNELS, Message, tensor_from_bytes, tensor_to_bytes, zero_padding
 from ...models.split import BottomModel, TopModel, family_of, run_blocks
 from ...training.server import TopServer, summed_loss
 from ..dcor import distance_correlation
+from ..params import GuardedParams
 
 
 @dataclass(frozen=True)
@@ -89,22 +89,6 @@ class GuardedLayout:
         middle = self.middle
         n = max(1, round(self.emulator_keep * len(middle)))
         return [middle[int(i)] for i in np.linspace(0, len(middle) - 1, n).round().astype(int)]
-
-
-@dataclass
-class GuardedParams(VariantParams):
-    """GuardedTuning's keys of the ``design`` section (defaults: ``config.DesignConfig``): a = ``adapter_layers``
-    trainable blocks at each end of the device's side, α = ``dcor_weight`` of α·dCor(E(x), A1) (online, offline),
-    and the fraction ``emulator_keep`` of the middle's blocks the offline emulator keeps."""
-
-    adapter_layers: int
-    dcor_weight: float
-    emulator_keep: float
-
-    def validate(self, key: str) -> None:
-        require(self.adapter_layers >= 1, f"{key}.adapter_layers", "must be >= 1 block per adapter")
-        require(self.dcor_weight >= 0, f"{key}.dcor_weight", "must be >= 0 (0: no decorrelation)")
-        require(0 < self.emulator_keep <= 1, f"{key}.emulator_keep", "must be in (0, 1]")
 
 
 def guarded_layout(cfg, depth: int) -> GuardedLayout:
@@ -159,6 +143,20 @@ def gradients_from_bytes(blob: bytes, n: int) -> list[torch.Tensor | None]:
     return [tensors.get(str(i)) for i in range(n)]
 
 
+def clip_and_noise(
+    g: torch.Tensor, attention_mask: torch.Tensor, clip: float, sigma: float, generator: torch.Generator
+) -> torch.Tensor:
+    """g̃_i = g_i·min(1, C/‖g_i‖₂) + N(0, σ²C²·I) for each sample i of g [B, L, d], over its real rows (the norm
+    is taken over them; padding rows stay zero and are never sent)."""
+    real = attention_mask.unsqueeze(-1).to(g.dtype)
+    g = g * real
+    scale = torch.clamp(clip / g.flatten(1).norm(dim=1).clamp_min(1e-12), max=1.0)
+    g = g * scale.view(-1, 1, 1)
+    if sigma > 0:
+        g = g + torch.randn(g.shape, generator=generator, dtype=g.dtype) * (sigma * clip) * real
+    return g
+
+
 class GuardedClient:
     """The device side of a GuardedTuning design; ``compute_s`` accumulates measured seconds.
 
@@ -174,9 +172,12 @@ class GuardedClient:
         dcor_weight: float,
         bits: int | None,
         emulator: Blocks | None = None,
+        grad_clip: float | None = None,
+        grad_sigma: float = 0.0,
     ):
         self.design, self.bottom, self.adapters, self.alpha, self.bits = design, bottom, adapters, dcor_weight, bits
         self.emulator = emulator
+        self.grad_clip, self.grad_sigma = grad_clip, grad_sigma  # online's label defence (GuardedParams)
         self.compute_s = 0.0
 
     def _a1(self, batch, grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -209,9 +210,12 @@ class GuardedClient:
         self.compute_s += time.perf_counter() - start
         return payload
 
-    def top_step(self, batch, a2_payload: bytes) -> tuple[float, bytes | None, list[torch.Tensor | None]]:
+    def top_step(
+        self, batch, a2_payload: bytes, noise_seed: int = 0
+    ) -> tuple[float, bytes | None, list[torch.Tensor | None]]:
         """online, gradfree: A_t on the received A2 and the local labels. Returns (Σ CE in nats, the ∂ℓ/∂A2
-        payload for online or None, A_t's gradients)."""
+        payload for online or None, A_t's gradients). With the label defence on, the payload is
+        :func:`clip_and_noise` of ∂ℓ/∂A2 (noise drawn from ``noise_seed``); A_t's own gradients are exact."""
         start = time.perf_counter()
         a2 = tensor_from_bytes(a2_payload).requires_grad_(self.design == "online")
         self.adapters.train()
@@ -219,7 +223,13 @@ class GuardedClient:
         params = list(self.adapters.top.parameters())
         wrt = params + ([a2] if self.design == "online" else [])
         grads = torch.autograd.grad(loss, wrt, allow_unused=True)
-        grad_up = tensor_to_bytes(grads[-1], batch.attention_mask, self.bits) if self.design == "online" else None
+        grad_up = None
+        if self.design == "online":
+            g = grads[-1]
+            if self.grad_clip is not None:
+                generator = torch.Generator().manual_seed(noise_seed)
+                g = clip_and_noise(g, batch.attention_mask, self.grad_clip, self.grad_sigma, generator)
+            grad_up = tensor_to_bytes(g, batch.attention_mask, self.bits)
         self.compute_s += time.perf_counter() - start
         return float(loss.detach()), grad_up, list(grads[: len(params)])
 
@@ -312,6 +322,7 @@ __all__ = [
     "MiddleServer",
     "gradients_from_bytes",
     "gradients_to_bytes",
+    "clip_and_noise",
     "GuardedParams",
     "guarded_layout",
     "module_bytes",

@@ -1,0 +1,97 @@
+"""The attacks' keys of the ``attack`` config section, and their names: one ``Params`` dataclass per kind of
+attack, and ``ATTACK_PARAMS``, each attack's name to its dataclass (``eia_knn_*`` read no key of their own).
+
+This module imports no torch, so that ``checks.check_config`` answers a bad name or value in about a second; the
+attacks themselves (``registry.ATTACKS``) use the same dataclasses (``tests/test_config.py`` checks that the
+registries agree).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..config import VariantParams, require
+
+
+@dataclass
+class ProbeParams(VariantParams):
+    """The probes' keys of the ``attack`` section: ``probe_epochs`` epochs of AdamW at ``probe_lr`` on minibatches of
+    ``batch_size`` sentences (defaults: ``config.AttackConfig``)."""
+
+    probe_epochs: int
+    probe_lr: float
+    batch_size: int
+
+    def validate(self, key: str) -> None:
+        require(self.probe_epochs >= 1, f"{key}.probe_epochs", "must be >= 1")
+        require(self.probe_lr > 0, f"{key}.probe_lr", "must be > 0")
+
+
+@dataclass
+class KeywordParams(ProbeParams):
+    """The probe's keys, and the sensitive words: ``keyword_list`` when given, else the ``keywords`` whole-word
+    tokens chosen on the auxiliary data (defaults: ``config.AttackConfig``)."""
+
+    keywords: int
+    keyword_list: list[str] | None
+
+    def validate(self, key: str) -> None:
+        super().validate(key)
+        require(self.keywords >= 1, f"{key}.keywords", "must be >= 1")
+
+
+@dataclass
+class InverterParams(VariantParams):
+    """The learned inverters' keys of the ``attack`` section: ``epochs`` of AdamW at ``lr`` on minibatches of
+    ``batch_size`` auxiliary sentences (defaults: ``config.AttackConfig``)."""
+
+    epochs: int
+    lr: float
+    batch_size: int
+
+    def validate(self, key: str) -> None:
+        require(self.epochs >= 1, f"{key}.epochs", "must be >= 1")
+        require(self.lr > 0, f"{key}.lr", "must be > 0")
+
+
+@dataclass
+class OptimisationParams(VariantParams):
+    """eia_opt's keys of the ``attack`` section: ``opt_steps`` Adam steps at ``opt_lr`` on relaxed token logits z,
+    softmax(z/T) with T = ``opt_temperature``, over the ``opt_candidates`` nearest anchors per position (defaults:
+    ``config.AttackConfig``)."""
+
+    opt_steps: int
+    opt_candidates: int
+    opt_lr: float
+    opt_temperature: float
+
+    def validate(self, key: str) -> None:
+        require(self.opt_steps >= 0, f"{key}.opt_steps", "must be >= 0")
+        require(self.opt_candidates >= 1, f"{key}.opt_candidates", "must be >= 1")
+        for name in ("opt_lr", "opt_temperature"):
+            require(getattr(self, name) > 0, f"{key}.{name}", "must be > 0")
+
+
+ATTACK_PARAMS: dict[str, type[VariantParams]] = {
+    "eia_knn_l2": VariantParams,
+    "eia_knn_cosine": VariantParams,
+    "eia_mlp": InverterParams,
+    "eia_transformer": InverterParams,
+    "eia_opt": OptimisationParams,
+    "aia_probe": ProbeParams,
+    "aia_keyword": KeywordParams,
+    "aia_label": ProbeParams,
+    "gm_label": ProbeParams,  # the surrogate of the top adapter is fitted like a probe
+}
+
+# Attacks on the gradients a device returns (GradientContext), not on its uploads: the suite leaves them out.
+GRADIENT_ATTACKS = frozenset({"gm_label"})
+
+__all__ = [
+    "ATTACK_PARAMS",
+    "GRADIENT_ATTACKS",
+    "InverterParams",
+    "KeywordParams",
+    "OptimisationParams",
+    "ProbeParams",
+]
