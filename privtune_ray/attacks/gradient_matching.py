@@ -29,6 +29,7 @@ from torch import nn
 from ..config import AttackConfig, Config
 from ..data.batching import TokenizedSplit, batch_indices, collate
 from ..models.split import BottomModel, TopModel, family_of
+from ..seeding import isolated_rng
 from .base import AttributeAttack, fit_minibatch
 from .observations import Observations
 from .params import ProbeParams
@@ -130,6 +131,7 @@ def build(ctx: GradientContext, attributes: tuple[str, ...] = ()) -> list[Gradie
     return [GradientMatchingLabels(ctx.surrogate_top, ctx.cfg, ctx.seed)]
 
 
+@isolated_rng()
 def build_gradient_matching(
     cfg: Config, task_model: nn.Module, layout, aux: TokenizedSplit, pad_id: int, log=print
 ) -> GradientMatchingLabels:

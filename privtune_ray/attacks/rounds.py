@@ -19,6 +19,7 @@ import torch
 
 from ..data.batching import Batch, TokenizedSplit
 from ..message import Message
+from ..seeding import isolated_rng
 from .base import Attack
 from .observations import Observations
 from .suite import AttackSuite, VictimSample, by_name, headline, long_rows
@@ -86,6 +87,7 @@ class AttackRounds:
         """The cloud's A2 [B, L, d] of ``batch`` and the ∂ℓ/∂A2 [B, L, d] the device returned for it."""
         self.observe(Observations(a2, batch.attention_mask, batch.input_ids, batch.labels, gradients=gradients))
 
+    @isolated_rng()
     def round(self, step: int, log=None) -> dict:
         """Attack the victims kept since the last round (``step``: the step or rounds done, the rows' ``step``).
 

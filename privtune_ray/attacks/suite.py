@@ -23,6 +23,7 @@ from ..mechanisms.base import Mechanism
 from ..mechanisms.registry import build_mechanism
 from ..models.anchors import load_or_build_anchors
 from ..models.split import SplitModel
+from ..seeding import isolated_rng
 from .base import Attack, AttackContext
 from .observations import Observations, observe
 from .registry import ATTACKS, GRADIENT_ATTACKS
@@ -105,6 +106,7 @@ class AttackSuite:
     aux_dropped: int = 0
 
     @classmethod
+    @isolated_rng()
     def fit_on(
         cls,
         cfg: Config,
