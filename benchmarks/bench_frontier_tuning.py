@@ -77,9 +77,8 @@ def summarise(tuning: pd.DataFrame, seeds: pd.DataFrame, frontier: dict, frontie
         if frontier_knn is not None:
             theirs = frontier_knn[frontier_knn["mechanism"] == mechanism].set_index("seed")[KNN]
             common = [s for s in knn.index if s in theirs.index]
-            entry["knn_asr_matches"] = bool(common) and all(
-                math.isclose(knn[s], theirs[s], abs_tol=1e-9) for s in common
-            )
+            same = all(math.isclose(knn[s], theirs[s], abs_tol=1e-9) for s in common)
+            entry["knn_asr_matches"] = same if common else None  # None: no seed to check against
             entry["knn_asr_checked_seeds"] = common
         out["best"][mechanism] = entry
     best = out["best"]

@@ -478,3 +478,48 @@ def test_a_screen_setting_s_variant_is_its_label_without_eta():
         "mechanism.eta=6",
         "mechanism.radius=0",
     ]
+
+
+def test_bench_frontier_tuning_takes_each_mechanisms_best_setting_over_its_seeds():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bft", ROOT / "benchmarks" / "bench_frontier_tuning.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    def rows(mechanism, seed, settings, knn):
+        return [
+            {
+                "mechanism": mechanism,
+                "seed": seed,
+                "train.lora.enabled": lora,
+                "train.lr": lr,
+                "utility": u,
+                bench.KNN: knn,
+            }
+            for lora, lr, u in settings
+        ]
+
+    tuning = pd.DataFrame(
+        rows("none", 0, [(False, 1e-4, 0.84), (True, 1e-3, 0.83)], 0.75)
+        + rows("privtune", 0, [(False, 1e-4, 0.62), (True, 1e-3, 0.66)], 0.03)
+    )
+    seeds = pd.DataFrame(
+        rows("none", 1, [(False, 1e-4, 0.86)], 0.76)
+        + rows("privtune", 1, [(True, 1e-3, 0.64)], 0.02)
+        + rows("privtune", 2, [(True, 1e-3, 0.65)], 0.04)
+        + rows("privtune", 1, [(False, 1e-4, 0.99)], 0.02)  # not the best setting at seed 0: left out
+    )
+    frontier = {"privtune": {"adaptive": {"max_eia_asr": 0.063, "max_eia_asr_std": 0.006, "seeds": 3}}}
+    knn = pd.DataFrame(
+        [{"mechanism": "privtune", "seed": s, bench.KNN: k} for s, k in [(0, 0.03), (1, 0.02), (2, 0.05)]]
+    )
+    out = bench.summarise(tuning, seeds, frontier, knn)
+    pt = out["best"]["privtune"]
+    assert pt["setting"] == "lora lr=0.001" and pt["seeds"] == 3
+    assert pt["utility_mean"] == pytest.approx(0.65) and pt["utility_std"] == pytest.approx(0.01)
+    assert pt["knn_asr_matches"] is False and pt["knn_asr_checked_seeds"] == [0, 1, 2]  # seed 2's uploads differ
+    assert out["best"]["none"]["setting"] == "full lr=0.0001" and out["best"]["none"]["seeds"] == 2
+    assert out["targets"]["drop_points"] == pytest.approx(100 * (0.85 - 0.65))
+    assert out["targets"]["privtune_max_eia_asr_adaptive"] == 0.063
+    assert out["best"]["none"]["knn_asr_matches"] is None  # the frontier has no undefended row to check against
