@@ -16,6 +16,10 @@ payloads of one real step of the protocol (online: A1 up, A2 down, ∂ℓ/∂A2 
 down; offline: nothing per step, its one-time download and upload beside). One client, as in the papers: the
 adapter synchronisation of a many-device simulation comes on top (``simulate`` records it as adapter_up/down).
 
+``synchronised_per_round``: what a many-device run moves each way per device-round besides the activations:
+GuardedTuning's two adapter blocks (online, offline) against federated fine-tuning of the whole top above the
+frozen bottom (blocks m+1..L, pooler, head: what FedAvg of the top would synchronise), in serialised bytes.
+
     python benchmarks/bench_communication.py [--out benchmarks/results/communication.json]
 """
 
@@ -70,6 +74,12 @@ def main() -> None:
     error = {f"{b}-bit": float((dequantise(quantise(hidden, b)) - hidden).abs().mean()) for b in (8, 4)}
     designs = {"privtune": {f: {"act_up": row["bytes_per_step"]} for f, row in formats.items()}}
     designs.update(guarded_step_bytes(split, batch, args.model))
+    from privtune_ray.designs.guarded import module_bytes
+
+    synchronised = {  # per device-round, each way: what a many-device run synchronises besides the activations
+        "guarded_adapters_online_offline": designs["offline"]["fp32"]["once_up"],
+        "federated_full_top": module_bytes(split.top),
+    }
     hidden_size = int(hidden.shape[-1])
     write_results(
         args.out,
@@ -85,6 +95,7 @@ def main() -> None:
             "mean_abs_error": error,
             "mean_abs_hidden": float(hidden.abs().mean()),
             "designs": designs,
+            "synchronised_per_round": synchronised,
             "padding": padding_bytes(tokenizer, hidden_size),
         },
     )

@@ -81,6 +81,20 @@ def summarise(tuning: pd.DataFrame, seeds: pd.DataFrame, frontier: dict, frontie
             entry["knn_asr_matches"] = same if common else None  # None: no seed to check against
             entry["knn_asr_checked_seeds"] = common
         out["best"][mechanism] = entry
+        eta = best.get("mechanism.eta")
+        label = ", ".join(x for x in (None if pd.isna(eta) else f"eta={eta:g}", best["setting"]) if x)
+        out[mechanism] = {  # the layout (as frontier.json): per attacker model
+            attacker: {
+                "utility_mean": entry["utility_mean"],
+                "utility_std": entry["utility_std"],
+                "max_eia_asr": asr["max_eia_asr"],
+                "max_eia_asr_std": asr["max_eia_asr_std"],
+                "meets_bound": asr["max_eia_asr"] <= 0.10,
+                "seeds": entry["seeds"],
+                "setting": label,
+            }
+            for attacker, asr in entry["asr_from_frontier"].items()
+        }
     best = out["best"]
     none, pt, dchi = (best.get(k, {}) for k in ("none", "privtune", "dchi"))
     if none and pt:
