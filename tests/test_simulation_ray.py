@@ -146,3 +146,54 @@ def test_guarded_online_on_ray_survives_a_killed_worker(ray_session, tmp_path):
     assert np.allclose(pd.read_csv(out / "rounds.csv")["loss"], pd.read_csv(inproc / "rounds.csv")["loss"], atol=1e-3)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["backend"]["backend"] == "ray" and summary["design"] == "online"
+
+
+RAY_DRIVER = """
+import json, time
+import psutil
+from privtune_ray.simulation.backend import connect_ray
+
+connect_ray(None)
+me = psutil.Process()
+print(json.dumps([p.pid for p in me.children(recursive=True) if 'ray_reaper' not in ' '.join(p.cmdline())]), flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_local_ray_ends_with_its_killed_driver(tmp_path):
+    """SIGKILL on a driver that started a local Ray: the reaper (simulation/ray_reaper.py) ends the GCS, the raylet,
+    their agents and workers within seconds; without it they lingered for a minute or more."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    script = tmp_path / "driver.py"
+    script.write_text(RAY_DRIVER)
+    driver = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        pids = json.loads(driver.stdout.readline())
+        names = {psutil.Process(p).name() for p in pids if psutil.pid_exists(p)}
+        assert {"gcs_server", "raylet"} <= names, names
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait(10)
+
+        def alive():
+            out = []
+            for p in pids:
+                try:
+                    if psutil.Process(p).status() != psutil.STATUS_ZOMBIE:
+                        out.append(p)
+                except psutil.NoSuchProcess:
+                    pass
+            return out
+
+        deadline = time.monotonic() + 20
+        while alive() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not alive(), [psutil.Process(p).name() for p in alive()]
+    finally:
+        driver.kill()

@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 
 from ..errors import ConfigError, PrivtuneError
 from .protocol import Fault
+from .ray_reaper import children, start_reaper
 from .replica import ReplicaSetup, TopReplica
 from .worker import DeviceWorker, WorkerSetup
 
@@ -242,7 +243,9 @@ def connect_ray(address: str | None) -> None:
         return
     env = {k: v for k, v in os.environ.items() if k.startswith(("HF_", "PRIVTUNE_", "TOKENIZERS_"))}
     if address is None:
+        before = children()
         ray.init(include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
+        start_reaper(before)  # ends the local Ray's processes if this driver is killed (ray_reaper.py)
         return
     try:
         ray.init(address=address, log_to_driver=False, runtime_env={"env_vars": env})
