@@ -152,19 +152,9 @@ def _account(args) -> None:
     it and a line, not a number, where the expansion breaks down."""
     import math
 
-    from .accounting import (
-        EdgeworthBreakdown,
-        SigmaOutOfRange,
-        calibrate_sigma,
-        calibrate_sigma_pld,
-        edgeworth_epsilon,
-        pld_epsilon,
-        prv_epsilon,
-        rdp_epsilon,
-    )
     from .checks import check_config
     from .config import load_config
-    from .mechanisms.registry import config_guarantee
+    from .mechanisms.guarantees import config_guarantee
 
     if args.config:
         cfg = load_config(args.config, args.overrides)
@@ -183,6 +173,17 @@ def _account(args) -> None:
             raise PrivtuneError(
                 "DP-SGD accounting needs --sample-rate and --steps (and --noise-multiplier or --target-epsilon)"
             )
+        from .accounting import (  # Opacus' accountant interface imports torch: only when DP-SGD is asked for
+            EdgeworthBreakdown,
+            SigmaOutOfRange,
+            calibrate_sigma,
+            calibrate_sigma_pld,
+            edgeworth_epsilon,
+            pld_epsilon,
+            prv_epsilon,
+            rdp_epsilon,
+        )
+
         q, steps, delta = args.sample_rate, args.steps, args.delta
         sigma = args.noise_multiplier
         if args.target_epsilon is not None:

@@ -14,15 +14,13 @@ is sent) are composed with dp-accounting's PLD accountant (ε in nats); the RDP 
 from __future__ import annotations
 
 import abc
-import math
 
-import dp_accounting
 import torch
 
-from ..accounting.reference import composed_epsilons
 from ..accounting.validation import check_delta, check_noise_multiplier
 from ..errors import ConfigError
-from .base import Guarantee, Mechanism, real_tokens
+from .base import Mechanism, real_tokens
+from .guarantees import Guarantee, clipped_noise_guarantee
 from .params import ClippedNoiseParams
 
 
@@ -55,22 +53,9 @@ class _ClippedNoise(Mechanism, abc.ABC):
         noisy = clip_rows(h, self.clip_norm, self.norm_p) + self.noise(tuple(h.shape)).to(h.dtype)
         return torch.where(real_tokens(attention_mask), noisy, h)
 
-    @abc.abstractmethod
-    def sample_event(self, max_length: int) -> dp_accounting.DpEvent:
-        """The dp-accounting event of one release of one sample of at most ``max_length`` tokens."""
-
     def guarantee(self, releases: int = 1, max_length: int = 64) -> Guarantee:
-        eps, eps_rdp = composed_epsilons(self.sample_event(max_length), releases, self.delta)
-        return Guarantee(
-            kind="(eps,delta)-dp",
-            statement=f"per sample (<= {max_length} tokens), {releases} release(s): ({eps:.4g}, {self.delta:g})-DP "
-            f"(PLD; RDP gives {eps_rdp:.4g})",
-            releases=releases,
-            epsilon=eps,
-            delta=self.delta,
-            epsilon_rdp=eps_rdp,
-            params=self.params(),
-        )
+        params = ClippedNoiseParams(self.noise_multiplier, self.clip_norm, self.delta)
+        return clipped_noise_guarantee(self.name, params, releases, max_length)
 
     def params(self):
         return {"noise_multiplier": self.noise_multiplier, "clip_norm": self.clip_norm, "delta": self.delta}
@@ -82,9 +67,6 @@ class GaussianActivation(_ClippedNoise):
 
     def noise(self, shape):
         return torch.randn(*shape, generator=self.torch_rng) * (self.noise_multiplier * self.clip_norm)
-
-    def sample_event(self, max_length):
-        return dp_accounting.GaussianDpEvent(self.noise_multiplier / (2 * math.sqrt(max_length)))
 
 
 class LaplaceActivation(_ClippedNoise):
@@ -98,6 +80,3 @@ class LaplaceActivation(_ClippedNoise):
         eps = torch.finfo(torch.float64).eps
         u = torch.empty(shape, dtype=torch.float64).uniform_(eps - 1, 1, generator=self.torch_rng)
         return -(self.noise_multiplier * self.clip_norm) * torch.sign(u) * torch.log1p(-u.abs())
-
-    def sample_event(self, max_length):
-        return dp_accounting.LaplaceDpEvent(self.noise_multiplier / (2 * max_length))

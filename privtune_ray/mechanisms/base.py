@@ -12,7 +12,6 @@ importance weights), they never leave the device.
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -22,28 +21,7 @@ from ..config import VariantParams
 from ..data.batching import TokenizedSplit
 from ..errors import NonFiniteRelease
 from ..message import zero_padding
-
-
-@dataclass
-class Guarantee:
-    """A mechanism's privacy statement.
-
-    kind: ``none``; ``(eps,delta)-dp`` per sample (ε in nats, from dp-accounting's PLD accountant, with the
-    RDP ε beside it); or ``metric-dp`` per token: P[M(x)=y] ≤ exp(ε_d(x,x'))·P[M(x')=y] with ε_d given
-    by ``statement``, ``eta_per_unit`` the worst-case multiplier of ‖h(x)−h(x')‖₂ over all releases.
-    """
-
-    kind: str
-    statement: str
-    releases: int = 1
-    epsilon: float | None = None
-    delta: float | None = None
-    epsilon_rdp: float | None = None
-    eta_per_unit: float | None = None
-    params: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+from .guarantees import Guarantee, none_guarantee
 
 
 class Mechanism:
@@ -60,11 +38,6 @@ class Mechanism:
         """The mechanism with these parameters, for the bottom of ``split`` (a SplitModel; None where the mechanism
         needs no model) and its ``tokenizer``."""
         return cls(seed)
-
-    @classmethod
-    def guarantee_of(cls, params: Any, releases: int, max_length: int) -> Guarantee:
-        """The guarantee of these parameters, without a model (``privtune-ray account``)."""
-        return cls.from_params(params, None, None, "", 0).guarantee(releases, max_length)
 
     def __init__(self, seed: int = 0):
         self.reseed(seed)
@@ -101,7 +74,8 @@ class Mechanism:
         return zero_padding(out, attention_mask)
 
     def guarantee(self, releases: int = 1, max_length: int = 64) -> Guarantee:
-        return Guarantee(kind="none", statement="no privacy: h is uploaded as computed", releases=releases)
+        """The privacy statement for a sample sent ``releases`` times (``guarantees.py``, from the parameters)."""
+        return none_guarantee(VariantParams(), releases, max_length)
 
     def params(self) -> dict[str, Any]:
         return {}

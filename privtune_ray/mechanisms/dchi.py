@@ -12,7 +12,8 @@ import numpy as np
 import torch
 
 from ..accounting.validation import check_eta
-from .base import Guarantee, Mechanism, real_tokens
+from .base import Mechanism, real_tokens
+from .guarantees import Guarantee, dchi_guarantee
 from .params import DChiParams
 
 
@@ -44,13 +45,7 @@ class DChi(Mechanism):
         return torch.where(real_tokens(attention_mask), h + z, h)
 
     def guarantee(self, releases: int = 1, max_length: int = 64) -> Guarantee:
-        return Guarantee(
-            kind="metric-dp",
-            statement=f"per token: eps(x, x') = {releases}*{self.eta:g}*||h(x) - h(x')||_2 over {releases} release(s)",
-            releases=releases,
-            eta_per_unit=releases * self.eta,
-            params=self.params(),
-        )
+        return dchi_guarantee(DChiParams(self.eta), releases, max_length)
 
     def params(self):
         return {"eta": self.eta}

@@ -27,8 +27,9 @@ import torch.nn.functional as F
 from ..data.batching import TokenizedSplit, batch_indices, collate
 from ..errors import ConfigError
 from ..models.split import BottomModel, mean_pool
-from .base import Guarantee, Mechanism, real_tokens
+from .base import Mechanism, real_tokens
 from .dchi import sample_dchi
+from .guarantees import Guarantee, privtune_guarantee
 from .importance import token_importance
 from .params import PrivTuneParams
 from .privtune_graph import TokenGraph, load_or_build_token_graph
@@ -44,10 +45,6 @@ class PrivTune(Mechanism):
             split.bottom, tokenizer, model_id, params.k, params.n_hops, params.candidates, params.cache_dir
         )
         return cls(graph, split.bottom, tokenizer.all_special_ids, params, pad_id=tokenizer.pad_token_id, seed=seed)
-
-    @classmethod
-    def guarantee_of(cls, params, releases, max_length):
-        return privtune_guarantee(params, releases, proxy_used=params.proxy_head)
 
     def __init__(
         self,
@@ -206,22 +203,3 @@ class PrivTune(Mechanism):
             "lambda_d": self.p.lambda_d,
             "importance": self.p.importance,
         }
-
-
-def privtune_guarantee(
-    p: PrivTuneParams, releases: int = 1, params: dict | None = None, proxy_used: bool = False
-) -> Guarantee:
-    """Per token and release: exp((η/s_i)·(‖h(x)−h(x')‖₂ + 2r)), s_i ≥ s_min; R releases add up."""
-    return Guarantee(
-        kind="metric-dp",
-        statement=(
-            f"per token: eps(x, x') = {releases}*({p.eta:g}/s_i)*(||h(x) - h(x')||_2 + 2*{p.radius:g}), "
-            f"s_i >= s_min = {p.s_min:g}, over {releases} release(s)"
-        ),
-        releases=releases,
-        eta_per_unit=releases * p.eta / p.s_min,
-        params={
-            **(params or {"eta": p.eta, "radius": p.radius, "s_min": p.s_min}),
-            "prediction_consistency": "proxy head" if proxy_used else "skipped (no proxy head)",
-        },
-    )

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from .activation_dp import GaussianActivation, LaplaceActivation
-from .base import Guarantee, Mechanism
+from .base import Mechanism
 from .dchi import DChi
+from .guarantees import Guarantee, config_guarantee, privtune_guarantee
 from .params import ClippedNoiseParams, DChiParams, PrivTuneParams
-from .privtune import PrivTune, privtune_guarantee
+from .privtune import PrivTune
 
 MECHANISMS: dict[str, type[Mechanism]] = {
     "none": Mechanism,
@@ -27,11 +28,6 @@ def mechanism_params(cfg):
 def build_mechanism(cfg, split, tokenizer, model_id: str, seed: int = 0) -> Mechanism:
     """The mechanism named by ``cfg.name`` (a :class:`~privtune_ray.config.MechanismConfig`)."""
     return MECHANISMS[cfg.name].from_params(mechanism_params(cfg), split, tokenizer, model_id, seed)
-
-
-def config_guarantee(cfg, releases: int, max_length: int) -> Guarantee:
-    """The guarantee a mechanism config gives, without loading a model (for ``privtune-ray account``)."""
-    return MECHANISMS[cfg.name].guarantee_of(mechanism_params(cfg), releases, max_length)
 
 
 __all__ = [

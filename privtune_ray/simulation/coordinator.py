@@ -40,7 +40,7 @@ from ..data.partition import partition
 from ..designs.base import Design, RoundContext, RoundOutcome
 from ..designs.registry import design_for
 from ..errors import ConfigError
-from ..mechanisms.registry import config_guarantee
+from ..mechanisms.guarantees import config_guarantee
 from ..message import CHANNELS, UPLINKS, Message, tensor_from_bytes
 from ..models.loading import load_task_model, load_tokenizer, resolve_model
 from ..models.split import BottomModel, depth_of, split_model
