@@ -73,7 +73,8 @@ class GuardedParams(DesignParams):
     ``online``'s label defence on the gradient it uploads, g_i = ∂ℓ/∂A2_i of sample i (its real rows, flattened):
     g̃_i = g_i·min(1, C_g/‖g_i‖₂) + N(0, σ_g²C_g²·I), C_g = ``grad_up_clip_norm``, σ_g = ``grad_up_noise_multiplier``.
     A sample's label moves its clipped g_i by at most 2C_g, so each upload is a Gaussian mechanism of noise
-    multiplier σ_g/2 on the label; R uploads compose to (ε, δ)-label-DP by the PLD accountant (:func:`label_dp`)."""
+    multiplier σ_g/2 on the label; R uploads compose to (ε, δ)-label-DP by the PLD accountant
+    (``GuardedDesign.label_dp``, in ``summary.json``)."""
 
     adapter_layers: int
     dcor_weight: float
