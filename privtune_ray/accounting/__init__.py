@@ -1,15 +1,16 @@
 """Privacy accounting: the Edgeworth accountant (ours) and the field libraries' PLD, RDP and PRV accountants.
 
-``registry.ACCOUNTANTS`` / :func:`create_accountant`: one class per accountant behind Opacus' interface;
-the functions (``pld_epsilon``, ``calibrate_sigma`` ...) answer one (q, σ, T) at a time.
+As Opacus splits ``analysis/`` from ``accountants/``: the functions (``edgeworth.py``, ``reference.py``:
+``pld_epsilon``, ``calibrate_sigma`` ...) answer one (q, σ, T) at a time and import no torch;
+``accountants.py`` holds one class per accountant behind Opacus' interface, ``registry.ACCOUNTANTS`` /
+:func:`create_accountant` names them. The classes load on first use (PEP 562, as in ``data``), so that
+``privtune-ray account`` does not import Opacus and torch.
 """
 
-from .base import Accountant
-from .edgeworth import EdgeworthAccountant, EdgeworthBreakdown, calibrate_sigma, edgeworth_delta, edgeworth_epsilon
+from importlib import import_module
+
+from .edgeworth import EdgeworthBreakdown, calibrate_sigma, edgeworth_delta, edgeworth_epsilon
 from .reference import (
-    PLDAccountant,
-    PRVAccountant,
-    RDPAccountant,
     calibrate_sigma_pld,
     calibrate_sigma_rdp,
     epsilon_of_event,
@@ -17,22 +18,25 @@ from .reference import (
     prv_epsilon,
     rdp_epsilon,
 )
-from .registry import ACCOUNTANTS, create_accountant
 from .validation import SigmaOutOfRange
 
+_LAZY = {
+    "Accountant": "base",
+    "EdgeworthAccountant": "accountants",
+    "PLDAccountant": "accountants",
+    "PRVAccountant": "accountants",
+    "RDPAccountant": "accountants",
+    "ACCOUNTANTS": "registry",
+    "create_accountant": "registry",
+}
+
 __all__ = [
-    "ACCOUNTANTS",
-    "Accountant",
-    "EdgeworthAccountant",
+    *_LAZY,
     "EdgeworthBreakdown",
-    "PLDAccountant",
-    "PRVAccountant",
-    "RDPAccountant",
     "SigmaOutOfRange",
     "calibrate_sigma",
     "calibrate_sigma_pld",
     "calibrate_sigma_rdp",
-    "create_accountant",
     "edgeworth_delta",
     "edgeworth_epsilon",
     "epsilon_of_event",
@@ -40,3 +44,9 @@ __all__ = [
     "prv_epsilon",
     "rdp_epsilon",
 ]
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f".{_LAZY[name]}", __name__), name)

@@ -1,7 +1,8 @@
 """Edgeworth accountant for the Poisson-subsampled Gaussian mechanism (Wang et al., arXiv 2206.04236).
 
-No library ships one, so it is written here behind Opacus' accountant interface (``IAccountant``:
-``step(noise_multiplier=σ, sample_rate=q)``, ``get_epsilon(delta)``), like Opacus' RDP and PRV accountants.
+No library ships one, so it is written here: the analysis (this module's functions) and, in ``accountants.py``,
+``EdgeworthAccountant`` behind Opacus' accountant interface (``IAccountant``: ``step(noise_multiplier=σ,
+sample_rate=q)``, ``get_epsilon(delta)``), like Opacus' RDP and PRV accountants.
 
 One step releases a sample with probability q and adds N(0, σ²) noise; with μ = 1/σ its privacy-loss
 log-likelihood ratio is
@@ -41,7 +42,6 @@ from scipy.optimize import brentq
 from scipy.special import ndtr
 
 from ..errors import PrivtuneError
-from .base import Accountant
 from .validation import (
     SigmaOutOfRange,
     check_delta,
@@ -241,22 +241,3 @@ def calibrate_sigma(
         )
     j = int(np.argmax(eps <= target_epsilon))  # the first σ that meets the target (j ≥ 1)
     return float(np.exp(brentq(lambda x: epsilon(x) - target_epsilon, logs[j - 1], logs[j], xtol=1e-6)))
-
-
-class EdgeworthAccountant(Accountant):
-    """Opacus-style accountant: ``step(noise_multiplier=σ, sample_rate=q)`` per step, ``get_epsilon(delta)``."""
-
-    def __init__(self, order: int = 2):
-        if order not in (1, 2):
-            raise ValueError(f"Edgeworth order must be 1 or 2, got {order}")
-        super().__init__()
-        self.order = order
-
-    def get_epsilon(self, delta: float, **kwargs) -> float:
-        """ε(δ) of the history (nats); raises :class:`EdgeworthBreakdown` where the expansion claims (0, δ)-DP."""
-        check_delta(delta)
-        return _epsilon(delta, self.history, self.order)
-
-    @classmethod
-    def mechanism(cls) -> str:
-        return "edgeworth"

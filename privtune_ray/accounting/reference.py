@@ -4,7 +4,7 @@
 * :func:`prv_epsilon`: Opacus' PRV accountant.
 * :func:`calibrate_sigma_pld`, :func:`calibrate_sigma_rdp`: σ for a target PLD (RDP) ε, by dp-accounting's
   ``calibrate_dp_mechanism``.
-* :class:`PLDAccountant`, :class:`RDPAccountant`: the same behind the accountant interface (``base.Accountant``).
+* the same behind the accountant interface: ``accountants.PLDAccountant``, ``RDPAccountant``, ``PRVAccountant``.
 
 All for T-fold self-composition of the Poisson-subsampled Gaussian (sample rate q, noise multiplier σ),
 add-or-remove-one neighbouring, ε in nats.
@@ -17,9 +17,7 @@ import logging
 
 import dp_accounting
 from dp_accounting import pld, rdp
-from opacus.accountants import PRVAccountant as OpacusPRVAccountant
 
-from .base import Accountant
 from .validation import (
     SigmaOutOfRange,
     check_delta,
@@ -87,6 +85,8 @@ def rdp_epsilon(delta: float, q: float, sigma: float, steps: int) -> float:
 
 def prv_epsilon(delta: float, q: float, sigma: float, steps: int) -> float:
     check_delta(delta), check_sample_rate(q), check_noise_multiplier(sigma), check_steps(steps)
+    from opacus.accountants import PRVAccountant as OpacusPRVAccountant  # Opacus imports torch: only here
+
     acc = OpacusPRVAccountant()
     acc.history = [(sigma, q, steps)]
     return float(acc.get_epsilon(delta))
@@ -145,48 +145,3 @@ def _calibrate(
                 dp_accounting.ExplicitBracketInterval(lo, hi),
             )
         )
-
-
-class _DpAccountingAccountant(Accountant):
-    """The history as one dp-accounting event (each (σ, q, T) entry self-composed, the entries composed)."""
-
-    kind = "pld"
-
-    def __init__(self, interval: float = PLD_INTERVAL):
-        super().__init__()
-        self.interval = interval
-
-    def event(self) -> dp_accounting.DpEvent:
-        events = [subsampled_gaussian_event(q, sigma, steps) for sigma, q, steps in self.history]
-        if not events:
-            raise ValueError("no step to account for: call step() first")
-        return events[0] if len(events) == 1 else dp_accounting.ComposedDpEvent(events)
-
-    def get_epsilon(self, delta: float, **kwargs) -> float:
-        """ε(δ) (nats) of every step so far."""
-        return epsilon_of_event(self.event(), delta, self.kind, self.interval)
-
-    @classmethod
-    def mechanism(cls) -> str:
-        return cls.kind
-
-
-class PLDAccountant(_DpAccountingAccountant):
-    """dp-accounting's privacy-loss distributions on a grid of ``interval`` nats: an upper bound on ε
-    (:func:`pld_epsilon` after T equal steps)."""
-
-    kind = "pld"
-
-
-class RDPAccountant(_DpAccountingAccountant):
-    """dp-accounting's Rényi-DP accountant (:func:`rdp_epsilon` after T equal steps; looser than PLD)."""
-
-    kind = "rdp"
-
-    def __init__(self) -> None:
-        super().__init__()
-
-
-class PRVAccountant(Accountant, OpacusPRVAccountant):
-    """Opacus' PRV accountant (its ``get_epsilon(delta, eps_error=0.01)``; :func:`prv_epsilon` after T equal steps),
-    with ``len`` counting steps and the history checked and merged as the other accountants keep it."""

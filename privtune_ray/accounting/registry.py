@@ -9,9 +9,8 @@
 
 from __future__ import annotations
 
+from .accountants import EdgeworthAccountant, PLDAccountant, PRVAccountant, RDPAccountant
 from .base import Accountant
-from .edgeworth import EdgeworthAccountant
-from .reference import PLDAccountant, PRVAccountant, RDPAccountant
 
 ACCOUNTANTS: dict[str, type[Accountant]] = {
     "edgeworth": EdgeworthAccountant,
