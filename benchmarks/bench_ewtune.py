@@ -41,7 +41,7 @@ from privtune_ray.accounting import (  # noqa: E402
 )
 from privtune_ray.benchmarking import write_results  # noqa: E402
 from privtune_ray.config import load_config  # noqa: E402
-from privtune_ray.training.loop import devices_train_size  # noqa: E402
+from privtune_ray.designs.dp_plan import devices_train_size  # noqa: E402
 
 TARGETS = {"train": 0.83, "simulate": 0.80}  # SST-2 dev accuracy at PLD ε ≤ 3 (the targets)
 GRID_Q = (0.004, 0.016, 0.06)
@@ -99,7 +99,8 @@ def step_cost(cfg, repeats: int) -> dict:
     from privtune_ray.benchmarking import interleaved_timings, ratio_to
     from privtune_ray.config import LoraConfig, TrainConfig
     from privtune_ray.data.batching import collate
-    from privtune_ray.designs.ewtune import DPPlan, DPTopServer
+    from privtune_ray.designs.dp_plan import DPPlan
+    from privtune_ray.designs.ewtune import DPTopServer
     from privtune_ray.mechanisms.base import Mechanism
     from privtune_ray.models import load_split_model
     from privtune_ray.models.loading import load_tokenizer
@@ -204,7 +205,8 @@ def setting_of(cfg, kind: str) -> str:
 
 def main(argv=None) -> int:
     from privtune_ray.checks import check_config
-    from privtune_ray.designs.registry import design_for
+    from privtune_ray.designs.dp_plan import check_dp_dataset
+    from privtune_ray.designs.params import EWTuneParams
     from privtune_ray.errors import PrivtuneError
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -230,7 +232,7 @@ def main(argv=None) -> int:
                     check_config(cfg)
                     configs[(kind, arm, seed)] = cfg
         n = devices_train_size(base)
-        design_for(base, "train").check_dataset(n, base.train.batch_size, "train.batch_size")  # δ < 1/N, q ≤ 1
+        check_dp_dataset(EWTuneParams.of(base.design), n, base.train.batch_size, "train.batch_size")  # δ < 1/N, q ≤ 1
         calibrated = claim(base, n, n)
     except PrivtuneError as exc:
         print(f"bench_ewtune: error: {exc}", file=sys.stderr)

@@ -239,13 +239,15 @@ def _account(args) -> None:
 def _print_dp_sgd_plan(cfg) -> None:
     """EW-Tune's DP-SGD plan of ``train`` for this config, as the run would calibrate it (the training split's N,
     less the attacker's carve-out): q, T, σ and ε by each accountant, and the warning where Edgeworth understates."""
-    from .designs.registry import design_for
-    from .training.loop import devices_train_size
+    from .designs.dp_plan import devices_train_size, train_dp_plan
 
-    design = design_for(cfg, "train")
     n = devices_train_size(cfg)
-    design.train_plan(n, -(-n // cfg.train.batch_size), cfg.train.max_steps)
-    print(f"design ewtune (train, N = {n} samples): " + "; ".join(design.log_lines()))
+    _, _, plan = train_dp_plan(cfg, n, cfg.train.max_steps)
+    warning = plan.edgeworth_warning()
+    print(
+        f"design ewtune (train, N = {n} samples): EW-Tune DP-SGD: {plan.describe()}"
+        + (f"; {warning}" if warning else "")
+    )
 
 
 def _sweep(args) -> None:

@@ -93,6 +93,27 @@ class Message:
         )
 
 
+def concat_messages(msgs: list[Message]) -> Message:
+    """One message holding ``msgs``' samples in order (the cloud batching uploads for one forward/backward): h̃
+    and the mask right-padded with zeros to the longest L. They must enter the top at the same depth and carry
+    class ids ([B] labels)."""
+    depths = {m.split_depth for m in msgs}
+    if len(depths) != 1 or any(m.labels.dim() != 1 for m in msgs):
+        raise ValueError(f"only messages of one split depth with class-id labels concatenate (depths {depths})")
+    length = max(m.hidden.shape[1] for m in msgs)
+
+    def pad(x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.pad(x, (0, 0) * (x.dim() - 2) + (0, length - x.shape[1]))
+
+    return Message(
+        hidden=torch.cat([pad(m.hidden) for m in msgs]),
+        attention_mask=torch.cat([pad(m.attention_mask) for m in msgs]),
+        labels=torch.cat([m.labels for m in msgs]),
+        device_id=msgs[0].device_id,
+        split_depth=msgs[0].split_depth,
+    )
+
+
 def _pack(x: torch.Tensor, bits: int | None, tensors: dict, header: dict) -> None:
     """Put ``x`` [B, L, d] into a payload: only the rows where ``tensors["attention_mask"]`` is 1, packed
     [N, d] in row-major order; fp32 as ``hidden``, or b-bit codes with per-row scale and offset."""

@@ -13,7 +13,8 @@ from privtune_ray.checks import check_config
 from privtune_ray.config import DesignConfig, TrainConfig, load_config
 from privtune_ray.data import load_split
 from privtune_ray.data.batching import collate, tokenize_split
-from privtune_ray.designs.ewtune import DPPlan, DPTopServer, plan_dp_sgd, poisson_batches, spent_epsilon
+from privtune_ray.designs.dp_plan import DPPlan, plan_dp_sgd, spent_epsilon
+from privtune_ray.designs.ewtune import DPTopServer, poisson_batches
 from privtune_ray.errors import ConfigError
 from privtune_ray.mechanisms.base import Mechanism
 from privtune_ray.models import split_model
@@ -228,6 +229,34 @@ def test_a_dp_step_over_several_messages_equals_one_over_their_union(minilm, tok
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-7)
 
 
+def test_uploads_packed_into_one_piece_take_the_dp_step_of_each_alone(minilm, tokenizer):
+    """The cloud's packing of a round's uploads (``Design.packs_uploads``): messages of different lengths,
+    concatenated and right-padded, give the same per-sample losses and (C = 1, σ = 0.5 from one seed) the same
+    DP step as the messages accumulated one by one."""
+    from privtune_ray.message import concat_messages
+
+    split = split_model(copy.deepcopy(minilm), 2)
+    dev = tokenize_split(load_split("sst2", "dev", max_samples=9, seed=0), tokenizer, 64)
+    client = SplitClient(split.bottom, Mechanism())
+    order = np.argsort(dev.lengths)  # short messages and long ones: padding differs between them
+    msgs = [client.encode(collate(dev, idx, tokenizer.pad_token_id)) for idx in np.array_split(order, 4)]
+    assert len({m.hidden.shape[1] for m in msgs}) == 4
+    packed = concat_messages(msgs)
+    assert packed.batch_size == 9 and packed.hidden.shape[1] == max(m.hidden.shape[1] for m in msgs)
+    plan = DPPlan(0.1, 1, 0.5, 1.0, 1e-5, 1.0, 0.0, 0.0, 0.0)
+    tops, losses = [], []
+    for pieces in (msgs, [packed]):
+        top = _no_dropout(copy.deepcopy(split.top))
+        server = DPTopServer(top, *_sgd(top), plan, expected_batch_size=9, seed=3)
+        losses.append(torch.cat([server.accumulate_samples(m) for m in pieces]))
+        server.step(9)
+        tops.append(top)
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-4, atol=1e-5)
+    for a, b in zip(tops[0].parameters(), tops[1].parameters(), strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
+    assert any(not torch.equal(a, c) for a, c in zip(tops[0].parameters(), split.top.parameters(), strict=True))
+
+
 @pytest.mark.parametrize("trainable", ["lora", "bias"])
 def test_a_logical_batch_in_physical_pieces_takes_the_dp_step_of_the_whole(minilm, tokenizer, trainable):
     """train.physical_batch_size: a Poisson batch of 8 sent as pieces of 3 (per-sample clipping to C = 1, noise
@@ -280,6 +309,7 @@ SIM = [
     "simulation.partition=iid",
     "simulation.tiers=[{name: one, memory_mb: 4096}]",
     "design.allow_understated_epsilon=true",
+    "train.physical_batch_size=40",  # the cloud packs a round's uploads into pieces of up to 40 samples
 ]
 DEVICES = Path(__file__).parents[1] / "simulations" / "sst2_devices.yaml"
 

@@ -9,8 +9,12 @@ registries agree).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..config import VariantParams, require
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 
 @dataclass
@@ -95,3 +99,22 @@ __all__ = [
     "OptimisationParams",
     "ProbeParams",
 ]
+
+
+def aux_from_training(cfg: Config) -> bool:
+    """Whether the attacker's auxiliary sentences come from the victims' own training split (``attack.aux_dataset``
+    and ``aux_split`` name it): they are then carved out of it, so the devices never send them."""
+    return (cfg.attack.aux_dataset or cfg.data.dataset, cfg.attack.aux_split) == (
+        cfg.data.dataset,
+        cfg.data.train_split,
+    )
+
+
+def check_aux_fits(n_aux: int, n_train: int) -> None:
+    """A carve-out of ``n_aux`` sentences must leave the devices some of the ``n_train`` training sentences."""
+    require(
+        n_aux < n_train,
+        "attack.aux_samples",
+        f"{n_aux} auxiliary sentences would take the whole training split ({n_train} sentences) and leave the "
+        f"devices nothing: lower attack.aux_samples or set attack.aux_split/aux_dataset to other data",
+    )

@@ -26,6 +26,7 @@ from ..models.split import SplitModel
 from ..seeding import isolated_rng
 from .base import Attack, AttackContext
 from .observations import Observations, observe
+from .params import check_aux_fits
 from .registry import ATTACKS, GRADIENT_ATTACKS
 
 ATTACKER_SEED_OFFSET = 1_000_003  # the attacker's mechanism copy draws noise independent of the devices'
@@ -69,11 +70,7 @@ def disjoint_aux(aux: TokenizedSplit, victims_texts: list[str]) -> tuple[Tokeniz
 
 def carve_aux(train: TokenizedSplit, n: int, seed: int) -> tuple[TokenizedSplit, TokenizedSplit]:
     """Split the training data into (auxiliary, remaining): the attacker's public share is not trained on."""
-    if n >= len(train):
-        raise ConfigError(
-            f"attack.aux_samples={n} would take the whole training split ({len(train)} sentences) and leave the devices "
-            f"nothing: lower attack.aux_samples or set attack.aux_split/aux_dataset to other data"
-        )
+    check_aux_fits(n, len(train))
     order = np.random.default_rng(seed).permutation(len(train))
     return train.subset(np.sort(order[:n])), train.subset(np.sort(order[n:]))
 

@@ -81,6 +81,7 @@ class Design(ABC):
     commands: ClassVar[tuple[str, ...]] = ("train", "simulate", "attack")  # the CLI commands that run it
     channels: ClassVar[tuple[str, ...]] = ("act_up",)  # what crosses, per channel, recorded in devices.csv
     poisson: ClassVar[bool] = False  # rounds are Poisson samples of the data (DP-SGD)
+    packs_uploads: ClassVar[bool] = False  # the cloud batches a round's uploads (train.physical_batch_size samples)
     uploads_per_sample_tensor: ClassVar[bool] = True  # a per-sample tensor leaves the device: the attacks' target
     returns_gradients: ClassVar[bool] = False  # the cloud sends per-sample gradients back: a label attack's target
     Params: ClassVar[type[DesignParams]] = DesignParams  # its keys of the ``design`` section and their checks

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from ..config import Config
-from ..message import Message
+from ..message import Message, concat_messages
 from ..models.loading import load_task_model
 from ..seeding import seed_everything
 from ..training.server import summed_loss
@@ -59,15 +59,56 @@ class TopReplica:
         }
 
     def accumulate(self, seeds: list[int], *payloads: bytes) -> list[TopResult]:
-        """Add each message's gradient (summed loss) to the replica's; message j's dropout seeded by ``seeds[j]``."""
-        results = []
-        for seed, payload in zip(seeds, payloads, strict=True):
+        """Add each message's gradient (summed loss) to the replica's; message j's dropout seeded by ``seeds[j]``.
+
+        A design that packs uploads (``Design.packs_uploads``: EW-Tune, whose per-sample clipping does not depend
+        on the batch) has its messages sorted by split depth and length and concatenated into pieces of up to
+        ``train.physical_batch_size`` samples (little padding), each piece's dropout seeded by its first message's
+        seed; a message's ``top_s`` is then its share (by samples) of its piece's measured seconds."""
+        msgs = [Message.from_bytes(p) for p in payloads]
+        results: list[TopResult | None] = [None] * len(msgs)
+        for piece in self._pieces(msgs):
             start = time.perf_counter()
-            torch.manual_seed(seed)
-            msg = Message.from_bytes(payload)
-            loss_sum = self.server.accumulate(msg)
-            results.append(TopResult(loss_sum=loss_sum, samples=msg.batch_size, top_s=time.perf_counter() - start))
-        return results
+            torch.manual_seed(seeds[piece[0]])
+            packed = msgs[piece[0]] if len(piece) == 1 else concat_messages([msgs[j] for j in piece])
+            losses = self.server.accumulate_samples(packed)
+            seconds = time.perf_counter() - start
+            offset = 0
+            for j in piece:
+                n = msgs[j].batch_size
+                results[j] = TopResult(float(losses[offset : offset + n].sum()), n, seconds * n / packed.batch_size)
+                offset += n
+        return results  # type: ignore[return-value]  # every message is in one piece
+
+    def _pieces(self, msgs: list[Message]) -> list[list[int]]:
+        """Message indices grouped into the pieces one forward/backward takes (one each, in order, unless the
+        design packs uploads: then by split depth and length, class-id messages only)."""
+        limit = self.setup.cfg.train.physical_batch_size
+        if not self.design.packs_uploads or limit is None:
+            return [[j] for j in range(len(msgs))]
+
+        def class_ids(m: Message) -> bool:
+            return tuple(m.labels.shape) == (m.batch_size,)
+
+        order = sorted(range(len(msgs)), key=lambda j: (msgs[j].split_depth or 0, msgs[j].hidden.shape[1]))
+        pieces: list[list[int]] = []
+        size = 0
+        for j in order:
+            msg = msgs[j]
+            head = msgs[pieces[-1][0]] if pieces else None
+            if (
+                head is not None
+                and size + msg.batch_size <= limit
+                and head.split_depth == msg.split_depth
+                and class_ids(head)
+                and class_ids(msg)
+            ):
+                pieces[-1].append(j)
+                size += msg.batch_size
+            else:
+                pieces.append([j])
+                size = msg.batch_size
+        return pieces
 
     def phase(self, keys: list[int], fn: Callable, *args):
         """A design's cloud phase ``fn(design, replica, keys, *args)`` (e.g. GuardedTuning's middle forward)."""

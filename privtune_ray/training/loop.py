@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..attacks.params import aux_from_training
 from ..attacks.rounds import AttackRounds
 from ..attacks.suite import AttackSuite, carve_aux, load_aux, probe_attributes
 from ..config import Config
@@ -397,21 +398,11 @@ def run_training(cfg: Config, out: str | os.PathLike | None = None, resume: bool
     return run.path
 
 
-def devices_train_size(cfg: Config) -> int:
-    """N: the training samples the devices hold in a ``train`` run of ``cfg`` (the training split less the
-    attacker's carve-out), as DP-SGD's sample rate counts them."""
-    tokenizer = load_tokenizer(cfg.model.name)
-    train_split, _ = load_task_data(cfg, tokenizer, train_spec(cfg))
-    if cfg.attack.enabled:
-        _, train_split = attacker_data(cfg, tokenizer, train_split)
-    return len(train_split)
-
-
 def attacker_data(cfg: Config, tokenizer, train_split: TokenizedSplit) -> tuple[TokenizedSplit, TokenizedSplit]:
     """(the attacker's auxiliary sentences, the devices' training data). When the auxiliary data comes from
     the training split, it is carved out of it, so the devices never send those sentences."""
     probe_attributes(cfg.attack, cfg.data.dataset)
-    if (cfg.attack.aux_dataset or cfg.data.dataset, cfg.attack.aux_split) == (cfg.data.dataset, cfg.data.train_split):
+    if aux_from_training(cfg):
         return carve_aux(train_split, cfg.attack.aux_samples, cfg.seed + 17)
     return load_aux(cfg, tokenizer, cfg.data.dataset, cfg.data.train_split), train_split
 

@@ -89,14 +89,20 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, total_steps: int):
     return optimizer, scheduler
 
 
-def summed_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy summed over the batch (nats). Class ids [B]: one term per sample. Token targets [B, L]
-    (causal LM): position t predicts token t+1, summed over the targets that are not -100."""
+def sample_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy per sample [B] (nats). Class ids [B]: one term per sample. Token targets [B, L] (causal LM):
+    position t predicts token t+1, summed over each sample's targets that are not -100."""
     if labels.dim() == 1:
-        return nn.functional.cross_entropy(logits, labels, reduction="sum")
-    return nn.functional.cross_entropy(
-        logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=IGNORE, reduction="sum"
+        return nn.functional.cross_entropy(logits, labels, reduction="none")
+    per_token = nn.functional.cross_entropy(
+        logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=IGNORE, reduction="none"
     )
+    return per_token.view(labels.shape[0], -1).sum(1)
+
+
+def summed_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy summed over the batch (nats): Σ of :func:`sample_losses`."""
+    return sample_losses(logits, labels).sum()
 
 
 class TopServer:
@@ -130,12 +136,16 @@ class TopServer:
 
     def accumulate(self, msg: Message) -> float:
         """Add ∇ of the message's summed loss (:func:`summed_loss`) to the gradients; returns that sum (nats)."""
+        return float(self.accumulate_samples(msg).sum())
+
+    def accumulate_samples(self, msg: Message) -> torch.Tensor:
+        """:meth:`accumulate`, returning the per-sample losses [B] (nats, detached, on the CPU)."""
         start = time.perf_counter()
         self.top.train()
-        loss = summed_loss(self._logits(msg), msg.labels.to(self.device))
-        loss.backward()
+        losses = sample_losses(self._logits(msg), msg.labels.to(self.device))
+        losses.sum().backward()
         self.compute_s += time.perf_counter() - start
-        return float(loss.detach())
+        return losses.detach().cpu()
 
     def trainable(self) -> list[nn.Parameter]:
         return [p for p in self.top.parameters() if p.requires_grad]
