@@ -62,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
         default="edgeworth",
         help="DP-SGD: the accountant --target-epsilon calibrates with (default edgeworth, EW-Tune's)",
     )
+    account.add_argument(
+        "--prv", action="store_true", help="DP-SGD: add Opacus' PRV accountant's row (imports torch: seconds more)"
+    )
 
     sweep = sub.add_parser(
         "sweep", help="run a grid of configs as parallel Ray tasks and collect one table (sweep.csv)"
@@ -201,7 +204,8 @@ def _account(args) -> None:
             raise PrivtuneError("give --noise-multiplier or --target-epsilon")
         print(f"Poisson-subsampled Gaussian: q = {q:g}, sigma = {sigma:g}, T = {steps}, delta = {delta:g}")
         pld = pld_epsilon(delta, q, sigma, steps, interval=1e-4)
-        rows, warnings = [], []
+        rows: list[tuple[str, float | None]] = []
+        warnings: list[str] = []
         for order in (1, 2):
             name = f"Edgeworth order {order}"
             try:
@@ -216,11 +220,9 @@ def _account(args) -> None:
                     f"{pld:.4f} (q·T = {q * steps:.3g}): the expansion understates epsilon here; "
                     f"quote the PLD epsilon"
                 )
-        rows += [
-            ("PLD (dp-accounting)", pld),
-            ("RDP (dp-accounting)", rdp_epsilon(delta, q, sigma, steps)),
-            ("PRV (Opacus)", prv_epsilon(delta, q, sigma, steps)),
-        ]
+        rows += [("PLD (dp-accounting)", pld), ("RDP (dp-accounting)", rdp_epsilon(delta, q, sigma, steps))]
+        if args.prv:  # Opacus' PRV accountant imports torch: only when asked for
+            rows.append(("PRV (Opacus)", prv_epsilon(delta, q, sigma, steps)))
         for name, eps in rows:
             if eps is None:
                 print(

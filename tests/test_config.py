@@ -237,6 +237,22 @@ def test_the_config_checks_import_no_feature_package():
     assert not loaded & {"torch", "transformers", "ray", "opacus", "dp_accounting"}, loaded
 
 
+def test_account_imports_no_torch_for_an_ewtune_config_or_a_dp_sgd_schedule():
+    """``privtune-ray account`` plans EW-Tune's DP-SGD (N counted from the data's rows, σ calibrated by PLD) and
+    answers ``--sample-rate --steps --target-epsilon`` without torch, transformers, Ray or Opacus; ``--prv`` adds
+    Opacus' row."""
+    code = (
+        "import contextlib, io\nfrom privtune_ray.cli import main\nout = io.StringIO()\n"
+        "with contextlib.redirect_stdout(out):\n"
+        "    assert main(['account', 'simulations/sst2_ewtune.yaml', '--set', 'data.max_train_samples=20000']) == 0\n"
+        "    assert main(['account', '--sample-rate', '0.01', '--steps', '100', '--target-epsilon', '3']) == 0\n"
+        "assert 'N = 20000 samples' in out.getvalue() and 'PLD (dp-accounting)' in out.getvalue(), out.getvalue()\n"
+        "assert 'PRV' not in out.getvalue()"
+    )
+    loaded = _imports(code)
+    assert not loaded & {"torch", "transformers", "ray", "opacus"}, loaded
+
+
 def test_the_light_registries_name_the_same_variants_and_dataclasses_as_the_full_ones():
     from privtune_ray.attacks.params import ATTACK_PARAMS
     from privtune_ray.attacks.registry import ATTACK_CLASSES, ATTACKS, GRADIENT_ATTACKS

@@ -196,6 +196,14 @@ def test_ewtune_training_records_the_epsilon_spent_as_it_goes(tmp_path):
     )
     assert list(metrics["epsilon_pld"]) == sorted(metrics["epsilon_pld"])  # cumulative, never reset per round
     assert metrics["epsilon_pld"].iloc[-1] == pytest.approx(dp["spent"]["epsilon_pld"])
+    # `account` plans the same schedule without tokenising: N from the rows, less the attacker's carve-out
+    from privtune_ray.designs.dp_plan import devices_train_size, train_dp_plan
+
+    assert devices_train_size(cfg) == 320
+    plan = train_dp_plan(cfg, 320, cfg.train.max_steps)[2]
+    assert plan.to_dict() == {k: v for k, v in dp.items() if k not in ("expected_batch_size", "spent")}
+    carved = ["data.max_train_samples=320", "attack.enabled=true", "attack.aux_samples=50"]
+    assert devices_train_size(load_config(BASELINE, carved)) == 270
     base = ["design.name=ewtune", "data.max_train_samples=320", "train.max_steps=6"]
     for overrides, match in (
         (["design.target_epsilon=0.01", "design.max_noise_multiplier=1"], "unreachable"),

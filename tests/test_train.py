@@ -247,6 +247,7 @@ def test_account_cli_prints_edgeworth_beside_pld(capsys):
                 "1.0",
                 "--steps",
                 "1000",
+                "--prv",
             ]
         )
         == 0

@@ -7,8 +7,7 @@ As Opacus splits ``analysis/`` from ``accountants/``: the functions (``edgeworth
 ``privtune-ray account`` does not import Opacus and torch.
 """
 
-from importlib import import_module
-
+from ..lazy import lazy_getattr
 from .edgeworth import EdgeworthBreakdown, calibrate_sigma, edgeworth_delta, edgeworth_epsilon
 from .reference import (
     calibrate_sigma_pld,
@@ -46,7 +45,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(import_module(f".{_LAZY[name]}", __name__), name)
+__getattr__ = lazy_getattr(__name__, _LAZY)

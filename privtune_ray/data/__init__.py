@@ -4,8 +4,7 @@ The batching names load on first use (PEP 562), so `privtune-ray datasets` and c
 the registry do not import torch.
 """
 
-from importlib import import_module
-
+from ..lazy import lazy_getattr
 from .partition import PARTITIONERS, partition
 from .registry import DATASETS, DatasetSpec, get_spec, load_split, resolve_data_dir
 
@@ -23,7 +22,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    if name not in _BATCHING:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(import_module(".batching", __name__), name)
+__getattr__ = lazy_getattr(__name__, dict.fromkeys(_BATCHING, "batching"))

@@ -1,20 +1,21 @@
-"""Sweeps: a grid of config overrides run as parallel Ray tasks, collected into one table (``sweep.csv``)."""
+"""Sweeps: a grid of config overrides run as parallel Ray tasks, collected into one table (``sweep.csv``).
 
-from .executor import run_sweep, sweep_table
-from .runner import row_from_summary, run_point
-from .spec import DEFAULT_ARMS, DEFAULT_GRID, Point, SweepSpec, expand, load_sweep, parse_sweep, point_config
+The names load on first use (PEP 562): the CLI reads ``spec.EXECUTORS`` without importing pandas.
+"""
 
-__all__ = [
-    "DEFAULT_ARMS",
-    "DEFAULT_GRID",
-    "Point",
-    "SweepSpec",
-    "expand",
-    "load_sweep",
-    "parse_sweep",
-    "point_config",
-    "row_from_summary",
-    "run_point",
-    "run_sweep",
-    "sweep_table",
-]
+from ..lazy import lazy_getattr
+
+_LAZY = {
+    "run_sweep": "executor",
+    "sweep_table": "executor",
+    "row_from_summary": "runner",
+    "run_point": "runner",
+    **dict.fromkeys(
+        ("DEFAULT_ARMS", "DEFAULT_GRID", "Point", "SweepSpec", "expand", "load_sweep", "parse_sweep", "point_config"),
+        "spec",
+    ),
+}
+
+__all__ = list(_LAZY)
+
+__getattr__ = lazy_getattr(__name__, _LAZY)
