@@ -17,8 +17,11 @@ down; offline: nothing per step, its one-time download and upload beside). One c
 adapter synchronisation of a many-device simulation comes on top (``simulate`` records it as adapter_up/down).
 
 ``synchronised_per_round``: what a many-device run moves each way per device-round besides the activations:
-GuardedTuning's two adapter blocks (online, offline) against federated fine-tuning of the whole top above the
+GuardedTuning's two adapter blocks (online, offline) or A_t alone (gradfree), against federated fine-tuning of the whole top above the
 frozen bottom (blocks m+1..L, pooler, head: what FedAvg of the top would synchronise), in serialised bytes.
+
+``per_sample``: bytes per training sample, per design, format and channel (the step's bytes ÷ its 32 samples), and
+with the synchronisation of a device-round of 16 samples (``sst2_designs.yaml``), both ways, added.
 
     python benchmarks/bench_communication.py [--out benchmarks/results/communication.json]
 """
@@ -40,6 +43,7 @@ from privtune_ray.benchmarking import (
 )
 from privtune_ray.config import MechanismConfig
 from privtune_ray.mechanisms.registry import build_mechanism
+from privtune_ray.message import CHANNELS
 from privtune_ray.models import resolve_model
 from privtune_ray.quantisation import dequantise, quantise, quantised_bytes
 from privtune_ray.training.client import SplitClient
@@ -73,11 +77,12 @@ def main() -> None:
     )
     error = {f"{b}-bit": float((dequantise(quantise(hidden, b)) - hidden).abs().mean()) for b in (8, 4)}
     designs = {"privtune": {f: {"act_up": row["bytes_per_step"]} for f, row in formats.items()}}
-    designs.update(guarded_step_bytes(split, batch, args.model))
+    guarded, guarded_sync = guarded_step_bytes(split, batch, args.model)
+    designs.update(guarded)
     from privtune_ray.designs.guarded import module_bytes
 
     synchronised = {  # per device-round, each way: what a many-device run synchronises besides the activations
-        "guarded_adapters_online_offline": designs["offline"]["fp32"]["once_up"],
+        **{f"guarded_{design}": n for design, n in guarded_sync.items()},
         "federated_full_top": module_bytes(split.top),
     }
     hidden_size = int(hidden.shape[-1])
@@ -96,9 +101,36 @@ def main() -> None:
             "mean_abs_hidden": float(hidden.abs().mean()),
             "designs": designs,
             "synchronised_per_round": synchronised,
+            "per_sample": per_sample(designs, synchronised, int(batch.input_ids.shape[0]), LOCAL_BATCH),
             "padding": padding_bytes(tokenizer, hidden_size),
         },
     )
+
+
+LOCAL_BATCH = 16  # samples per device-round in simulations/sst2_designs.yaml
+
+
+def per_sample(designs: dict, synchronised: dict, batch_size: int, local_batch: int) -> dict:
+    """Bytes per training sample, per design and wire format: each channel of a step ÷ the batch's samples, their
+    sum (``activations``), and with a many-device run's synchronisation, both ways, ÷ the ``local_batch`` samples
+    of a device-round (``with_sync``: online and offline sync both adapters, gradfree A_t, plain split nothing).
+    ``federated_full_top``: FedAvg of the whole top, both ways, per sample of a device-round (its activations stay
+    on the device)."""
+    sync = {d: synchronised.get(f"guarded_{d}", 0) for d in designs}
+    table: dict = {}
+    for design, formats in designs.items():
+        name = "split" if design == "privtune" else design
+        table[name] = {}
+        for fmt, row in formats.items():
+            channels = {k: v / batch_size for k, v in row.items() if k in CHANNELS}
+            acts = sum(channels.values())
+            table[name][fmt] = {
+                **channels,
+                "activations": acts,
+                "with_sync": acts + 2 * sync.get(name, 0) / local_batch,
+            }
+    table["federated_full_top"] = {"fp32": {"with_sync": 2 * synchronised["federated_full_top"] / local_batch}}
+    return table
 
 
 def _real_rows(msg) -> int:
@@ -144,8 +176,10 @@ def padding_bytes(tokenizer, hidden_size: int) -> dict:
     return out
 
 
-def guarded_step_bytes(split, batch, model_name: str) -> dict:
-    """Per channel, per wire format: the bytes of one step of each GuardedTuning design (and offline's one-time)."""
+def guarded_step_bytes(split, batch, model_name: str) -> tuple[dict, dict]:
+    """Per channel, per wire format: the bytes of one step of each GuardedTuning design (and offline's one-time);
+    and what each design synchronises each way per device-round in a many-device run (online and offline both
+    adapters, gradfree A_t only)."""
     from privtune_ray.config import Config, DesignConfig, ModelConfig, TrainConfig
     from privtune_ray.designs.guarded import (
         Blocks,
@@ -187,7 +221,9 @@ def guarded_step_bytes(split, batch, model_name: str) -> dict:
             if grad_up is not None:
                 row.update(grad_up=len(grad_up), grad_down=len(server.backward(0, grad_up)))
             out[design][fmt] = {**row, "per_step": sum(row.values())}
-    return out
+    adapters = ClientAdapters(task_model, layout, "classification")
+    sync = {"online": module_bytes(adapters), "offline": module_bytes(adapters), "gradfree": module_bytes(adapters.top)}
+    return out, sync
 
 
 if __name__ == "__main__":
