@@ -523,3 +523,61 @@ def test_bench_frontier_tuning_takes_each_mechanisms_best_setting_over_its_seeds
     assert out["targets"]["drop_points"] == pytest.approx(100 * (0.85 - 0.65))
     assert out["targets"]["privtune_max_eia_asr_adaptive"] == 0.063
     assert out["best"]["none"]["knn_asr_matches"] is None  # the frontier has no undefended row to check against
+
+
+def test_bench_guarded_takes_each_designs_best_setting_under_the_asr_bound(tmp_path):
+    """The defence sweep's summary (issue 17): per design and setting the mean over seeds, the best setting whose
+    max EIA ASR on A1 is at most 50 %, the utility drop against split learning and the label defence's cost."""
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("bg", ROOT / "benchmarks" / "bench_guarded.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    # (design, dcor weight, label noise, seed, utility, knn ASR, learned ASR, gm accuracy, label-DP ε)
+    points = [
+        *[("split", np.nan, np.nan, s, u, 0.99, 0.98, None, None) for s, u in ((0, 0.86), (1, 0.84))],
+        *[("online", 0.5, np.nan, s, u, 0.97, 0.99, 0.98, None) for s, u in ((0, 0.85), (1, 0.85))],
+        ("online", 8.0, np.nan, 0, 0.81, 0.40, 0.45, 0.97, None),  # the learned inverter is the max: 0.45, 0.55
+        ("online", 8.0, np.nan, 1, 0.83, 0.40, 0.55, 0.97, None),
+        *[("online", 32.0, np.nan, s, u, 0.10, 0.20, 0.96, None) for s, u in ((0, 0.60), (1, 0.62))],
+        *[("online", 8.0, 2.0, s, u, 0.40, 0.45, 0.60, 1.5) for s, u in ((0, 0.81), (1, 0.82))],
+        *[("offline", 0.5, np.nan, s, u, None, None, None, None) for s, u in ((0, 0.80), (1, 0.78))],
+    ]
+    rows = []
+    for i, (design, alpha, sigma, seed, utility, knn, learned, gm, eps) in enumerate(points):
+        run = tmp_path / f"p{i}"
+        run.mkdir()
+        attacks = {} if gm is None else {"gm_label": {"accuracy": gm, "majority_accuracy": 0.55}}
+        guarded = {} if eps is None else {"label_dp": {"epsilon": eps}}
+        (run / "summary.json").write_text(json.dumps({"attacks": attacks, "guarded": guarded}))
+        row = {k: np.nan for k in ROW_KEYS}
+        row.update(
+            point=f"p{i}",
+            status="done",
+            utility=utility,
+            run_dir=str(run),
+            **{
+                "design.name": design,
+                "design.dcor_weight": alpha,
+                "design.grad_up_noise_multiplier": sigma,
+                "seed": seed,
+                "eia_knn_l2:asr_top1": knn,
+                "eia_learned:asr_top1": learned,
+                "bytes_per_sample:act_up": 1000.0,
+                "bytes_per_sample:adapter_up": 500.0,
+            },
+        )
+        rows.append(row)
+    out = bench.summarise(pd.DataFrame(rows))
+    online = out["online"]
+    assert online["setting"] == "dcor_weight=8" and online["utility_mean"] == pytest.approx(0.82)
+    assert online["max_eia_asr_a1"] == pytest.approx(0.50)  # the max over attacks, then the mean over seeds
+    assert online["utility_drop_vs_split_points"] == pytest.approx(3.0) and online["target_met"]
+    assert online["bytes_per_sample"] == pytest.approx(1500.0) and online["majority"] == pytest.approx(0.55)
+    assert [f["setting"] for f in online["frontier"]][0] == "dcor_weight=0.5"  # the most useful, over the bound
+    (label,) = out["online_label_defence"]
+    assert label["setting"] == "dcor_weight=8, grad_up_noise_multiplier=2" and label["label_dp_epsilon"] == 1.5
+    assert label["utility_cost_points"] == pytest.approx(0.5) and label["target_met"]  # 0.60 − 0.55 ≤ 10 points
+    assert out["offline"]["setting"] == "dcor_weight=0.5" and out["offline"]["max_eia_asr_a1"] is None
+    assert out["settings"]["online"]["dcor_weight=32"]["seeds"] == [0, 1]
