@@ -341,6 +341,9 @@ class SimulationConfig:
     replica_cpus: float = 1.0  # Ray CPUs reserved per replica
     replica_threads: int | None = None  # torch threads per replica (null: the driver machine's cores / replicas)
     replica_gpus: float | None = None  # Ray GPUs per replica (null: 1/replicas where the cluster has GPUs, else 0)
+    worker_resources: dict[str, float] = field(default_factory=dict)  # Ray custom resources per device worker
+    replica_resources: dict[str, float] = field(default_factory=dict)  # ... per top replica (e.g. {top_node: 1})
+    placement_timeout_s: float = 60.0  # seconds the replicas' placement group may wait for room before the run stops
     prefetch: bool = (
         False  # ray: devices compute round r+1 while the top trains on r (on a cluster; not on shared cores)
     )
@@ -376,6 +379,15 @@ class SimulationConfig:
         for name in ("worker_threads", "replica_threads"):
             require(getattr(self, name) is None or getattr(self, name) >= 1, f"{key}.{name}", "must be >= 1 or null")
         require(self.replica_gpus is None or self.replica_gpus >= 0, f"{key}.replica_gpus", "must be >= 0 or null")
+        for name in ("worker_resources", "replica_resources"):
+            for resource, amount in getattr(self, name).items():
+                require(
+                    resource not in ("CPU", "GPU", "memory"),
+                    f"{key}.{name}.{resource}",
+                    "is set by simulation.worker_cpus / replica_cpus / replica_gpus: name a custom resource here",
+                )
+                require(amount >= 0, f"{key}.{name}.{resource}", "must be >= 0")
+        require(self.placement_timeout_s > 0, f"{key}.placement_timeout_s", "must be > 0 seconds")
         require(self.eval_every is None or self.eval_every >= 1, f"{key}.eval_every", "must be >= 1 or null")
 
 
@@ -573,6 +585,11 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
             return None
         (inner,) = [a for a in args if a is not type(None)]
         return _coerce(inner, value, key)
+    if origin is dict:
+        _, inner = typing.get_args(hint)
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ConfigError(f"config key '{key}' must be a mapping of names to values, got {value!r}")
+        return {k: _coerce(inner, v, f"{key}.{k}") for k, v in value.items()}
     if origin is list:
         (inner,) = typing.get_args(hint)
         if not isinstance(value, list):

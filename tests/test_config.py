@@ -64,6 +64,11 @@ def test_overrides_are_parsed_and_typed():
         ("train.lora.enabled=maybe", r"'train.lora.enabled' must be of type bool"),
         ("seed=-1", r"'seed'"),
         ("train.max_steps", r"must look like key=value"),
+        ("simulation.worker_resources=[device_node]", r"'simulation.worker_resources' must be a mapping"),
+        ("simulation.worker_resources={device_node: many}", r"'simulation.worker_resources.device_node' must be of"),
+        ("simulation.replica_resources={GPU: 1}", r"'simulation.replica_resources.GPU'.*replica_gpus"),
+        ("simulation.replica_resources={top_node: -1}", r"'simulation.replica_resources.top_node'.*>= 0"),
+        ("simulation.placement_timeout_s=0", r"'simulation.placement_timeout_s'.*> 0"),
     ],
 )
 def test_bad_keys_and_values_name_the_key(override, match):

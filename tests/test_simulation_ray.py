@@ -105,6 +105,10 @@ def test_pool_larger_than_the_cluster_is_refused_before_work(ray_session, tmp_pa
     assert not (tmp_path / "never").exists()
     with pytest.raises(ConfigError, match="exceed the cluster's 0 GPUs"):
         check_resources(small(*RAY, "simulation.replica_gpus=0.5").simulation, {"CPU": 2.0})
+    custom = small(*RAY, "simulation.device_workers=2", "simulation.worker_resources={device_node: 1}")
+    with pytest.raises(ConfigError, match=r"asks Ray for 2 of the custom resource 'device_node' .* the cluster has 1"):
+        check_resources(custom.simulation, {"CPU": 4.0, "device_node": 1.0})
+    assert check_resources(custom.simulation, {"CPU": 4.0, "device_node": 2.0}) == 0.0
 
 
 def test_unreachable_cluster_address_is_one_clear_error():

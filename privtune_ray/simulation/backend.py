@@ -74,7 +74,7 @@ class Backend(ABC):
         self.on_fault = on_fault or (lambda fault: None)
         self._told: tuple[str, tuple] | None = None  # the last broadcast: a replacement worker is told it too
         self.workers = [self.start_worker() for _ in range(n_workers)]
-        self.replicas = [self.start_replica() for _ in range(n_replicas)]
+        self.replicas = [self.start_replica(i) for i in range(n_replicas)]
 
     @classmethod
     def start(cls, worker_setup: WorkerSetup, replica_setup: ReplicaSetup, sim, on_fault=None) -> Backend:
@@ -87,7 +87,8 @@ class Backend(ABC):
     def start_worker(self) -> Any: ...
 
     @abstractmethod
-    def start_replica(self) -> Any: ...
+    def start_replica(self, index: int) -> Any:
+        """Start top replica ``index`` (a replacement takes the same index: its place in the pool)."""
 
     @abstractmethod
     def call(self, actor, method: str, *args, num_returns: int = 1) -> Any:
@@ -201,7 +202,7 @@ class Backend(ABC):
         for i, replica in enumerate(self.replicas):
             if not self.alive(replica):
                 self.kill(replica)
-                self.replicas[i] = self.start_replica()
+                self.replicas[i] = self.start_replica(i)
                 self.on_fault(Fault(round_, "top_replica", i, "died", "replaced"))
 
 
@@ -213,7 +214,7 @@ class InProcessBackend(Backend):
     def start_worker(self) -> DeviceWorker:
         return DeviceWorker(self.worker_setup)
 
-    def start_replica(self) -> TopReplica:
+    def start_replica(self, index: int) -> TopReplica:
         return TopReplica(self.replica_setup)
 
     def call(self, actor, method: str, *args, num_returns: int = 1):
@@ -264,7 +265,8 @@ def replica_gpus(requested: float | None, n_replicas: int, cluster_gpus: float) 
 
 
 def check_resources(sim, cluster: dict[str, float]) -> float:
-    """Refuse a pool the cluster cannot hold (before any actor starts); returns GPUs per replica."""
+    """Refuse a pool the cluster cannot hold (before any actor starts), naming what is missing: CPUs, GPUs and each
+    custom resource of ``simulation.worker_resources`` / ``replica_resources``; returns GPUs per replica."""
     cpus = sim.device_workers * sim.worker_cpus + sim.top_replicas * sim.replica_cpus
     have_cpus = cluster.get("CPU", 0.0)
     if cpus > have_cpus + 1e-9:
@@ -279,6 +281,16 @@ def check_resources(sim, cluster: dict[str, float]) -> float:
             f"{sim.top_replicas} top replicas × {gpus:g} GPUs exceed the cluster's {cluster.get('GPU', 0.0):g} GPUs: "
             f"lower simulation.top_replicas or simulation.replica_gpus (null shares what there is)"
         )
+    for name in sorted(set(sim.worker_resources) | set(sim.replica_resources)):
+        need = sim.device_workers * sim.worker_resources.get(name, 0.0)
+        need += sim.top_replicas * sim.replica_resources.get(name, 0.0)
+        have = cluster.get(name, 0.0)
+        if need > have + 1e-9:
+            raise ConfigError(
+                f"the simulation asks Ray for {need:g} of the custom resource {name!r} (simulation.worker_resources / "
+                f"replica_resources) but the cluster has {have:g}: start nodes with `ray start --resources "
+                f"'{{\"{name}\": N}}'`, or lower what the pool asks for"
+            )
     return gpus
 
 
@@ -300,19 +312,50 @@ class RayBackend(Backend):
         self.gpus = check_resources(sim, ray.cluster_resources())
         if self.gpus > 0:
             replica_setup.device = "cuda"
-        self._worker_cls = ray.remote(DeviceWorker).options(num_cpus=sim.worker_cpus, max_restarts=0)
-        self._replica_cls = ray.remote(TopReplica).options(
-            num_cpus=sim.replica_cpus, num_gpus=self.gpus, max_restarts=0
+        # device workers spread over the nodes; the top replicas in one placement group (their bundles reserved
+        # together, packed onto as few nodes as fit: the all-reduce stays local where it can)
+        self._worker_cls = ray.remote(DeviceWorker).options(
+            num_cpus=sim.worker_cpus, resources=dict(sim.worker_resources), scheduling_strategy="SPREAD", max_restarts=0
         )
+        self._placement = self._place_replicas(sim)
+        self._replica_cls = ray.remote(TopReplica)
+        self._replica_options = {"num_cpus": sim.replica_cpus, "num_gpus": self.gpus, "max_restarts": 0}
         self._worker_ref, self._replica_ref = ray.put(worker_setup), ray.put(replica_setup)
         super().__init__(worker_setup, replica_setup, sim.device_workers, sim.top_replicas, sim.max_retries, on_fault)
         self.get([w.ping.remote() for w in self.workers] + [r.ping.remote() for r in self.replicas])  # started
 
+    def _place_replicas(self, sim):
+        """The replicas' placement group: one bundle each (CPUs, the GPU share, ``replica_resources``), ready
+        within ``simulation.placement_timeout_s`` or the run stops, naming the bundle that does not fit."""
+        from ray.util.placement_group import placement_group, remove_placement_group
+
+        bundle = {"CPU": sim.replica_cpus, "GPU": self.gpus, **sim.replica_resources}
+        bundle = {name: amount for name, amount in bundle.items() if amount > 0}
+        if not bundle:  # replicas that reserve nothing: nothing to place
+            return None
+        group = placement_group([dict(bundle) for _ in range(sim.top_replicas)], strategy="PACK")
+        ready, _ = self.ray.wait([group.ready()], timeout=sim.placement_timeout_s)
+        if not ready:
+            remove_placement_group(group)
+            raise ConfigError(
+                f"Ray could not place {sim.top_replicas} top replica(s) of {bundle} each within "
+                f"simulation.placement_timeout_s={sim.placement_timeout_s:g} s: no set of nodes holds them; add a node "
+                f"with those resources, or lower simulation.top_replicas / replica_cpus / replica_resources"
+            )
+        return group
+
     def start_worker(self):
         return self._worker_cls.remote(self._worker_ref)
 
-    def start_replica(self):
-        return self._replica_cls.remote(self._replica_ref)
+    def start_replica(self, index: int):
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        if self._placement is None:
+            return self._replica_cls.options(**self._replica_options).remote(self._replica_ref)
+        strategy = PlacementGroupSchedulingStrategy(self._placement, placement_group_bundle_index=index)
+        return self._replica_cls.options(**self._replica_options, scheduling_strategy=strategy).remote(
+            self._replica_ref
+        )
 
     def call(self, actor, method: str, *args, num_returns: int = 1):
         fn = getattr(actor, method)
@@ -338,9 +381,23 @@ class RayBackend(Backend):
     def kill(self, actor) -> None:
         self.ray.kill(actor)
 
+    def describe(self) -> dict[str, Any]:
+        """The pool, and the node each device worker and top replica runs on (Ray node ids)."""
+        nodes = self.get([a.node.remote() for a in self.workers + self.replicas])
+        return {
+            **super().describe(),
+            "worker_nodes": nodes[: len(self.workers)],
+            "replica_nodes": nodes[len(self.workers) :],
+            "placement_group": None if self._placement is None else self._placement.id.hex(),
+        }
+
     def shutdown(self) -> None:
+        from ray.util.placement_group import remove_placement_group
+
         for actor in self.workers + self.replicas:
             self.ray.kill(actor)
+        if self._placement is not None:
+            remove_placement_group(self._placement)
 
 
 BACKENDS: dict[str, type[Backend]] = {"inprocess": InProcessBackend, "ray": RayBackend}

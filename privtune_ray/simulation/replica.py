@@ -23,6 +23,7 @@ from ..message import Message, concat_messages
 from ..models.loading import load_task_model
 from ..seeding import seed_everything
 from ..training.server import summed_loss
+from .node import node_id
 from .protocol import EvalResult, TopResult
 
 
@@ -50,9 +51,13 @@ class TopReplica:
     def ping(self) -> int:
         return os.getpid()
 
+    def node(self) -> str:
+        return node_id()
+
     def describe(self) -> dict:
         return {
             "pid": os.getpid(),
+            "node": node_id(),
             "device": str(self.server.device),
             "threads": torch.get_num_threads(),
             "trainable_params": sum(p.numel() for p in self.server.trainable()),

@@ -26,6 +26,7 @@ from ..mechanisms.base import Mechanism
 from ..mechanisms.registry import build_mechanism
 from ..models.loading import load_task_model, load_tokenizer, resolve_model
 from ..models.split import SplitModel, split_model
+from .node import node_id
 from .protocol import DeviceReport, DeviceTask
 
 
@@ -99,3 +100,6 @@ class DeviceWorker:
 
     def ping(self) -> str:
         return self.name
+
+    def node(self) -> str:
+        return node_id()

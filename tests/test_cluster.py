@@ -1,0 +1,108 @@
+"""The simulation on a multi-node Ray cluster (issue 19): Ray's own ``ray.cluster_utils.Cluster`` starts a head and
+two worker nodes (separate raylets with their own resources, on this host), as Ray's test suite does.
+
+Each test drives the cluster from a fresh interpreter, so that the session's local Ray (``ray_session``) and this
+cluster never meet in one process.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from test_simulation import EXACT
+
+TESTS = Path(__file__).parent
+
+# The head holds the top replica's resource, each worker node one device worker's: the placement is forced.
+CLUSTER = """
+import json, sys
+import ray
+from ray.cluster_utils import Cluster
+
+cluster = Cluster(
+    initialize_head=True,
+    head_node_args={"num_cpus": 1, "resources": {"top_node": 1}, "object_store_memory": 150 * 2**20},
+)
+nodes = [
+    cluster.add_node(num_cpus=1, resources={"device_node": 1}, object_store_memory=150 * 2**20) for _ in range(2)
+]
+cluster.wait_for_nodes()
+ray.init(address=cluster.address, log_to_driver=False,
+         runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}})
+head = ray.get_runtime_context().get_node_id()
+"""
+
+
+def _on_cluster(body: str, tmp_path: Path) -> dict:
+    """Run ``body`` after :data:`CLUSTER` in a fresh interpreter; it prints one JSON line, returned here."""
+    code = CLUSTER + body + "\nray.shutdown()\ncluster.shutdown()\n"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(TESTS.parent)]), "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow  # three raylets and three actors: about 2 minutes on 2 idle cores, 10 on busy ones
+def test_device_workers_and_the_top_replica_land_on_their_nodes_and_match_in_process(reference, tmp_path):
+    """Two device workers, each on its own worker node (``worker_resources: {device_node: 1}``, spread), the top
+    replica on the head (``replica_resources: {top_node: 1}``, its placement group): every upload crosses nodes,
+    and the records equal the in-process run's."""
+    result = _on_cluster(
+        f"""
+from test_simulation import quiet, small
+from privtune_ray.simulation import run_simulation
+cfg = small("simulation.backend=ray", "simulation.address={{address}}".replace("{{address}}", cluster.address),
+            "simulation.device_workers=2", "simulation.worker_cpus=1", "simulation.replica_cpus=1",
+            "simulation.worker_resources={{device_node: 1}}", "simulation.replica_resources={{top_node: 1}}")
+run = run_simulation(cfg, out={str(tmp_path / "cluster")!r}, log=quiet)
+summary = json.loads((run / "summary.json").read_text())
+print(json.dumps({{"head": head, "nodes": [n.node_id for n in nodes], "backend": summary["backend"],
+                  "run": str(run)}}))
+""",
+        tmp_path,
+    )
+    backend = result["backend"]
+    assert sorted(backend["worker_nodes"]) == sorted(result["nodes"])  # one worker on each worker node
+    assert backend["replica_nodes"] == [result["head"]] and backend["placement_group"]
+    run = Path(result["run"])
+    devices = pd.read_csv(run / "devices.csv")
+    assert devices["worker"].nunique() == 2  # both workers ran devices
+    pd.testing.assert_frame_equal(devices[EXACT], pd.read_csv(reference / "devices.csv")[EXACT])
+    summary, ref = (json.loads((p / "summary.json").read_text()) for p in (run, reference))
+    assert summary["train_samples"] == ref["train_samples"] and summary["bytes_up"] == ref["bytes_up"]
+    assert summary["dev_loss"] == pytest.approx(ref["dev_loss"], abs=1e-3)
+
+
+@pytest.mark.slow
+def test_a_pool_the_cluster_cannot_place_stops_before_anything_is_written(tmp_path):
+    """Three device workers need three ``device_node`` units where the cluster has two; a replica bundle that no
+    node holds (4 CPUs and ``top_node``) waits ``placement_timeout_s`` and stops: one line each, no run directory."""
+    result = _on_cluster(
+        f"""
+from test_simulation import quiet, small
+from privtune_ray.errors import ConfigError
+from privtune_ray.simulation import run_simulation
+errors = []
+for extra in (["simulation.device_workers=3", "simulation.worker_cpus=0.5",
+               "simulation.worker_resources={{device_node: 1}}"],
+              ["simulation.replica_cpus=2", "simulation.worker_cpus=0.5",
+               "simulation.replica_resources={{top_node: 1}}", "simulation.placement_timeout_s=5"]):
+    cfg = small("simulation.backend=ray", "simulation.address=" + cluster.address, *extra)
+    try:
+        run_simulation(cfg, out={str(tmp_path / "bad")!r}, log=quiet)
+    except ConfigError as exc:
+        errors.append(str(exc))
+print(json.dumps({{"errors": errors}}))
+""",
+        tmp_path,
+    )
+    resources, placement = result["errors"]
+    assert "3 of the custom resource 'device_node'" in resources and "the cluster has 2" in resources
+    assert "could not place 1 top replica(s)" in placement and "'top_node': 1" in placement
+    assert not (tmp_path / "bad").exists()
