@@ -176,7 +176,7 @@ def _account(args) -> None:
             raise PrivtuneError(
                 "DP-SGD accounting needs --sample-rate and --steps (and --noise-multiplier or --target-epsilon)"
             )
-        from .accounting import (  # Opacus' accountant interface imports torch: only when DP-SGD is asked for
+        from .accounting import (  # dp-accounting and scipy load only when DP-SGD is asked for
             EdgeworthBreakdown,
             SigmaOutOfRange,
             calibrate_sigma,
