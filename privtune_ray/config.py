@@ -344,6 +344,7 @@ class SimulationConfig:
     worker_resources: dict[str, float] = field(default_factory=dict)  # Ray custom resources per device worker
     replica_resources: dict[str, float] = field(default_factory=dict)  # ... per top replica (e.g. {top_node: 1})
     placement_timeout_s: float = 60.0  # seconds the replicas' placement group may wait for room before the run stops
+    replacement_timeout_s: float = 120.0  # seconds a dead actor's replacement may wait for room (a lost node)
     prefetch: bool = (
         False  # ray: devices compute round r+1 while the top trains on r (on a cluster; not on shared cores)
     )
@@ -387,7 +388,8 @@ class SimulationConfig:
                     "is set by simulation.worker_cpus / replica_cpus / replica_gpus: name a custom resource here",
                 )
                 require(amount >= 0, f"{key}.{name}.{resource}", "must be >= 0")
-        require(self.placement_timeout_s > 0, f"{key}.placement_timeout_s", "must be > 0 seconds")
+        for name in ("placement_timeout_s", "replacement_timeout_s"):
+            require(getattr(self, name) > 0, f"{key}.{name}", "must be > 0 seconds")
         require(self.eval_every is None or self.eval_every >= 1, f"{key}.eval_every", "must be >= 1 or null")
 
 

@@ -35,6 +35,7 @@ def ray_session():
     ray = pytest.importorskip("ray")
     if not ray.is_initialized():
         ray.init(
+            address="local",  # a Ray of its own, even where another runs on this host (a cluster test's, a user's)
             num_cpus=2,
             include_dashboard=False,
             log_to_driver=False,

@@ -69,6 +69,7 @@ def test_overrides_are_parsed_and_typed():
         ("simulation.replica_resources={GPU: 1}", r"'simulation.replica_resources.GPU'.*replica_gpus"),
         ("simulation.replica_resources={top_node: -1}", r"'simulation.replica_resources.top_node'.*>= 0"),
         ("simulation.placement_timeout_s=0", r"'simulation.placement_timeout_s'.*> 0"),
+        ("simulation.replacement_timeout_s=-1", r"'simulation.replacement_timeout_s'.*> 0"),
     ],
 )
 def test_bad_keys_and_values_name_the_key(override, match):

@@ -152,6 +152,36 @@ def test_guarded_online_on_ray_survives_a_killed_worker(ray_session, tmp_path):
     assert summary["backend"]["backend"] == "ray" and summary["design"] == "online"
 
 
+def test_a_dead_worker_with_no_room_to_replace_it_stops_in_one_line_and_resumes(ray_session, reference, tmp_path):
+    """The device worker dies in round 3 and its CPU is taken at once (as when its node is lost and no other has
+    room): the replacement waits ``replacement_timeout_s`` and the run stops with one line, its checkpoint kept;
+    with the CPU free again, ``--resume`` finishes it with the in-process run's records."""
+    from privtune_ray.errors import PrivtuneError
+
+    @ray_session.remote(num_cpus=1)
+    class Squatter:
+        def ready(self):
+            return True
+
+    squatters = []
+
+    def kill_and_squat(coordinator, r):
+        if r == 3 and not squatters:
+            ray_session.kill(coordinator.backend.workers[0])
+            squatters.append(Squatter.remote())
+            ray_session.get(squatters[0].ready.remote())  # it holds the dead worker's CPU
+
+    cfg = small(*RAY, "simulation.replacement_timeout_s=5")
+    with pytest.raises(PrivtuneError) as stopped:
+        run_simulation(cfg, out=tmp_path / "run", log=quiet, hooks={"devices_started": kill_and_squat})
+    message = str(stopped.value)
+    assert message.startswith("device worker 0 died and its replacement found no node with room within")
+    assert "simulation.replacement_timeout_s=5 s" in message and "--resume" in message and "\n" not in message
+    assert (tmp_path / "run" / "checkpoint.pt").exists() and not (tmp_path / "run" / "summary.json").exists()
+    ray_session.kill(squatters[0])
+    _same_result(run_simulation(cfg, out=tmp_path / "run", resume=True, log=quiet), reference)
+
+
 RAY_DRIVER = """
 import json, time
 import psutil
@@ -164,9 +194,12 @@ time.sleep(600)
 """
 
 
-def test_a_local_ray_ends_with_its_killed_driver(tmp_path):
+def test_a_local_ray_ends_with_its_killed_driver(ray_session, tmp_path):
     """SIGKILL on a driver that started a local Ray: the reaper (simulation/ray_reaper.py) ends the GCS, the raylet,
-    their agents and workers within seconds; without it they lingered for a minute or more."""
+    their agents and workers within seconds; without it they lingered for a minute or more.
+
+    The session's Ray runs on this host meanwhile: the driver starts a Ray of its own all the same (its own GCS and
+    raylet below), where Ray's default would have joined the session's."""
     import os
     import signal
     import subprocess

@@ -16,6 +16,7 @@ reported. A dead replica raises :class:`ReplicaLost` instead (its weights are go
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 from abc import ABC, abstractmethod
@@ -71,6 +72,7 @@ class Backend(ABC):
         on_fault: Callable[[Fault], None] | None = None,
     ):
         self.worker_setup, self.replica_setup, self.max_retries = worker_setup, replica_setup, max_retries
+        self.replacement_timeout_s = 120.0  # how long a replacement may wait for room (RayBackend: from the config)
         self.on_fault = on_fault or (lambda fault: None)
         self._told: tuple[str, tuple] | None = None  # the last broadcast: a replacement worker is told it too
         self.workers = [self.start_worker() for _ in range(n_workers)]
@@ -108,8 +110,25 @@ class Backend(ABC):
     def alive(self, actor) -> bool:
         return True
 
+    def started(self, actor, timeout_s: float) -> bool:
+        """Whether ``actor`` answers within ``timeout_s`` (a replacement with no node to run on does not)."""
+        return True
+
     def kill(self, actor) -> None:
         return None
+
+    def replacement(self, start: Callable[[], Any], what: str) -> Any:
+        """A replacement actor from ``start()``, or one line that stops the run when the cluster has no room for it
+        within ``replacement_timeout_s`` (its node was lost and no other holds its resources)."""
+        actor = start()
+        if not self.started(actor, self.replacement_timeout_s):
+            self.kill(actor)
+            raise PrivtuneError(
+                f"{what} died and its replacement found no node with room within simulation.replacement_timeout_s="
+                f"{self.replacement_timeout_s:g} s (a node was lost?): add a node with its resources, then rerun with "
+                f"--resume (the run goes on from its last checkpoint)"
+            )
+        return actor
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "device_workers": len(self.workers), "top_replicas": len(self.replicas)}
@@ -180,7 +199,7 @@ class Backend(ABC):
         if self.alive(self.workers[index]):
             return
         self.kill(self.workers[index])  # frees its resources if any part of it lingers
-        self.workers[index] = self.start_worker()
+        self.workers[index] = self.replacement(self.start_worker, f"device worker {index}")
         if self._told is not None:
             method, args = self._told
             self.get(self.call(self.workers[index], method, *args))
@@ -202,7 +221,7 @@ class Backend(ABC):
         for i, replica in enumerate(self.replicas):
             if not self.alive(replica):
                 self.kill(replica)
-                self.replicas[i] = self.start_replica(i)
+                self.replicas[i] = self.replacement(functools.partial(self.start_replica, i), f"top replica {i}")
                 self.on_fault(Fault(round_, "top_replica", i, "died", "replaced"))
 
 
@@ -227,7 +246,9 @@ class InProcessBackend(Backend):
 def connect_ray(address: str | None) -> None:
     """Join the cluster at ``address`` ("auto", "host:port", "ray://...") or start a local Ray (None).
 
-    Reuses a Ray already initialised in this process (tests start one per session).
+    None starts a fresh local Ray even where another runs on this host (Ray's own default would join that one),
+    except under ``RAY_ADDRESS`` (set by ``ray job submit``), which is joined. Reuses a Ray already initialised in
+    this process (tests start one per session).
     """
     import ray
 
@@ -243,9 +264,11 @@ def connect_ray(address: str | None) -> None:
     if ray.is_initialized():
         return
     env = {k: v for k, v in os.environ.items() if k.startswith(("HF_", "PRIVTUNE_", "TOKENIZERS_"))}
+    if address is None and os.environ.get("RAY_ADDRESS"):
+        address = os.environ["RAY_ADDRESS"]
     if address is None:
         before = children()
-        ray.init(include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
+        ray.init(address="local", include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
         start_reaper(before)  # ends the local Ray's processes if this driver is killed (ray_reaper.py)
         return
     try:
@@ -322,6 +345,7 @@ class RayBackend(Backend):
         self._replica_options = {"num_cpus": sim.replica_cpus, "num_gpus": self.gpus, "max_restarts": 0}
         self._worker_ref, self._replica_ref = ray.put(worker_setup), ray.put(replica_setup)
         super().__init__(worker_setup, replica_setup, sim.device_workers, sim.top_replicas, sim.max_retries, on_fault)
+        self.replacement_timeout_s = sim.replacement_timeout_s
         self.get([w.ping.remote() for w in self.workers] + [r.ping.remote() for r in self.replicas])  # started
 
     def _place_replicas(self, sim):
@@ -377,6 +401,10 @@ class RayBackend(Backend):
             return True
         except self._death:
             return False
+
+    def started(self, actor, timeout_s: float) -> bool:
+        ready, _ = self.ray.wait([actor.ping.remote()], timeout=timeout_s)
+        return bool(ready)
 
     def kill(self, actor) -> None:
         self.ray.kill(actor)
