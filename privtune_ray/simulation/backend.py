@@ -72,7 +72,6 @@ class Backend(ABC):
         on_fault: Callable[[Fault], None] | None = None,
     ):
         self.worker_setup, self.replica_setup, self.max_retries = worker_setup, replica_setup, max_retries
-        self.replacement_timeout_s = 120.0  # how long a replacement may wait for room (RayBackend: from the config)
         self.on_fault = on_fault or (lambda fault: None)
         self._told: tuple[str, tuple] | None = None  # the last broadcast: a replacement worker is told it too
         self.workers = [self.start_worker() for _ in range(n_workers)]
@@ -109,6 +108,8 @@ class Backend(ABC):
 
     def alive(self, actor) -> bool:
         return True
+
+    replacement_timeout_s = float("inf")  # how long a replacement may wait for room (RayBackend: the config's)
 
     def started(self, actor, timeout_s: float) -> bool:
         """Whether ``actor`` answers within ``timeout_s`` (a replacement with no node to run on does not)."""
