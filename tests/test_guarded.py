@@ -12,6 +12,7 @@ import torch
 from test_simulation import interrupted_then_resumed
 
 from privtune_ray.attacks.gradient_matching import GradientMatchingLabels
+from privtune_ray.attacks.suite import AttackSuite
 from privtune_ray.checks import check_config
 from privtune_ray.config import AttackConfig, load_config
 from privtune_ray.data import load_split
@@ -27,6 +28,7 @@ from privtune_ray.designs.guarded import (
 )
 from privtune_ray.errors import ConfigError
 from privtune_ray.message import tensor_from_bytes
+from privtune_ray.models.loading import load_task_model
 from privtune_ray.models.split import BottomModel, family_of
 from privtune_ray.quantisation import quantised_bytes
 from privtune_ray.simulation import run_simulation
@@ -245,6 +247,55 @@ def test_online_is_attacked_on_its_uploads_and_by_gradient_matching(runs):
     assert attacks["eia_knn_l2"]["asr_top1"] > 0.3  # A1 = blocks 1..3 of MiniLM: still close to its tokens
     rows = pd.read_csv(runs["online"] / "attacks.csv")
     assert set(rows["attack"]) == {"eia_knn_l2", "aia_label", "gm_label"}
+
+
+def test_the_adaptive_attacker_fits_through_the_trained_bottom_adapter_the_round_sent_down(tmp_path, monkeypatch):
+    """The cloud aggregates A_b and sends it down each round, so the adaptive attacker inverts A1 through that very
+    A_b (the last round's download, not the pretrained block nor the A_b stepped after it); the static one through
+    the pretrained A_b."""
+    fits, sent = [], []
+    fit_on = AttackSuite.fit_on.__func__
+
+    def recording(cls, cfg, split, *args, adaptive_split=None, **kwargs):
+        suite = fit_on(cls, cfg, split, *args, adaptive_split=adaptive_split, **kwargs)
+        fits.append((split, adaptive_split, suite))
+        return suite
+
+    monkeypatch.setattr(AttackSuite, "fit_on", classmethod(recording))
+    cfg = small(
+        "design.name=online",
+        "train.lr=1e-3",
+        "attack.enabled=true",
+        "attack.names=[eia_knn_l2]",
+        "attack.attackers=[adaptive, static]",
+        "attack.aux_samples=60",
+        "attack.victim_samples=24",
+    )
+    hooks = {"training": lambda c, r: sent.append(c.cloud.sent)}
+    run = run_simulation(cfg, out=tmp_path / "online", log=quiet, hooks=hooks)
+    assert len(fits) == 1  # fitted once, at the end's attack round (none before: it would be through stale A_b)
+    pretrained, adaptive, suite = fits[0]
+    round_adapters = ClientAdapters(
+        load_task_model(cfg.model.name, cfg.model.task, 2), guarded_layout(cfg, 6), "classification"
+    )
+    round_adapters.load_bytes(sent[-1])  # what the last round's devices downloaded
+    m = cfg.model.split_depth
+    for name, weight in round_adapters.bottom.blocks[0].state_dict().items():
+        assert torch.equal(adaptive.bottom.blocks[m].state_dict()[name], weight), name
+    moved = [
+        not torch.equal(adaptive.bottom.blocks[m].state_dict()[k], v)
+        for k, v in pretrained.bottom.blocks[m].state_dict().items()
+    ]
+    assert any(moved)  # three rounds at lr 1e-3 moved A_b away from the pretrained block
+    for block in range(m):  # the frozen bottom is the pretrained one for both
+        assert all(
+            torch.equal(adaptive.bottom.blocks[block].state_dict()[k], v)
+            for k, v in pretrained.bottom.blocks[block].state_dict().items()
+        )
+    bottoms = {a.attacker: a.ctx.bottom for a in suite.attacks}
+    assert bottoms["adaptive"] is adaptive.bottom and bottoms["static"] is pretrained.bottom
+    attacks = json.loads((run / "summary.json").read_text())["attacks"]
+    assert {"eia_knn_l2", "eia_knn_l2@static"} <= set(attacks)
 
 
 def test_gradient_matching_with_the_true_top_adapter_reads_every_label(minilm, batch):

@@ -12,7 +12,7 @@ Each round appends its rows to ``attacks.csv`` (long format, ``suite.long_rows``
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -37,7 +37,9 @@ class AttackRounds:
     * ``victim_samples``: ``cfg.attack.victim_samples``, sentences kept per stream (None: all since the last round);
     * ``suite``: the fitted attacks on the uploads (``AttackSuite.fit_on``), or None;
     * ``gradient_attacks``: fitted attacks on returned gradients (``[gradient_matching.build_gradient_matching(...)]``
-      on GuardedTuning online), or none.
+      on GuardedTuning online), or none;
+    * ``refit``: where the attacker's model changes as training goes (GuardedTuning's trained A_b), a function that
+      fits the suite afresh on what the cloud holds now; called at the start of every round, in place of ``suite``.
 
     Feed it with :meth:`observe_message` (an upload, as ``train`` and ``simulate`` receive it),
     :meth:`observe_returned` (online's A2 and ∂ℓ/∂A2) or :meth:`observe` (any :class:`Observations`: those with
@@ -50,10 +52,16 @@ class AttackRounds:
         victim_samples: int | None,
         suite: AttackSuite | None = None,
         gradient_attacks: Sequence[Attack] = (),
+        refit: Callable[[], AttackSuite] | None = None,
     ):
-        self.run, self.suite, self.gradient_attacks = run, suite, list(gradient_attacks)
+        self.run, self.suite, self.gradient_attacks, self.refit = run, suite, list(gradient_attacks), refit
         self.victim_samples = victim_samples
         self.reset()
+
+    @property
+    def attacks_uploads(self) -> bool:
+        """Whether the uploads are attacked (a fitted suite, or one fitted at each round)."""
+        return self.suite is not None or self.refit is not None
 
     def reset(self) -> None:
         """Forget every victim observed so far."""
@@ -94,6 +102,8 @@ class AttackRounds:
         The suite raises :class:`~privtune_ray.errors.DataError` on an empty sample; the gradient attacks skip
         a round without victims. Returns the summary part (empty without attacks)."""
         summary: dict = {}
+        if self.refit is not None:
+            self.suite = self.refit()
         if self.suite is not None:
             victims = self.sample.take()
             rows = self.suite.run(victims)

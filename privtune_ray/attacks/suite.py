@@ -114,22 +114,33 @@ class AttackSuite:
         dataset: str,
         victims_texts: list[str] = (),
         log=print,
+        adaptive_split: SplitModel | None = None,
     ) -> AttackSuite:
-        """Build the configured attacks and fit them on ``aux`` through the attacker's copy of the mechanism."""
+        """Build the configured attacks and fit them on ``aux`` through the attacker's copy of the mechanism.
+
+        ``split`` is the pretrained model cut where the uploads leave the device. ``adaptive_split``, where given, is
+        what the adaptive attacker runs in its place because the cloud holds more than the pretrained weights
+        (GuardedTuning: the round's trained A_b, which it aggregates and sends down); the static attacker keeps
+        ``split``. Anchors of a trained bottom are built afresh, never cached."""
         attributes = probe_attributes(cfg.attack, dataset)
         aux, dropped = disjoint_aux(aux, list(victims_texts))
-        anchors = load_or_build_anchors(split.bottom, tokenizer, model_id)
-        ctx = AttackContext(split.bottom, tokenizer, anchors, cfg.attack, seed=cfg.seed)
         labelled = get_spec(dataset).task == "classification"
-        suite = cls(ctx, [], aux_size=len(aux), aux_dropped=dropped)
+        contexts: dict[int, AttackContext] = {}
+        suite = None
         for attacker in cfg.attack.attackers:
+            through = adaptive_split if attacker == "adaptive" and adaptive_split is not None else split
+            if id(through) not in contexts:
+                anchors = load_or_build_anchors(through.bottom, tokenizer, model_id, cache=through is split)
+                contexts[id(through)] = AttackContext(through.bottom, tokenizer, anchors, cfg.attack, seed=cfg.seed)
+            ctx = contexts[id(through)]
+            suite = suite or cls(ctx, [], aux_size=len(aux), aux_dropped=dropped)
             if attacker == "adaptive":
                 seed = cfg.seed + ATTACKER_SEED_OFFSET
-                mechanism = build_mechanism(cfg.mechanism, split, tokenizer, model_id, seed=seed)
+                mechanism = build_mechanism(cfg.mechanism, through, tokenizer, model_id, seed=seed)
                 mechanism.fit(aux)
             else:  # static: the clean bottom outputs
                 mechanism = Mechanism(cfg.seed)
-            aux_obs = observe(split.bottom, mechanism, aux, tokenizer.pad_token_id)
+            aux_obs = observe(through.bottom, mechanism, aux, tokenizer.pad_token_id)
             for name in attack_names(cfg.attack, attributes, labelled):
                 for attack in ATTACKS[name](ctx, attributes):
                     attack.attacker = attacker
@@ -139,6 +150,7 @@ class AttackSuite:
                     suite.fit_s[key] = time.perf_counter() - start
                     suite.attacks.append(attack)
                     log(f"privtune-ray: fitted {key} on {len(aux)} auxiliary sentences ({suite.fit_s[key]:.1f} s)")
+        assert suite is not None, "attack.attackers is never empty (config)"
         return suite
 
     def key(self, attack: Attack) -> str:

@@ -113,6 +113,11 @@ class Design(ABC):
         """Blocks behind what a device uploads (the attack suite's bottom)."""
         return self.cfg.model.split_depth
 
+    def held_blocks(self, cloud: Any) -> dict[int, dict] | None:
+        """Blocks behind the upload that the cloud holds trained, by block index (their state dicts): the adaptive
+        attacker fits through them, afresh each attack round. ``None``: devices run the pretrained weights."""
+        return None
+
     # ------------------------------------------------------------------ simulate: coordinator side
 
     def prepare(self, population: Population) -> None:

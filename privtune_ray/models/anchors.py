@@ -50,9 +50,12 @@ def token_anchors(bottom: BottomModel, tokenizer, batch_size: int = 1024) -> tor
 
 
 def load_or_build_anchors(
-    bottom: BottomModel, tokenizer, model_id: str, directory: str | os.PathLike | None = None
+    bottom: BottomModel, tokenizer, model_id: str, directory: str | os.PathLike | None = None, cache: bool = True
 ) -> torch.Tensor:
-    """The cached anchors [V, d] of (model, m), computed and saved on first use."""
+    """The cached anchors [V, d] of (model, m), computed and saved on first use. ``cache=False`` for a bottom whose
+    weights are not the pretrained model's (GuardedTuning's trained A_b): computed afresh, nothing read or saved."""
+    if not cache:
+        return token_anchors(bottom, tokenizer)
     key = hashlib.sha1(f"v{ANCHORS_VERSION}|{model_id}|m={bottom.m}".encode()).hexdigest()[:16]
     path = cache_dir(directory) / f"anchors-{key}.npy"
     if path.is_file():

@@ -20,6 +20,8 @@ no sample is lost or counted twice; ``faults.csv`` says what happened.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import os
 import time
@@ -476,7 +478,7 @@ class Coordinator:
 
     def _observe(self, plan: RoundPlan, on_time: list[int], payloads: list) -> None:
         """Hand the attack suite the messages of devices at the depth it was fitted for."""
-        if self.attacks is None or self.attacks.suite is None:
+        if self.attacks is None or not self.attacks.attacks_uploads:
             return
         tasks = {d.device: d.task for d in plan.devices if d.task is not None}
         for i, payload in zip(on_time, payloads):
@@ -549,23 +551,39 @@ def start_attacks(coordinator: Coordinator, log) -> None:
         log("privtune-ray: no per-sample tensor leaves a device while this design trains; no attack to run")
         return
     assert setup.aux is not None, "prepare() carves the attacker's auxiliary data when attack.enabled"
-    suite = AttackSuite.fit_on(
-        cfg,
-        setup.attack_split,
-        setup.tokenizer,
-        resolve_model(cfg.model.name),
-        setup.aux,
-        cfg.data.dataset,
-        setup.train.texts,
-        log=log,
-    )
+
+    def fit() -> AttackSuite:
+        """The suite on what the cloud holds now: the pretrained bottom, with the blocks it holds trained loaded
+        into the adaptive attacker's copy (GuardedTuning's A_b as the round sent it down)."""
+        held = design.held_blocks(coordinator.cloud)
+        adaptive = None
+        if held is not None:
+            adaptive = dataclasses.replace(setup.attack_split, bottom=copy.deepcopy(setup.attack_split.bottom))
+            for index, state in held.items():
+                adaptive.bottom.blocks[index].load_state_dict(state)
+        return AttackSuite.fit_on(
+            cfg,
+            setup.attack_split,
+            setup.tokenizer,
+            resolve_model(cfg.model.name),
+            setup.aux,
+            cfg.data.dataset,
+            setup.train.texts,
+            log=log,
+            adaptive_split=adaptive,
+        )
+
+    refits = design.held_blocks(coordinator.cloud) is not None  # then fitted at each attack round, not now
+    suite = None if refits else fit()
     gradient_attacks = []
     if design.returns_gradients:
         task_model = load_task_model(cfg.model.name, cfg.model.task, setup.num_labels)
         gradient_attacks.append(
             build_gradient_matching(cfg, task_model, setup.cloud.layout, setup.aux, setup.pad_id, log=log)
         )
-    coordinator.attacks = AttackRounds(coordinator.run, cfg.attack.victim_samples, suite, gradient_attacks)
+    coordinator.attacks = AttackRounds(
+        coordinator.run, cfg.attack.victim_samples, suite, gradient_attacks, refit=fit if refits else None
+    )
 
 
 def _summary(c: Coordinator, result: dict, attack_summary: dict) -> Summary:

@@ -115,9 +115,16 @@ class GuardedDesign(Design):
     def download_bytes(self, cloud: GuardedRounds, first_time: bool) -> int:
         return cloud.trainable_bytes + (cloud.first_extra_bytes if first_time else 0)
 
+    def held_blocks(self, cloud: GuardedRounds) -> dict[int, dict] | None:
+        """The trained A_b the cloud sent down with the latest round (blocks m+1..m+a): what devices ran to make
+        A1. None where A_b stays pretrained (gradfree)."""
+        if not self.trains_bottom_adapter:
+            return None
+        return dict(zip(cloud.layout.bottom_adapter, cloud.sent_bottom_adapter(), strict=True))
+
     def begin_round(self, pool, cloud: GuardedRounds, round_: int) -> None:
         """The round's adapters, on every worker before its devices run."""
-        pool.broadcast(GuardedDesign.load_adapters, pool.share(cloud.state_blob()), round_=round_)
+        pool.broadcast(GuardedDesign.load_adapters, pool.share(cloud.send()), round_=round_)
 
     def cloud_round(self, ctx: RoundContext) -> RoundOutcome:
         """The protocol's phases for every device that did not drop out (no deadline), then the middle's and the

@@ -7,6 +7,8 @@ the round's samples and takes one AdamW step, beside the middle's step on the re
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from ...config import Config
@@ -31,10 +33,23 @@ class GuardedRounds:
         self.first_extra_bytes = extra
         self._blobs: dict[int, list[bytes]] = {}  # the round's adapter gradients per device, until step
         self.last_returned: dict[int, tuple[bytes, bytes]] = {}  # online: (A2, ∂ℓ/∂A2) per device
+        self.sent: bytes | None = None  # the adapters as the latest round's devices downloaded them
 
     def state_blob(self) -> bytes:
-        """The trainable adapters' weights as devices download them this round."""
+        """The trainable adapters' weights as devices download them."""
         return self.adapters.state_bytes()
+
+    def send(self) -> bytes:
+        """The round's download (:meth:`state_blob`), kept as the round's adapters (:meth:`sent_bottom_adapter`)."""
+        self.sent = self.state_blob()
+        return self.sent
+
+    def sent_bottom_adapter(self) -> list[dict]:
+        """A_b's blocks as devices last downloaded them (the current ones before any round), as state dicts."""
+        adapters = copy.deepcopy(self.adapters)
+        if self.sent is not None:
+            adapters.load_bytes(self.sent)
+        return [block.state_dict() for block in adapters.bottom.blocks]
 
     def hold(self, blobs: dict[int, list[bytes]]) -> None:
         """The round's adapter-gradient uploads per device ([A_b, A_t] for online, one blob otherwise)."""
@@ -69,9 +84,11 @@ class GuardedRounds:
             "adapters": self.adapters.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
+            "sent": self.sent,
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.adapters.load_state_dict(state["adapters"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        self.sent = state.get("sent")
