@@ -31,6 +31,7 @@ from privtune_ray.message import tensor_from_bytes
 from privtune_ray.models.loading import load_task_model
 from privtune_ray.models.split import BottomModel, family_of
 from privtune_ray.quantisation import quantised_bytes
+from privtune_ray.simulation import coordinator as coordinator_module
 from privtune_ray.simulation import run_simulation
 from privtune_ray.training.loop import run_training
 from privtune_ray.training.server import build_optimizer, summed_loss
@@ -237,10 +238,10 @@ def test_online_is_attacked_on_its_uploads_and_by_gradient_matching(runs):
     summary = json.loads((runs["online"] / "summary.json").read_text())
     attacks = summary["attacks"]
     assert set(attacks) == {"eia_knn_l2", "aia_label", "gm_label"}
-    # the server computed A2 and gets ∂ℓ/∂A2 back: gradient matching is scored on the last 24 samples it saw. With a
-    # surrogate fitted on 60-100 sentences its accuracy here swings between 31 and 92 % with the attacker's settings;
-    # that it reads the labels with a surrogate fitted on more text is test_gradient_matching_reads_a_trained_heads_labels
-    assert attacks["gm_label"]["samples"] == 24 and 0 <= attacks["gm_label"]["accuracy"] <= 1
+    # the server computed A2 and gets ∂ℓ/∂A2 back: gradient matching, through the round's A_t that the cloud holds,
+    # is scored on the last 24 samples it saw, and reads them (24 of 24 measured; majority 46 %): no dropout draw of
+    # the device hides the label from the true A_t (a surrogate fitted on 60 sentences read 31-92 %)
+    assert attacks["gm_label"]["samples"] == 24 and attacks["gm_label"]["accuracy"] >= 0.9
     assert summary["max_aia_advantage"] == pytest.approx(
         max(a["advantage"] for a in attacks.values() if a["kind"] == "attribute")
     )
@@ -250,9 +251,9 @@ def test_online_is_attacked_on_its_uploads_and_by_gradient_matching(runs):
 
 
 def test_the_adaptive_attacker_fits_through_the_trained_bottom_adapter_the_round_sent_down(tmp_path, monkeypatch):
-    """The cloud aggregates A_b and sends it down each round, so the adaptive attacker inverts A1 through that very
-    A_b (the last round's download, not the pretrained block nor the A_b stepped after it); the static one through
-    the pretrained A_b."""
+    """The cloud aggregates the adapters and sends them down each round, so the adaptive attacker inverts A1 through
+    that very A_b (the last round's download, not the pretrained block nor the A_b stepped after it), the static one
+    through the pretrained A_b, and gradient matching differentiates through that round's A_t."""
     fits, sent = [], []
     fit_on = AttackSuite.fit_on.__func__
 
@@ -262,6 +263,13 @@ def test_the_adaptive_attacker_fits_through_the_trained_bottom_adapter_the_round
         return suite
 
     monkeypatch.setattr(AttackSuite, "fit_on", classmethod(recording))
+    tops = []
+    held_gm = coordinator_module.held_gradient_matching
+    monkeypatch.setattr(
+        coordinator_module,
+        "held_gradient_matching",
+        lambda cfg, top, *a, **k: tops.append(top) or held_gm(cfg, top, *a, **k),
+    )
     cfg = small(
         "design.name=online",
         "train.lr=1e-3",
@@ -292,10 +300,13 @@ def test_the_adaptive_attacker_fits_through_the_trained_bottom_adapter_the_round
             torch.equal(adaptive.bottom.blocks[block].state_dict()[k], v)
             for k, v in pretrained.bottom.blocks[block].state_dict().items()
         )
+    (top,) = tops  # gradient matching differentiates through the A_t of the same download
+    for name, weight in round_adapters.top.state_dict().items():
+        assert torch.equal(top.state_dict()[name], weight), name
     bottoms = {a.attacker: a.ctx.bottom for a in suite.attacks}
     assert bottoms["adaptive"] is adaptive.bottom and bottoms["static"] is pretrained.bottom
     attacks = json.loads((run / "summary.json").read_text())["attacks"]
-    assert {"eia_knn_l2", "eia_knn_l2@static"} <= set(attacks)
+    assert {"eia_knn_l2", "eia_knn_l2@static", "gm_label"} <= set(attacks)
 
 
 def test_gradient_matching_with_the_true_top_adapter_reads_every_label(minilm, batch):

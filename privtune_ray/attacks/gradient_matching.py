@@ -77,11 +77,15 @@ class GradientMatchingLabels(AttributeAttack):
             )
         return Observations.concat(parts)
 
+    def count_classes(self, labels) -> None:
+        """The classes and the majority class (what scoring compares with) from the attacker's labelled text."""
+        counts = np.bincount(np.asarray(labels, dtype=np.int64))
+        self.majority, self.classes = int(counts.argmax()), max(2, len(counts))
+
     def fit(self, aux: Observations) -> list[float]:
         """Fit the surrogate Â_t with cross-entropy on the auxiliary A2 (``attack.probe_epochs``, ``probe_lr``)."""
         a2, mask, labels = aux.hidden, aux.attention_mask, aux.labels.long()
-        counts = np.bincount(labels.numpy())
-        self.majority, self.classes = int(counts.argmax()), max(2, len(counts))
+        self.count_classes(labels)
 
         def loss_of(idx):
             idx = torch.as_tensor(idx)
@@ -131,12 +135,25 @@ def build(ctx: GradientContext, attributes: tuple[str, ...] = ()) -> list[Gradie
     return [GradientMatchingLabels(ctx.surrogate_top, ctx.cfg, ctx.seed)]
 
 
+def held_gradient_matching(
+    cfg: Config, top_adapter: nn.Module, aux: TokenizedSplit, log=print
+) -> GradientMatchingLabels:
+    """Gradient matching through the A_t the cloud holds (the round's, whose gradients it aggregates), as is: nothing
+    to fit; ``aux`` gives only the classes and the majority class. It runs A_t without dropout (it does not know the
+    device's draws)."""
+    attack = GradientMatchingLabels(copy.deepcopy(top_adapter).eval(), cfg.attack, cfg.seed)
+    attack.count_classes(aux.labels)
+    log(f"privtune-ray: attack {attack.name} differentiates through the round's top adapter A_t (held by the cloud)")
+    return attack
+
+
 @isolated_rng()
 def build_gradient_matching(
     cfg: Config, task_model: nn.Module, layout, aux: TokenizedSplit, pad_id: int, log=print
 ) -> GradientMatchingLabels:
-    """Gradient matching fitted for a GuardedTuning online run (``layout``: a ``GuardedLayout``, of which only
-    ``top_adapter_start`` = L − a is read).
+    """Gradient matching with a surrogate Â_t, for an attacker who does not hold A_t (``layout``: a
+    ``GuardedLayout``, of which only ``top_adapter_start`` = L − a is read); a simulation's cloud holds it:
+    :func:`held_gradient_matching`.
 
     The attacker's copy of what precedes A_t (frozen bottom → A_b → middle, all pretrained) is the pretrained model's
     embeddings and blocks 1..L−a; its surrogate Â_t is blocks L−a+1..L with the head re-initialised from seed

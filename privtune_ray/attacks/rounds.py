@@ -38,8 +38,9 @@ class AttackRounds:
     * ``suite``: the fitted attacks on the uploads (``AttackSuite.fit_on``), or None;
     * ``gradient_attacks``: fitted attacks on returned gradients (``[gradient_matching.build_gradient_matching(...)]``
       on GuardedTuning online), or none;
-    * ``refit``: where the attacker's model changes as training goes (GuardedTuning's trained A_b), a function that
-      fits the suite afresh on what the cloud holds now; called at the start of every round, in place of ``suite``.
+    * ``refit``: where the attacker's model changes as training goes (GuardedTuning's trained adapters), a function
+      that fits ``(suite, gradient_attacks)`` afresh on what the cloud holds now; called at the start of every
+      round, in their place.
 
     Feed it with :meth:`observe_message` (an upload, as ``train`` and ``simulate`` receive it),
     :meth:`observe_returned` (online's A2 and ∂ℓ/∂A2) or :meth:`observe` (any :class:`Observations`: those with
@@ -52,7 +53,7 @@ class AttackRounds:
         victim_samples: int | None,
         suite: AttackSuite | None = None,
         gradient_attacks: Sequence[Attack] = (),
-        refit: Callable[[], AttackSuite] | None = None,
+        refit: Callable[[], tuple[AttackSuite | None, list[Attack]]] | None = None,
     ):
         self.run, self.suite, self.gradient_attacks, self.refit = run, suite, list(gradient_attacks), refit
         self.victim_samples = victim_samples
@@ -103,7 +104,7 @@ class AttackRounds:
         a round without victims. Returns the summary part (empty without attacks)."""
         summary: dict = {}
         if self.refit is not None:
-            self.suite = self.refit()
+            self.suite, self.gradient_attacks = self.refit()
         if self.suite is not None:
             victims = self.sample.take()
             rows = self.suite.run(victims)

@@ -118,6 +118,11 @@ class Design(ABC):
         attacker fits through them, afresh each attack round. ``None``: devices run the pretrained weights."""
         return None
 
+    def held_top(self, cloud: Any) -> Any:
+        """The device's top part after the cloud's, as the cloud holds it (GuardedTuning: the round's A_t, whose
+        gradients it aggregates): a gradient attack differentiates through it. ``None``: the cloud holds none."""
+        return None
+
     # ------------------------------------------------------------------ simulate: coordinator side
 
     def prepare(self, population: Population) -> None:

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..attacks.gradient_matching import build_gradient_matching
+from ..attacks.gradient_matching import held_gradient_matching
 from ..attacks.rounds import AttackRounds
 from ..attacks.suite import AttackSuite
 from ..config import Config
@@ -552,16 +552,17 @@ def start_attacks(coordinator: Coordinator, log) -> None:
         return
     assert setup.aux is not None, "prepare() carves the attacker's auxiliary data when attack.enabled"
 
-    def fit() -> AttackSuite:
-        """The suite on what the cloud holds now: the pretrained bottom, with the blocks it holds trained loaded
-        into the adaptive attacker's copy (GuardedTuning's A_b as the round sent it down)."""
+    def fit() -> tuple[AttackSuite, list]:
+        """The attacks on what the cloud holds now: the pretrained bottom, with the blocks it holds trained loaded
+        into the adaptive attacker's copy (GuardedTuning's A_b as the round sent it down); gradient matching
+        through the A_t it holds, where gradients return."""
         held = design.held_blocks(coordinator.cloud)
         adaptive = None
         if held is not None:
             adaptive = dataclasses.replace(setup.attack_split, bottom=copy.deepcopy(setup.attack_split.bottom))
             for index, state in held.items():
                 adaptive.bottom.blocks[index].load_state_dict(state)
-        return AttackSuite.fit_on(
+        suite = AttackSuite.fit_on(
             cfg,
             setup.attack_split,
             setup.tokenizer,
@@ -572,15 +573,12 @@ def start_attacks(coordinator: Coordinator, log) -> None:
             log=log,
             adaptive_split=adaptive,
         )
+        top = design.held_top(coordinator.cloud) if design.returns_gradients else None
+        return suite, [held_gradient_matching(cfg, top, setup.aux, log=log)] if top is not None else []
 
-    refits = design.held_blocks(coordinator.cloud) is not None  # then fitted at each attack round, not now
-    suite = None if refits else fit()
-    gradient_attacks = []
-    if design.returns_gradients:
-        task_model = load_task_model(cfg.model.name, cfg.model.task, setup.num_labels)
-        gradient_attacks.append(
-            build_gradient_matching(cfg, task_model, setup.cloud.layout, setup.aux, setup.pad_id, log=log)
-        )
+    # what the cloud holds changes as it trains (GuardedTuning's adapters): fitted at each attack round, not now
+    refits = design.held_blocks(coordinator.cloud) is not None or design.held_top(coordinator.cloud) is not None
+    suite, gradient_attacks = (None, []) if refits else fit()
     coordinator.attacks = AttackRounds(
         coordinator.run, cfg.attack.victim_samples, suite, gradient_attacks, refit=fit if refits else None
     )

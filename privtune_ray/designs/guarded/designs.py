@@ -120,7 +120,12 @@ class GuardedDesign(Design):
         A1. None where A_b stays pretrained (gradfree)."""
         if not self.trains_bottom_adapter:
             return None
-        return dict(zip(cloud.layout.bottom_adapter, cloud.sent_bottom_adapter(), strict=True))
+        blocks = cloud.sent_adapters().bottom.blocks
+        return {index: block.state_dict() for index, block in zip(cloud.layout.bottom_adapter, blocks, strict=True)}
+
+    def held_top(self, cloud: GuardedRounds):
+        """A_t (blocks L−a+1..L and the head) as the latest round's devices downloaded it."""
+        return cloud.sent_adapters().top
 
     def begin_round(self, pool, cloud: GuardedRounds, round_: int) -> None:
         """The round's adapters, on every worker before its devices run."""

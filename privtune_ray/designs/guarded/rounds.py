@@ -40,16 +40,16 @@ class GuardedRounds:
         return self.adapters.state_bytes()
 
     def send(self) -> bytes:
-        """The round's download (:meth:`state_blob`), kept as the round's adapters (:meth:`sent_bottom_adapter`)."""
+        """The round's download (:meth:`state_blob`), kept as the round's adapters (:meth:`sent_adapters`)."""
         self.sent = self.state_blob()
         return self.sent
 
-    def sent_bottom_adapter(self) -> list[dict]:
-        """A_b's blocks as devices last downloaded them (the current ones before any round), as state dicts."""
+    def sent_adapters(self) -> ClientAdapters:
+        """A copy of the adapters as devices last downloaded them (the current ones before any round)."""
         adapters = copy.deepcopy(self.adapters)
         if self.sent is not None:
             adapters.load_bytes(self.sent)
-        return [block.state_dict() for block in adapters.bottom.blocks]
+        return adapters
 
     def hold(self, blobs: dict[int, list[bytes]]) -> None:
         """The round's adapter-gradient uploads per device ([A_b, A_t] for online, one blob otherwise)."""
