@@ -391,3 +391,23 @@ def test_training_runs_attack_rounds_on_the_uploaded_messages(tmp_path):
     rows = pd.read_csv(out / "attacks.csv")
     assert sorted(set(rows["step"])) == [3, 6]
     assert (rows["victims"] == 40).all()
+
+
+def test_the_adaptive_attacker_fits_on_its_text_quantised_as_the_uploads_are(minilm, tokenizer, monkeypatch):
+    """With design.bits = 4 every upload is 4-bit per row: the adaptive attacker's own observations take the same
+    round trip (at most 16 values per row), the static attacker's stay fp32."""
+    cfg = load_config(
+        "simulations/sst2_attacks.yaml",
+        ["design.bits=4", "attack.names=[eia_knn_l2]", "attack.attackers=[adaptive, static]"],
+    )
+    aux = tokenize_split(load_split("sst2", "dev", max_samples=20, seed=0), tokenizer, 32)
+    seen = {}
+    monkeypatch.setattr(KNNInversion, "fit", lambda self, obs: seen.__setitem__(self.attacker, obs))
+    AttackSuite.fit_on(cfg, split_model(minilm, 2), tokenizer, resolve_model(cfg.model.name), aux, "sst2")
+
+    def most_values_in_a_row(obs: Observations) -> int:
+        rows = obs.hidden[obs.attention_mask.bool()]
+        return max(len(torch.unique(row)) for row in rows)
+
+    assert most_values_in_a_row(seen["adaptive"]) <= 16
+    assert most_values_in_a_row(seen["static"]) > 300  # d = 384 distinct fp32 values

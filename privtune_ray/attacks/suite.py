@@ -23,6 +23,7 @@ from ..mechanisms.base import Mechanism
 from ..mechanisms.registry import build_mechanism
 from ..models.anchors import load_or_build_anchors
 from ..models.split import SplitModel
+from ..quantisation import dequantise, quantise
 from ..seeding import isolated_rng
 from .base import Attack, AttackContext
 from .observations import Observations, observe
@@ -121,7 +122,8 @@ class AttackSuite:
         ``split`` is the pretrained model cut where the uploads leave the device. ``adaptive_split``, where given, is
         what the adaptive attacker runs in its place because the cloud holds more than the pretrained weights
         (GuardedTuning: the round's trained A_b, which it aggregates and sends down); the static attacker keeps
-        ``split``. Anchors of a trained bottom are built afresh, never cached."""
+        ``split``. Anchors of a trained bottom are built afresh, never cached. With ``design.bits`` set the adaptive
+        attacker's own observations go through the same b-bit round trip as the uploads."""
         attributes = probe_attributes(cfg.attack, dataset)
         aux, dropped = disjoint_aux(aux, list(victims_texts))
         labelled = get_spec(dataset).task == "classification"
@@ -141,6 +143,8 @@ class AttackSuite:
             else:  # static: the clean bottom outputs
                 mechanism = Mechanism(cfg.seed)
             aux_obs = observe(through.bottom, mechanism, aux, tokenizer.pad_token_id)
+            if attacker == "adaptive" and cfg.design.bits is not None:  # what the victims' uploads went through too
+                aux_obs.hidden = dequantise(quantise(aux_obs.hidden, cfg.design.bits))
             for name in attack_names(cfg.attack, attributes, labelled):
                 for attack in ATTACKS[name](ctx, attributes):
                     attack.attacker = attacker
