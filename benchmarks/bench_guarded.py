@@ -175,7 +175,8 @@ def main() -> int:
         )
         return 2
     table = load_sweep(args.sweep)
-    results = {"benchmark": "guarded", "config": CONFIG, "sweep": args.sweep, "points": len(table)}
+    planned = len(json.loads((Path(args.sweep) / "sweep.json").read_text())["points"])
+    results = {"benchmark": "guarded", "config": CONFIG, "sweep": args.sweep, "points": len(table), "planned": planned}
     results.update(summarise(table))
     results["complete"] = all(len(r["seeds"]) >= 2 for s in results["settings"].values() for r in s.values())
     write_results(args.out, results)
