@@ -45,7 +45,9 @@ def _on_cluster(body: str, tmp_path: Path) -> dict:
         [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    lines = [line for line in out.stdout.splitlines() if line.startswith("{")]  # Ray may print after it
+    assert lines, out.stdout[-3000:] + out.stderr[-3000:]
+    return json.loads(lines[-1])
 
 
 @pytest.mark.slow  # three raylets and three actors: about 2 minutes on 2 idle cores, 10 on busy ones
@@ -106,3 +108,78 @@ print(json.dumps({{"errors": errors}}))
     assert "3 of the custom resource 'device_node'" in resources and "the cluster has 2" in resources
     assert "could not place 1 top replica(s)" in placement and "'top_node': 1" in placement
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.slow
+def test_a_worker_node_lost_mid_round_and_mid_evaluation_costs_no_row(reference, tmp_path):
+    """Three device nodes for two device workers. In round 1, with its tasks dispatched, the node of worker 0 is
+    removed (``cluster.remove_node``, not gracefully): its worker is replaced on the spare node and its tasks re-run.
+    As the final evaluation starts, that node goes too and a new node joins: the replacement waits for it and the
+    evaluation's batches re-run there. Rows are neither lost nor duplicated: the records equal the in-process run's."""
+    result = _on_cluster(
+        f"""
+cluster.add_node(num_cpus=1, resources={{"device_node": 1}}, object_store_memory=150 * 2**20)  # the spare
+cluster.wait_for_nodes()
+import time
+from test_simulation import quiet, small
+from privtune_ray.simulation import run_simulation
+removed, where = [], {{}}
+
+def node_of(coordinator, worker):
+    node_id = coordinator.backend.describe()["worker_nodes"][worker]
+    return next(n for n in cluster.list_all_nodes() if n.node_id == node_id)
+
+def note_nodes(coordinator, r):  # between rounds, while the workers are idle
+    where[r] = coordinator.backend.describe()["worker_nodes"]
+
+def remove_mid_round(coordinator, r):
+    if r == 1 and not removed:
+        node = next(n for n in cluster.list_all_nodes() if n.node_id == where[0][0])
+        cluster.remove_node(node, allow_graceful=False)
+        removed.append(("round", r, node.node_id))
+
+def remove_at_evaluation(coordinator, done):
+    if done == 4 and len(removed) == 1:
+        node = node_of(coordinator, 0)  # the evaluation's batches start at worker 0 (its replacement, on the spare)
+        cluster.remove_node(node, allow_graceful=False)
+        while True:  # until Ray sees the worker gone (its process outlives its raylet for a moment)
+            try:
+                ray.get(coordinator.backend.workers[0].ping.remote(), timeout=2)
+                time.sleep(0.5)
+            except ray.exceptions.GetTimeoutError:
+                continue
+            except ray.exceptions.RayActorError:
+                break
+        cluster.add_node(num_cpus=1, resources={{"device_node": 1}}, object_store_memory=150 * 2**20)
+        removed.append(("evaluation", done, node.node_id))
+
+cfg = small("simulation.backend=ray", "simulation.address=" + cluster.address,
+            "simulation.device_workers=2", "simulation.worker_cpus=1", "simulation.replica_cpus=1",
+            "simulation.worker_resources={{device_node: 1}}", "simulation.replica_resources={{top_node: 1}}")
+run = run_simulation(cfg, out={str(tmp_path / "lost")!r}, log=quiet,
+                     hooks={{"training": note_nodes, "devices_started": remove_mid_round,
+                             "evaluating": remove_at_evaluation}})
+summary = json.loads((run / "summary.json").read_text())
+print(json.dumps({{"removed": removed, "where": where, "backend": summary["backend"], "run": str(run)}}))
+""",
+        tmp_path,
+    )
+    assert [r[:2] for r in result["removed"]] == [["round", 1], ["evaluation", 4]]
+    lost = {r[2] for r in result["removed"]}
+    nodes = result["backend"]["worker_nodes"]
+    assert None not in nodes and not lost & set(nodes)  # every worker now runs on a surviving node
+    run = Path(result["run"])
+    faults = pd.read_csv(run / "faults.csv")
+    # worker 0 replaced twice: mid-round (its round-1 tasks re-run) and at the final evaluation (round -1)
+    assert faults.loc[faults["component"] == "device_worker", "action"].tolist() == [
+        "replaced; tasks re-run",
+        "replaced; encode_eval re-run",
+    ]
+    devices = pd.read_csv(run / "devices.csv")
+    assert not devices.duplicated(["round", "device"]).any()
+    pd.testing.assert_frame_equal(devices[EXACT], pd.read_csv(reference / "devices.csv")[EXACT])
+    summary, ref = (json.loads((p / "summary.json").read_text()) for p in (run, reference))
+    assert summary["train_samples"] == ref["train_samples"] and summary["bytes_up"] == ref["bytes_up"]
+    assert summary["dev_loss"] == pytest.approx(ref["dev_loss"], abs=1e-3)
+    evals = pd.read_csv(run / "eval.csv")
+    assert evals["rounds_done"].tolist() == pd.read_csv(reference / "eval.csv")["rounds_done"].tolist()

@@ -411,14 +411,21 @@ class RayBackend(Backend):
         self.ray.kill(actor)
 
     def describe(self) -> dict[str, Any]:
-        """The pool, and the node each device worker and top replica runs on (Ray node ids)."""
-        nodes = self.get([a.node.remote() for a in self.workers + self.replicas])
+        """The pool, and the node each device worker and top replica runs on (Ray node ids; None for one lost with
+        its node since its last call)."""
+        nodes = [self._node(a) for a in self.workers + self.replicas]
         return {
             **super().describe(),
             "worker_nodes": nodes[: len(self.workers)],
             "replica_nodes": nodes[len(self.workers) :],
             "placement_group": None if self._placement is None else self._placement.id.hex(),
         }
+
+    def _node(self, actor) -> str | None:
+        try:
+            return self.ray.get(actor.node.remote())
+        except self._death:
+            return None
 
     def shutdown(self) -> None:
         from ray.util.placement_group import remove_placement_group
