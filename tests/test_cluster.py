@@ -17,7 +17,9 @@ from test_simulation import EXACT
 
 TESTS = Path(__file__).parent
 
-# The head holds the top replica's resource, each worker node one device worker's: the placement is forced.
+# The head holds the top replica's resource, each worker node one device worker's: the placement is forced. No Ray
+# worker may read the dataset (cluster_hooks.refuse_dataset_reads): the driver tokenises it once, the workers get it
+# through the object store.
 CLUSTER = """
 import json, sys
 import ray
@@ -32,7 +34,8 @@ nodes = [
 ]
 cluster.wait_for_nodes()
 ray.init(address=cluster.address, log_to_driver=False,
-         runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}})
+         runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"},
+                      "worker_process_setup_hook": "cluster_hooks.refuse_dataset_reads"})
 head = ray.get_runtime_context().get_node_id()
 """
 
@@ -54,7 +57,7 @@ def _on_cluster(body: str, tmp_path: Path) -> dict:
 def test_device_workers_and_the_top_replica_land_on_their_nodes_and_match_in_process(reference, tmp_path):
     """Two device workers, each on its own worker node (``worker_resources: {device_node: 1}``, spread), the top
     replica on the head (``replica_resources: {top_node: 1}``, its placement group): every upload crosses nodes,
-    and the records equal the in-process run's."""
+    and the records equal the in-process run's. The workers read no dataset file (a read fails there)."""
     result = _on_cluster(
         f"""
 from test_simulation import quiet, small
@@ -64,14 +67,24 @@ cfg = small("simulation.backend=ray", "simulation.address={{address}}".replace("
             "simulation.worker_resources={{device_node: 1}}", "simulation.replica_resources={{top_node: 1}}")
 run = run_simulation(cfg, out={str(tmp_path / "cluster")!r}, log=quiet)
 summary = json.loads((run / "summary.json").read_text())
+
+@ray.remote(resources={{"device_node": 1}})
+def read_on_a_device_node():
+    from privtune_ray.data import load_split
+    try:
+        load_split("sst2", "dev", max_samples=2)
+    except RuntimeError as exc:
+        return str(exc)
+
 print(json.dumps({{"head": head, "nodes": [n.node_id for n in nodes], "backend": summary["backend"],
-                  "run": str(run)}}))
+                  "run": str(run), "read": ray.get(read_on_a_device_node.remote())}}))
 """,
         tmp_path,
     )
     backend = result["backend"]
     assert sorted(backend["worker_nodes"]) == sorted(result["nodes"])  # one worker on each worker node
     assert backend["replica_nodes"] == [result["head"]] and backend["placement_group"]
+    assert result["read"] == "a Ray worker read the dataset"  # the hook that no worker of the run tripped is armed
     run = Path(result["run"])
     devices = pd.read_csv(run / "devices.csv")
     assert devices["worker"].nunique() == 2  # both workers ran devices
