@@ -1,10 +1,11 @@
 """Gradient matching on what a device sends back: label inference from GuardedTuning online's ∂ℓ/∂A2.
 
 The cloud computed A2 = M(A1) itself and receives g = ∂ℓ/∂A2 (ℓ = Σ CE of the device's top adapter A_t,
-whose head and labels never leave the device). It holds a surrogate Â_t: the pretrained blocks L−a+1..L
-and a head it fits on its auxiliary labelled text pushed through its own copy of the bottom, the pretrained
-A_b and its middle. For victim sample i and every class c it computes ĝ_{i,c} = ∂CE(Â_t(A2_i), c)/∂A2_i
-and guesses
+whose labels never leave the device). In a simulation it holds A_t itself, as the round sent it down (it
+aggregates A_t's gradients): :func:`held_gradient_matching`. An attacker without it fits a surrogate Â_t
+(the pretrained blocks L−a+1..L and a head of its own) on its auxiliary labelled text pushed through its
+copy of the bottom, the pretrained A_b and its middle: :func:`build_gradient_matching`. For victim sample i
+and every class c it computes ĝ_{i,c} = ∂CE(A_t(A2_i), c)/∂A2_i and guesses
 
     ŷ_i = argmax_c cos(g_i, ĝ_{i,c})      (both flattened over the real positions of sample i)
 
@@ -12,8 +13,7 @@ Per-sample rows of g are the sample's own gradient (blocks act on each sample al
 needs no unmixing. Scored like every attribute attack: accuracy against the majority class (advantage).
 
 Registered as ``gm_label`` in :data:`privtune_ray.attacks.registry.ATTACKS`; its builder takes a :class:`GradientContext`
-(what this attacker knows) where the upload attacks take an ``AttackContext``. :func:`build_gradient_matching`
-builds and fits it for a GuardedTuning online run.
+(what this attacker knows) where the upload attacks take an ``AttackContext``.
 """
 
 from __future__ import annotations
