@@ -51,7 +51,7 @@ def run_attack_evaluation(cfg: Config, out: str | os.PathLike | None = None, log
     start = time.perf_counter()
     mechanism = build_mechanism(cfg.mechanism, split, tokenizer, model_id, seed=cfg.seed)
     mechanism.fit(victims)
-    victim_obs = observe(split.bottom, mechanism, victims, tokenizer.pad_token_id)
+    victim_obs = observe(split.bottom, mechanism, victims, tokenizer.pad_token_id, bits=cfg.design.bits)
     suite = AttackSuite.fit_on(cfg, split, tokenizer, model_id, aux, cfg.data.dataset, victims.texts, log=log)
     rows = suite.run(victim_obs)
     for row in long_rows(rows, step=0):

@@ -17,6 +17,7 @@ from ..errors import DataError
 from ..mechanisms.base import Mechanism
 from ..message import Message
 from ..models.split import BottomModel
+from ..quantisation import dequantise, quantise
 
 
 @dataclass
@@ -83,9 +84,15 @@ class Observations:
 
 
 def observe(
-    bottom: BottomModel, mechanism: Mechanism, data: TokenizedSplit, pad_id: int, batch_size: int = 128
+    bottom: BottomModel,
+    mechanism: Mechanism,
+    data: TokenizedSplit,
+    pad_id: int,
+    batch_size: int = 128,
+    bits: int | None = None,
 ) -> Observations:
-    """Push ``data`` through the bottom and the mechanism's release, as a device would before upload."""
+    """Push ``data`` through the bottom and the mechanism's release, as a device would before upload, and with
+    ``bits`` through the b-bit wire format's round trip (``design.bits``)."""
     if len(data) == 0:
         raise DataError("no sentences to observe: the sample is empty (raise attack.victim_samples or aux_samples)")
     parts, order = [], []
@@ -94,6 +101,8 @@ def observe(
         released = mechanism.release(
             bottom(batch.input_ids, batch.attention_mask), batch.attention_mask, batch.input_ids
         )
+        if bits is not None:
+            released = dequantise(quantise(released, bits))
         parts.append(Observations(released.float(), batch.attention_mask, batch.input_ids, batch.labels))
         order.extend(batch.indices.tolist())
     obs = Observations.concat(parts).subset(np.argsort(np.asarray(order), kind="stable"))

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 from ..config import AttackConfig, Config
 from ..data.batching import TokenizedSplit, tokenize_split
@@ -23,7 +24,6 @@ from ..mechanisms.base import Mechanism
 from ..mechanisms.registry import build_mechanism
 from ..models.anchors import load_or_build_anchors
 from ..models.split import SplitModel
-from ..quantisation import dequantise, quantise
 from ..seeding import isolated_rng
 from .base import Attack, AttackContext
 from .observations import Observations, observe
@@ -124,6 +124,7 @@ class AttackSuite:
         (GuardedTuning: the round's trained A_b, which it aggregates and sends down); the static attacker keeps
         ``split``. Anchors of a trained bottom are built afresh, never cached. With ``design.bits`` set the adaptive
         attacker's own observations go through the same b-bit round trip as the uploads."""
+        torch.manual_seed(cfg.seed + ATTACKER_SEED_OFFSET)  # the inverters' init and dropout: the same wherever it runs
         attributes = probe_attributes(cfg.attack, dataset)
         aux, dropped = disjoint_aux(aux, list(victims_texts))
         labelled = get_spec(dataset).task == "classification"
@@ -142,9 +143,8 @@ class AttackSuite:
                 mechanism.fit(aux)
             else:  # static: the clean bottom outputs
                 mechanism = Mechanism(cfg.seed)
-            aux_obs = observe(through.bottom, mechanism, aux, tokenizer.pad_token_id)
-            if attacker == "adaptive" and cfg.design.bits is not None:  # what the victims' uploads went through too
-                aux_obs.hidden = dequantise(quantise(aux_obs.hidden, cfg.design.bits))
+            bits = cfg.design.bits if attacker == "adaptive" else None  # what the victims' uploads went through too
+            aux_obs = observe(through.bottom, mechanism, aux, tokenizer.pad_token_id, bits=bits)
             for name in attack_names(cfg.attack, attributes, labelled):
                 for attack in ATTACKS[name](ctx, attributes):
                     attack.attacker = attacker

@@ -577,7 +577,9 @@ def start_attacks(coordinator: Coordinator, log) -> None:
         return suite, [held_gradient_matching(cfg, top, setup.aux, log=log)] if top is not None else []
 
     # what the cloud holds changes as it trains (GuardedTuning's adapters): fitted at each attack round, not now
-    refits = design.held_blocks(coordinator.cloud) is not None or design.held_top(coordinator.cloud) is not None
+    refits = design.held_blocks(coordinator.cloud) is not None or (
+        design.returns_gradients and design.held_top(coordinator.cloud) is not None
+    )
     suite, gradient_attacks = (None, []) if refits else fit()
     coordinator.attacks = AttackRounds(
         coordinator.run, cfg.attack.victim_samples, suite, gradient_attacks, refit=fit if refits else None
