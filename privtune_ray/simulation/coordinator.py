@@ -550,7 +550,8 @@ def start_attacks(coordinator: Coordinator, log) -> None:
     if not design.uploads_per_sample_tensor:
         log("privtune-ray: no per-sample tensor leaves a device while this design trains; no attack to run")
         return
-    assert setup.aux is not None, "prepare() carves the attacker's auxiliary data when attack.enabled"
+    aux = setup.aux
+    assert aux is not None, "prepare() carves the attacker's auxiliary data when attack.enabled"
 
     def fit() -> tuple[AttackSuite, list]:
         """The attacks on what the cloud holds now: the pretrained bottom, with the blocks it holds trained loaded
@@ -567,14 +568,14 @@ def start_attacks(coordinator: Coordinator, log) -> None:
             setup.attack_split,
             setup.tokenizer,
             resolve_model(cfg.model.name),
-            setup.aux,
+            aux,
             cfg.data.dataset,
             setup.train.texts,
             log=log,
             adaptive_split=adaptive,
         )
         top = design.held_top(coordinator.cloud) if design.returns_gradients else None
-        return suite, [held_gradient_matching(cfg, top, setup.aux, log=log)] if top is not None else []
+        return suite, [held_gradient_matching(cfg, top, aux, log=log)] if top is not None else []
 
     # what the cloud holds changes as it trains (GuardedTuning's adapters): fitted at each attack round, not now
     refits = design.held_blocks(coordinator.cloud) is not None or (
