@@ -269,7 +269,15 @@ def connect_ray(address: str | None) -> None:
         address = os.environ["RAY_ADDRESS"]
     if address is None:
         before = children()
-        ray.init(address="local", include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
+        # Workers at the driver's priority, as the in-process backend's compute is (Ray's default, 15 nicer, hands
+        # each of a 2-core machine's daemon wake-ups a core its actors' threads were using)
+        ray.init(
+            address="local",
+            include_dashboard=False,
+            log_to_driver=False,
+            runtime_env={"env_vars": env},
+            _system_config={"worker_niceness": 0},
+        )
         start_reaper(before)  # ends the local Ray's processes if this driver is killed (ray_reaper.py)
         return
     try:

@@ -18,7 +18,7 @@ import time
 
 import psutil
 
-POLL_S = 0.5
+POLL_S = 2.0
 
 
 def children() -> set[int]:
@@ -49,13 +49,17 @@ def _alive(pid: int) -> bool:
 
 
 def _descendants(procs: dict[int, psutil.Process]) -> None:
-    """Add to ``procs`` every living descendant of its processes."""
-    for proc in list(procs.values()):
-        try:
-            for child in proc.children(recursive=True):
-                procs.setdefault(child.pid, child)
-        except psutil.NoSuchProcess:
-            continue
+    """Add to ``procs`` every living descendant of its processes: one pass over the process table (a recursive
+    ``children()`` per noted process reads it once each, and cost the watcher 5 % of a core on a 10-process Ray)."""
+    kids: dict[int, list[psutil.Process]] = {}
+    for proc in psutil.process_iter(["ppid"]):
+        kids.setdefault(proc.info["ppid"], []).append(proc)
+    todo = list(procs)
+    while todo:
+        for child in kids.get(todo.pop(), []):
+            if child.pid not in procs:
+                procs[child.pid] = child
+                todo.append(child.pid)
 
 
 def watch(driver: int, pids: list[int]) -> None:
