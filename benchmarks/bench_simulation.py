@@ -88,21 +88,42 @@ def _ticks(pid: str) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _name(pid: str) -> str:
+    """A process's short name: its executable, or its Python module or script (``driver`` for ``python -c``)."""
+    cmd = Path(f"/proc/{pid}/cmdline").read_text().split("\0")
+    comm = Path(f"/proc/{pid}/comm").read_text().strip()
+    if not cmd[0]:
+        return "kernel"
+    if "python" not in comm:
+        return comm
+    for i, arg in enumerate(cmd[1:-1], start=1):
+        if arg == "-m":
+            return cmd[i + 1]
+        if arg == "-c":
+            return "driver"
+        if arg.endswith(".py"):
+            return Path(arg).name
+    return comm
+
+
 def _snapshot(compute: list[str]) -> tuple[dict, dict]:
-    """(per thread of the ``compute`` processes: [CPU s, run-queue wait s, timeslices]; per other process: (CPU s,
-    its name)), from /proc (schedstat: nanoseconds on a core, waiting for one, and timeslices)."""
+    """(per thread of the ``compute`` processes: [CPU s, run-queue wait s, timeslices, voluntary and involuntary
+    context switches]; per other process: (CPU s, its name)), from /proc (schedstat: nanoseconds on a core, waiting
+    for one, and timeslices)."""
     threads, others = {}, {}
     for pid in compute:
         for tid in os.listdir(f"/proc/{pid}/task"):
             with contextlib.suppress(OSError):
                 run, wait, slices = Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()
-                threads[tid] = [int(run) / 1e9, int(wait) / 1e9, int(slices)]
+                status = dict(
+                    line.split(":\t", 1) for line in Path(f"/proc/{pid}/task/{tid}/status").read_text().splitlines()
+                )
+                switches = [int(status["voluntary_ctxt_switches"]), int(status["nonvoluntary_ctxt_switches"])]
+                threads[tid] = [int(run) / 1e9, int(wait) / 1e9, int(slices), *switches]
     for pid in filter(str.isdigit, os.listdir("/proc")):
         if pid not in compute:
             with contextlib.suppress(OSError, ValueError):
-                cmd = Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ").split()
-                name = next((Path(c).name for c in cmd if not c.startswith("-") and "python" not in c), "?")
-                others[pid] = (_ticks(pid), name)
+                others[pid] = (_ticks(pid), _name(pid))
     return threads, others
 
 
@@ -122,11 +143,12 @@ def window_profile(proc: subprocess.Popen, out: Path, seconds: float = 15.0) -> 
     (t0, o0), start = _snapshot(compute), time.perf_counter()
     time.sleep(seconds)
     (t1, o1), elapsed = _snapshot(compute), time.perf_counter() - start
-    busy = [[b - a for a, b in zip(t0[t], t1[t])] for t in t1 if t in t0]
-    busy = [b for b in busy if b[0] > 0.05 * elapsed]  # the threads that compute (not Ray's idle ones)
+    delta = [[b - a for a, b in zip(t0[t], t1[t])] for t in t1 if t in t0]
+    busy = [d for d in delta if d[0] > 0.05 * elapsed]  # the threads that compute
+    idle = [d for d in delta if d[0] <= 0.05 * elapsed]  # the processes' other threads (Ray's, in an actor)
     other: dict[str, float] = {}
     for pid, (cpu, name) in o1.items():
-        if pid in o0 and pid not in (str(os.getpid()),):
+        if pid in o0 and pid != str(os.getpid()):
             other[name] = other.get(name, 0.0) + cpu - o0[pid][0]
     return {
         "window_s": elapsed,
@@ -134,6 +156,13 @@ def window_profile(proc: subprocess.Popen, out: Path, seconds: float = 15.0) -> 
         "compute_cpu_s": sum(b[0] for b in busy),
         "compute_runqueue_wait_s": sum(b[1] for b in busy),
         "compute_timeslices_per_s": sum(b[2] for b in busy) / elapsed,
+        "compute_voluntary_switches_per_s": sum(b[3] for b in busy) / elapsed,
+        "compute_involuntary_switches_per_s": sum(b[4] for b in busy) / elapsed,
+        "other_threads_of_the_compute_processes": {
+            "threads": len(idle),
+            "cpu_s": sum(d[0] for d in idle),
+            "timeslices_per_s": sum(d[2] for d in idle) / elapsed,
+        },
         "other_processes_cpu_s": dict(
             sorted(((k, round(v, 3)) for k, v in other.items() if v > 0), key=lambda kv: -kv[1])
         ),
@@ -202,10 +231,17 @@ def where_time_goes(runs: list[dict]) -> dict:
             "compute_cpu_per_s": "compute_cpu_s",
             "compute_runqueue_wait_per_s": "compute_runqueue_wait_s",
             "compute_timeslices_per_s": "compute_timeslices_per_s",
+            "compute_voluntary_switches_per_s": "compute_voluntary_switches_per_s",
+            "compute_involuntary_switches_per_s": "compute_involuntary_switches_per_s",
         }
         for name, key in rates.items():
             scale = (lambda w: 1.0) if key.endswith("per_s") else (lambda w: 1 / w["window_s"])
             out[name] = float(np.median([w[key] * scale(w) for w in windows]))
+        inner = [w["other_threads_of_the_compute_processes"] for w in windows]
+        out["other_threads_of_the_compute_processes"] = {
+            "cpu_per_s": float(np.median([t["cpu_s"] / w["window_s"] for t, w in zip(inner, windows)])),
+            "timeslices_per_s": float(np.median([t["timeslices_per_s"] for t in inner])),
+        }
         names = {n for w in windows for n in w["other_processes_cpu_s"]}
         other = {
             n: float(np.median([w["other_processes_cpu_s"].get(n, 0.0) / w["window_s"] for w in windows]))
