@@ -65,8 +65,23 @@ from privtune_ray.simulation import run_simulation
 cfg = small("simulation.backend=ray", "simulation.address={{address}}".replace("{{address}}", cluster.address),
             "simulation.device_workers=2", "simulation.worker_cpus=1", "simulation.replica_cpus=1",
             "simulation.worker_resources={{device_node: 1}}", "simulation.replica_resources={{top_node: 1}}")
-run = run_simulation(cfg, out={str(tmp_path / "cluster")!r}, log=quiet)
+uploads = []
+
+def record_uploads(coordinator, r):  # the round's upload handles, as the coordinator gathers them
+    pool = coordinator.pool
+    if "gather" not in vars(pool):
+        gather = pool.gather
+        def recording(pending):
+            results = gather(pending)
+            uploads.extend(res.payload for res in results)
+            return results
+        pool.gather = recording
+
+run = run_simulation(cfg, out={str(tmp_path / "cluster")!r}, log=quiet, hooks={{"devices_started": record_uploads}})
 summary = json.loads((run / "summary.json").read_text())
+# Ray's own account of each upload (the refs held here): its size in the object store, the nodes holding a copy
+located = ray.experimental.get_object_locations(uploads)
+objects = [{{"size": located[u]["object_size"], "nodes": located[u]["node_ids"]}} for u in uploads]
 
 @ray.remote(resources={{"device_node": 1}})
 def read_on_a_device_node():
@@ -77,7 +92,7 @@ def read_on_a_device_node():
         return str(exc)
 
 print(json.dumps({{"head": head, "nodes": [n.node_id for n in nodes], "backend": summary["backend"],
-                  "run": str(run), "read": ray.get(read_on_a_device_node.remote())}}))
+                  "run": str(run), "read": ray.get(read_on_a_device_node.remote()), "objects": objects}}))
 """,
         tmp_path,
     )
@@ -92,6 +107,24 @@ print(json.dumps({{"head": head, "nodes": [n.node_id for n in nodes], "backend":
     summary, ref = (json.loads((p / "summary.json").read_text()) for p in (run, reference))
     assert summary["train_samples"] == ref["train_samples"] and summary["bytes_up"] == ref["bytes_up"]
     assert summary["dev_loss"] == pytest.approx(ref["dev_loss"], abs=1e-3)
+    # The bytes Ray moved for the uploads against the coordinator's count: an object per upload, of its bytes plus
+    # Ray's framing, crossing nodes once. Under Ray's 100 KiB inline limit (max_direct_call_object_size) an upload
+    # has no object-store copy: it crosses inside the task's reply, to the driver on the head, and reaches the
+    # replica there in the call's arguments. Above it, it sits in its worker node's object store and is copied
+    # once, to the head's, where the replica reads it.
+    objects, sent = result["objects"], devices.loc[devices["bytes_up"] > 0, "bytes_up"]
+    assert len(objects) == len(sent)
+    moved = sum(o["size"] for o in objects)
+    assert sent.sum() <= moved <= sent.sum() + 64 * len(objects), (moved, sent.sum())
+    inline = [o for o in objects if o["size"] < 100 * 2**10]
+    assert all(o["nodes"] == [] for o in inline)
+    for o in objects:
+        if o not in inline:
+            assert (
+                len(o["nodes"]) == 2
+                and result["head"] in o["nodes"]
+                and set(o["nodes"]) < {result["head"], *result["nodes"]}
+            ), o
 
 
 @pytest.mark.slow
