@@ -234,3 +234,60 @@ def test_a_local_ray_ends_with_its_killed_driver(ray_session, tmp_path):
         assert not alive(), [psutil.Process(p).name() for p in alive()]
     finally:
         driver.kill()
+
+
+def test_the_reaper_notes_grandchildren_in_one_pass_over_the_process_table():
+    """The watcher's scan (``ray_reaper._descendants``) reaches a noted process's children's children (Ray's
+    workers are the raylet's children), and only those."""
+    import subprocess
+    import sys
+
+    import psutil
+
+    from privtune_ray.simulation.ray_reaper import _descendants
+
+    code = "import subprocess, time; p = subprocess.Popen(['sleep', '60']); print(p.pid, flush=True); time.sleep(60)"
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        grandchild = int(child.stdout.readline())
+        procs = {child.pid: psutil.Process(child.pid)}
+        _descendants(procs)
+        assert set(procs) == {child.pid, grandchild}
+    finally:
+        for proc in psutil.Process(child.pid).children(recursive=True) + [psutil.Process(child.pid)]:
+            proc.kill()
+        child.wait(10)
+
+
+RAY_NICE = """
+import json, os
+import ray
+from privtune_ray.simulation.backend import connect_ray
+
+connect_ray(None)
+
+@ray.remote(num_cpus=0)
+class Probe:
+    def nice(self):
+        return os.nice(0)
+
+print(json.dumps({"driver": os.nice(0), "actor": ray.get(Probe.remote().nice.remote())}), flush=True)
+ray.shutdown()
+"""
+
+
+def test_a_local_ray_runs_its_actors_at_the_drivers_priority(tmp_path):
+    """Ray's default starts workers 15 nicer than their raylet; a simulation's local Ray starts them at the driver's
+    priority, as the in-process backend computes (here under a driver made 3 nicer than pytest)."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "nice.py"
+    script.write_text(RAY_NICE)
+    out = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=300, preexec_fn=lambda: os.nice(3)
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    nice = json.loads(next(line for line in out.stdout.splitlines() if line.startswith("{")))
+    assert nice["driver"] == os.nice(0) + 3 and nice["actor"] == nice["driver"], nice
