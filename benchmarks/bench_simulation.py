@@ -150,22 +150,20 @@ def window_profile(proc: subprocess.Popen, out: Path, seconds: float = 15.0) -> 
     for pid, (cpu, name) in o1.items():
         if pid in o0 and pid != str(os.getpid()):
             other[name] = other.get(name, 0.0) + cpu - o0[pid][0]
-    return {
+    return {  # per second of the window: CPU s / s (cores), waits s / s, switches / s
         "window_s": elapsed,
         "compute_threads": len(busy),
-        "compute_cpu_s": sum(b[0] for b in busy),
-        "compute_runqueue_wait_s": sum(b[1] for b in busy),
+        "compute_cpu_per_s": sum(b[0] for b in busy) / elapsed,
+        "compute_runqueue_wait_per_s": sum(b[1] for b in busy) / elapsed,
         "compute_timeslices_per_s": sum(b[2] for b in busy) / elapsed,
         "compute_voluntary_switches_per_s": sum(b[3] for b in busy) / elapsed,
         "compute_involuntary_switches_per_s": sum(b[4] for b in busy) / elapsed,
         "other_threads_of_the_compute_processes": {
             "threads": len(idle),
-            "cpu_s": sum(d[0] for d in idle),
+            "cpu_per_s": sum(d[0] for d in idle) / elapsed,
             "timeslices_per_s": sum(d[2] for d in idle) / elapsed,
         },
-        "other_processes_cpu_s": dict(
-            sorted(((k, round(v, 3)) for k, v in other.items() if v > 0), key=lambda kv: -kv[1])
-        ),
+        "other_processes_cpu_per_s": {k: v / elapsed for k, v in other.items() if v > 0},
     }
 
 
@@ -227,32 +225,19 @@ def where_time_goes(runs: list[dict]) -> dict:
     out: dict = {k: float(np.median([r["phases"][k] for r in runs])) for k in runs[0]["phases"]}
     windows = [r["window"] for r in runs if r.get("window")]
     if windows:
-        rates = {  # per second of the window
-            "compute_cpu_per_s": "compute_cpu_s",
-            "compute_runqueue_wait_per_s": "compute_runqueue_wait_s",
-            "compute_timeslices_per_s": "compute_timeslices_per_s",
-            "compute_voluntary_switches_per_s": "compute_voluntary_switches_per_s",
-            "compute_involuntary_switches_per_s": "compute_involuntary_switches_per_s",
-        }
-        for name, key in rates.items():
-            scale = (lambda w: 1.0) if key.endswith("per_s") else (lambda w: 1 / w["window_s"])
-            out[name] = float(np.median([w[key] * scale(w) for w in windows]))
+        for key in windows[0]:
+            if key.startswith("compute_") and key != "compute_threads":
+                out[key] = float(np.median([w[key] for w in windows]))
         inner = [w["other_threads_of_the_compute_processes"] for w in windows]
         out["other_threads_of_the_compute_processes"] = {
-            "cpu_per_s": float(np.median([t["cpu_s"] / w["window_s"] for t, w in zip(inner, windows)])),
-            "timeslices_per_s": float(np.median([t["timeslices_per_s"] for t in inner])),
+            k: float(np.median([t[k] for t in inner])) for k in ("cpu_per_s", "timeslices_per_s")
         }
-        names = {n for w in windows for n in w["other_processes_cpu_s"]}
-        other = {
-            n: float(np.median([w["other_processes_cpu_s"].get(n, 0.0) / w["window_s"] for w in windows]))
-            for n in names
-        }
+        other = [w["other_processes_cpu_per_s"] for w in windows]
+        medians = {n: float(np.median([o.get(n, 0.0) for o in other])) for n in {n for o in other for n in o}}
         out["other_processes_cpu_per_s"] = dict(
-            sorted(((n, round(v, 4)) for n, v in other.items() if v >= 1e-3), key=lambda kv: -kv[1])
+            sorted(((n, round(v, 4)) for n, v in medians.items() if v >= 1e-3), key=lambda kv: -kv[1])
         )
-        out["other_processes_cpu_per_s_total"] = float(
-            np.median([sum(w["other_processes_cpu_s"].values()) / w["window_s"] for w in windows])
-        )
+        out["other_processes_cpu_per_s_total"] = float(np.median([sum(o.values()) for o in other]))
     return out
 
 
