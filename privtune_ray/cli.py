@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .errors import ConfigError, PrivtuneError
+from .errors import ConfigError, ModelError, PrivtuneError
 from .sweep.spec import EXECUTORS
 
 # Each command imports the packages it runs (torch, transformers, ray, the registries) inside its function, after
@@ -258,16 +258,24 @@ def _sweep(args) -> None:
     from analysis.tables import failed_points
 
     from .checks import check_config
+    from .designs.registry import design_class
+    from .models.loading import local_model_depth
     from .sweep import load_sweep, run_sweep
     from .sweep.spec import point_config
 
     overrides = list(args.overrides) + ([f"data.data_dir={args.data_dir}"] if args.data_dir else [])
     base, spec, points = load_sweep(args.config, overrides, args.grid)
-    for point in points:  # every point's names too, before anything runs
+    depths: dict[str, int | None] = {}
+    for point in points:  # every point's names, and its split of the model, before anything runs
         try:
-            check_config(point_config(base, point))
-        except ConfigError as exc:
-            raise ConfigError(f"sweep point {point.slug!r}: {exc}") from None
+            cfg = point_config(base, point)
+            check_config(cfg)
+            if cfg.model.name not in depths:
+                depths[cfg.model.name] = local_model_depth(cfg.model.name)
+            if depths[cfg.model.name] is not None:  # a model with no local config is checked when its point loads it
+                design_class(cfg)(cfg).check_depth(depths[cfg.model.name])
+        except (ConfigError, ModelError) as exc:
+            raise type(exc)(f"sweep point {point.slug!r}: {exc}") from None
     spec.executor = args.executor or spec.executor
     spec.address = args.address or spec.address
     spec.local_workers = args.local_workers or spec.local_workers

@@ -1,6 +1,7 @@
 """Sweeps: grid expansion, bad input caught before anything runs, points as Ray tasks, one table, resume."""
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -87,6 +88,28 @@ def test_a_bad_point_fails_before_anything_runs(tmp_path, capsys):
     assert main(["sweep", str(CI_HEADLINE), "--grid", "mechanism.eta=-1", "--out", str(tmp_path / "s")]) == 2
     err = capsys.readouterr().err
     assert "sweep point 'none-eta-1-m2'" in err and "'mechanism.eta'" in err and not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize(
+    "grid,slug,match",
+    [
+        (["model.split_depth=2,7"], "none-m7", r"split depth m=7 is outside 0\.\.6 .*set model\.split_depth"),
+        (
+            ["design.name=online", "design.adapter_layers=1,2"],
+            "online-none-adapter_layers2-m2",
+            r"adapter_layers=2 with model\.split_depth=2 .*set design\.adapter_layers=1",
+        ),
+    ],
+)
+def test_a_point_the_model_cannot_split_fails_before_anything_runs(tmp_path, capsys, grid, slug, match):
+    """The model's depth comes from its config alone, so a sweep whose last point splits past it stops up front."""
+    args = ["sweep", str(CI_HEADLINE), "--out", str(tmp_path / "s")]
+    for item in grid:
+        args += ["--grid", item]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"sweep point {slug!r}" in err and re.search(match, err), err
+    assert not (tmp_path / "s").exists()
     with pytest.raises(ConfigError, match=r"--grid 'mechanism.eta' must look like key=v1,v2"):
         load_sweep(CI_HEADLINE, grid_args=["mechanism.eta"])
     assert main(["sweep", str(CI_HEADLINE), "--grid", "mechanism.etaa=1", "--out", str(tmp_path / "s")]) == 2

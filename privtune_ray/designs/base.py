@@ -105,6 +105,12 @@ class Design(ABC):
                 f"design.name={self.name} runs under `privtune-ray {' / '.join(self.commands)}`, not `{command}`"
             )
 
+    def check_depth(self, model_depth: int) -> None:
+        """Refuse a split this design cannot make in a model of ``model_depth`` blocks (m ∈ 0..L), in one line."""
+        from ..models.split import check_split_depth
+
+        check_split_depth(self.cfg.model.split_depth, model_depth, self.cfg.model.name)
+
     def check_tiers(self, footprint, tiers, model_depth: int) -> None:
         """Refuse device tiers whose memory cannot hold what this design puts on a device (split: none; a tier
         with less memory holds a shallower bottom, ``simulation/tiers.py``)."""

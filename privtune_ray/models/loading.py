@@ -57,6 +57,17 @@ def _from_pretrained(loader, source: str, name: str, **kwargs):
         ) from hub_error
 
 
+def local_model_depth(name: str) -> int | None:
+    """L of ``name`` from its config alone (no weights, no network); ``None`` where no local copy has a config."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(resolve_model(name), local_files_only=True)
+    except (OSError, ValueError, ModelError):
+        return None
+    return getattr(config, "num_hidden_layers", None)
+
+
 def load_tokenizer(name: str):
     from transformers import AutoTokenizer
 

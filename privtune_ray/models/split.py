@@ -139,17 +139,22 @@ class SplitModel:
     name: str = ""
 
 
+def check_split_depth(m: int, depth: int, name: str) -> None:
+    """Refuse, in one line, a split depth m outside 0..L for a model of L = ``depth`` blocks."""
+    if not isinstance(m, int) or not 0 <= m <= depth:
+        raise ModelError(
+            f"split depth m={m!r} is outside 0..{depth} for {name} ({depth} blocks): "
+            f"set model.split_depth to a value in 0..{depth}"
+        )
+
+
 def split_model(task_model: nn.Module, m: int, task: str = "classification", name: str = "") -> SplitModel:
     """Split ``task_model`` (a HF ``*ForSequenceClassification`` or ``*ForCausalLM``) after block ``m``."""
     if task not in TASKS:
         raise ModelError(f"unknown task {task!r}: use one of {TASKS}")
     family = family_of(task_model)
     depth = depth_of(task_model)
-    if not isinstance(m, int) or not 0 <= m <= depth:
-        raise ModelError(
-            f"split depth m={m!r} is outside 0..{depth} for {name or family.name} ({depth} blocks): "
-            f"set model.split_depth to a value in 0..{depth}"
-        )
+    check_split_depth(m, depth, name or family.name)
     task_model.eval()
     bottom = BottomModel(family, task_model, m)
     top = TopModel(family, task_model, m, task)

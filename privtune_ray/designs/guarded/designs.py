@@ -91,6 +91,10 @@ class GuardedDesign(Design):
     def layout(self, model_depth: int) -> GuardedLayout:
         return guarded_layout(self.cfg, model_depth)
 
+    def check_depth(self, model_depth: int) -> None:
+        """m + 2a ≤ L − 1: the frozen bottom, both adapters and at least one middle block on the server."""
+        self.layout(model_depth)
+
     def attack_depth(self, model_depth: int) -> int:
         lay = self.layout(model_depth)
         return lay.m + lay.a  # A1 = A_b(bottom(x)) is what crosses
