@@ -13,6 +13,10 @@
     python benchmarks/bench_ewtune.py [--seeds 0 1] [--only train simulate] [--arms pld edgeworth] [--claim-only]
         [--config simulations/sst2_ewtune.yaml] [--set key=value ...] [--runs-dir runs/ewtune]
         [--out benchmarks/results/ewtune.json]
+    python benchmarks/bench_ewtune.py --merge PART.json [PART.json ...] [--out benchmarks/results/ewtune.json]
+
+``--merge`` combines results measured in parts (one seed per stop or machine): every run of each kind and arm, one
+per seed, re-aggregated, with each part's git revision and time under ``merged_from``.
 
 Runs are resumable: a finished run (its summary.json) is read, an interrupted one resumes from its checkpoint.
 The file holds, for ``train`` and ``simulate``, ``accuracy_mean``, ``accuracy_std``, ``pld_epsilon``,
@@ -175,7 +179,7 @@ def run_one(kind: str, cfg, out: Path) -> dict:
     }
 
 
-def aggregate(runs: list[dict], cfg, setting: str) -> dict:
+def aggregate(runs: list[dict], delta: float, setting: str) -> dict:
     acc = np.array([r["accuracy"] for r in runs])
     return {
         "accuracy_mean": float(acc.mean()),
@@ -183,7 +187,7 @@ def aggregate(runs: list[dict], cfg, setting: str) -> dict:
         "seeds": len(runs),
         "pld_epsilon": max(r["pld_epsilon"] for r in runs),
         "edgeworth_epsilon": max(r["edgeworth_epsilon"] for r in runs),
-        "delta": cfg.design.delta,
+        "delta": delta,
         "noise_multiplier": runs[0]["noise_multiplier"],
         "setting": setting,
         "runs": runs,
@@ -203,6 +207,56 @@ def setting_of(cfg, kind: str) -> str:
     )
 
 
+def merge(paths: list[str]) -> dict:
+    """One result from files measured in parts (stops, machines): ``claim`` and ``step_cost`` from the first file that
+    has them, each kind's runs per arm from every file (one run per seed; one setting per kind and arm), re-aggregated;
+    ``parts`` records each file's git revision and time."""
+    from privtune_ray.errors import ConfigError
+
+    parts = [(path, json.loads(Path(path).read_text())) for path in paths]
+    results: dict = {"benchmark": "ewtune", "merged_from": [], "seeds": []}
+    runs: dict = {}  # (kind, arm) -> {seed: run}
+    settings: dict = {}  # (kind, arm) -> (setting, delta)
+    for path, part in parts:
+        results["merged_from"].append(
+            {"file": path, "git": part.get("git"), "measured_at": part.get("measured_at"), "seeds": part.get("seeds")}
+        )
+        for key in ("config", "overrides", "claim", "step_cost"):
+            if key in part and key not in results:
+                results[key] = part[key]
+        for kind in TARGETS:
+            for arm, record in (part.get(kind) or {}).get("arms", {}).items():
+                known = settings.setdefault((kind, arm), (record["setting"], record["delta"]))
+                if known != (record["setting"], record["delta"]):
+                    raise ConfigError(f"{path}: {kind} {arm} ran {record['setting']!r}, another part {known[0]!r}")
+                for run in record["runs"]:
+                    if run["seed"] in runs.setdefault((kind, arm), {}):
+                        raise ConfigError(f"{path}: {kind} {arm} seed {run['seed']} is in two parts: merge one")
+                    runs[(kind, arm)][run["seed"]] = run
+    for kind in TARGETS:
+        arms = {}
+        for (k, arm), by_seed in runs.items():
+            if k == kind:
+                setting, delta = settings[(kind, arm)]
+                arms[arm] = aggregate([by_seed[s] for s in sorted(by_seed)], delta, setting)
+        if arms:
+            results[kind] = summarise_kind(kind, arms)
+            results["seeds"] = sorted(set(results["seeds"]) | {r["seed"] for r in arms[next(iter(arms))]["runs"]})
+    results["complete"] = all(kind in results and results[kind]["seeds"] >= 2 for kind in TARGETS)
+    return results
+
+
+def summarise_kind(kind: str, arms: dict) -> dict:
+    """A kind's record: the ``pld`` arm's numbers (the bound) on top, every arm, the target checked."""
+    main_arm = arms.get("pld") or next(iter(arms.values()))
+    return {
+        **{k: v for k, v in main_arm.items() if k != "runs"},
+        "arms": arms,
+        "target_accuracy": TARGETS[kind],
+        "target_met": main_arm["accuracy_mean"] >= TARGETS[kind] and main_arm["pld_epsilon"] <= 3.0 * 1.001,
+    }
+
+
 def main(argv=None) -> int:
     from privtune_ray.checks import check_config
     from privtune_ray.designs.dp_plan import check_dp_dataset
@@ -219,7 +273,18 @@ def main(argv=None) -> int:
     parser.add_argument("--set", action="append", default=[], help="config override key=value (repeatable)")
     parser.add_argument("--runs-dir", default="runs/ewtune")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "ewtune.json"))
+    parser.add_argument(
+        "--merge", nargs="+", metavar="FILE", help="combine result files measured in parts into --out (runs nothing)"
+    )
     args = parser.parse_args(argv)
+    if args.merge:
+        try:
+            results = merge(args.merge)
+        except (OSError, ValueError, KeyError) as exc:
+            print(f"bench_ewtune: error: cannot merge {args.merge}: {exc}", file=sys.stderr)
+            return 2
+        write_results(args.out, results)
+        return 0
     try:
         base = load_config(args.config, args.set)
         configs = {}
@@ -254,16 +319,9 @@ def main(argv=None) -> int:
                     run_one(kind, configs[(kind, arm, s)], Path(args.runs_dir) / f"{kind}-{arm}-seed{s}")
                     for s in args.seeds
                 ]
-                arms[arm] = aggregate(
-                    runs, configs[(kind, arm, args.seeds[0])], setting_of(configs[(kind, arm, args.seeds[0])], kind)
-                )
-            main_arm = arms.get("pld") or next(iter(arms.values()))
-            results[kind] = {
-                **{k: v for k, v in main_arm.items() if k != "runs"},
-                "arms": arms,
-                "target_accuracy": TARGETS[kind],
-                "target_met": main_arm["accuracy_mean"] >= TARGETS[kind] and main_arm["pld_epsilon"] <= 3.0 * 1.001,
-            }
+                first = configs[(kind, arm, args.seeds[0])]
+                arms[arm] = aggregate(runs, first.design.delta, setting_of(first, kind))
+            results[kind] = summarise_kind(kind, arms)
     results["complete"] = all(kind in results for kind in ("train", "simulate")) and len(args.seeds) >= 2
     write_results(args.out, results)
     return 0

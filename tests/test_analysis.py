@@ -581,3 +581,45 @@ def test_bench_guarded_takes_each_designs_best_setting_under_the_asr_bound(tmp_p
     assert label["utility_cost_points"] == pytest.approx(0.5) and label["target_met"]  # 0.60 − 0.55 ≤ 10 points
     assert out["offline"]["setting"] == "dcor_weight=0.5" and out["offline"]["max_eia_asr_a1"] is None
     assert out["settings"]["online"]["dcor_weight=32"]["seeds"] == [0, 1]
+
+
+def test_bench_ewtune_merges_seeds_measured_in_parts_and_refuses_a_mismatch(tmp_path):
+    """EW-Tune's seeds run in separate stops (32 min each on 2 cores): ``--merge`` re-aggregates their runs per kind
+    and arm, keeps each part's provenance, and refuses two parts that ran different settings or the same seed."""
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("be", ROOT / "benchmarks" / "bench_ewtune.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    def part(name, seed, accuracy, setting="m=2, LoRA r=8", claim=None):
+        run = {
+            "seed": seed,
+            "accuracy": accuracy,
+            "pld_epsilon": 3.0,
+            "edgeworth_epsilon": 2.5,
+            "noise_multiplier": 0.76,
+        }
+        record = {"train": {"arms": {"pld": {"setting": setting, "delta": 1e-5, "runs": [run]}}}, "seeds": [seed]}
+        path = tmp_path / name
+        path.write_text(json.dumps({**record, **({"claim": claim} if claim else {}), "git": {"commit": name}}))
+        return str(path)
+
+    a, b = part("a.json", 0, 0.81, claim={"target_epsilon": 3.0}), part("b.json", 1, 0.84)
+    out = tmp_path / "ewtune.json"
+    assert bench.main(["--merge", a, b, "--out", str(out)]) == 0
+    merged = json.loads(out.read_text())
+    train = merged["train"]
+    assert train["seeds"] == 2 and train["accuracy_mean"] == pytest.approx(0.825)
+    assert train["accuracy_std"] == pytest.approx(np.std([0.81, 0.84], ddof=1))
+    assert not train["target_met"]  # the mean, 82.5 %, is below the 83 % target
+    assert merged["claim"] == {"target_epsilon": 3.0} and [p["git"]["commit"] for p in merged["merged_from"]] == [
+        "a.json",
+        "b.json",
+    ]
+    assert not merged["complete"]  # no simulate part
+    other = part("c.json", 2, 0.80, setting="m=2, BitFit")
+    assert bench.main(["--merge", a, other, "--out", str(tmp_path / "x.json")]) == 2
+    assert bench.main(["--merge", a, a, "--out", str(tmp_path / "y.json")]) == 2
+    assert not (tmp_path / "x.json").exists() and not (tmp_path / "y.json").exists()
