@@ -4,8 +4,8 @@ The sweep is ``simulations/sst2_guarded_defences.yaml`` (resumable; 2 seeds): pe
 dCor weight α, the bits of every cut, the adapter depth a, 4× the rounds and online's label defence, beside
 undefended split learning at the same budget. Per setting (over seeds): utility (SST-2 dev accuracy), the max
 EIA ASR on A1 over every inversion attack (nearest-neighbour, learned, optimisation), the attribute probes' max
-advantage, gradient matching's label accuracy and the majority class's (online), bytes per sample over every
-channel, and the label-DP ε where the label defence is on. Per design, ``best`` is the setting of highest mean
+advantage, each attack's own number (``by_attack``), gradient matching's label accuracy and the majority class's
+(online), bytes per sample over every channel, and the label-DP ε where the label defence is on. Per design, ``best`` is the setting of highest mean
 utility whose max EIA ASR on A1 is at most 50 % (offline sends nothing per sample: no ASR), and the issue's targets
 are checked against undefended split learning.
 
@@ -26,7 +26,7 @@ import pandas as pd
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parents[1]))
 
-from analysis.tables import eia_columns, load_sweep, override_columns  # noqa: E402
+from analysis.tables import aia_columns, eia_columns, load_sweep, override_columns  # noqa: E402
 from privtune_ray.benchmarking import write_results  # noqa: E402
 
 CONFIG = "simulations/sst2_guarded_defences.yaml"
@@ -88,6 +88,9 @@ def summarise(table: pd.DataFrame) -> dict:
             "max_eia_asr_a1": asr,
             "max_eia_asr_a1_std": asr_std,
             "max_aia_advantage": _mean_std(part["max_aia_advantage"])[0] if "max_aia_advantage" in part else None,
+            "by_attack": {  # each attack on A1, mean over seeds: inversion ASR top-1, attribute advantage
+                c: _mean_std(part[c])[0] for c in eia + aia_columns(table) if part[c].notna().any()
+            },
             "label_attack_acc": _mean_std(part["label_attack_acc"])[0],
             "majority": _mean_std(part["majority"])[0],
             "label_dp_epsilon": _mean_std(part["label_dp_epsilon"])[0],
