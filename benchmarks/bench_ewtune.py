@@ -210,7 +210,7 @@ def setting_of(cfg, kind: str) -> str:
 def merge(paths: list[str]) -> dict:
     """One result from files measured in parts (stops, machines): ``claim`` and ``step_cost`` from the first file that
     has them, each kind's runs per arm from every file (one run per seed; one setting per kind and arm), re-aggregated;
-    ``parts`` records each file's git revision and time."""
+    ``merged_from`` records each file's git revision and time."""
     from privtune_ray.errors import ConfigError
 
     parts = [(path, json.loads(Path(path).read_text())) for path in paths]
