@@ -242,8 +242,13 @@ def merge(paths: list[str]) -> dict:
         if arms:
             results[kind] = summarise_kind(kind, arms)
             results["seeds"] = sorted(set(results["seeds"]) | {r["seed"] for r in arms[next(iter(arms))]["runs"]})
-    results["complete"] = all(kind in results and results[kind]["seeds"] >= 2 for kind in TARGETS)
+    results["complete"] = complete(results)
     return results
+
+
+def complete(results: dict) -> bool:
+    """Every kind of the issue (``train``, ``simulate``) measured on at least 2 seeds."""
+    return all(kind in results and results[kind]["seeds"] >= 2 for kind in TARGETS)
 
 
 def summarise_kind(kind: str, arms: dict) -> dict:
@@ -322,7 +327,7 @@ def main(argv=None) -> int:
                 first = configs[(kind, arm, args.seeds[0])]
                 arms[arm] = aggregate(runs, first.design.delta, setting_of(first, kind))
             results[kind] = summarise_kind(kind, arms)
-    results["complete"] = all(kind in results for kind in ("train", "simulate")) and len(args.seeds) >= 2
+    results["complete"] = complete(results)
     write_results(args.out, results)
     return 0
 
