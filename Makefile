@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install lint test test-all demo report bench clean
+.PHONY: install lint test test-long test-all demo report bench clean
 
 install: $(VENV)/.installed
 
@@ -28,7 +28,10 @@ lint: install  ## ruff (lint + the formatter's layout) and mypy, as CI runs them
 test: install
 	$(BIN)/pytest
 
-test-all: install  ## includes the slow marker
+test-long: install  ## the end-to-end runs `make test` leaves out (CI runs them after it)
+	$(BIN)/pytest -m long
+
+test-all: install  ## every marker but gpu's own skips: long, slow and the default suite
 	$(BIN)/pytest -m ""
 
 demo: install

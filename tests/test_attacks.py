@@ -40,6 +40,7 @@ def _setup(minilm, tokenizer, m, dataset="sst2", aux_n=500, victims_n=None, mech
     return ctx, observe(split.bottom, mech, aux, pad), observe(split.bottom, mech, victims, pad)
 
 
+@pytest.mark.long  # the whole dev set through KNN
 def test_knn_recovers_95_percent_of_sst2_dev_tokens_at_m0(minilm, tokenizer):
     ctx, _, victims = _setup(minilm, tokenizer, 0, aux_n=10)
     assert len(victims) == 872
@@ -49,6 +50,7 @@ def test_knn_recovers_95_percent_of_sst2_dev_tokens_at_m0(minilm, tokenizer):
         assert scores["asr_top5"] >= scores["asr_top1"] and scores["rouge_l"] >= 0.9
 
 
+@pytest.mark.long  # trains an inverter
 def test_learned_inverter_beats_knn_at_m2_without_defence(minilm, tokenizer):
     ctx, aux, victims = _setup(minilm, tokenizer, 2, aux_n=500, victims_n=200)
     knn = KNNInversion(ctx, "l2").run(victims)["asr_top1"]
@@ -59,6 +61,7 @@ def test_learned_inverter_beats_knn_at_m2_without_defence(minilm, tokenizer):
     assert learned > knn, (learned, knn)
 
 
+@pytest.mark.long  # an optimisation attack over many steps
 def test_optimisation_inversion_recovers_tokens_at_m2(minilm, tokenizer):
     ctx, _, victims = _setup(minilm, tokenizer, 2, aux_n=10, victims_n=32)
     ctx.cfg.opt_steps = 40
@@ -291,6 +294,7 @@ def _attack_cli(out, victims: int | None, *overrides: str) -> dict:
     return json.loads((out / "summary.json").read_text())
 
 
+@pytest.mark.long  # every attack end to end through the CLI
 def test_attack_cli_runs_the_suite_end_to_end(tmp_path):
     """Every attack of the suite through `privtune-ray attack` on 96 dev sentences (the whole dev set: ``slow``)."""
     summary = _attack_cli(tmp_path / "attacks", victims=96)

@@ -167,6 +167,7 @@ def test_bad_design_keys_name_the_key(override, match):
         check_config(load_config(BASELINE, [override]))
 
 
+@pytest.mark.long  # a whole EW-Tune training; its accountant is checked by default in test_accounting
 def test_ewtune_training_records_the_epsilon_spent_as_it_goes(tmp_path):
     # q = 0.1, T = 6: calibrated to the PLD bound (Edgeworth's σ would give PLD ε 12.1 for the target 8)
     cfg = load_config(
@@ -322,6 +323,7 @@ SIM = [
 DEVICES = Path(__file__).parents[1] / "simulations" / "sst2_devices.yaml"
 
 
+@pytest.mark.long  # a whole EW-Tune simulation; Poisson rounds are checked by default below
 def test_ewtune_in_simulate_composes_epsilon_over_poisson_rounds(tmp_path):
     from privtune_ray.simulation import run_simulation
 
@@ -390,7 +392,7 @@ def test_ewtune_in_simulate_refuses_what_breaks_its_account(overrides, match, tm
     assert not (tmp_path / "never").exists()
 
 
-@pytest.mark.slow  # three EW-Tune simulations; resume is checked in the default run by test_simulation and test_train
+@pytest.mark.slow  # three EW-Tune simulations; resume is checked in the default run by test_train
 def test_an_interrupted_ewtune_simulation_resumes_with_the_same_noise(tmp_path):
     """The checkpoint keeps the DP noise generator: the resumed run's losses and ε rows equal an uninterrupted run's."""
     from privtune_ray.simulation import run_simulation

@@ -78,6 +78,7 @@ def test_causal_loss_is_next_token_cross_entropy_on_the_targets():
     assert float(summed_loss(logits, labels)) == pytest.approx(float(by_hand), rel=1e-6)
 
 
+@pytest.mark.long  # trains a decoder to memorise; its loss is checked by default above
 def test_a_split_decoder_memorises_answers_and_decodes_them_greedily(tiny_decoder, tmp_path):
     cfg = load_config(
         SIMULATIONS / "squad_generation.yaml",
@@ -106,6 +107,7 @@ def test_a_split_decoder_memorises_answers_and_decodes_them_greedily(tiny_decode
     assert summary["utility_metric"] == "f1" and summary["bytes_up_eval"] > 0
 
 
+@pytest.mark.long  # a whole SQuAD run with its attacks
 def test_squad_ci_variant_runs_with_its_attacks(tiny_decoder, tmp_path):
     base, spec, points = load_sweep(SIMULATIONS / "ci" / "squad_generation.yaml", [f"model.name={tiny_decoder}"])
     table = pd.read_csv(run_sweep(base, spec, points, tmp_path / "squad", log=quiet) / "sweep.csv").set_index("point")

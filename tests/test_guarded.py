@@ -250,6 +250,7 @@ def test_online_is_attacked_on_its_uploads_and_by_gradient_matching(runs):
     assert set(rows["attack"]) == {"eia_knn_l2", "aia_label", "gm_label"}
 
 
+@pytest.mark.long  # a guarded run with an adaptive attacker
 def test_the_adaptive_attacker_fits_through_the_trained_bottom_adapter_the_round_sent_down(tmp_path, monkeypatch):
     """The cloud aggregates the adapters and sends them down each round, so the adaptive attacker inverts A1 through
     that very A_b (the last round's download, not the pretrained block nor the A_b stepped after it), the static one
@@ -404,6 +405,7 @@ def test_gradients_travel_as_safetensors():
     assert back[1] is None and torch.equal(back[0], grads[0]) and torch.equal(back[2], grads[2])
 
 
+@pytest.mark.long  # two guarded runs; resume is checked by default in test_train
 def test_an_interrupted_guarded_run_resumes_to_the_same_records(tmp_path):
     """A checkpoint holds the middle and the adapters with their optimisers: the resumed run's records are the
     uninterrupted run's."""

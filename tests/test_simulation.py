@@ -97,6 +97,7 @@ def test_same_seed_same_records(reference, tmp_path):
     assert pd.read_csv(again / "rounds.csv")["loss"].tolist() == pd.read_csv(reference / "rounds.csv")["loss"].tolist()
 
 
+@pytest.mark.long  # two top replicas in one process
 def test_two_replicas_all_reduce_the_same_gradient_as_one(tmp_path, monkeypatch):
     steps = {1: [], 2: []}
     original = TopServer.step
@@ -122,6 +123,7 @@ def test_two_replicas_all_reduce_the_same_gradient_as_one(tmp_path, monkeypatch)
     assert all(torch.equal(w1[k], w2[k]) for k in w1)  # in sync after every step
 
 
+@pytest.mark.long  # a simulation interrupted and resumed; train's resume runs by default
 def test_an_interrupted_simulation_resumes_to_the_same_result(reference, tmp_path):
     out = tmp_path / "run"
 
@@ -165,6 +167,7 @@ def test_deadline_drops_late_messages_and_mechanism_is_recorded(tmp_path):
     assert summary["privacy"]["kind"] == "metric-dp"
 
 
+@pytest.mark.long  # a simulation with attack rounds; train's are checked by default in test_attacks
 def test_attack_rounds_run_on_the_messages_devices_sent(tmp_path):
     attacking = [
         "attack.enabled=true",

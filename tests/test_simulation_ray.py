@@ -24,7 +24,6 @@ def _same_result(a, b):
     assert sa["dev_loss"] == pytest.approx(sb["dev_loss"], abs=1e-3)
 
 
-@pytest.mark.slow  # the fault test below runs on Ray too and checks the same equality with the in-process run
 def test_ray_backend_gives_the_in_process_result(ray_session, reference, tmp_path):
     # two device workers sharing the devices, and devices of round r+1 computed while the top trains on r
     pool = ["simulation.device_workers=2", "simulation.worker_cpus=0.5", "simulation.prefetch=true"]
@@ -36,6 +35,7 @@ def test_ray_backend_gives_the_in_process_result(ray_session, reference, tmp_pat
     assert len(workers) == 2 and not (out / "faults.csv").exists()  # any worker runs any device
 
 
+@pytest.mark.long  # eight actor kills and restarts; the Ray backend's result runs by default above
 def test_killed_worker_and_replica_lose_no_sample(ray_session, reference, tmp_path):
     killed = []
 
@@ -152,6 +152,7 @@ def test_guarded_online_on_ray_survives_a_killed_worker(ray_session, tmp_path):
     assert summary["backend"]["backend"] == "ray" and summary["design"] == "online"
 
 
+@pytest.mark.long  # a second Ray session with one worker
 def test_a_dead_worker_with_no_room_to_replace_it_stops_in_one_line_and_resumes(ray_session, reference, tmp_path):
     """The device worker dies in round 3 and its CPU is taken at once (as when its node is lost and no other has
     room): the replacement waits ``replacement_timeout_s`` and the run stops with one line, its checkpoint kept;
@@ -194,6 +195,7 @@ time.sleep(600)
 """
 
 
+@pytest.mark.long  # a driver in a subprocess, killed
 def test_a_local_ray_ends_with_its_killed_driver(ray_session, tmp_path):
     """SIGKILL on a driver that started a local Ray: the reaper (simulation/ray_reaper.py) ends the GCS, the raylet,
     their agents and workers within seconds; without it they lingered for a minute or more.
@@ -276,6 +278,7 @@ ray.shutdown()
 """
 
 
+@pytest.mark.long  # a niced driver in a subprocess
 def test_a_local_ray_runs_its_actors_at_the_drivers_priority(tmp_path):
     """Ray's default starts workers 15 nicer than their raylet; a simulation's local Ray starts them at the driver's
     priority, as the in-process backend computes (here under a driver made 3 nicer than pytest)."""

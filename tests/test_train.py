@@ -70,6 +70,7 @@ def test_the_top_side_receives_only_messages(tmp_path, monkeypatch):
     assert all(m.hidden.dtype == torch.float32 and m.hidden.shape[-1] == 384 for m in received)
 
 
+@pytest.mark.long  # a training to a fixed accuracy; the CLI trainings below run by default
 def test_training_learns_sst2(tmp_path):
     # 40 steps on one epoch of 1,280 training sentences (not all 67,349 tokenised): 0.78 on the whole dev set
     cfg = load_config(
@@ -266,6 +267,7 @@ def test_account_cli_prints_edgeworth_beside_pld(capsys):
     assert "sigma must be > 0" in capsys.readouterr().err
 
 
+@pytest.mark.long  # two trainings with attacks
 def test_the_training_is_the_same_whichever_attacks_the_run_fits(tmp_path):
     """The attacks are fitted before training and run during it on the global generators' copies
     (``seeding.isolated_rng``): adding a learned inverter, whose fitting draws many random numbers, leaves every

@@ -86,7 +86,7 @@ def test_public_text_leaves_out_every_private_sentence(tokenizer):
     assert dropped == 7 and len(kept) == len(public) - 7 and not set(kept.texts) & set(private)
 
 
-@pytest.mark.slow  # the default suite checks that the warm start's loss falls (the train test below)
+@pytest.mark.slow  # the train test below (behind `long`, which CI runs) checks that the warm start's loss falls
 def test_the_warm_start_brings_the_tops_features_on_noisy_input_towards_the_clean_ones(minilm, tokenizer):
     """``hidden`` distillation on 96 public sentences: the relative distance between the top's features on h̃ and
     the clean pretrained top's on h falls, on held-out public sentences too."""
@@ -112,6 +112,7 @@ def test_the_warm_start_brings_the_tops_features_on_noisy_input_towards_the_clea
     assert distance(top, held_out) < 0.8 * before
 
 
+@pytest.mark.long  # two trainings
 def test_train_with_warm_start_and_denoiser_records_them_and_resumes_to_the_same_result(tmp_path, monkeypatch):
     """The levers run once, before the first step: a run interrupted at step 3 resumes from its checkpoint (which
     holds the prepared top, denoiser included) without rerunning them, and ends where an uninterrupted run ends."""
