@@ -7,7 +7,8 @@ EIA ASR on A1 over every inversion attack (nearest-neighbour, learned, optimisat
 advantage, each attack's own number (``by_attack``), gradient matching's label accuracy and the majority class's
 (online), bytes per sample over every channel, and the label-DP ε where the label defence is on. Per design, ``best`` is the setting of highest mean
 utility whose max EIA ASR on A1 is at most 50 % (offline sends nothing per sample: no ASR), and the issue's targets
-are checked against undefended split learning.
+are checked against undefended split learning at the same budget (rounds); where split learning did not run at the
+best setting's rounds, the drop is left unmeasured (``None``).
 
     python benchmarks/bench_guarded.py [--sweep runs/sst2-guarded-defences] [--measure-only]
         [--out benchmarks/results/guarded.json]
@@ -82,7 +83,9 @@ def summarise(table: pd.DataFrame) -> dict:
     for (design, setting), part in table.groupby(["design", "setting"], sort=False):
         utility, utility_std = _mean_std(part["utility"])
         asr, asr_std = _mean_std(part["max_eia_asr_a1"])
+        rounds = part["simulation.rounds"].dropna() if "simulation.rounds" in part else pd.Series([], dtype=float)
         designs.setdefault(design, {})[setting] = {
+            "rounds": int(rounds.iloc[0]) if len(rounds) else None,  # None: the config's own (the common budget)
             "utility_mean": utility,
             "utility_std": utility_std,
             "max_eia_asr_a1": asr,
@@ -102,7 +105,9 @@ def summarise(table: pd.DataFrame) -> dict:
             },
         }
     out: dict = {"settings": designs, "asr_bound": ASR_BOUND}
-    reference = next(iter(designs.get("split", {}).values()), None)
+    # undefended split learning at each budget (rounds) it ran: a setting is compared only with the one at its own
+    references = {r["rounds"]: r for r in designs.get("split", {}).values()}
+    reference = references.get(None)
     for design, settings in designs.items():
         if design == "split":
             continue
@@ -127,11 +132,17 @@ def summarise(table: pd.DataFrame) -> dict:
             "meets_asr_bound": best is not None,
             "frontier": [{"setting": s, "utility_mean": u, "max_eia_asr_a1": a} for s, u, a in frontier],
         }
-        if reference is not None and best is not None:
-            drop = reference["utility_mean"] - best["utility_mean"]
+        same_budget = None if best is None else references.get(best["rounds"])
+        if same_budget is not None:
+            drop = same_budget["utility_mean"] - best["utility_mean"]
             out[design]["utility_drop_vs_split_points"] = 100 * drop
             if design == "online":
                 out[design]["target_met"] = drop <= UTILITY_DROP
+        elif best is not None:  # no split learning at that budget: the drop is not measured, not guessed
+            out[design]["utility_drop_vs_split_points"] = None
+            out[design]["no_split_reference_at_rounds"] = best["rounds"]
+            if design == "online":
+                out[design]["target_met"] = None
     online = designs.get("online", {})
     defended = {s: r for s, r in online.items() if r["label_dp_epsilon"] is not None}
     if defended:

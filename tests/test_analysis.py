@@ -582,6 +582,31 @@ def test_bench_guarded_takes_each_designs_best_setting_under_the_asr_bound(tmp_p
     assert out["offline"]["setting"] == "dcor_weight=0.5" and out["offline"]["max_eia_asr_a1"] is None
     assert out["settings"]["online"]["dcor_weight=32"]["seeds"] == [0, 1]
 
+    # 4x the rounds: online's best under the bound is compared only with split learning at 480 rounds
+    def longer(design, utility, seed, learned):
+        return {
+            **rows[0],
+            "point": f"{design}{seed}",
+            "design.name": design,
+            "design.dcor_weight": 32.0,
+            "simulation.rounds": 480,
+            "seed": seed,
+            "utility": utility,
+            "eia_knn_l2:asr_top1": learned,
+            "eia_learned:asr_top1": learned,
+            "run_dir": rows[0]["run_dir"] if design == "split" else rows[6]["run_dir"],
+        }
+
+    long_online = [longer("online", 0.86, s, 0.2) for s in (0, 1)]
+    out = bench.summarise(pd.DataFrame(rows + long_online))
+    online = out["online"]
+    assert online["setting"] == "dcor_weight=32, rounds=480" and online["utility_mean"] == pytest.approx(0.86)
+    assert online["utility_drop_vs_split_points"] is None and online["target_met"] is None  # not against 120 rounds
+    assert online["no_split_reference_at_rounds"] == 480
+    split_480 = [{**longer("split", 0.90, s, 0.98), "design.dcor_weight": np.nan} for s in (0, 1)]
+    online = bench.summarise(pd.DataFrame(rows + long_online + split_480))["online"]
+    assert online["utility_drop_vs_split_points"] == pytest.approx(4.0) and online["target_met"] is False
+
 
 def test_bench_ewtune_merges_seeds_measured_in_parts_and_refuses_a_mismatch(tmp_path):
     """EW-Tune's seeds run in separate stops (32 min each on 2 cores): ``--merge`` re-aggregates their runs per kind
