@@ -192,7 +192,9 @@ def main() -> int:
     planned = len(json.loads((Path(args.sweep) / "sweep.json").read_text())["points"])
     results = {"benchmark": "guarded", "config": CONFIG, "sweep": args.sweep, "points": len(table), "planned": planned}
     results.update(summarise(table))
-    results["complete"] = all(len(r["seeds"]) >= 2 for s in results["settings"].values() for r in s.values())
+    results["complete"] = len(table) == planned and all(  # every planned point ran, each setting on >= 2 seeds
+        len(r["seeds"]) >= 2 for s in results["settings"].values() for r in s.values()
+    )
     write_results(args.out, results)
     return 0
 
