@@ -5,10 +5,10 @@ dCor weight α, the bits of every cut, the adapter depth a, 4× the rounds and o
 undefended split learning at the same budget. Per setting (over seeds): utility (SST-2 dev accuracy), the max
 EIA ASR on A1 over every inversion attack (nearest-neighbour, learned, optimisation), the attribute probes' max
 advantage, each attack's own number (``by_attack``), gradient matching's label accuracy and the majority class's
-(online), bytes per sample over every channel, and the label-DP ε where the label defence is on. Per design, ``best`` is the setting of highest mean
-utility whose max EIA ASR on A1 is at most 50 % (offline sends nothing per sample: no ASR), and the issue's targets
-are checked against undefended split learning at the same budget (rounds); where split learning did not run at the
-best setting's rounds, the drop is left unmeasured (``None``).
+(online), bytes per sample over every channel, and the label-DP ε where the label defence is on. Per design, ``best`` is the setting of smallest
+utility loss whose max EIA ASR on A1 is at most 50 % (offline sends nothing per sample: no ASR): the loss against
+undefended split learning at the same budget (rounds), the issue's targets checked against it; a setting whose rounds
+split learning did not run at comes after every measured one (then by utility), its drop left ``None``.
 
     python benchmarks/bench_guarded.py [--sweep runs/sst2-guarded-defences] [--measure-only]
         [--out benchmarks/results/guarded.json]
@@ -67,6 +67,14 @@ def _mean_std(values: pd.Series) -> tuple[float | None, float | None]:
     return float(values.mean()), float(values.std()) if len(values) > 1 else None
 
 
+def _rank(record: dict, references: dict) -> tuple[bool, float, float]:
+    """Sort key: the utility lost against split learning at the record's own rounds, then the utility (higher first);
+    a record whose rounds split learning did not run at comes after every measured one."""
+    ref = references.get(record["rounds"])
+    loss = 0.0 if ref is None else ref["utility_mean"] - record["utility_mean"]
+    return ref is None, loss, -record["utility_mean"]
+
+
 def summarise(table: pd.DataFrame) -> dict:
     """Per design and setting the mean and spread over seeds; per design the best setting under the ASR bound."""
     keys = override_columns(table)
@@ -116,7 +124,7 @@ def summarise(table: pd.DataFrame) -> dict:
             for s, r in settings.items()
             if r["utility_mean"] is not None and (r["max_eia_asr_a1"] is None or r["max_eia_asr_a1"] <= ASR_BOUND)
         }
-        best_setting = max(ok, key=lambda s: ok[s]["utility_mean"]) if ok else None
+        best_setting = min(ok, key=lambda s: _rank(ok[s], references)) if ok else None
         best = ok[best_setting] if best_setting else None
         frontier = sorted(
             ((s, r["utility_mean"], r["max_eia_asr_a1"]) for s, r in settings.items() if r["utility_mean"] is not None),

@@ -598,14 +598,22 @@ def test_bench_guarded_takes_each_designs_best_setting_under_the_asr_bound(tmp_p
         }
 
     long_online = [longer("online", 0.86, s, 0.2) for s in (0, 1)]
-    out = bench.summarise(pd.DataFrame(rows + long_online))
-    online = out["online"]
-    assert online["setting"] == "dcor_weight=32, rounds=480" and online["utility_mean"] == pytest.approx(0.86)
-    assert online["utility_drop_vs_split_points"] is None and online["target_met"] is None  # not against 120 rounds
-    assert online["no_split_reference_at_rounds"] == 480
-    split_480 = [{**longer("split", 0.90, s, 0.98), "design.dcor_weight": np.nan} for s in (0, 1)]
-    online = bench.summarise(pd.DataFrame(rows + long_online + split_480))["online"]
-    assert online["utility_drop_vs_split_points"] == pytest.approx(4.0) and online["target_met"] is False
+    out = bench.summarise(pd.DataFrame(rows + long_online))["online"]
+    assert out["setting"] == "dcor_weight=8"  # 480 rounds has no split learning to measure its loss against
+    assert out == {**online, "frontier": out["frontier"]} and len(out["frontier"]) == 5
+    alone = bench.summarise(pd.DataFrame(rows[:2] + long_online))["online"]  # only the unmeasured one is under it
+    assert alone["setting"] == "dcor_weight=32, rounds=480" and alone["utility_mean"] == pytest.approx(0.86)
+    assert alone["utility_drop_vs_split_points"] is None and alone["target_met"] is None  # not against 120 rounds
+    assert alone["no_split_reference_at_rounds"] == 480
+
+    def with_split_480(utility):
+        split = [{**longer("split", utility, s, 0.98), "design.dcor_weight": np.nan} for s in (0, 1)]
+        return bench.summarise(pd.DataFrame(rows + long_online + split))["online"]
+
+    assert with_split_480(0.90)["setting"] == "dcor_weight=8"  # a 4-point loss at 480 rounds, 3 at 120
+    best = with_split_480(0.87)  # the higher utility and the smaller loss: 1 point at its own budget
+    assert best["setting"] == "dcor_weight=32, rounds=480" and best["target_met"] is True
+    assert best["utility_drop_vs_split_points"] == pytest.approx(1.0)
 
 
 def test_bench_ewtune_merges_seeds_measured_in_parts_and_refuses_a_mismatch(tmp_path):
