@@ -67,12 +67,16 @@ def _mean_std(values: pd.Series) -> tuple[float | None, float | None]:
     return float(values.mean()), float(values.std()) if len(values) > 1 else None
 
 
-def _rank(record: dict, references: dict) -> tuple[bool, float, float]:
-    """Sort key: the utility lost against split learning at the record's own rounds, then the utility (higher first);
-    a record whose rounds split learning did not run at comes after every measured one."""
+def _loss(record: dict, references: dict) -> float | None:
+    """The utility lost against undefended split learning at the record's own rounds; None where that did not run."""
     ref = references.get(record["rounds"])
-    loss = 0.0 if ref is None else ref["utility_mean"] - record["utility_mean"]
-    return ref is None, loss, -record["utility_mean"]
+    return None if ref is None else ref["utility_mean"] - record["utility_mean"]
+
+
+def _rank(record: dict, references: dict) -> tuple[bool, float, float]:
+    """Sort key: the loss (``_loss``), then the utility (higher first); an unmeasured loss after every measured one."""
+    loss = _loss(record, references)
+    return loss is None, loss or 0.0, -record["utility_mean"]
 
 
 def summarise(table: pd.DataFrame) -> dict:
@@ -140,9 +144,8 @@ def summarise(table: pd.DataFrame) -> dict:
             "meets_asr_bound": best is not None,
             "frontier": [{"setting": s, "utility_mean": u, "max_eia_asr_a1": a} for s, u, a in frontier],
         }
-        same_budget = None if best is None else references.get(best["rounds"])
-        if same_budget is not None:
-            drop = same_budget["utility_mean"] - best["utility_mean"]
+        drop = None if best is None else _loss(best, references)
+        if drop is not None:
             out[design]["utility_drop_vs_split_points"] = 100 * drop
             if design == "online":
                 out[design]["target_met"] = drop <= UTILITY_DROP
