@@ -38,7 +38,8 @@ import torch  # noqa: E402
 
 from analysis.ablation import at_equal_asr, compare_to  # noqa: E402
 from privtune_ray.attacks.observations import Observations, observe  # noqa: E402
-from privtune_ray.attacks.suite import AttackSuite, headline, load_aux  # noqa: E402
+from privtune_ray.attacks.public_text import load_aux  # noqa: E402
+from privtune_ray.attacks.suite import AttackSuite, headline  # noqa: E402
 from privtune_ray.benchmarking import write_results  # noqa: E402
 from privtune_ray.checks import check_config  # noqa: E402
 from privtune_ray.config import load_config  # noqa: E402

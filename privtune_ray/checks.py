@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .attacks.params import ATTACK_PARAMS
+from .attacks.params import ATTACK_PARAMS, parse_corpus
 from .config import Config, VariantParams, require
 from .data.partition import PARTITIONERS
 from .data.registry import DATASETS, get_spec
@@ -130,6 +130,18 @@ def _check_attacks(cfg: Config) -> None:
             attack.aux_dataset in DATASETS,
             "attack.aux_dataset",
             f"unknown dataset {attack.aux_dataset!r}; choose one of {sorted(DATASETS)}",
+        )
+    for entry in attack.aux_corpora:
+        dataset, split = parse_corpus(entry)
+        require(
+            dataset in DATASETS,
+            "attack.aux_corpora",
+            f"unknown dataset {dataset!r} in {entry!r}; choose 'dataset:split' with a dataset of {sorted(DATASETS)}",
+        )
+        require(
+            split in DATASETS[dataset].files,
+            "attack.aux_corpora",
+            f"{dataset!r} has no split {split!r} (in {entry!r}); its splits are {DATASETS[dataset].splits}",
         )
 
 

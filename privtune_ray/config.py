@@ -251,11 +251,14 @@ class AttackConfig:
     attackers: list[str] = field(default_factory=lambda: ["adaptive"])
     aux_dataset: str | None = None  # None: the run's dataset
     aux_split: str = "train"  # carved out of training when it is the training split
-    aux_samples: int = 2000  # auxiliary sentences the attacker fits on
+    aux_samples: int | None = 2000  # sentences of aux_dataset/aux_split the attacker fits on (None: all of them)
+    # further public text, "dataset:split" each, taken whole (attacks/public_text.py), e.g. [sst2:test, ag_news:train]
+    aux_corpora: list[str] = field(default_factory=list)
     victim_samples: int | None = 256  # victim sentences attacked per round (None: all available)
     every: int | None = None  # steps between attack rounds during training (None: only at the end)
     attributes: list[str] | None = None  # aia_probe targets (None: every private attribute of the dataset)
-    epochs: int = 4  # training epochs of the learned inverters (eia_mlp, eia_transformer)
+    epochs: int = 4  # training epochs of the learned inverters (eia_mlp, eia_transformer*, eia_bisr, eia_selftrain)
+    inverter_layers: int | None = None  # encoder layers of the contextual inverters (None: 2, eia_transformer_large 4)
     batch_size: int = 64  # sentences per batch when training the learned attacks
     lr: float = 1.0e-3  # learned inverters' AdamW learning rate
     probe_epochs: int = 10  # the attribute attacks' MLPs on pooled h̃ (aia_probe, aia_keyword, aia_label)
@@ -275,7 +278,13 @@ class AttackConfig:
             f"{key}.attackers",
             f"must list adaptive and/or static (got {self.attackers})",
         )
-        require(self.aux_samples >= 1, f"{key}.aux_samples", "must be >= 1")
+        require(self.aux_samples is None or self.aux_samples >= 1, f"{key}.aux_samples", "must be >= 1 or null (all)")
+        for entry in self.aux_corpora:
+            require(
+                bool(entry.partition(":")[0].strip()),
+                f"{key}.aux_corpora",
+                f"entry {entry!r} must be 'dataset:split' (e.g. ag_news:train)",
+            )
         require(
             self.victim_samples is None or self.victim_samples >= 1, f"{key}.victim_samples", "must be >= 1 or null"
         )

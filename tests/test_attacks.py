@@ -16,7 +16,8 @@ from privtune_ray.attacks.observations import Observations, observe
 from privtune_ray.attacks.optimisation_inversion import OptimisationInversion
 from privtune_ray.attacks.registry import ATTACKS, GRADIENT_ATTACKS
 from privtune_ray.attacks.rounds import AttackRounds
-from privtune_ray.attacks.suite import AttackSuite, attack_names, disjoint_aux
+from privtune_ray.attacks.public_text import disjoint_aux
+from privtune_ray.attacks.suite import AttackSuite, attack_names
 from privtune_ray.checks import check_config
 from privtune_ray.cli import main
 from privtune_ray.config import AttackConfig, MechanismConfig, load_config
@@ -206,7 +207,13 @@ def test_attack_rounds_merge_the_suite_and_gradient_matching_as_the_runs_record_
     assert summary["max_eia_asr_top1_by_attacker"] == {"adaptive": 0.5}
     assert summary["attacks"]["gm_label"] == {"kind": "attribute", "accuracy": 0.9, "advantage": 0.4, "samples": 5}
     assert summary["max_eia_asr_top1"] == 0.5 and summary["max_aia_advantage"] == 0.4  # over the suite's and gm's
-    assert summary["attack_setup"] == {"aux_sentences": 10, "aux_dropped_as_victims": 0}
+    assert summary["attack_setup"] == {
+        "aux_sentences": 10,
+        "aux_dropped_as_victims": 0,
+        "aux_corpora": {},
+        "budget": {},
+        "peak_rss_mb": None,
+    }
     assert gm.seen == [5] and [a.seen for a in rounds.suite.attacks] == [[4], [4]]
     # attacks.csv: the suite's rows (victims = its sample), then gradient matching's (victims = its samples)
     assert [(r["attack"], r["metric"]) for r in records.rows] == [
@@ -409,7 +416,8 @@ def test_the_adaptive_attacker_fits_on_its_text_quantised_as_the_uploads_are(min
     monkeypatch.setattr(KNNInversion, "fit", lambda self, obs: seen.__setitem__(self.attacker, obs))
     AttackSuite.fit_on(cfg, split_model(minilm, 2), tokenizer, resolve_model(cfg.model.name), aux, "sst2")
 
-    def most_values_in_a_row(obs: Observations) -> int:
+    def most_values_in_a_row(stream) -> int:
+        obs = stream.materialise()
         rows = obs.hidden[obs.attention_mask.bool()]
         return max(len(torch.unique(row)) for row in rows)
 

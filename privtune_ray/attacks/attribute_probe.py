@@ -17,8 +17,8 @@ from torch import nn
 
 from ..errors import DataError
 from ..models.split import mean_pool
-from .base import AttackContext, AttributeAttack, fit_minibatch
-from .observations import Observations
+from .base import AttackContext, AttributeAttack, AuxData, fit_minibatch
+from .observations import Observations, Pooled
 from .params import ProbeParams
 from .scoring import score_classes
 
@@ -46,10 +46,6 @@ def fit_probe(model: PooledMLP, n: int, loss_of, params: ProbeParams, seed: int)
     )
 
 
-def pooled(obs: Observations) -> torch.Tensor:
-    return mean_pool(obs.hidden.float(), obs.attention_mask)
-
-
 class AttributeProbe(AttributeAttack):
     """Predicts ``target``: a private attribute name, or ``"label"`` for the task label."""
 
@@ -62,7 +58,7 @@ class AttributeProbe(AttributeAttack):
         self.classes: np.ndarray | None = None
         self.model: PooledMLP | None = None
 
-    def values(self, obs: Observations) -> np.ndarray:
+    def values(self, obs: Observations | Pooled) -> np.ndarray:
         if self.target == "label":
             return obs.labels.numpy()
         if self.target not in obs.attributes:
@@ -74,11 +70,16 @@ class AttributeProbe(AttributeAttack):
             )
         return np.asarray(obs.attributes[self.target])
 
-    def fit(self, aux: Observations) -> None:
-        values = self.values(aux)
-        self.classes, y = np.unique(values, return_inverse=True)
+    def fit(self, aux: AuxData) -> None:
+        sentences = aux.pooled()
+        values = self.values(sentences)
+        # public text of other corpora has no such attribute (None) or none of the victims' labels (-1)
+        known = np.asarray([v is not None and not (self.target == "label" and v < 0) for v in values], dtype=bool)
+        if not known.any():
+            raise DataError(f"attack {self.name!r}: no auxiliary sentence carries {self.target!r}")
+        self.classes, y = np.unique(values[known], return_inverse=True)
         self.majority = self.classes[np.bincount(y).argmax()]
-        x, y = pooled(aux), torch.as_tensor(y)
+        x, y = sentences.features[torch.as_tensor(known)], torch.as_tensor(y)
         self.model = PooledMLP(x.shape[1], len(self.classes))
         self.model.standardise_on(x)
         fit_probe(

@@ -1,6 +1,7 @@
 """The one interface of every attack: fit on the attacker's auxiliary observations, then attack.
 
-    attack.fit(aux)            aux: Observations of public text through the known bottom + known defence
+    attack.fit(aux)            aux: the attacker's public text through the known bottom + known defence, as an
+                               ObservationStream (fresh noise each pass) or held Observations
     scores = attack.run(obs)   obs: the victims' Observations; the attack reads only h̃ and the mask
                                (``predict``); the ground truth in ``obs`` is used for scoring alone
 
@@ -21,8 +22,10 @@ import torch
 
 from ..config import AttackConfig, VariantParams
 from ..models.split import BottomModel
-from .observations import Observations
+from .observations import Observations, ObservationStream
 from .scoring import score_inversion
+
+AuxData = Observations | ObservationStream  # what ``fit`` reads: ``batches``, ``pooled``, ``vocabulary``, ``len``
 
 
 @dataclass
@@ -52,7 +55,7 @@ class Attack(ABC):
         self.ctx = ctx
         self.params = self.Params.of(ctx.cfg)
 
-    def fit(self, aux: Observations) -> None:
+    def fit(self, aux: AuxData) -> None:
         """Learn from the auxiliary observations (no-op for attacks without training)."""
         return None
 
@@ -92,6 +95,34 @@ def timed(fn: Callable, *args) -> tuple[Any, float]:
     start = time.perf_counter()
     out = fn(*args)
     return out, time.perf_counter() - start
+
+
+def fit_batches(
+    module: torch.nn.Module,
+    aux: AuxData,
+    loss_of: Callable[[Observations], torch.Tensor],
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    weight_decay: float = 0.0,
+) -> list[float]:
+    """AdamW on ``loss_of(batch)`` over ``epochs`` passes of ``aux.batches`` (a stream observes each pass afresh, so
+    every epoch sees new noise); returns the mean loss of each epoch. The loop every learned inverter shares."""
+    opt = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=weight_decay)
+    module.train()
+    history = []
+    for epoch in range(epochs):
+        losses = []
+        for batch in aux.batches(batch_size, seed + epoch):
+            loss = loss_of(batch)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        history.append(float(np.mean(losses)))
+    module.eval()
+    return history
 
 
 def fit_minibatch(

@@ -23,7 +23,8 @@ from ..mechanisms.registry import build_mechanism
 from ..models.loading import load_split_model, load_tokenizer, resolve_model
 from ..runs import RunDir
 from .observations import observe
-from .suite import AttackSuite, by_name, headline, load_aux, long_rows, probe_attributes
+from .public_text import load_aux
+from .suite import AttackSuite, by_name, headline, long_rows, probe_attributes
 
 
 def run_attack_evaluation(cfg: Config, out: str | os.PathLike | None = None, log=print) -> Path:

@@ -79,7 +79,8 @@ class GradientMatchingLabels(AttributeAttack):
 
     def count_classes(self, labels) -> None:
         """The classes and the majority class (what scoring compares with) from the attacker's labelled text."""
-        counts = np.bincount(np.asarray(labels, dtype=np.int64))
+        labels = np.asarray(labels, dtype=np.int64)
+        counts = np.bincount(labels[labels >= 0])  # public text of other corpora carries no label (-1)
         self.majority, self.classes = int(counts.argmax()), max(2, len(counts))
 
     def fit(self, aux: Observations) -> list[float]:
@@ -165,6 +166,7 @@ def build_gradient_matching(
     top = TopModel(family, task_model, start, cfg.model.task)
     ctx = GradientContext(surrogate_top(top, cfg.seed + SURROGATE_SEED_OFFSET), cfg.attack, cfg.seed)
     (attack,) = build(ctx)
+    aux = aux.subset(np.flatnonzero(aux.labels >= 0))  # its labelled text only (aux_corpora of other tasks: -1)
     history = attack.fit(attack.observe_aux(encode, aux, pad_id))
     log(
         f"privtune-ray: attack {attack.name} fitted its surrogate top adapter on {len(aux)} auxiliary sentences "

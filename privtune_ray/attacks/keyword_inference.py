@@ -15,20 +15,22 @@ reported too.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..errors import DataError
 from ..models.split import mean_pool
-from .attribute_probe import PooledMLP, fit_probe, pooled
-from .base import AttackContext, AttributeAttack
+from .attribute_probe import PooledMLP, fit_probe
+from .base import AttackContext, AttributeAttack, AuxData
 from .observations import Observations
 from .params import KeywordParams
 
 
 def choose_keywords(
-    aux: Observations, tokenizer, k: int, words: list[str] | None = None, skip_top: int = 50, max_df: float = 0.10
+    tokens: list[list[int]], tokenizer, k: int, words: list[str] | None = None, skip_top: int = 50, max_df: float = 0.10
 ) -> list[int]:
+    """The ``k`` keywords among the sentences' ``tokens`` (or ``words``, checked to be single tokens)."""
     if words:
         ids = tokenizer.convert_tokens_to_ids(words)
         unknown = [w for w, i in zip(words, ids) if i is None or i == tokenizer.unk_token_id]
@@ -37,11 +39,8 @@ def choose_keywords(
                 f"attack.keyword_list: {unknown} are not single tokens of this tokenizer; list whole-word tokens"
             )
         return list(ids)
-    real = aux.attention_mask.bool()
-    ids, counts = torch.unique(
-        torch.cat([torch.unique(row[m]) for row, m in zip(aux.input_ids, real)]), return_counts=True
-    )
-    by_df = sorted(zip((counts.float() / len(aux)).tolist(), ids.tolist()), reverse=True)[skip_top:]
+    ids, counts = np.unique(np.fromiter((t for row in tokens for t in set(row)), dtype=np.int64), return_counts=True)
+    by_df = sorted(zip((counts / len(tokens)).tolist(), ids.tolist()), reverse=True)[skip_top:]
     tokens = tokenizer.convert_ids_to_tokens([i for _, i in by_df])
     eligible = [i for (f, i), w in zip(by_df, tokens) if w.isalpha() and len(w) >= 4 and f <= max_df]
     if not eligible:
@@ -57,14 +56,21 @@ class KeywordInference(AttributeAttack):
         super().__init__(ctx)
         self.keywords: list[int] = []
 
-    def presence(self, obs: Observations) -> torch.Tensor:
+    def presence(self, tokens: list[list[int]]) -> torch.Tensor:
         """[N, K] 0/1: keyword k occurs among the real tokens of sentence n."""
-        ids = obs.input_ids.masked_fill(~obs.attention_mask.bool(), -1)
-        return (ids.unsqueeze(-1) == torch.tensor(self.keywords)).any(1).float()
+        column = {t: k for k, t in enumerate(self.keywords)}
+        out = torch.zeros((len(tokens), len(self.keywords)))
+        for n, row in enumerate(tokens):
+            for t in set(row).intersection(column):
+                out[n, column[t]] = 1.0
+        return out
 
-    def fit(self, aux: Observations) -> None:
-        self.keywords = choose_keywords(aux, self.ctx.tokenizer, self.params.keywords, self.params.keyword_list)
-        x, y = pooled(aux), self.presence(aux)
+    def fit(self, aux: AuxData) -> None:
+        sentences = aux.pooled()
+        self.keywords = choose_keywords(
+            sentences.tokens, self.ctx.tokenizer, self.params.keywords, self.params.keyword_list
+        )
+        x, y = sentences.features, self.presence(sentences.tokens)
         self.majority = (y.mean(0) > 0.5).float()
         self.model = PooledMLP(x.shape[1], len(self.keywords))
         self.model.standardise_on(x)
@@ -80,7 +86,7 @@ class KeywordInference(AttributeAttack):
         return (self.model(mean_pool(hidden.float(), attention_mask)) > 0).float()
 
     def run(self, victims: Observations) -> dict:
-        truth, guess = self.presence(victims), self.predict(victims.hidden, victims.attention_mask)
+        truth, guess = self.presence(victims.token_lists()), self.predict(victims.hidden, victims.attention_mask)
         present = truth.sum(0) > 0  # keywords that occur among the victims (TPR is undefined for the others)
         tpr = (guess * truth).sum(0) / truth.sum(0).clamp_min(1)
         tnr = ((1 - guess) * (1 - truth)).sum(0) / (1 - truth).sum(0).clamp_min(1)

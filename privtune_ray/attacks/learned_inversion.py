@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import AttackContext, InversionAttack, fit_minibatch
+from .base import AttackContext, AuxData, InversionAttack, fit_batches
 from .knn_inversion import nearest_tokens
 from .observations import Observations
 from .params import InverterParams
@@ -83,23 +82,19 @@ class LearnedInversion(InversionAttack):
         self.unit_anchors = F.normalize(ctx.anchors, dim=-1)
         self.history: list[float] = []
 
-    def fit(self, aux: Observations) -> None:
-        real = aux.attention_mask.bool()
-        vocab = torch.unique(aux.input_ids[real])  # the auxiliary vocabulary: the classes of the training loss
+    def fit(self, aux: AuxData) -> None:
+        vocab = aux.vocabulary()  # the auxiliary vocabulary: the classes of the training loss
         class_of = torch.full((self.unit_anchors.shape[0],), -1, dtype=torch.long)
         class_of[vocab] = torch.arange(len(vocab))
-        targets = class_of[aux.input_ids]
         anchors = self.unit_anchors[vocab]
 
-        def loss_of(idx: np.ndarray) -> torch.Tensor:
-            idx_t = torch.as_tensor(idx)
-            length = int(aux.attention_mask[idx_t].sum(1).max())
-            mask = aux.attention_mask[idx_t, :length]
-            logits = self.model(aux.hidden[idx_t, :length], mask, anchors)
-            return F.cross_entropy(logits, targets[idx_t, :length][mask.bool()])
+        def loss_of(batch: Observations) -> torch.Tensor:
+            real = batch.attention_mask.bool()
+            logits = self.model(batch.hidden, batch.attention_mask, anchors)
+            return F.cross_entropy(logits, class_of[batch.input_ids[real]])
 
         p = self.params
-        self.history = fit_minibatch(self.model, len(aux), loss_of, p.epochs, p.batch_size, p.lr, self.ctx.seed)
+        self.history = fit_batches(self.model, aux, loss_of, p.epochs, p.batch_size, p.lr, self.ctx.seed)
 
     @torch.no_grad()
     def predict(self, hidden, attention_mask):

@@ -3,10 +3,19 @@
 The cloud sees h̃ and the attention mask (and labels, which travel with them, SPEC §1). The token ids,
 texts and private attributes are the simulator's ground truth: attacks train on them only for the
 attacker's own auxiliary data and are scored on them for the victims'.
+
+Two forms of the same reading interface (``batches``, ``pooled``, ``vocabulary``, ``len``), which every attack's
+``fit`` takes:
+
+* :class:`Observations`: h̃ held in memory (the victims; small auxiliary sets in tests); every pass sees the same h̃;
+* :class:`ObservationStream`: the attacker's public text observed **on the fly**, one minibatch at a time through the
+  bottom and the attacker's copy of the mechanism, so every epoch draws **fresh noise** and memory holds token ids
+  only (about 4 bytes a token, against 4·d bytes a token for h̃: the whole of SST-2's training split is ~3.5 MB).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,7 +25,7 @@ from ..data.batching import TokenizedSplit, batch_indices, collate
 from ..errors import DataError
 from ..mechanisms.base import Mechanism
 from ..message import Message
-from ..models.split import BottomModel
+from ..models.split import BottomModel, mean_pool
 from ..quantisation import dequantise, quantise
 
 
@@ -36,6 +45,23 @@ class Observations:
 
     def __len__(self) -> int:
         return int(self.hidden.shape[0])
+
+    def batches(self, batch_size: int, seed: int) -> Iterator[Observations]:
+        """One shuffled pass in minibatches of ``batch_size`` sentences (the same h̃ on every pass)."""
+        order = np.random.default_rng(seed).permutation(len(self))
+        for start in range(0, len(self), batch_size):
+            yield self.subset(order[start : start + batch_size])
+
+    def pooled(self) -> Pooled:
+        return Pooled.of(self)
+
+    def vocabulary(self) -> torch.Tensor:
+        """The distinct token ids at real positions (sorted)."""
+        return torch.unique(self.input_ids[self.attention_mask.bool()])
+
+    def token_lists(self) -> list[list[int]]:
+        """Each sentence's real token ids."""
+        return [row[m].tolist() for row, m in zip(self.input_ids, self.attention_mask.bool())]
 
     def subset(self, indices) -> Observations:
         idx = torch.as_tensor(np.asarray(indices, dtype=np.int64))
@@ -109,3 +135,82 @@ def observe(
     obs.attributes = {k: np.asarray(v) for k, v in data.attributes.items()}
     obs.texts = list(data.texts)
     return obs
+
+
+@dataclass
+class Pooled:
+    """Sentence-level view for the attribute attacks: mean-pooled h̃ [N, d] (``mean_pool``) with each sentence's
+    labels, private attributes and real token ids (ground truth of the attacker's own text)."""
+
+    features: torch.Tensor
+    labels: torch.Tensor
+    attributes: dict[str, np.ndarray]
+    tokens: list[list[int]]
+
+    @classmethod
+    def of(cls, obs: Observations) -> Pooled:
+        return cls(mean_pool(obs.hidden.float(), obs.attention_mask), obs.labels, obs.attributes, obs.token_lists())
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+
+@dataclass
+class ObservationStream:
+    """The attacker's public text, observed on the fly: each minibatch goes through ``bottom`` and ``mechanism`` (its
+    ``release``, with the b-bit round trip where ``bits`` is set) when it is read, so a noisy mechanism draws fresh
+    noise on every pass (an adaptive attacker can draw as much noise as it likes) and h̃ is never held for the whole
+    set: peak memory ∝ one minibatch, not the corpus."""
+
+    bottom: BottomModel
+    mechanism: Mechanism
+    data: TokenizedSplit
+    pad_id: int
+    bits: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    @property
+    def texts(self) -> list[str]:
+        return self.data.texts
+
+    def _observe(self, indices) -> Observations:
+        batch = collate(self.data, indices, self.pad_id)
+        with torch.no_grad():
+            hidden = self.bottom(batch.input_ids, batch.attention_mask)
+        released = self.mechanism.release(hidden, batch.attention_mask, batch.input_ids).detach()
+        if self.bits is not None:
+            released = dequantise(quantise(released, self.bits))
+        return Observations(
+            released.float(),
+            batch.attention_mask,
+            batch.input_ids,
+            batch.labels,
+            {k: v[np.asarray(indices)] for k, v in self.data.attributes.items()},
+        )
+
+    def batches(self, batch_size: int, seed: int) -> Iterator[Observations]:
+        """One shuffled, length-bucketed pass (``batch_indices``), observed as it is read: fresh noise each pass."""
+        for idx in batch_indices(self.data.lengths, batch_size, shuffle=True, bucketing=True, seed=seed):
+            yield self._observe(idx)
+
+    def pooled(self, batch_size: int = 128) -> Pooled:
+        """Mean-pooled h̃ of every sentence (one noise draw), in the data's order."""
+        features: torch.Tensor | None = None
+        for idx in batch_indices(self.data.lengths, batch_size, shuffle=False, bucketing=True):
+            obs = self._observe(idx)
+            rows = mean_pool(obs.hidden, obs.attention_mask)
+            if features is None:
+                features = torch.zeros((len(self.data), rows.shape[1]))
+            features[torch.as_tensor(idx)] = rows
+        assert features is not None, "an ObservationStream is never empty (observe_stream)"
+        labels = torch.as_tensor(self.data.labels, dtype=torch.long)
+        return Pooled(features, labels, dict(self.data.attributes), [list(ids) for ids in self.data.input_ids])
+
+    def vocabulary(self) -> torch.Tensor:
+        return torch.unique(torch.as_tensor([t for ids in self.data.input_ids for t in ids], dtype=torch.long))
+
+    def materialise(self) -> Observations:
+        """Every sentence observed once and held (``observe``): for small sets only."""
+        return observe(self.bottom, self.mechanism, self.data, self.pad_id, bits=self.bits)

@@ -11,7 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..config import VariantParams, require
+from ..config import AttackConfig, VariantParams, require
+from ..data.registry import get_spec
+from ..errors import DataError
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -101,6 +103,12 @@ __all__ = [
 ]
 
 
+def parse_corpus(entry: str) -> tuple[str, str]:
+    """``"dataset:split"`` (or ``"dataset"``: its train split) of ``attack.aux_corpora`` -> (dataset, split)."""
+    dataset, _, split = entry.partition(":")
+    return dataset.strip(), (split.strip() or "train")
+
+
 def aux_from_training(cfg: Config) -> bool:
     """Whether the attacker's auxiliary sentences come from the victims' own training split (``attack.aux_dataset``
     and ``aux_split`` name it): they are then carved out of it, so the devices never send them."""
@@ -110,11 +118,27 @@ def aux_from_training(cfg: Config) -> bool:
     )
 
 
-def check_aux_fits(n_aux: int, n_train: int) -> None:
-    """A carve-out of ``n_aux`` sentences must leave the devices some of the ``n_train`` training sentences."""
+def check_aux_fits(n_aux: int | None, n_train: int) -> None:
+    """A carve-out of ``n_aux`` sentences (None: all) must leave the devices some of the ``n_train`` training
+    sentences."""
+    n_aux = n_train if n_aux is None else n_aux
     require(
         n_aux < n_train,
         "attack.aux_samples",
         f"{n_aux} auxiliary sentences would take the whole training split ({n_train} sentences) and leave the "
         f"devices nothing: lower attack.aux_samples or set attack.aux_split/aux_dataset to other data",
     )
+
+
+def probe_attributes(cfg: AttackConfig, dataset: str) -> tuple[str, ...]:
+    """The private attributes ``aia_probe`` targets; an error if the dataset lacks one that is asked for."""
+    available = get_spec(dataset).attributes
+    wanted = tuple(cfg.attributes) if cfg.attributes is not None else available
+    missing = [a for a in wanted if a not in available]
+    if missing or ("aia_probe" in cfg.names and not wanted):
+        raise DataError(
+            f"attack aia_probe needs a private attribute, and dataset {dataset!r} has "
+            f"{', '.join(available) if available else 'none'}{' (asked for: ' + ', '.join(missing) + ')' if missing else ''}: "
+            f"attack blog (gender, age_group) or trustpilot (gender, born_before_1960), or drop aia_probe from attack.names"
+        )
+    return wanted

@@ -10,6 +10,8 @@ noise (the nearest-neighbour attack of the paper's lineage, and inverters traine
 
 from __future__ import annotations
 
+import resource
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -17,17 +19,18 @@ import numpy as np
 import torch
 
 from ..config import AttackConfig, Config
-from ..data.batching import TokenizedSplit, tokenize_split
-from ..data.registry import get_spec, load_split
-from ..errors import ConfigError, DataError
+from ..data.batching import TokenizedSplit
+from ..data.registry import get_spec
+from ..errors import DataError
 from ..mechanisms.base import Mechanism
 from ..mechanisms.registry import build_mechanism
 from ..models.anchors import load_or_build_anchors
 from ..models.split import SplitModel
 from ..seeding import isolated_rng
 from .base import Attack, AttackContext
-from .observations import Observations, observe
-from .params import check_aux_fits
+from .observations import Observations, ObservationStream
+from .params import probe_attributes
+from .public_text import corpus_counts, disjoint_aux
 from .registry import ATTACKS, GRADIENT_ATTACKS
 
 ATTACKER_SEED_OFFSET = 1_000_003  # the attacker's mechanism copy draws noise independent of the devices'
@@ -45,56 +48,6 @@ def attack_names(cfg: AttackConfig, attributes: tuple[str, ...], labelled: bool 
     return names
 
 
-def probe_attributes(cfg: AttackConfig, dataset: str) -> tuple[str, ...]:
-    """The private attributes ``aia_probe`` targets; an error if the dataset lacks one that is asked for."""
-    available = get_spec(dataset).attributes
-    wanted = tuple(cfg.attributes) if cfg.attributes is not None else available
-    missing = [a for a in wanted if a not in available]
-    if missing or ("aia_probe" in cfg.names and not wanted):
-        raise DataError(
-            f"attack aia_probe needs a private attribute, and dataset {dataset!r} has "
-            f"{', '.join(available) if available else 'none'}{' (asked for: ' + ', '.join(missing) + ')' if missing else ''}: "
-            f"attack blog (gender, age_group) or trustpilot (gender, born_before_1960), or drop aia_probe from attack.names"
-        )
-    return wanted
-
-
-def disjoint_aux(aux: TokenizedSplit, victims_texts: list[str]) -> tuple[TokenizedSplit, int]:
-    """``aux`` without any sentence whose text is also a victim's; returns it and how many were dropped."""
-    kept, dropped = aux.without_texts(victims_texts)
-    if len(kept) == 0:
-        raise DataError(
-            "the auxiliary set is entirely made of victims' sentences: choose another attack.aux_split or aux_dataset"
-        )
-    return kept, dropped
-
-
-def carve_aux(train: TokenizedSplit, n: int, seed: int) -> tuple[TokenizedSplit, TokenizedSplit]:
-    """Split the training data into (auxiliary, remaining): the attacker's public share is not trained on."""
-    check_aux_fits(n, len(train))
-    order = np.random.default_rng(seed).permutation(len(train))
-    return train.subset(np.sort(order[:n])), train.subset(np.sort(order[n:]))
-
-
-def load_aux(cfg: Config, tokenizer, victims_dataset: str, victims_split: str) -> TokenizedSplit:
-    """The attacker's auxiliary sentences from ``attack.aux_dataset``/``aux_split`` (not the victims' split)."""
-    dataset = cfg.attack.aux_dataset or cfg.data.dataset
-    if (dataset, cfg.attack.aux_split) == (victims_dataset, victims_split):
-        raise ConfigError(
-            f"attack.aux_split={cfg.attack.aux_split!r} of {dataset!r} is the victims' own data: the attacker's auxiliary "
-            f"set must be disjoint from it; choose another split (e.g. train) or attack.aux_dataset"
-        )
-    raw = load_split(
-        dataset,
-        cfg.attack.aux_split,
-        cfg.data.data_dir,
-        hub_fallback=cfg.data.hub_fallback,
-        max_samples=cfg.attack.aux_samples,
-        seed=cfg.seed + 17,
-    )
-    return tokenize_split(raw, tokenizer, cfg.model.max_length, attributes=get_spec(dataset).attributes)
-
-
 @dataclass
 class AttackSuite:
     ctx: AttackContext
@@ -102,6 +55,9 @@ class AttackSuite:
     fit_s: dict[str, float] = field(default_factory=dict)
     aux_size: int = 0
     aux_dropped: int = 0
+    corpora: dict[str, int] = field(default_factory=dict)  # sentences per public corpus, after the drop
+    budget: dict = field(default_factory=dict)  # the attacker's training budget (attack_budget)
+    peak_rss_mb: float | None = None  # the process's peak resident memory once the attacks were fitted
 
     @classmethod
     @isolated_rng()
@@ -136,7 +92,14 @@ class AttackSuite:
                 anchors = load_or_build_anchors(through.bottom, tokenizer, model_id, cache=through is split)
                 contexts[id(through)] = AttackContext(through.bottom, tokenizer, anchors, cfg.attack, seed=cfg.seed)
             ctx = contexts[id(through)]
-            suite = suite or cls(ctx, [], aux_size=len(aux), aux_dropped=dropped)
+            suite = suite or cls(
+                ctx,
+                [],
+                aux_size=len(aux),
+                aux_dropped=dropped,
+                corpora=corpus_counts(aux),
+                budget=attack_budget(cfg.attack),
+            )
             if attacker == "adaptive":
                 seed = cfg.seed + ATTACKER_SEED_OFFSET
                 mechanism = build_mechanism(cfg.mechanism, through, tokenizer, model_id, seed=seed)
@@ -144,7 +107,8 @@ class AttackSuite:
             else:  # static: the clean bottom outputs
                 mechanism = Mechanism(cfg.seed)
             bits = cfg.design.bits if attacker == "adaptive" else None  # what the victims' uploads went through too
-            aux_obs = observe(through.bottom, mechanism, aux, tokenizer.pad_token_id, bits=bits)
+            # observed on the fly, a minibatch at a time: fresh noise every epoch, memory ∝ one minibatch
+            aux_obs = ObservationStream(through.bottom, mechanism, aux, tokenizer.pad_token_id, bits=bits)
             for name in attack_names(cfg.attack, attributes, labelled):
                 for attack in ATTACKS[name](ctx, attributes):
                     attack.attacker = attacker
@@ -155,6 +119,7 @@ class AttackSuite:
                     suite.attacks.append(attack)
                     log(f"privtune-ray: fitted {key} on {len(aux)} auxiliary sentences ({suite.fit_s[key]:.1f} s)")
         assert suite is not None, "attack.attackers is never empty (config)"
+        suite.peak_rss_mb = peak_rss_mb()
         return suite
 
     def key(self, attack: Attack) -> str:
@@ -183,11 +148,35 @@ class AttackSuite:
         return rows
 
     def describe(self) -> dict:
+        """The attacker as the summary records it: its public text (per corpus), what was dropped as the victims',
+        its training budget and the peak resident memory (MiB) once fitted."""
         return {
             "aux_sentences": self.aux_size,
             "aux_dropped_as_victims": self.aux_dropped,
+            "aux_corpora": self.corpora,
+            "budget": self.budget,
+            "peak_rss_mb": self.peak_rss_mb,
             **{a.name: a.describe() for a in self.attacks if a.describe()},
         }
+
+
+def attack_budget(cfg: AttackConfig) -> dict:
+    """The attacker's training budget: its learned attacks' epochs, minibatch, learning rate and inverter depth; the
+    observations are fresh each epoch (``ObservationStream``)."""
+    return {
+        "epochs": cfg.epochs,
+        "batch_size": cfg.batch_size,
+        "lr": cfg.lr,
+        "inverter_layers": cfg.inverter_layers,
+        "probe_epochs": cfg.probe_epochs,
+        "fresh_noise_each_epoch": True,
+    }
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size so far, in MiB (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024 if sys.platform == "darwin" else 1024)
 
 
 def by_name(rows: list[dict]) -> dict[str, dict]:

@@ -29,6 +29,7 @@ class TokenizedSplit:
     # Generation (causal LM): input_ids = prompt + answer + end; the loss covers the tokens after the prompt.
     prompt_lengths: np.ndarray | None = None  # int64 [N]: prompt tokens per sample
     answers: list[list[str]] = field(default_factory=list)  # reference answers per sample (exact match, F1)
+    origin: np.ndarray | None = None  # "dataset:split" per sample, where a set was assembled from several corpora
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -52,6 +53,25 @@ class TokenizedSplit:
             texts=[self.texts[i] for i in indices] if self.texts else [],
             prompt_lengths=None if self.prompt_lengths is None else self.prompt_lengths[indices],
             answers=[self.answers[i] for i in indices] if self.answers else [],
+            origin=None if self.origin is None else self.origin[indices],
+        )
+
+    @classmethod
+    def concat(cls, parts: list[TokenizedSplit]) -> TokenizedSplit:
+        """Classification/plain-text splits one after another; an attribute a part lacks is None for its samples."""
+        names = list(dict.fromkeys(name for p in parts for name in p.attributes))
+
+        def column(p: TokenizedSplit, name: str) -> np.ndarray:
+            return p.attributes[name] if name in p.attributes else np.full(len(p), None, dtype=object)
+
+        return cls(
+            input_ids=[ids for p in parts for ids in p.input_ids],
+            labels=np.concatenate([p.labels for p in parts]),
+            attributes={n: np.concatenate([column(p, n) for p in parts]) for n in names},
+            texts=[t for p in parts for t in p.texts],
+            origin=None
+            if any(p.origin is None for p in parts)
+            else np.concatenate([np.asarray(p.origin, dtype=object) for p in parts]),
         )
 
 

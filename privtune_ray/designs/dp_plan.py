@@ -230,7 +230,7 @@ def devices_train_size(cfg: Config) -> int:
     )
     if cfg.attack.enabled and aux_from_training(cfg):
         check_aux_fits(cfg.attack.aux_samples, n)
-        n -= cfg.attack.aux_samples
+        n -= cfg.attack.aux_samples or 0  # (None, all of it, was refused above)
     return n
 
 

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from ..attacks.gradient_matching import held_gradient_matching
+from ..attacks.public_text import attacker_data
 from ..attacks.rounds import AttackRounds
 from ..attacks.suite import AttackSuite
 from ..config import Config
@@ -49,7 +50,7 @@ from ..models.split import BottomModel, depth_of, split_model
 from ..progress import plain_lines, progress_bar
 from ..runs import RunSession, Summary, Totals
 from ..seeding import seed_everything
-from ..training.loop import attacker_data, classification_spec, load_task_data, top_device
+from ..training.loop import classification_spec, load_task_data, top_device
 from ..training.server import lora_targets
 from .backend import BACKENDS, ReplicaLost
 from .clock import simulate_round

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..attacks.params import aux_from_training
+from ..attacks.public_text import attacker_data
 from ..attacks.rounds import AttackRounds
-from ..attacks.suite import AttackSuite, carve_aux, load_aux, probe_attributes
+from ..attacks.suite import AttackSuite
 from ..config import Config
 from ..data.batching import TokenizedSplit, batch_indices, collate, end_token_id, tokenize_generation, tokenize_split
 from ..data.registry import get_spec, load_split
@@ -396,15 +396,6 @@ def run_training(cfg: Config, out: str | os.PathLike | None = None, resume: bool
     log(f"privtune-ray: dev {metric} {result[metric]:.4f} on {result['samples']} samples after {totals.step} steps")
     log(f"privtune-ray: wrote {run.summary_path}")
     return run.path
-
-
-def attacker_data(cfg: Config, tokenizer, train_split: TokenizedSplit) -> tuple[TokenizedSplit, TokenizedSplit]:
-    """(the attacker's auxiliary sentences, the devices' training data). When the auxiliary data comes from
-    the training split, it is carved out of it, so the devices never send those sentences."""
-    probe_attributes(cfg.attack, cfg.data.dataset)
-    if aux_from_training(cfg):
-        return carve_aux(train_split, cfg.attack.aux_samples, cfg.seed + 17)
-    return load_aux(cfg, tokenizer, cfg.data.dataset, cfg.data.train_split), train_split
 
 
 def _evaluate_and_log(run, client, server, split, cfg: Config, tokenizer, step: int, log=None) -> dict:
