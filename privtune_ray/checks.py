@@ -121,9 +121,9 @@ def _check_attacks(cfg: Config) -> None:
     attack = cfg.attack
     for name in attack.names:
         require(
-            name == "auto" or name in ATTACK_PARAMS,
+            name in ("auto", "all") or name in ATTACK_PARAMS,
             "attack.names",
-            f"unknown attack {name!r}; choose from {sorted(ATTACK_PARAMS)} or 'auto'",
+            f"unknown attack {name!r}; choose from {sorted(ATTACK_PARAMS)}, 'auto' (the quick set) or 'all'",
         )
     if attack.aux_dataset is not None:
         require(

@@ -245,7 +245,8 @@ class AttackConfig:
     """
 
     enabled: bool = False  # run the attacks during `privtune-ray train`
-    names: list[str] = field(default_factory=lambda: ["auto"])  # attack names, or "auto": all that apply
+    # attack names, or "auto": all that apply but the strong inverters; "all": with them (attacks/params.py)
+    names: list[str] = field(default_factory=lambda: ["auto"])
     # adaptive: the attacks are fitted through the attacker's own copy of the mechanism (it models the noise);
     # static: fitted on clean bottom outputs of the same public text (it does not). The first is the headline's.
     attackers: list[str] = field(default_factory=lambda: ["adaptive"])
@@ -263,10 +264,16 @@ class AttackConfig:
     lr: float = 1.0e-3  # learned inverters' AdamW learning rate
     probe_epochs: int = 10  # the attribute attacks' MLPs on pooled h̃ (aia_probe, aia_keyword, aia_label)
     probe_lr: float = 3.0e-4
-    opt_steps: int = 50  # eia_opt: Adam steps on the relaxed token logits
-    opt_candidates: int = 32  # eia_opt: tokens per position it chooses among (the nearest anchors)
+    opt_steps: int = 50  # eia_opt, eia_bisr: Adam steps on the relaxed token logits
+    opt_candidates: int = (
+        32  # eia_opt, eia_bisr: tokens per position it chooses among (nearest anchors; inverter's top)
+    )
     opt_lr: float = 0.1
     opt_temperature: float = 1.0  # eia_opt: T of softmax(z/T)
+    bisr_prior: float = 1.0  # eia_bisr: λ, weight of the inverter's prior beside the noise law's −log p(h̃ | x)
+    selftrain_rounds: int = 2  # eia_selftrain: rounds of pseudo-labelling the victims' uploads and fitting again
+    selftrain_confidence: float = 0.5  # eia_selftrain: a position is pseudo-labelled when max_v p(v | h̃) >= this
+    selftrain_epochs: int = 1  # eia_selftrain: epochs over the pseudo-labelled uploads per round
     keywords: int = 20  # aia_keyword: how many sensitive words it looks for (chosen on the auxiliary data)
     keyword_list: list[str] | None = None  # aia_keyword: the sensitive words themselves (None: chosen)
     top_k: int = 5  # EIA top-k ASR

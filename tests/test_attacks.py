@@ -14,9 +14,9 @@ from privtune_ray.attacks.knn_inversion import KNNInversion
 from privtune_ray.attacks.learned_inversion import LearnedInversion
 from privtune_ray.attacks.observations import Observations, observe
 from privtune_ray.attacks.optimisation_inversion import OptimisationInversion
+from privtune_ray.attacks.public_text import disjoint_aux
 from privtune_ray.attacks.registry import ATTACKS, GRADIENT_ATTACKS
 from privtune_ray.attacks.rounds import AttackRounds
-from privtune_ray.attacks.public_text import disjoint_aux
 from privtune_ray.attacks.suite import AttackSuite, attack_names
 from privtune_ray.checks import check_config
 from privtune_ray.cli import main

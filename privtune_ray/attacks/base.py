@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -38,6 +38,9 @@ class AttackContext:
     anchors: torch.Tensor  # [V, d]
     cfg: AttackConfig
     seed: int = 0
+    # fitted attacks that others build on, by (name, id of the auxiliary data): eia_bisr and eia_selftrain start
+    # from eia_transformer_large's inverter, fitted once per attacker
+    fitted: dict[tuple[str, int], Any] = field(default_factory=dict)
 
     @property
     def special_ids(self) -> list[int]:

@@ -54,10 +54,14 @@ class InverterParams(VariantParams):
     epochs: int
     lr: float
     batch_size: int
+    inverter_layers: int | None
 
     def validate(self, key: str) -> None:
         require(self.epochs >= 1, f"{key}.epochs", "must be >= 1")
         require(self.lr > 0, f"{key}.lr", "must be > 0")
+        require(
+            self.inverter_layers is None or self.inverter_layers >= 1, f"{key}.inverter_layers", "must be >= 1 or null"
+        )
 
 
 @dataclass
@@ -78,11 +82,44 @@ class OptimisationParams(VariantParams):
             require(getattr(self, name) > 0, f"{key}.{name}", "must be > 0")
 
 
+@dataclass
+class BiSRParams(InverterParams, OptimisationParams):
+    """eia_bisr's keys: the large inverter's (``epochs``, ``lr``, ...), the refinement's (``opt_*``) and
+    ``bisr_prior``, the weight λ of the inverter's prior against the noise law (defaults: ``config.AttackConfig``)."""
+
+    bisr_prior: float
+
+    def validate(self, key: str) -> None:
+        InverterParams.validate(self, key)
+        OptimisationParams.validate(self, key)
+        require(self.bisr_prior >= 0, f"{key}.bisr_prior", "must be >= 0")
+
+
+@dataclass
+class SelfTrainParams(InverterParams):
+    """eia_selftrain's keys: the large inverter's, then ``selftrain_rounds`` rounds of pseudo-labelling the victims'
+    uploads at confidence ≥ ``selftrain_confidence`` and ``selftrain_epochs`` epochs of fitting on them beside the
+    public text (defaults: ``config.AttackConfig``)."""
+
+    selftrain_rounds: int
+    selftrain_confidence: float
+    selftrain_epochs: int
+
+    def validate(self, key: str) -> None:
+        super().validate(key)
+        require(self.selftrain_rounds >= 1, f"{key}.selftrain_rounds", "must be >= 1")
+        require(0 < self.selftrain_confidence < 1, f"{key}.selftrain_confidence", "must be in (0, 1)")
+        require(self.selftrain_epochs >= 1, f"{key}.selftrain_epochs", "must be >= 1")
+
+
 ATTACK_PARAMS: dict[str, type[VariantParams]] = {
     "eia_knn_l2": VariantParams,
     "eia_knn_cosine": VariantParams,
     "eia_mlp": InverterParams,
     "eia_transformer": InverterParams,
+    "eia_transformer_large": InverterParams,
+    "eia_bisr": BiSRParams,
+    "eia_selftrain": SelfTrainParams,
     "eia_opt": OptimisationParams,
     "aia_probe": ProbeParams,
     "aia_keyword": KeywordParams,
@@ -90,12 +127,19 @@ ATTACK_PARAMS: dict[str, type[VariantParams]] = {
     "gm_label": ProbeParams,  # the surrogate of the top adapter is fitted like a probe
 }
 
+# The strong inverters (a full-vocabulary decoder, refinement, self-training): run when named or with "all" in
+# attack.names, not with "auto" (the quick set the tests and the cheap configs use).
+STRONG_ATTACKS = frozenset({"eia_transformer_large", "eia_bisr", "eia_selftrain"})
+
 # Attacks on the gradients a device returns (GradientContext), not on its uploads: the suite leaves them out.
 GRADIENT_ATTACKS = frozenset({"gm_label"})
 
 __all__ = [
     "ATTACK_PARAMS",
+    "BiSRParams",
+    "SelfTrainParams",
     "GRADIENT_ATTACKS",
+    "STRONG_ATTACKS",
     "InverterParams",
     "KeywordParams",
     "OptimisationParams",

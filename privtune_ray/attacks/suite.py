@@ -29,7 +29,7 @@ from ..models.split import SplitModel
 from ..seeding import isolated_rng
 from .base import Attack, AttackContext
 from .observations import Observations, ObservationStream
-from .params import probe_attributes
+from .params import STRONG_ATTACKS, probe_attributes
 from .public_text import corpus_counts, disjoint_aux
 from .registry import ATTACKS, GRADIENT_ATTACKS
 
@@ -43,7 +43,10 @@ def attack_names(cfg: AttackConfig, attributes: tuple[str, ...], labelled: bool 
     names = []
     skip = ({"aia_probe"} if not attributes else set()) | ({"aia_label"} if not labelled else set())
     for name in cfg.names:
-        expanded = [n for n in ATTACKS if n not in skip] if name == "auto" else [name]
+        if name in ("auto", "all"):  # auto: the quick set; all: with the strong inverters (STRONG_ATTACKS) too
+            expanded = [n for n in ATTACKS if n not in skip and (name == "all" or n not in STRONG_ATTACKS)]
+        else:
+            expanded = [name]
         names.extend(n for n in expanded if n not in names and n not in GRADIENT_ATTACKS)
     return names
 

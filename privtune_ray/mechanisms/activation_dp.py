@@ -68,6 +68,11 @@ class GaussianActivation(_ClippedNoise):
     def noise(self, shape):
         return torch.randn(*shape, generator=self.torch_rng) * (self.noise_multiplier * self.clip_norm)
 
+    def noise_nll(self, released, clean):
+        """‖h̃ − clip(h)‖² / (2σ²C²): Gaussian noise on the clipped row."""
+        sigma = self.noise_multiplier * self.clip_norm
+        return (released - clip_rows(clean, self.clip_norm, 2)).pow(2).sum(-1) / (2 * sigma**2)
+
 
 class LaplaceActivation(_ClippedNoise):
     name = "laplace"
@@ -80,3 +85,7 @@ class LaplaceActivation(_ClippedNoise):
         eps = torch.finfo(torch.float64).eps
         u = torch.empty(shape, dtype=torch.float64).uniform_(eps - 1, 1, generator=self.torch_rng)
         return -(self.noise_multiplier * self.clip_norm) * torch.sign(u) * torch.log1p(-u.abs())
+
+    def noise_nll(self, released, clean):
+        """‖h̃ − clip₁(h)‖₁ / (λC): Laplace noise on the L1-clipped row."""
+        return (released - clip_rows(clean, self.clip_norm, 1)).abs().sum(-1) / (self.noise_multiplier * self.clip_norm)

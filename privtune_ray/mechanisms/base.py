@@ -77,6 +77,12 @@ class Mechanism:
         """The privacy statement for a sample sent ``releases`` times (``guarantees.py``, from the parameters)."""
         return none_guarantee(VariantParams(), releases, max_length)
 
+    def noise_nll(self, released: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+        """−log p(h̃_i | h_i) per row, up to a constant (nats), differentiable in ``clean`` [..., d] -> [...]: the noise
+        law an adaptive attacker inverts (``attacks/bisr_inversion.py``). The identity adds none; ½‖h̃ − h‖² stands in
+        for the mismatch of a near-miss token."""
+        return 0.5 * (released - clean).pow(2).sum(-1)
+
     def params(self) -> dict[str, Any]:
         return {}
 

@@ -44,6 +44,10 @@ class DChi(Mechanism):
         z = sample_dchi(tuple(h.shape[:-1]), h.shape[-1], self.eta, self.np_rng, self.torch_rng).to(h.dtype)
         return torch.where(real_tokens(attention_mask), h + z, h)
 
+    def noise_nll(self, released, clean):
+        """η‖h̃ − h‖₂: the density ∝ exp(−η‖z‖₂)."""
+        return self.eta * (released - clean).norm(dim=-1)
+
     def guarantee(self, releases: int = 1, max_length: int = 64) -> Guarantee:
         return dchi_guarantee(DChiParams(self.eta), releases, max_length)
 

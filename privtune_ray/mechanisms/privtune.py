@@ -188,6 +188,11 @@ class PrivTune(Mechanism):
         released = h + delta + self.noise_scale(input_ids).unsqueeze(-1).to(h.dtype) * z
         return torch.where(real_tokens(attention_mask), released, h)
 
+    def noise_nll(self, released, clean):
+        """η‖h̃ − h‖₂, the d_χ law with s(x) = 1 and δ = 0: the attacker's approximation (it does not know the victim's
+        importance scale s(x) ∈ [s_min, 1] nor the offset δ, ‖δ‖ ≤ r)."""
+        return self.p.eta * (released - clean).norm(dim=-1)
+
     def guarantee(self, releases: int = 1, max_length: int = 64) -> Guarantee:
         return privtune_guarantee(self.p, releases, self.params(), proxy_used=self.proxy is not None)
 
