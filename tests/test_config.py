@@ -166,7 +166,10 @@ def test_more_devices_per_round_than_devices_is_refused():
         ("data.dataset=imdb", r"'data.dataset'.*unknown dataset 'imdb'; choose one of \[.*'sst2'"),
         ("mechanism.name=rot13", r"'mechanism.name'.*unknown mechanism 'rot13'; choose one of \[.*'privtune'"),
         ("simulation.partition=round-robin", r"'simulation.partition'.*choose one of \['dirichlet', 'iid'"),
-        ("attack.names=[eia_magic]", r"'attack.names'.*unknown attack 'eia_magic'; choose from .* 'auto' \(the quick set\) or 'all'"),
+        (
+            "attack.names=[eia_magic]",
+            r"'attack.names'.*unknown attack 'eia_magic'; choose from .* 'auto' \(the quick set\) or 'all'",
+        ),
         ("attack.aux_dataset=imdb", r"'attack.aux_dataset'.*unknown dataset 'imdb'"),
         ("attack.names=[gm_label]", r"'attack.names'.*'gm_label' reads per-sample gradients.*design.name=online"),
     ],

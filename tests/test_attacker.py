@@ -1,0 +1,182 @@
+"""The attacker's budget: its public text (several corpora, none of the victims' phrases), on-the-fly observations with
+fresh noise, and the strong inverters at the boundary (near 100 % undefended at m = 0, towards chance under strong
+noise)."""
+
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset
+
+from privtune_ray.attacks.base import AttackContext
+from privtune_ray.attacks.observations import ObservationStream, observe
+from privtune_ray.attacks.public_text import attacker_data, disjoint_aux, load_aux
+from privtune_ray.attacks.registry import ATTACKS
+from privtune_ray.attacks.selftrain_inversion import SelfTrainingInversion
+from privtune_ray.attacks.suite import AttackSuite
+from privtune_ray.checks import check_config
+from privtune_ray.cli import main
+from privtune_ray.config import AttackConfig, MechanismConfig, load_config
+from privtune_ray.data import load_split, tokenize_split
+from privtune_ray.data.overlap import contained_in
+from privtune_ray.errors import ConfigError
+from privtune_ray.mechanisms.base import Mechanism
+from privtune_ray.mechanisms.registry import build_mechanism
+from privtune_ray.models import resolve_model, split_model
+from privtune_ray.models.anchors import load_or_build_anchors
+
+
+def test_a_phrase_inside_a_victims_sentence_is_dropped_not_only_an_exact_copy(tokenizer):
+    victims = ["a gorgeous film , really ", "it 's dull"]
+    texts = ["gorgeous film", "A Gorgeous Film , really", "film , really good", "dull", "gorgeous", "an epic"]
+    assert contained_in(texts, victims).tolist() == [True, True, False, True, True, False]
+    aux = tokenize_split(Dataset.from_dict({"text": texts, "label": [0] * len(texts)}), tokenizer, 32)
+    kept, dropped = disjoint_aux(aux, victims)
+    assert dropped == 4 and kept.texts == ["film , really good", "an epic"]
+
+
+def test_public_text_from_several_corpora_keeps_only_the_victims_tasks_labels(tokenizer):
+    cfg = load_config(
+        "simulations/sst2_attacks.yaml", ["attack.aux_samples=50", "attack.aux_corpora=[sst2:test, ag_news:train]"]
+    )
+    check_config(cfg)
+    aux = load_aux(cfg, tokenizer, "sst2", "dev")
+    sst2_test, ag_news = len(load_split("sst2", "test")), len(load_split("ag_news", "train"))
+    assert len(aux) == 50 + sst2_test + ag_news
+    origin = aux.origin.astype(str)
+    assert (origin == "sst2:train").sum() == 50
+    assert set(aux.labels[origin == "sst2:train"]) <= {0, 1}
+    assert (aux.labels[origin != "sst2:train"] == -1).all()  # unlabelled (test) and another task's labels (AG News)
+
+
+def test_a_carved_attacker_with_further_corpora_leaves_the_devices_the_rest(tokenizer):
+    cfg = load_config("simulations/sst2_attacks.yaml", ["attack.aux_samples=30", "attack.aux_corpora=[sst2:test]"])
+    train = tokenize_split(load_split("sst2", "train", max_samples=200, seed=0), tokenizer, 32)
+    aux, devices = attacker_data(cfg, tokenizer, train)
+    assert len(devices) == 170 and len(aux) == 30 + len(load_split("sst2", "test"))
+    assert not set(devices.texts) & set(aux.texts[:30])
+
+
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        ("attack.aux_corpora=[imdb:train]", r"'attack.aux_corpora'.*unknown dataset 'imdb'"),
+        ("attack.aux_corpora=[sst2:validation]", r"'attack.aux_corpora'.*'sst2' has no split 'validation'"),
+        ("attack.aux_corpora=[':train']", r"'attack.aux_corpora'.*must be 'dataset:split'"),
+        ("attack.inverter_layers=0", r"'attack.inverter_layers'.*>= 1"),
+        ("attack.selftrain_confidence=1.5", r"'attack.selftrain_confidence'.*\(0, 1\)"),
+        ("attack.bisr_prior=-1", r"'attack.bisr_prior'.*>= 0"),
+    ],
+)
+def test_bad_attacker_budget_is_one_clear_error(override, match):
+    with pytest.raises(ConfigError, match=match):
+        check_config(load_config("simulations/sst2_attacks.yaml", [override]))
+
+
+def test_more_public_text_than_the_data_holds_exits_2_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["attack", "simulations/sst2_attacks.yaml", "--out", str(out), "--set", "attack.aux_samples=100000000"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and not out.exists()
+    assert len(err) == 1 and "attack.aux_samples=100000000 but sst2:train holds 67349" in err[0], err
+
+
+def test_the_stream_draws_fresh_noise_every_pass_and_uploads_zero_padding(minilm, tokenizer):
+    split = split_model(minilm, 2)
+    data = tokenize_split(load_split("sst2", "dev", max_samples=16, seed=0), tokenizer, 64)
+    noisy = build_mechanism(MechanismConfig(name="dchi", eta=20.0), split, tokenizer, "", seed=3)
+    for mechanism, fresh in ((noisy, True), (Mechanism(), False)):
+        stream = ObservationStream(split.bottom, mechanism, data, tokenizer.pad_token_id)
+        first, second = (list(stream.batches(16, seed=0))[0] for _ in range(2))  # the same order, one batch
+        assert torch.equal(first.input_ids, second.input_ids)
+        real = first.attention_mask.bool()
+        assert (first.hidden[~real] == 0).all() and (second.hidden[~real] == 0).all()  # every padding row
+        assert torch.equal(first.hidden, second.hidden) != fresh
+        pooled = stream.pooled()
+        assert pooled.features.shape == (16, 384) and len(pooled.tokens) == 16
+
+
+def test_the_suite_records_the_attackers_budget_and_peak_memory(minilm, tokenizer):
+    cfg = load_config(
+        "simulations/sst2_attacks.yaml",
+        ["attack.names=[eia_mlp]", "attack.epochs=1", "attack.aux_corpora=[trustpilot:train]"],
+    )
+    aux = tokenize_split(load_split("sst2", "train", max_samples=60, seed=0), tokenizer, 32)
+    aux.origin = np.full(len(aux), "sst2:train", dtype=object)
+    public = tokenize_split(load_split("trustpilot", "train", max_samples=40, seed=0), tokenizer, 32)
+    public.origin = np.full(len(public), "trustpilot:train", dtype=object)
+    from privtune_ray.data.batching import TokenizedSplit
+
+    victims = [aux.texts[0]]  # one of the attacker's sentences is a victim's: dropped
+    suite = AttackSuite.fit_on(
+        cfg,
+        split_model(minilm, 2),
+        tokenizer,
+        resolve_model(cfg.model.name),
+        TokenizedSplit.concat([aux, public]),
+        "sst2",
+        victims,
+        log=lambda *_: None,
+    )
+    setup = suite.describe()
+    assert setup["aux_dropped_as_victims"] >= 1 and setup["aux_sentences"] == 100 - setup["aux_dropped_as_victims"]
+    assert sum(setup["aux_corpora"].values()) == setup["aux_sentences"] and "trustpilot:train" in setup["aux_corpora"]
+    assert setup["budget"]["epochs"] == 1 and setup["budget"]["fresh_noise_each_epoch"]
+    assert setup["peak_rss_mb"] > 100
+
+
+def _context(minilm, tokenizer, m, mechanism, aux_n=200, victims_n=32):
+    torch.manual_seed(0)
+    split = split_model(minilm, m)
+    aux = tokenize_split(load_split("sst2", "train", max_samples=aux_n, seed=1), tokenizer, 64)
+    victims = tokenize_split(load_split("sst2", "dev", max_samples=victims_n, seed=0), tokenizer, 64)
+    aux, _ = disjoint_aux(aux, victims.texts)
+    anchors = load_or_build_anchors(split.bottom, tokenizer, resolve_model("minilm"))
+    cfg = AttackConfig(epochs=2, opt_steps=10, selftrain_rounds=1)
+    ctx = AttackContext(split.bottom, tokenizer, anchors, cfg, seed=0)
+    pad = tokenizer.pad_token_id
+    stream = ObservationStream(split.bottom, mechanism(split, 5), aux, pad)
+    return ctx, stream, observe(split.bottom, mechanism(split, 0), victims, pad)
+
+
+STRONG = ("eia_transformer_large", "eia_bisr", "eia_selftrain")
+
+
+@pytest.mark.long  # fits the large inverter twice
+def test_the_strong_inverters_read_m0_undefended_and_fall_towards_chance_under_strong_noise(minilm, tokenizer):
+    none = lambda split, seed: Mechanism(seed)
+    ctx, stream, victims = _context(minilm, tokenizer, 0, none)
+    for name in STRONG:
+        (attack,) = ATTACKS[name](ctx, ())
+        attack.fit(stream)
+        assert attack.run(victims)["asr_top1"] >= 0.95, name
+    assert len(ctx.fitted) == 1  # bisr and self-training start from the one large inverter
+
+    strong = MechanismConfig(name="dchi", eta=2.0)  # mean radius d/η = 192, far above ‖h‖
+    noisy = lambda split, seed: build_mechanism(strong, split, tokenizer, "", seed=seed)
+    ctx, stream, victims = _context(minilm, tokenizer, 2, noisy)
+    for name in STRONG:
+        (attack,) = ATTACKS[name](ctx, ())
+        attack.fit(stream)
+        assert attack.run(victims)["asr_top1"] < 0.10, name  # the most frequent token alone scores ~5 %
+
+
+def test_self_training_never_reads_the_victims_text(minilm, tokenizer):
+    none = lambda split, seed: Mechanism(seed)
+    ctx, stream, victims = _context(minilm, tokenizer, 0, none, aux_n=40, victims_n=8)
+    ctx.cfg.epochs = 1
+    attack = SelfTrainingInversion(ctx)
+    attack.fit(stream)
+    blind = observe(
+        split_model(minilm, 0).bottom,
+        Mechanism(),
+        tokenize_split(load_split("sst2", "dev", max_samples=8, seed=0), tokenizer, 64),
+        tokenizer.pad_token_id,
+    )
+    blind.input_ids = torch.randint_like(blind.input_ids, 1000, 2000)  # text the attack must not see
+    guesses = []
+    for obs in (victims, blind):
+        torch.manual_seed(1)
+        attack.run(obs)
+        guesses.append(attack.predict(obs.hidden, obs.attention_mask))
+    assert torch.equal(guesses[0], guesses[1])
+    assert attack.describe()["pseudo_labelled_share_per_round"][0] > 0.5
