@@ -1,0 +1,120 @@
+"""How strong is the attacker: max EIA top-1 ASR against the attacker's public text and epochs, at the frontier's
+points, each point a fresh `privtune-ray attack` process (so its peak resident memory is its own).
+
+    python benchmarks/bench_attacker.py [--points none privtune dchi] [--aux 2000 8000 32000 all] [--epochs 4]
+        [--out benchmarks/results/attacker.json]
+
+``all`` is the whole of SST-2's training split (every phrase inside a dev victim's sentence dropped) and every
+further public corpus (``ALL_CORPORA``). Results are merged into ``--out`` by (point, aux, epochs), so a long curve
+can be measured in parts; ``saturated`` marks a point whose last doubling of public text added <= 1 point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from privtune_ray.runs import git_revision, package_versions  # noqa: E402
+
+CONFIG = "simulations/sst2_attacker.yaml"
+# The frontier's points (frontier_tuned.json: m = 4; PrivTune and d_chi at the eta of its 10 % bound).
+POINTS = {
+    "none": ["mechanism.name=none"],
+    "privtune": ["mechanism.name=privtune", "mechanism.eta=5.0"],
+    "dchi": ["mechanism.name=dchi", "mechanism.eta=5.0"],
+}
+ALL_CORPORA = "[sst2:test, ag_news:train, blog:train, squad:train, trustpilot:train]"
+SATURATION_POINTS = 0.01  # a doubling of public text that adds at most this much max top-1 ASR
+
+
+def measure(point: str, aux: str, epochs: int, runs: Path) -> dict:
+    key = f"{point}-aux{aux}-ep{epochs}"
+    overrides = [*POINTS[point], f"attack.epochs={epochs}"]
+    overrides += (
+        ["attack.aux_samples=null", f"attack.aux_corpora={ALL_CORPORA}"]
+        if aux == "all"
+        else [f"attack.aux_samples={aux}"]
+    )
+    cmd = [sys.executable, "-m", "privtune_ray.cli", "attack", CONFIG, "--out", str(runs / key)]
+    for o in overrides:
+        cmd += ["--set", o]
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True)
+    summary = json.loads((runs / key / "summary.json").read_text())
+    setup = summary["attack_setup"]
+    return {
+        "point": point,
+        "aux": aux,
+        "epochs": epochs,
+        "overrides": overrides,
+        "aux_sentences": setup["aux_sentences"],
+        "aux_dropped_as_victims": setup["aux_dropped_as_victims"],
+        "aux_corpora": setup["aux_corpora"],
+        "max_eia_asr_top1": summary["max_eia_asr_top1"],
+        "asr_top1": {n: a["asr_top1"] for n, a in summary["attacks"].items() if a["kind"] == "inversion"},
+        "asr_top5": {n: a["asr_top5"] for n, a in summary["attacks"].items() if a["kind"] == "inversion"},
+        "fit_s": {n: a["fit_s"] for n, a in summary["attacks"].items()},
+        "peak_rss_mb": setup["peak_rss_mb"],
+        "wall_s": time.perf_counter() - start,
+        "victims": summary["victims"],
+    }
+
+
+def saturation(results: dict) -> dict:
+    """Per (point, epochs): the curve over public text in order, and whether its last doubling added <= 1 point."""
+    order = {"2000": 0, "8000": 1, "32000": 2, "all": 3}
+    curves: dict[str, list] = {}
+    for r in results.values():
+        curves.setdefault(f"{r['point']}-ep{r['epochs']}", []).append(r)
+    out = {}
+    for name, rows in curves.items():
+        rows.sort(key=lambda r: order.get(str(r["aux"]), 99))
+        asr = [r["max_eia_asr_top1"] for r in rows]
+        out[name] = {
+            "aux": [r["aux"] for r in rows],
+            "aux_sentences": [r["aux_sentences"] for r in rows],
+            "max_eia_asr_top1": asr,
+            "saturated": len(asr) >= 2 and asr[-1] - asr[-2] <= SATURATION_POINTS,
+        }
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--points", nargs="+", default=list(POINTS), choices=list(POINTS))
+    parser.add_argument("--aux", nargs="+", default=["2000", "8000", "32000", "all"])
+    parser.add_argument("--epochs", nargs="+", type=int, default=[4])
+    parser.add_argument("--runs", default="runs/attacker", help="where the attack runs go")
+    parser.add_argument("--out", default="benchmarks/results/attacker.json")
+    args = parser.parse_args()
+    out = Path(args.out)
+    previous = json.loads(out.read_text()) if out.is_file() else {}
+    results = previous.get("results", {})
+    for point in args.points:
+        for aux in args.aux:
+            for epochs in args.epochs:
+                results[f"{point}-aux{aux}-ep{epochs}"] = measure(point, aux, epochs, Path(args.runs))
+                record = {
+                    "benchmark": "attacker",
+                    "config": CONFIG,
+                    "victims": "SST-2 dev, attack.victim_samples of them (seed 0)",
+                    "results": results,
+                    "curves": saturation(results),
+                    "versions": package_versions(),
+                    "git": git_revision(),
+                    "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                }
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.write_text(json.dumps(record, indent=2) + "\n")
+                print(f"wrote {out} ({len(results)} points)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
