@@ -2,7 +2,10 @@
 fresh noise, and the strong inverters at the boundary (near 100 % undefended at m = 0, towards chance under strong
 noise)."""
 
+import json
+
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from datasets import Dataset
@@ -13,6 +16,7 @@ from privtune_ray.attacks.public_text import attacker_data, disjoint_aux, load_a
 from privtune_ray.attacks.registry import ATTACKS
 from privtune_ray.attacks.selftrain_inversion import SelfTrainingInversion
 from privtune_ray.attacks.suite import AttackSuite
+from privtune_ray.attacks.update_inversion import AdapterUpdate, UpdateInversion, build_update_inversion
 from privtune_ray.checks import check_config
 from privtune_ray.cli import main
 from privtune_ray.config import AttackConfig, MechanismConfig, load_config
@@ -180,3 +184,75 @@ def test_self_training_never_reads_the_victims_text(minilm, tokenizer):
         guesses.append(attack.predict(obs.hidden, obs.attention_mask))
     assert torch.equal(guesses[0], guesses[1])
     assert attack.describe()["pseudo_labelled_share_per_round"][0] > 0.5
+
+
+def _offline_update(minilm, tokenizer, m, sentences=4):
+    """One device's offline update (∇A_b, ∇A_t of its local batch) as it uploads it, by parameter name."""
+    from privtune_ray.data import collate
+    from privtune_ray.designs.guarded.modules import Blocks, ClientAdapters, GuardedClient, GuardedLayout
+
+    torch.manual_seed(0)
+    lay = GuardedLayout.check(6, m, 1)
+    adapters = ClientAdapters(minilm, lay, "classification")
+    client = GuardedClient("offline", split_model(minilm, m).bottom, adapters, 0.5, None, Blocks(minilm, lay.emulator))
+    data = tokenize_split(load_split("sst2", "dev", max_samples=sentences, seed=0), tokenizer, 64)
+    batch = collate(data, np.arange(sentences), tokenizer.pad_token_id)
+    _, _, grads = client.offline_step(batch)
+    named = {n: g for (n, _), g in zip(adapters.named_parameters(), grads) if g is not None}
+    return AdapterUpdate(named, batch.input_ids, batch.attention_mask)
+
+
+def test_the_update_attack_reads_an_offline_devices_batch_and_falls_to_chance_under_noise(minilm, tokenizer):
+    """The offline design sends no per-sample tensor, but its adapter update of one local batch spans the batch's h_i."""
+    update = _offline_update(minilm, tokenizer, 0)
+    attack = UpdateInversion(
+        load_or_build_anchors(split_model(minilm, 0).bottom, tokenizer, resolve_model("minilm")),
+        tokenizer.all_special_ids,
+    )
+    clean = attack.run([update])
+    assert clean["token_recall"] >= 0.95 and clean["bag_size"] <= int(update.attention_mask.sum()), clean
+    generator = torch.Generator().manual_seed(0)
+    noisy = AdapterUpdate(
+        {n: g + 100 * g.abs().max() * torch.randn(g.shape, generator=generator) for n, g in update.gradients.items()},
+        update.input_ids,
+        update.attention_mask,
+    )
+    scores = attack.run([noisy])
+    assert scores["token_recall"] < 0.10 and scores["chance_recall"] < 0.05, scores
+
+
+@pytest.mark.long  # observes 3,000 public sentences
+def test_contextual_anchors_recover_an_update_at_m2(minilm, tokenizer):
+    update = _offline_update(minilm, tokenizer, 2)
+    bottom = split_model(minilm, 2).bottom
+    aux = tokenize_split(load_split("sst2", "train", max_samples=3000, seed=1), tokenizer, 64)
+    attack = build_update_inversion(bottom, tokenizer, resolve_model("minilm"), aux, log=lambda *_: None)
+    assert attack.contextual > 5000
+    assert attack.run([update])["token_recall"] >= 0.9
+
+
+@pytest.mark.long  # a two-round offline simulation
+def test_an_offline_simulation_scores_its_worst_channel_the_adapter_update(tmp_path):
+    """What crosses in offline is the update alone: the simulation attacks it and names it the worst channel."""
+    out = tmp_path / "run"
+    args = ["simulate", "simulations/sst2_designs.yaml", "--out", str(out)]
+    for o in (
+        "design.name=offline",
+        "data.max_train_samples=240",
+        "data.max_eval_samples=32",
+        "simulation.devices=12",
+        "simulation.rounds=2",
+        "simulation.devices_per_round=3",
+        "simulation.local_batch_size=8",
+        "attack.enabled=true",
+        "attack.aux_samples=100",
+        "attack.victim_samples=16",
+        "train.threads=2",
+    ):
+        args += ["--set", o]
+    assert main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["worst_channel"] == "adapter_up" and summary["max_token_recovery"] > 0.5, summary
+    rows = pd.read_csv(out / "attacks.csv")
+    recall = rows[(rows["attack"] == "eia_update") & (rows["metric"] == "token_recall")]
+    assert len(recall) == 1 and recall["value"].iloc[0] == summary["max_token_recovery"]

@@ -4,7 +4,11 @@ The cloud keeps the latest ``attack.victim_samples`` sentences it received and a
 ``attack.every`` steps (rounds) and once at the end. Two streams of victims, by what the attacks read:
 
 * uploads (h̃, or GuardedTuning's A1): the :class:`~privtune_ray.attacks.suite.AttackSuite`'s attacks;
-* returned gradients (A2 with ∂ℓ/∂A2, GuardedTuning online): the gradient attacks (``gm_label``).
+* returned gradients (A2 with ∂ℓ/∂A2, GuardedTuning online): the gradient attacks (``gm_label``);
+* adapter updates (GuardedTuning online's and offline's ∇A_b of one local batch): ``eia_update``.
+
+The summary's ``max_token_recovery`` is the worst channel's: the larger of the uploads' best top-1 ASR and the update
+attack's token recall, with ``worst_channel`` naming it (``act_up`` or ``adapter_up``).
 
 Each round appends its rows to ``attacks.csv`` (long format, ``suite.long_rows``) and returns the summary part:
 ``attacks`` (name -> scores), ``max_eia_asr_top1``, ``max_aia_advantage`` and ``attack_setup``.
@@ -23,6 +27,7 @@ from ..seeding import isolated_rng
 from .base import Attack
 from .observations import Observations
 from .suite import AttackSuite, VictimSample, by_name, headline, long_rows
+from .update_inversion import AdapterUpdate, UpdateInversion
 
 if TYPE_CHECKING:  # annotation only
     from ..runs import RunDir
@@ -54,8 +59,10 @@ class AttackRounds:
         suite: AttackSuite | None = None,
         gradient_attacks: Sequence[Attack] = (),
         refit: Callable[[], tuple[AttackSuite | None, list[Attack]]] | None = None,
+        update_attack: UpdateInversion | None = None,
     ):
         self.run, self.suite, self.gradient_attacks, self.refit = run, suite, list(gradient_attacks), refit
+        self.update_attack = update_attack
         self.victim_samples = victim_samples
         self.reset()
 
@@ -68,13 +75,27 @@ class AttackRounds:
         """Forget every victim observed so far."""
         self.sample = VictimSample(self.victim_samples)  # uploads
         self.returned = VictimSample(self.victim_samples)  # with the returned gradients
+        self.updates: list[AdapterUpdate] = []  # adapter updates since the last round
 
     def victims(self) -> dict[str, list[Observations]]:
         """The victims kept for the next round (for a checkpoint after the last round, which no redone round refills)."""
-        return {"uploads": list(self.sample.parts), "returned": list(self.returned.parts)}
+        return {
+            "uploads": list(self.sample.parts),
+            "returned": list(self.returned.parts),
+            "updates": list(self.updates),
+        }
 
-    def restore_victims(self, state: dict[str, list[Observations]]) -> None:
+    def restore_victims(self, state: dict[str, list]) -> None:
         self.sample.parts, self.returned.parts = list(state["uploads"]), list(state["returned"])
+        self.updates = list(state.get("updates", []))
+
+    def observe_update(self, update: AdapterUpdate) -> None:
+        """A device's uploaded adapter update with its local batch; the latest ``victim_samples`` sentences' kept."""
+        self.updates.append(update)
+        while self.victim_samples is not None and len(self.updates) > 1:
+            if sum(len(u.input_ids) for u in self.updates[1:]) < self.victim_samples:
+                break
+            self.updates.pop(0)
 
     def observe(self, observations: Observations) -> None:
         """Add victims: to the gradient attacks' sample if they carry ``gradients``, else to the suite's."""
@@ -126,7 +147,31 @@ class AttackRounds:
             }
         if self.gradient_attacks:
             summary = merge_attack_rows(summary, self._gradient_round(step, log))
+        if self.update_attack is not None and self.updates:
+            summary = self._update_round(summary, step, log)
         return summary
+
+    def _update_round(self, summary: dict, step: int, log=None) -> dict:
+        """``eia_update`` on the updates kept since the last round; the worst channel's token recovery."""
+        assert self.update_attack is not None
+        updates, self.updates = self.updates, []
+        row = {"attack": self.update_attack.name, "kind": "inversion", **self.update_attack.run(updates)}
+        self.run.append_rows("attacks", long_rows([row], step=step, victims=int(row["updates"])))
+        if log is not None:
+            log(
+                f"privtune-ray: attack {row['attack']:<22} token recall {row['token_recall']:.3f} (chance "
+                f"{row['chance_recall']:.3f}) on {int(row['updates'])} device updates"
+            )
+        merged = {
+            **summary,
+            "attacks": {**summary.get("attacks", {}), row["attack"]: {k: v for k, v in row.items() if k != "attack"}},
+        }
+        uploads = summary.get("max_eia_asr_top1")
+        channels = ([("act_up", uploads)] if uploads is not None else []) + [("adapter_up", row["token_recall"])]
+        channel, value = max(channels, key=lambda c: c[1])
+        merged["max_token_recovery"] = value
+        merged["worst_channel"] = channel
+        return merged
 
     def _gradient_round(self, step: int, log=None) -> list[dict]:
         if not self.returned.parts:

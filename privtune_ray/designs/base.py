@@ -58,6 +58,8 @@ class RoundOutcome:
     returned: dict[int, tuple[bytes, bytes]] = field(
         default_factory=dict
     )  # device -> (A2, ∂ℓ/∂A2) it was sent/sent back
+    # device -> its uploaded adapter update by parameter name (GuardedTuning's adapter_up): the update attack's target
+    updates: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -72,6 +74,7 @@ class RoundContext:
     download_bytes: Any  # (round, planned device) -> bytes it downloads before its work (instruction, bottom)
     observe: Any  # (on-time devices, their upload handles) -> None: hands the attack suite what it sees
     cloud: Any = None  # the design's coordinator state (:meth:`Design.cloud_state`)
+    observe_updates: bool = False  # the update attack reads the round's adapter updates (RoundOutcome.updates)
 
 
 class Design(ABC):
@@ -84,6 +87,8 @@ class Design(ABC):
     packs_uploads: ClassVar[bool] = False  # the cloud batches a round's uploads (train.physical_batch_size samples)
     uploads_per_sample_tensor: ClassVar[bool] = True  # a per-sample tensor leaves the device: the attacks' target
     returns_gradients: ClassVar[bool] = False  # the cloud sends per-sample gradients back: a label attack's target
+    # a device uploads the update of a block that reads the bottom's output (GuardedTuning's ∇A_b): eia_update's target
+    uploads_bottom_updates: ClassVar[bool] = False
     Params: ClassVar[type[DesignParams]] = DesignParams  # its keys of the ``design`` section and their checks
 
     def __init__(self, cfg: Config):

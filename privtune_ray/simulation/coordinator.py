@@ -37,6 +37,7 @@ from ..attacks.gradient_matching import held_gradient_matching
 from ..attacks.public_text import attacker_data
 from ..attacks.rounds import AttackRounds
 from ..attacks.suite import AttackSuite
+from ..attacks.update_inversion import AdapterUpdate, build_update_inversion
 from ..config import Config
 from ..data.batching import TokenizedSplit, batch_indices, collate
 from ..data.partition import partition
@@ -318,8 +319,14 @@ class Coordinator:
             self._download_bytes,
             lambda on_time, payloads: self._observe(plan, on_time, payloads),
             self.cloud,
+            observe_updates=self.attacks is not None and self.attacks.update_attack is not None,
         )
         outcome = self.design.cloud_round(ctx)
+        if self.attacks is not None and outcome.updates:
+            tasks = {d.device: d.task for d in plan.devices if d.task is not None}
+            for i, gradients in outcome.updates.items():
+                batch = collate(self.setup.train, tasks[i].samples, self.setup.pad_id)
+                self.attacks.observe_update(AdapterUpdate(gradients, batch.input_ids, batch.attention_mask))
         if self.attacks is not None and self.design.returns_gradients:
             tasks = {d.device: d.task for d in plan.devices if d.task is not None}
             for i, (a2, grad) in outcome.returned.items():
@@ -548,11 +555,17 @@ def start_attacks(coordinator: Coordinator, log) -> None:
     cfg, setup, design = coordinator.cfg, coordinator.setup, coordinator.design
     if not cfg.attack.enabled:
         return
-    if not design.uploads_per_sample_tensor:
-        log("privtune-ray: no per-sample tensor leaves a device while this design trains; no attack to run")
-        return
     aux = setup.aux
     assert aux is not None, "prepare() carves the attacker's auxiliary data when attack.enabled"
+    update_attack = None
+    if design.uploads_bottom_updates:  # ∇A_b of each device's local batch crosses (adapter_up)
+        bottom = split_model(setup.task_model, cfg.model.split_depth, task=cfg.model.task, name=cfg.model.name).bottom
+        update_attack = build_update_inversion(bottom, setup.tokenizer, resolve_model(cfg.model.name), aux, log=log)
+    if not design.uploads_per_sample_tensor:
+        log("privtune-ray: no per-sample tensor leaves a device while this design trains; its updates are attacked")
+        if update_attack is not None:
+            coordinator.attacks = AttackRounds(coordinator.run, cfg.attack.victim_samples, update_attack=update_attack)
+        return
 
     def fit() -> tuple[AttackSuite, list]:
         """The attacks on what the cloud holds now: the pretrained bottom, with the blocks it holds trained loaded
@@ -584,7 +597,12 @@ def start_attacks(coordinator: Coordinator, log) -> None:
     )
     suite, gradient_attacks = (None, []) if refits else fit()
     coordinator.attacks = AttackRounds(
-        coordinator.run, cfg.attack.victim_samples, suite, gradient_attacks, refit=fit if refits else None
+        coordinator.run,
+        cfg.attack.victim_samples,
+        suite,
+        gradient_attacks,
+        refit=fit if refits else None,
+        update_attack=update_attack,
     )
 
 

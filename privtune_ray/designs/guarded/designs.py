@@ -77,6 +77,7 @@ class GuardedDesign(Design):
     channels = CHANNELS
     trains_middle: ClassVar[bool] = False  # online: the cloud's middle trains (gradients return up)
     trains_bottom_adapter: ClassVar[bool] = True  # gradfree: A_b is frozen
+    uploads_bottom_updates = True  # ∇A_b (adapter_up) reads the bottom's output: eia_update's target
     local_only: ClassVar[bool] = False  # offline: the device trains against an emulator, nothing per sample crosses
 
     def validate(self, command: str) -> None:
@@ -144,6 +145,7 @@ class GuardedDesign(Design):
         tasks = {d.device: d.task for d in ctx.plan.devices if d.task is not None}
         on_time = list(tasks)
         exchanges, top = self.exchange(ctx, on_time, tasks)
+        updates = g.device_updates() if self.uploads_bottom_updates and ctx.observe_updates else {}
         n = sum(x.samples for x in top)
         step = ctx.pool.step(n) if on_time else no_step()
         if on_time:
@@ -168,7 +170,7 @@ class GuardedDesign(Design):
             compute = (ctx.results[d.device].report.compute_s + ex.compute_s) * tier.compute_factor
             timings.append(DeviceTiming(d.device, down_s, compute, up_s, ex.middle_s))
         extra = {i: x.compute_s for i, x in exchanges.items()}
-        return RoundOutcome(timings, bytes_down, top, step, None, channels, extra, g.last_returned)
+        return RoundOutcome(timings, bytes_down, top, step, None, channels, extra, g.last_returned, updates)
 
     def exchange(self, ctx: RoundContext, on_time: list[int], tasks: dict) -> tuple[dict, list[TopResult]]:
         """The phases after the device tasks: (each device's exchange, one result per device). The devices'
@@ -364,6 +366,7 @@ class GradfreeDesign(GuardedDesign):
 
     name = "gradfree"
     trains_bottom_adapter = False
+    uploads_bottom_updates = False
 
 
 class OfflineDesign(GuardedDesign):

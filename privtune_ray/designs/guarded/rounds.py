@@ -55,6 +55,14 @@ class GuardedRounds:
         """The round's adapter-gradient uploads per device ([A_b, A_t] for online, one blob otherwise)."""
         self._blobs = blobs
 
+    def device_updates(self) -> dict[int, dict[str, torch.Tensor]]:
+        """The round's held adapter gradients per device, by parameter name (as uploaded, before the step)."""
+        names = [name for name, p in self.adapters.named_parameters() if any(p is q for q in self.params)]
+        return {
+            i: {n: g for n, g in zip(names, self._device_gradients(blobs), strict=True) if g is not None}
+            for i, blobs in self._blobs.items()
+        }
+
     def step(self, n_samples: int) -> float:
         """Sum the round's adapter gradients, ÷ n, AdamW; returns the lr used."""
         lr = self.optimizer.param_groups[0]["lr"]
