@@ -34,9 +34,11 @@ ALL_CORPORA = "[sst2:test, ag_news:train, blog:train, squad:train, trustpilot:tr
 SATURATION_POINTS = 0.01  # a doubling of public text that adds at most this much max top-1 ASR
 
 
-def measure(point: str, aux: str, epochs: int, runs: Path) -> dict:
-    key = f"{point}-aux{aux}-ep{epochs}"
+def measure(point: str, aux: str, epochs: int, runs: Path, names: list[str] | None = None) -> dict:
+    key = run_key(point, aux, epochs, names)
     overrides = [*POINTS[point], f"attack.epochs={epochs}"]
+    if names:
+        overrides.append(f"attack.names=[{', '.join(names)}]")
     overrides += (
         ["attack.aux_samples=null", f"attack.aux_corpora={ALL_CORPORA}"]
         if aux == "all"
@@ -52,6 +54,7 @@ def measure(point: str, aux: str, epochs: int, runs: Path) -> dict:
     return {
         "point": point,
         "aux": aux,
+        "names": names,
         "epochs": epochs,
         "overrides": overrides,
         "aux_sentences": setup["aux_sentences"],
@@ -67,11 +70,18 @@ def measure(point: str, aux: str, epochs: int, runs: Path) -> dict:
     }
 
 
+def run_key(point: str, aux: str, epochs: int, names: list[str] | None) -> str:
+    """A result's key: the point, the public text and epochs, and the attacks where not the config's."""
+    return f"{point}-aux{aux}-ep{epochs}" + (f"-{'+'.join(names)}" if names else "")
+
+
 def saturation(results: dict) -> dict:
     """Per (point, epochs): the curve over public text in order, and whether its last doubling added <= 1 point."""
     order = {"2000": 0, "8000": 1, "32000": 2, "all": 3}
     curves: dict[str, list] = {}
     for r in results.values():
+        if r.get("names"):  # a run with other attacks (the memory check) is no point of a curve
+            continue
         curves.setdefault(f"{r['point']}-ep{r['epochs']}", []).append(r)
     out = {}
     for name, rows in curves.items():
@@ -91,6 +101,7 @@ def main() -> None:
     parser.add_argument("--points", nargs="+", default=list(POINTS), choices=list(POINTS))
     parser.add_argument("--aux", nargs="+", default=["2000", "8000", "32000", "all"])
     parser.add_argument("--epochs", nargs="+", type=int, default=[4])
+    parser.add_argument("--names", nargs="+", help="attacks in place of the config's (a run kept off the curves)")
     parser.add_argument("--runs", default="runs/attacker", help="where the attack runs go")
     parser.add_argument("--out", default="benchmarks/results/attacker.json")
     args = parser.parse_args()
@@ -100,7 +111,8 @@ def main() -> None:
     for point in args.points:
         for aux in args.aux:
             for epochs in args.epochs:
-                results[f"{point}-aux{aux}-ep{epochs}"] = measure(point, aux, epochs, Path(args.runs))
+                key = run_key(point, aux, epochs, args.names)
+                results[key] = measure(point, aux, epochs, Path(args.runs), args.names)
                 record = {
                     "benchmark": "attacker",
                     "config": CONFIG,

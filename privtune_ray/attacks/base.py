@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -100,6 +100,34 @@ def timed(fn: Callable, *args) -> tuple[Any, float]:
     return out, time.perf_counter() - start
 
 
+def fit_epochs(
+    module: torch.nn.Module,
+    batches_of: Callable[[int], Iterable[Any]],
+    loss_of: Callable[[Any], torch.Tensor],
+    epochs: int,
+    lr: float,
+    weight_decay: float = 0.0,
+) -> list[float]:
+    """AdamW on ``loss_of(batch)`` over ``batches_of(epoch)`` for ``epochs`` epochs; the mean loss of each epoch.
+
+    The training loop every learned attack shares (``fit_batches``: minibatches of observations; ``fit_minibatch``:
+    of indices)."""
+    opt = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=weight_decay)
+    module.train()
+    history = []
+    for epoch in range(epochs):
+        losses = []
+        for batch in batches_of(epoch):
+            loss = loss_of(batch)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        history.append(float(np.mean(losses)))
+    module.eval()
+    return history
+
+
 def fit_batches(
     module: torch.nn.Module,
     aux: AuxData,
@@ -110,22 +138,8 @@ def fit_batches(
     seed: int,
     weight_decay: float = 0.0,
 ) -> list[float]:
-    """AdamW on ``loss_of(batch)`` over ``epochs`` passes of ``aux.batches`` (a stream observes each pass afresh, so
-    every epoch sees new noise); returns the mean loss of each epoch. The loop every learned inverter shares."""
-    opt = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=weight_decay)
-    module.train()
-    history = []
-    for epoch in range(epochs):
-        losses = []
-        for batch in aux.batches(batch_size, seed + epoch):
-            loss = loss_of(batch)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-        history.append(float(np.mean(losses)))
-    module.eval()
-    return history
+    """``fit_epochs`` over passes of ``aux.batches`` (a stream observes each pass afresh: every epoch sees new noise)."""
+    return fit_epochs(module, lambda epoch: aux.batches(batch_size, seed + epoch), loss_of, epochs, lr, weight_decay)
 
 
 def fit_minibatch(
@@ -138,23 +152,11 @@ def fit_minibatch(
     seed: int,
     weight_decay: float = 0.0,
 ) -> list[float]:
-    """AdamW on ``loss_of(indices)`` over shuffled minibatches of ``range(n)`` for ``epochs`` epochs.
-
-    The training loop every learned attack shares; returns the mean loss of each epoch.
-    """
+    """``fit_epochs`` over shuffled minibatches of ``range(n)`` (one permutation per epoch from ``seed``)."""
     rng = np.random.default_rng(seed)
-    opt = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=weight_decay)
-    module.train()
-    history = []
-    for _ in range(epochs):
-        losses = []
+
+    def batches_of(epoch: int) -> list[np.ndarray]:
         order = rng.permutation(n)
-        for start in range(0, n, batch_size):
-            loss = loss_of(order[start : start + batch_size])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-        history.append(float(np.mean(losses)))
-    module.eval()
-    return history
+        return [order[start : start + batch_size] for start in range(0, n, batch_size)]
+
+    return fit_epochs(module, batches_of, loss_of, epochs, lr, weight_decay)
