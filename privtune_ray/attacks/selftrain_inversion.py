@@ -52,10 +52,9 @@ class SelfTrainingInversion(InversionAttack):
         opt = torch.optim.AdamW(adapted.model.parameters(), lr=p.lr / 10, weight_decay=0.0)
         self.pseudo_labelled = []
         for r in range(p.selftrain_rounds):
-            log_probs = torch.cat(
-                [adapted.log_probs(b.hidden, b.attention_mask) for b in _in_order(uploads, batch_size)]
-            )  # [T, V] over the real positions, row-major in upload order
-            confidence, guess = log_probs.max(-1)
+            best = [adapted.log_probs(b.hidden, b.attention_mask).max(-1) for b in _in_order(uploads, batch_size)]
+            confidence = torch.cat([b.values for b in best])  # over the real positions, row-major in upload order
+            guess = torch.cat([b.indices for b in best])  # (one minibatch's [T, V] log-probabilities at a time)
             keep = confidence.exp() >= p.selftrain_confidence
             self.pseudo_labelled.append(float(keep.float().mean()))
             targets = torch.full(attention_mask.shape, -100, dtype=torch.long)
