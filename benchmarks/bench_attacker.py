@@ -96,6 +96,24 @@ def saturation(results: dict) -> dict:
     return out
 
 
+def overlap() -> dict:
+    """How much of SST-2's training split the containment filter drops: against the dev victims (``attack``), and
+    against the devices' phrases when the attacker's 2,000 are carved out of the split (``train``/``simulate``)."""
+    import numpy as np
+
+    from privtune_ray.data import load_split
+    from privtune_ray.data.overlap import contained_in
+
+    train, dev = list(load_split("sst2", "train")["text"]), list(load_split("sst2", "dev")["text"])
+    order = np.random.default_rng(17).permutation(len(train))  # carve_aux's draw at seed 0
+    carved, devices = [train[i] for i in order[:2000]], [train[i] for i in order[2000:]]
+    return {
+        "sst2_train_phrases": len(train),
+        "inside_a_dev_sentence": int(contained_in(train, dev).sum()),
+        "carve_2000_inside_a_devices_phrase": int(contained_in(carved, devices).sum()),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--points", nargs="+", default=list(POINTS), choices=list(POINTS))
@@ -108,6 +126,7 @@ def main() -> None:
     out = Path(args.out)
     previous = json.loads(out.read_text()) if out.is_file() else {}
     results = previous.get("results", {})
+    overlap_stats = overlap()
     for point in args.points:
         for aux in args.aux:
             for epochs in args.epochs:
@@ -117,6 +136,7 @@ def main() -> None:
                     "benchmark": "attacker",
                     "config": CONFIG,
                     "victims": "SST-2 dev, attack.victim_samples of them (seed 0)",
+                    "overlap": overlap_stats,
                     "results": results,
                     "curves": saturation(results),
                     "versions": package_versions(),
