@@ -114,6 +114,24 @@ def overlap() -> dict:
     }
 
 
+def table(record: dict) -> str:
+    """The measured points as the markdown table docs/attacker.md quotes (``--table``)."""
+    attacks = ["eia_knn_l2", "eia_transformer", "eia_transformer_large", "eia_bisr", "eia_selftrain"]
+    lines = [
+        "| point | public text | epochs | " + " | ".join(attacks) + " | max | fit s (large) | wall s | peak MiB |",
+        "|---" * (len(attacks) + 7) + "|",
+    ]
+    for r in record["results"].values():
+        cells = [f"{100 * r['asr_top1'][a]:.1f}" if a in r["asr_top1"] else "" for a in attacks]
+        lines.append(
+            f"| {r['point']} | {r['aux_sentences']:,} ({r['aux']}) | {r['epochs']} | "
+            + " | ".join(cells)
+            + f" | **{100 * r['max_eia_asr_top1']:.1f}** | {r['fit_s'].get('eia_transformer_large', 0):.0f} | "
+            f"{r['wall_s']:.0f} | {r['peak_rss_mb']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--points", nargs="+", default=list(POINTS), choices=list(POINTS))
@@ -122,8 +140,12 @@ def main() -> None:
     parser.add_argument("--names", nargs="+", help="attacks in place of the config's (a run kept off the curves)")
     parser.add_argument("--runs", default="runs/attacker", help="where the attack runs go")
     parser.add_argument("--out", default="benchmarks/results/attacker.json")
+    parser.add_argument("--table", action="store_true", help="print --out's points as a markdown table and stop")
     args = parser.parse_args()
     out = Path(args.out)
+    if args.table:
+        print(table(json.loads(out.read_text())))
+        return
     previous = json.loads(out.read_text()) if out.is_file() else {}
     results = previous.get("results", {})
     overlap_stats = overlap()
