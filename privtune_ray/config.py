@@ -259,7 +259,10 @@ class AttackConfig:
     every: int | None = None  # steps between attack rounds during training (None: only at the end)
     attributes: list[str] | None = None  # aia_probe targets (None: every private attribute of the dataset)
     epochs: int = 4  # training epochs of the learned inverters (eia_mlp, eia_transformer*, eia_bisr, eia_selftrain)
-    inverter_layers: int | None = None  # encoder layers of the contextual inverters (None: 2, eia_transformer_large 4)
+    inverter_layers: int | None = None
+    # the attacker's public text is observed on the fly each epoch: new noise draws every epoch (true), or the same
+    # draw per sentence every epoch (false: as a set observed once and held, without holding it)
+    fresh_noise: bool = True  # encoder layers of the contextual inverters (None: 2, eia_transformer_large 4)
     batch_size: int = 64  # sentences per batch when training the learned attacks
     lr: float = 1.0e-3  # learned inverters' AdamW learning rate
     probe_epochs: int = 10  # the attribute attacks' MLPs on pooled h̃ (aia_probe, aia_keyword, aia_label)

@@ -167,6 +167,10 @@ class ObservationStream:
     data: TokenizedSplit
     pad_id: int
     bits: int | None = None
+    # False: every pass draws the same noise for a sentence (fixed minibatches, the mechanism reseeded per minibatch
+    # from ``seed``), as a set observed once and held would, without holding it
+    fresh_noise: bool = True
+    seed: int = 0
 
     def __len__(self) -> int:
         return len(self.data)
@@ -191,9 +195,19 @@ class ObservationStream:
         )
 
     def batches(self, batch_size: int, seed: int) -> Iterator[Observations]:
-        """One shuffled, length-bucketed pass (``batch_indices``), observed as it is read: fresh noise each pass."""
-        for idx in batch_indices(self.data.lengths, batch_size, shuffle=True, bucketing=True, seed=seed):
-            yield self._observe(idx)
+        """One pass in random minibatches, observed as it is read: fresh noise each pass, or (``fresh_noise=False``)
+        the same minibatches in a new order, each with its own fixed noise.
+
+        Not length-bucketed, though bucketing pads less: an inverter fitted on bucketed minibatches (sentences of one
+        length together) came out much weaker (docs/attacker.md)."""
+        if self.fresh_noise:
+            for idx in batch_indices(self.data.lengths, batch_size, shuffle=True, bucketing=False, seed=seed):
+                yield self._observe(idx)
+            return
+        plan = batch_indices(self.data.lengths, batch_size, shuffle=True, bucketing=False, seed=self.seed)
+        for b in np.random.default_rng(seed).permutation(len(plan)):
+            self.mechanism.reseed(self.seed + 1 + int(b))
+            yield self._observe(plan[b])
 
     def pooled(self, batch_size: int = 128) -> Pooled:
         """Mean-pooled h̃ of every sentence (one noise draw), in the data's order."""

@@ -111,7 +111,15 @@ class AttackSuite:
                 mechanism = Mechanism(cfg.seed)
             bits = cfg.design.bits if attacker == "adaptive" else None  # what the victims' uploads went through too
             # observed on the fly, a minibatch at a time: fresh noise every epoch, memory ∝ one minibatch
-            aux_obs = ObservationStream(through.bottom, mechanism, aux, tokenizer.pad_token_id, bits=bits)
+            aux_obs = ObservationStream(
+                through.bottom,
+                mechanism,
+                aux,
+                tokenizer.pad_token_id,
+                bits=bits,
+                fresh_noise=cfg.attack.fresh_noise,
+                seed=cfg.seed + ATTACKER_SEED_OFFSET,
+            )
             for name in attack_names(cfg.attack, attributes, labelled):
                 for attack in ATTACKS[name](ctx, attributes):
                     attack.attacker = attacker
@@ -164,15 +172,15 @@ class AttackSuite:
 
 
 def attack_budget(cfg: AttackConfig) -> dict:
-    """The attacker's training budget: its learned attacks' epochs, minibatch, learning rate and inverter depth; the
-    observations are fresh each epoch (``ObservationStream``)."""
+    """The attacker's training budget: its learned attacks' epochs, minibatch, learning rate and inverter depth, and
+    whether each epoch draws fresh noise (``ObservationStream``)."""
     return {
         "epochs": cfg.epochs,
         "batch_size": cfg.batch_size,
         "lr": cfg.lr,
         "inverter_layers": cfg.inverter_layers,
         "probe_epochs": cfg.probe_epochs,
-        "fresh_noise_each_epoch": True,
+        "fresh_noise_each_epoch": cfg.fresh_noise,
     }
 
 
