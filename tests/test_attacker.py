@@ -97,6 +97,9 @@ def test_the_stream_draws_fresh_noise_every_pass_and_uploads_zero_padding(minilm
         assert torch.equal(first.hidden, second.hidden) != fresh
         pooled = stream.pooled()
         assert pooled.features.shape == (16, 384) and len(pooled.tokens) == 16
+    fixed = ObservationStream(split.bottom, noisy, data, tokenizer.pad_token_id, fresh_noise=False, seed=7)
+    first, second = (list(fixed.batches(16, seed=epoch))[0] for epoch in range(2))  # the same draw every epoch
+    assert torch.equal(first.hidden, second.hidden) and not torch.equal(first.hidden, first.hidden.new_zeros(()))
 
 
 def test_the_suite_records_the_attackers_budget_and_peak_memory(minilm, tokenizer):
