@@ -171,6 +171,7 @@ class ObservationStream:
     # from ``seed``), as a set observed once and held would, without holding it
     fresh_noise: bool = True
     seed: int = 0
+    bucketing: bool = False  # length-bucketed minibatches: less padding, a much weaker inverter (docs/attacker.md)
 
     def __len__(self) -> int:
         return len(self.data)
@@ -198,13 +199,12 @@ class ObservationStream:
         """One pass in random minibatches, observed as it is read: fresh noise each pass, or (``fresh_noise=False``)
         the same minibatches in a new order, each with its own fixed noise.
 
-        Not length-bucketed, though bucketing pads less: an inverter fitted on bucketed minibatches (sentences of one
-        length together) came out much weaker (docs/attacker.md)."""
+        Random minibatches unless ``bucketing``."""
         if self.fresh_noise:
-            for idx in batch_indices(self.data.lengths, batch_size, shuffle=True, bucketing=False, seed=seed):
+            for idx in batch_indices(self.data.lengths, batch_size, shuffle=True, bucketing=self.bucketing, seed=seed):
                 yield self._observe(idx)
             return
-        plan = batch_indices(self.data.lengths, batch_size, shuffle=True, bucketing=False, seed=self.seed)
+        plan = batch_indices(self.data.lengths, batch_size, shuffle=True, bucketing=self.bucketing, seed=self.seed)
         for b in np.random.default_rng(seed).permutation(len(plan)):
             self.mechanism.reseed(self.seed + 1 + int(b))
             yield self._observe(plan[b])
