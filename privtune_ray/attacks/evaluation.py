@@ -2,8 +2,9 @@
 
 Victims: ``attack.victim_samples`` sentences of ``data.eval_split`` (SST-2 dev: 872), pushed through the
 bottom and the device's mechanism (fitted on the victims' own data, as a device would). Attacker: fits
-on ``attack.aux_samples`` sentences of ``attack.aux_split`` (default the train split; any sentence equal
-to a victim's is dropped). Writes ``attacks.csv`` (long format) and ``summary.json`` to the run directory.
+on ``attack.aux_samples`` sentences of ``attack.aux_split`` (default the train split) and ``attack.aux_corpora``
+(``public_text.py``; any sentence equal to or inside a victim's is dropped). Writes ``attacks.csv`` (long format)
+and ``summary.json`` to the run directory.
 """
 
 from __future__ import annotations
