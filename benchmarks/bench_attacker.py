@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -34,9 +35,12 @@ ALL_CORPORA = "[sst2:test, ag_news:train, blog:train, squad:train, trustpilot:tr
 SATURATION_POINTS = 0.01  # a doubling of public text that adds at most this much max top-1 ASR
 
 
-def measure(point: str, aux: str, epochs: int, runs: Path, names: list[str] | None = None) -> dict:
+def measure(
+    point: str, aux: str, epochs: int, runs: Path, names: list[str] | None = None, threads: int | None = None
+) -> dict:
+    """One point: a fresh `privtune-ray attack` process in ``runs/<key>`` (a previous run of the key is replaced)."""
     key = run_key(point, aux, epochs, names)
-    overrides = [*POINTS[point], f"attack.epochs={epochs}"]
+    overrides = [*POINTS[point], f"attack.epochs={epochs}"] + ([f"train.threads={threads}"] if threads else [])
     if names:
         overrides.append(f"attack.names=[{', '.join(names)}]")
     overrides += (
@@ -44,6 +48,7 @@ def measure(point: str, aux: str, epochs: int, runs: Path, names: list[str] | No
         if aux == "all"
         else [f"attack.aux_samples={aux}"]
     )
+    shutil.rmtree(runs / key, ignore_errors=True)  # the benchmark's own scratch: a re-measurement replaces it
     cmd = [sys.executable, "-m", "privtune_ray.cli", "attack", CONFIG, "--out", str(runs / key)]
     for o in overrides:
         cmd += ["--set", o]
@@ -139,6 +144,7 @@ def main() -> None:
     parser.add_argument("--epochs", nargs="+", type=int, default=[4])
     parser.add_argument("--names", nargs="+", help="attacks in place of the config's (a run kept off the curves)")
     parser.add_argument("--runs", default="runs/attacker", help="where the attack runs go")
+    parser.add_argument("--threads", type=int, help="torch threads per attack process (train.threads)")
     parser.add_argument("--out", default="benchmarks/results/attacker.json")
     parser.add_argument("--table", action="store_true", help="print --out's points as a markdown table and stop")
     args = parser.parse_args()
@@ -153,7 +159,7 @@ def main() -> None:
         for aux in args.aux:
             for epochs in args.epochs:
                 key = run_key(point, aux, epochs, args.names)
-                results[key] = measure(point, aux, epochs, Path(args.runs), args.names)
+                results[key] = measure(point, aux, epochs, Path(args.runs), args.names, args.threads)
                 record = {
                     "benchmark": "attacker",
                     "config": CONFIG,
