@@ -56,7 +56,7 @@ def measure(
     subprocess.run(cmd, check=True)
     summary = json.loads((runs / key / "summary.json").read_text())
     setup = summary["attack_setup"]
-    return {
+    result = {
         "point": point,
         "aux": aux,
         "names": names,
@@ -73,6 +73,16 @@ def measure(
         "wall_s": time.perf_counter() - start,
         "victims": summary["victims"],
     }
+    (runs / key / "bench_point.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def collected(runs: Path, results: dict) -> dict:
+    """``results`` with every point measured under ``runs`` (each run keeps its own record): points measured by
+    processes that ran side by side all land in the one file."""
+    for path in sorted(runs.glob("*/bench_point.json")):
+        results[path.parent.name] = json.loads(path.read_text())
+    return results
 
 
 def run_key(point: str, aux: str, epochs: int, names: list[str] | None) -> str:
@@ -147,33 +157,41 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch threads per attack process (train.threads)")
     parser.add_argument("--out", default="benchmarks/results/attacker.json")
     parser.add_argument("--table", action="store_true", help="print --out's points as a markdown table and stop")
+    parser.add_argument("--collect", action="store_true", help="merge the points measured under --runs and stop")
     args = parser.parse_args()
     out = Path(args.out)
     if args.table:
         print(table(json.loads(out.read_text())))
         return
-    previous = json.loads(out.read_text()) if out.is_file() else {}
-    results = previous.get("results", {})
     overlap_stats = overlap()
+    if args.collect:
+        write_record(out, Path(args.runs), overlap_stats)
+        return
     for point in args.points:
         for aux in args.aux:
             for epochs in args.epochs:
-                key = run_key(point, aux, epochs, args.names)
-                results[key] = measure(point, aux, epochs, Path(args.runs), args.names, args.threads)
-                record = {
-                    "benchmark": "attacker",
-                    "config": CONFIG,
-                    "victims": "SST-2 dev, attack.victim_samples of them (seed 0)",
-                    "overlap": overlap_stats,
-                    "results": results,
-                    "curves": saturation(results),
-                    "versions": package_versions(),
-                    "git": git_revision(),
-                    "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                }
-                out.parent.mkdir(parents=True, exist_ok=True)
-                out.write_text(json.dumps(record, indent=2) + "\n")
-                print(f"wrote {out} ({len(results)} points)", flush=True)
+                measure(point, aux, epochs, Path(args.runs), args.names, args.threads)
+                write_record(out, Path(args.runs), overlap_stats)
+
+
+def write_record(out: Path, runs: Path, overlap_stats: dict) -> None:
+    """``out`` with its points and every point measured under ``runs``, the curves and the provenance."""
+    previous = json.loads(out.read_text()) if out.is_file() else {}
+    results = collected(runs, previous.get("results", {}))
+    record = {
+        "benchmark": "attacker",
+        "config": CONFIG,
+        "victims": "SST-2 dev, attack.victim_samples of them (seed 0)",
+        "overlap": overlap_stats,
+        "results": results,
+        "curves": saturation(results),
+        "versions": package_versions(),
+        "git": git_revision(),
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {out} ({len(results)} points)", flush=True)
 
 
 if __name__ == "__main__":
