@@ -131,7 +131,7 @@ def overlap() -> dict:
 
 def table(record: dict) -> str:
     """The measured points as the markdown table docs/attacker.md quotes (``--table``)."""
-    attacks = ["eia_knn_l2", "eia_transformer", "eia_transformer_large", "eia_bisr", "eia_selftrain"]
+    attacks = list(dict.fromkeys(a for r in record["results"].values() for a in r["asr_top1"]))
     lines = [
         "| point | public text | epochs | " + " | ".join(attacks) + " | max | fit s (large) | wall s | peak MiB |",
         "|---" * (len(attacks) + 7) + "|",
