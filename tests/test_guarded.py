@@ -231,13 +231,15 @@ def test_each_design_records_the_bytes_of_every_channel(runs):
     ] == [4]
     first = offline.groupby("device").head(1)
     assert (first["bytes_down"] > offline.drop(first.index)["bytes_down"].max()).all()
-    assert "attacks" not in sums["offline"] and not (runs["offline"] / "attacks.csv").exists()
+    # ... but each device's adapter update of its local batch does, and the update attack reads it (eia_update)
+    assert set(sums["offline"]["attacks"]) == {"eia_update"} and sums["offline"]["worst_channel"] == "adapter_up"
+    assert sums["offline"]["max_token_recovery"] == sums["offline"]["attacks"]["eia_update"]["token_recall"]
 
 
 def test_online_is_attacked_on_its_uploads_and_by_gradient_matching(runs):
     summary = json.loads((runs["online"] / "summary.json").read_text())
     attacks = summary["attacks"]
-    assert set(attacks) == {"eia_knn_l2", "aia_label", "gm_label"}
+    assert set(attacks) == {"eia_knn_l2", "aia_label", "gm_label", "eia_update"}
     # the server computed A2 and gets ∂ℓ/∂A2 back: gradient matching, through the round's A_t that the cloud holds,
     # is scored on the last 24 samples it saw, and reads them (24 of 24 measured; majority 46 %): no dropout draw of
     # the device hides the label from the true A_t (a surrogate fitted on 60 sentences read 31-92 %)
@@ -247,7 +249,10 @@ def test_online_is_attacked_on_its_uploads_and_by_gradient_matching(runs):
     )
     assert attacks["eia_knn_l2"]["asr_top1"] > 0.3  # A1 = blocks 1..3 of MiniLM: still close to its tokens
     rows = pd.read_csv(runs["online"] / "attacks.csv")
-    assert set(rows["attack"]) == {"eia_knn_l2", "aia_label", "gm_label"}
+    assert set(rows["attack"]) == {"eia_knn_l2", "aia_label", "gm_label", "eia_update"}
+    # the worst channel of online is the larger of the uploads' inversion and its adapter update's token recall
+    worst = max(attacks["eia_knn_l2"]["asr_top1"], attacks["eia_update"]["token_recall"])
+    assert summary["max_token_recovery"] == worst
 
 
 @pytest.mark.long  # a guarded run with an adaptive attacker
