@@ -129,6 +129,12 @@ def overlap() -> dict:
     }
 
 
+def large_fit(result: dict) -> str:
+    """The large inverter's fit seconds of a point, or blank where it did not run."""
+    seconds = result["fit_s"].get("eia_transformer_large")
+    return "" if seconds is None else f"{seconds:.0f}"
+
+
 def table(record: dict) -> str:
     """The measured points as the markdown table docs/attacker.md quotes (``--table``)."""
     attacks = list(dict.fromkeys(a for r in record["results"].values() for a in r["asr_top1"]))
@@ -141,7 +147,7 @@ def table(record: dict) -> str:
         lines.append(
             f"| {r['point']} | {r['aux_sentences']:,} ({r['aux']}) | {r['epochs']} | "
             + " | ".join(cells)
-            + f" | **{100 * r['max_eia_asr_top1']:.1f}** | {r['fit_s'].get('eia_transformer_large', 0):.0f} | "
+            + f" | **{100 * r['max_eia_asr_top1']:.1f}** | {large_fit(r)} | "
             f"{r['wall_s']:.0f} | {r['peak_rss_mb']:.0f} |"
         )
     return "\n".join(lines)
