@@ -8,13 +8,15 @@ RoBERTa) its query, key and value maps take h_i itself, so their weight gradient
 
 A token v whose representation lies in that span was likely in the batch. Its representation a_v is, after ``fit``,
 the mean of the bottom's outputs h_i over the attacker's public text wherever v occurs (a contextual anchor: at m ≥ 1
-h_i moves with its context), and the isolated-token anchor (``models/anchors.py``) for tokens it never saw. With P the projection on the r right singular vectors of the stacked gradient whose singular values exceed
-``tol``·σ_max (r: the numerical rank, ≤ the batch's real positions),
+h_i moves with its context), and the isolated-token anchor (``models/anchors.py``) for tokens it never saw. With P
+the projection on the r right singular vectors of the stacked gradient whose singular values exceed ``tol``·σ_max
+(r: the numerical rank, ≤ the batch's real positions),
 
     ρ_v = ‖a_v − P·a_v‖₂ / ‖a_v‖₂,     guessed bag = the r non-special tokens of smallest ρ_v
 
 Scores: ``token_recall``, the share of the batch's real non-special positions whose token is in the bag (what an
-inversion's top-1 ASR measures, without the order); ``bag_precision``; ``chance_recall`` = r / V, what a random bag
+inversion's top-1 ASR measures, without the order: the summary's ``max_token_recovery`` sets the two side by side,
+though a bag is the easier score); ``bag_precision``; ``chance_recall`` = r / V, what a random bag
 of that size recalls. Blind where the batch holds ≥ d real positions (the span is then all of R^d: r = d).
 """
 
