@@ -22,6 +22,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from privtune_ray.config import ATTACK_PRESETS  # noqa: E402
 from privtune_ray.runs import git_revision, package_versions  # noqa: E402
 
 CONFIG = "simulations/sst2_attacker.yaml"
@@ -31,8 +32,11 @@ POINTS = {
     "privtune": ["mechanism.name=privtune", "mechanism.eta=5.0"],
     "dchi": ["mechanism.name=dchi", "mechanism.eta=5.0"],
 }
-ALL_CORPORA = "[sst2:test, ag_news:train, blog:train, squad:train, trustpilot:train]"
+ALL_CORPORA = "[" + ", ".join(ATTACK_PRESETS["saturated"]["aux_corpora"]) + "]"  # the saturated preset's
 SATURATION_POINTS = 0.01  # a doubling of public text that adds at most this much max top-1 ASR
+# A curve follows the strongest inverters (the others are minutes behind and points below at every budget measured):
+# a run measures them, alone or among the config's attacks, to be a point of its curve.
+CURVE_ATTACKS = ("eia_transformer_large", "eia_bisr")
 
 
 def measure(
@@ -91,22 +95,26 @@ def run_key(point: str, aux: str, epochs: int, names: list[str] | None) -> str:
 
 
 def saturation(results: dict) -> dict:
-    """Per (point, epochs): the curve over public text in order, and whether its last doubling added <= 1 point."""
+    """Per (point, epochs): max top-1 ASR of CURVE_ATTACKS over public text in order, and whether its last doubling
+    added <= 1 point (an undefended point at 100 % is saturated however little text it had)."""
     order = {"2000": 0, "8000": 1, "32000": 2, "all": 3}
-    curves: dict[str, list] = {}
+    curves: dict[str, dict] = {}
     for r in results.values():
-        if r.get("names"):  # a run with other attacks (the memory check) is no point of a curve
-            continue
-        curves.setdefault(f"{r['point']}-ep{r['epochs']}", []).append(r)
+        if not all(a in r["asr_top1"] for a in CURVE_ATTACKS):
+            continue  # a run without the strongest inverters (the memory check) is no point of a curve
+        best = max(r["asr_top1"][a] for a in CURVE_ATTACKS)
+        rows = curves.setdefault(f"{r['point']}-ep{r['epochs']}", {})
+        if str(r["aux"]) not in rows or best > rows[str(r["aux"])][0]:
+            rows[str(r["aux"])] = (best, r)
     out = {}
     for name, rows in curves.items():
-        rows.sort(key=lambda r: order.get(str(r["aux"]), 99))
-        asr = [r["max_eia_asr_top1"] for r in rows]
+        ordered = sorted(rows.values(), key=lambda row: order.get(str(row[1]["aux"]), 99))
+        asr = [best for best, _ in ordered]
         out[name] = {
-            "aux": [r["aux"] for r in rows],
-            "aux_sentences": [r["aux_sentences"] for r in rows],
-            "max_eia_asr_top1": asr,
-            "saturated": len(asr) >= 2 and asr[-1] - asr[-2] <= SATURATION_POINTS,
+            "aux": [r["aux"] for _, r in ordered],
+            "aux_sentences": [r["aux_sentences"] for _, r in ordered],
+            "max_top1_strongest": asr,
+            "saturated": (len(asr) >= 2 and asr[-1] - asr[-2] <= SATURATION_POINTS) or (bool(asr) and asr[-1] >= 0.99),
         }
     return out
 

@@ -10,6 +10,7 @@ command that runs something calls next.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import types
@@ -245,6 +246,8 @@ class AttackConfig:
     """
 
     enabled: bool = False  # run the attacks during `privtune-ray train`
+    # the attacker's budget in one word (ATTACK_PRESETS): its keys fill in what the config files and --set leave unset
+    preset: str = "quick"
     # attack names, or "auto": all that apply but the strong inverters; "all": with them (attacks/params.py)
     names: list[str] = field(default_factory=lambda: ["auto"])
     # adaptive: the attacks are fitted through the attacker's own copy of the mechanism (it models the noise);
@@ -259,10 +262,10 @@ class AttackConfig:
     every: int | None = None  # steps between attack rounds during training (None: only at the end)
     attributes: list[str] | None = None  # aia_probe targets (None: every private attribute of the dataset)
     epochs: int = 4  # training epochs of the learned inverters (eia_mlp, eia_transformer*, eia_bisr, eia_selftrain)
-    inverter_layers: int | None = None
+    inverter_layers: int | None = None  # encoder layers of the contextual inverters (None: 2, eia_transformer_large 4)
     # the attacker's public text is observed on the fly each epoch: new noise draws every epoch (true), or the same
     # draw per sentence every epoch (false: as a set observed once and held, without holding it)
-    fresh_noise: bool = True  # encoder layers of the contextual inverters (None: 2, eia_transformer_large 4)
+    fresh_noise: bool = True
     batch_size: int = 64  # sentences per batch when training the learned attacks
     lr: float = 1.0e-3  # learned inverters' AdamW learning rate
     probe_epochs: int = 10  # the attribute attacks' MLPs on pooled h̃ (aia_probe, aia_keyword, aia_label)
@@ -283,6 +286,7 @@ class AttackConfig:
 
     def validate(self, key: str) -> None:
         require(len(self.names) > 0, f"{key}.names", "must name at least one attack (or 'auto')")
+        require(self.preset in ATTACK_PRESETS, f"{key}.preset", f"must be one of {', '.join(ATTACK_PRESETS)}")
         require(
             len(self.attackers) > 0 and set(self.attackers) <= {"adaptive", "static"},
             f"{key}.attackers",
@@ -301,6 +305,39 @@ class AttackConfig:
         require(self.every is None or self.every >= 1, f"{key}.every", "must be >= 1 or null")
         for name in ("batch_size", "top_k"):
             require(getattr(self, name) >= 1, f"{key}.{name}", "must be >= 1")
+
+
+# The attacker's budgets by name (`attack.preset`): a named preset's keys win over the config files, --set wins over
+# the preset. quick: the dataclass defaults, minutes on a laptop (tests, screening). saturated: every inverter and every
+# sentence of public text this project holds (the run's auxiliary split whole and five further corpora);
+# docs/attacker.md gives the curve behind it (benchmarks/bench_attacker.py) and its cost (hours on 2 cores).
+ATTACK_PRESETS: dict[str, dict[str, Any]] = {
+    "quick": {},
+    "saturated": {
+        "names": ["all"],
+        "aux_samples": None,
+        "aux_corpora": ["sst2:test", "ag_news:train", "blog:train", "squad:train", "trustpilot:train"],
+    },
+}
+
+
+def apply_overrides(raw: dict[str, Any], items: list[str], files_resolved: bool = False) -> None:
+    """Apply ``key=value`` overrides to a raw config, the attack preset they or the files name first
+    (``files_resolved``: ``raw`` is already resolved, so only a preset named in ``items`` applies: a sweep's points)."""
+    named = {} if files_resolved else copy.deepcopy(raw)
+    for item in items:
+        set_override(named, item)
+    section = named.get("attack")
+    name = section.get("preset", "quick") if isinstance(section, dict) else "quick"
+    if name not in ATTACK_PRESETS:
+        raise ConfigError(
+            f"config key 'attack.preset' is {name!r}: use one of {', '.join(ATTACK_PRESETS)} "
+            "(or set the attack's keys one by one)"
+        )
+    if ATTACK_PRESETS[name]:
+        raw["attack"] = {**(raw.get("attack") or {}), **ATTACK_PRESETS[name]}
+    for item in items:
+        set_override(raw, item)
 
 
 @dataclass
@@ -509,8 +546,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     A ``sweep:`` section is left out: ``train``/``simulate``/``attack`` on a sweep file run its base config."""
     raw = read_config_file(path) if path is not None else {}
     raw.pop("sweep", None)  # a sweep file's base config is a run config; `privtune-ray sweep` reads the section
-    for item in overrides or []:
-        set_override(raw, item)
+    apply_overrides(raw, overrides or [])
     return config_from_dict(raw)
 
 

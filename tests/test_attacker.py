@@ -259,3 +259,33 @@ def test_an_offline_simulation_scores_its_worst_channel_the_adapter_update(tmp_p
     rows = pd.read_csv(out / "attacks.csv")
     recall = rows[(rows["attack"] == "eia_update") & (rows["metric"] == "token_recall")]
     assert len(recall) == 1 and recall["value"].iloc[0] == summary["max_token_recovery"]
+
+
+def _point(point, aux, sentences, asr, names=None):
+    return {"point": point, "aux": aux, "epochs": 4, "aux_sentences": sentences, "names": names, "asr_top1": asr}
+
+
+def test_a_saturation_curve_follows_the_strongest_inverters_and_flattens_within_a_point():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("ba", Path(__file__).parents[1] / "benchmarks" / "bench_attacker.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    strong = ["eia_transformer_large", "eia_bisr"]
+    results = {
+        "a": _point("privtune", "2000", 1975, {"eia_knn_l2": 0.02, "eia_transformer_large": 0.10, "eia_bisr": 0.12}),
+        "b": _point("privtune", "8000", 7913, {"eia_transformer_large": 0.17, "eia_bisr": 0.15}, strong),
+        "c": _point("privtune", "32000", 31000, {"eia_transformer_large": 0.175, "eia_bisr": 0.16}, strong),
+        "d": _point("privtune", "all", 116388, {"eia_knn_l2": 0.01, "eia_mlp": 0.30}, ["eia_knn_l2", "eia_mlp"]),
+        "e": _point("dchi", "8000", 7913, {"eia_transformer_large": 0.20, "eia_bisr": 0.14}, strong),
+        "f": _point("dchi", "2000", 1975, {"eia_transformer_large": 0.11, "eia_bisr": 0.138}),
+        "g": _point("none", "2000", 1975, {"eia_transformer_large": 0.996, "eia_bisr": 1.0}),
+    }
+    curves = bench.saturation(results)
+    privtune = curves["privtune-ep4"]
+    # in public-text order; the memory check without the strongest inverters is no point of the curve
+    assert privtune["aux"] == ["2000", "8000", "32000"] and privtune["max_top1_strongest"] == [0.12, 0.17, 0.175]
+    assert privtune["saturated"]  # the last doubling (two, here) added half a point
+    assert curves["dchi-ep4"]["max_top1_strongest"] == [0.138, 0.20] and not curves["dchi-ep4"]["saturated"]
+    assert curves["none-ep4"]["saturated"]  # at 100 % nothing more is to be had

@@ -280,3 +280,28 @@ def test_the_light_registries_name_the_same_variants_and_dataclasses_as_the_full
     assert set(ATTACKS) == set(ATTACK_PARAMS) and GRADIENT_ATTACKS == {gm.NAME}
     assert {c.Params for c in ATTACK_CLASSES} == set(ATTACK_PARAMS.values())
     assert set(WARM_START_OBJECTIVES) == set(OBJECTIVES) and set(DENOISER_KINDS) == {"none", *DENOISERS}
+
+
+def test_an_attack_preset_sets_the_budget_over_the_files_and_under_set(tmp_path):
+    quick = load_config("simulations/sst2_attacks.yaml")
+    assert quick.attack.preset == "quick" and quick.attack.aux_samples == 2000 and quick.attack.aux_corpora == []
+    strong = load_config("simulations/sst2_attacks.yaml", ["attack.preset=saturated"])
+    # the file's aux_samples: 2000 and names: [auto] give way to the named preset
+    assert strong.attack.names == ["all"] and strong.attack.aux_samples is None
+    assert "ag_news:train" in strong.attack.aux_corpora
+    mine = load_config("simulations/sst2_attacks.yaml", ["attack.aux_samples=8000", "attack.preset=saturated"])
+    assert mine.attack.aux_samples == 8000 and mine.attack.names == ["all"]  # --set wins, in any order
+    with pytest.raises(ConfigError, match=r"'attack.preset' is 'huge': use one of quick, saturated"):
+        load_config(None, ["attack.preset=huge"])
+    # a sweep: the base's --set survive the base's preset, and an arm's preset applies to its points only
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        "extends: " + str(Path("simulations/sst2_attacks.yaml").resolve()) + "\n"
+        "sweep:\n  arms:\n    - {attack.preset: [quick]}\n    - {attack.preset: [saturated]}\n"
+    )
+    base, _, points = load_sweep(path, ["attack.epochs=2"])
+    configs = {point_config(base, p).attack.preset: point_config(base, p).attack for p in points}
+    assert configs["quick"].aux_samples == 2000 and configs["saturated"].aux_samples is None
+    assert configs["saturated"].epochs == 2
+    base, _, points = load_sweep(tmp_path / "s.yaml", ["attack.preset=saturated", "attack.aux_samples=8000"])
+    assert point_config(base, points[0]).attack.aux_samples == 8000

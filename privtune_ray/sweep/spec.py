@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from ..config import Config, ConfigError, config_from_dict, read_config_file, set_override
+from ..config import Config, ConfigError, apply_overrides, config_from_dict, read_config_file
 
 RUNNERS = ("train", "simulate", "attack")
 EXECUTORS = ("ray", "local")
@@ -201,8 +201,7 @@ def point_config(base: dict[str, Any], point: Point) -> Config:
     """The point's full config (the base with its overrides), checked; a bad key names the point."""
     raw = copy.deepcopy(base)
     try:
-        for item in point.override_args():
-            set_override(raw, item)
+        apply_overrides(raw, point.override_args(), files_resolved=True)
         raw["name"] = f"{raw.get('name', 'run')}-{point.slug}"
         return config_from_dict(raw)
     except ConfigError as exc:
@@ -220,8 +219,7 @@ def load_sweep(
     is built and checked here, before anything runs.
     """
     raw = read_config_file(path)
-    for item in overrides or []:  # `--set sweep.gpus_per_point=0.5` reaches the sweep section too
-        set_override(raw, item)
+    apply_overrides(raw, overrides or [])  # `--set sweep.gpus_per_point=0.5` reaches the sweep section too
     spec = parse_sweep(raw.pop("sweep", None))
     apply_grid_args(spec, grid_args or [])
     points = expand(spec)
