@@ -65,3 +65,36 @@ def plot_attack_success(
             label(ax, "Attribute inference attacks", "attack", "advantage over majority (pp)", legend=False)
     figure_legend(fig, axes)
     return save(fig, path, "Attack success per attack")
+
+
+def attack_by_tier(summary: dict) -> pd.DataFrame:
+    """A simulation's attack success per device tier (``summary['attack_by_depth']``): tier, depth m, victims,
+    best inversion ASR top-1 (%) and best attribute advantage (pp), worst first."""
+    rows = [
+        {
+            "tier": part["tier"],
+            "m": int(depth),
+            "victims": part["victims"],
+            "max EIA ASR top-1 (%)": None if part["max_eia_asr_top1"] is None else 100 * part["max_eia_asr_top1"],
+            "max AIA advantage (pp)": None if part["max_aia_advantage"] is None else 100 * part["max_aia_advantage"],
+        }
+        for depth, parts in (summary.get("attack_by_depth") or {}).items()
+        for part in parts
+    ]
+    if not rows:
+        raise NothingToPlot("the run attacked no upload (attack.enabled was off, or its design uploads none)")
+    return pd.DataFrame(rows).sort_values("max EIA ASR top-1 (%)", ascending=False, na_position="last")
+
+
+def plot_attack_by_tier(summary: dict, path: str | Path, threshold: float = 0.10) -> Path:
+    """Bars, one per tier (labelled with its depth m): the best inversion attack's top-1 ASR on that tier's uploads,
+    each depth's attacked by suites fitted through the bottom at that depth; dashed line at ``threshold``."""
+    table = attack_by_tier(summary).dropna(subset=["max EIA ASR top-1 (%)"])
+    if table.empty:
+        raise NothingToPlot("no inversion attack ran on the uploads")
+    fig, (ax,) = panels(1, size=(bar_chart_width(len(table)), 3.6))
+    names = [f"{t} (m={m})" for t, m in zip(table["tier"], table["m"])]
+    ax.bar(names, table["max EIA ASR top-1 (%)"], color="tab:red")
+    ax.axhline(100 * threshold, ls="--", color="grey", lw=1, label=f"ASR threshold {100 * threshold:g}%")
+    label(ax, "Best inversion attack per tier", "device tier (split depth)", "ASR top-1 (%)")
+    return save(fig, path, "Attack success per tier")

@@ -15,7 +15,7 @@ import pandas as pd
 from privtune_ray import __version__
 from privtune_ray.errors import ConfigError
 
-from .attack_success import plot_attack_success
+from .attack_success import attack_by_tier, plot_attack_by_tier, plot_attack_success
 from .communication import channels_per_sample, plot_channels, plot_communication, plot_simulation_communication
 from .frontier import plot_frontier, plot_frontier_over_seeds
 from .headline import headline_table, markdown_table
@@ -352,8 +352,25 @@ def _simulation_section(path: Path, root: Path, out: Path) -> str:
         _figure(out, f"timeline-{slug}.png", "round timeline", plot_timeline, run.devices, run.rounds),
         "### Accuracy by depth",
         _accuracy_by_depth(run),
+        "### Attack success by tier",
+        _attack_by_tier(run, out, slug),
     ]
     return "\n\n".join(p for p in parts if p)
+
+
+def _attack_by_tier(run: SimulationRun, out: Path, slug: str) -> str:
+    try:
+        table = attack_by_tier(run.summary)
+    except NothingToPlot as why:
+        return f"No attack table: {why}."
+    worst = run.summary.get("worst_tier")
+    return "\n\n".join(
+        [
+            _figure(out, f"attack-tiers-{slug}.png", "attack success per tier", plot_attack_by_tier, run.summary),
+            f"Each depth's uploads attacked by suites fitted through the bottom at that depth; the headline "
+            f"(`max_eia_asr_top1`) is the worst tier's ({worst}):\n\n" + markdown_table(table, ".1f"),
+        ]
+    )
 
 
 def _train_section(trains: list[Path], root: Path, out: Path) -> str:

@@ -146,10 +146,20 @@ class RunDir:
         self.append_rows(table, [row])
 
     def append_rows(self, table: str, rows: list[dict[str, Any]]) -> None:
-        """Append rows to ``<table>.csv`` (header written with the first rows)."""
-        if rows:
-            path = self.path / f"{table}.csv"
-            pd.DataFrame(rows).to_csv(path, mode="a", header=not path.exists(), index=False)
+        """Append rows to ``<table>.csv`` (header written with the first rows). Rows are aligned to the file's
+        columns (a column they lack is left empty); a row with a column the file lacks rewrites the file with it."""
+        if not rows:
+            return
+        path = self.path / f"{table}.csv"
+        new = pd.DataFrame(rows)
+        if not path.exists():
+            new.to_csv(path, index=False)
+            return
+        header = list(pd.read_csv(path, nrows=0).columns)
+        if set(new.columns) <= set(header):
+            new.reindex(columns=header).to_csv(path, mode="a", header=False, index=False)
+        else:
+            pd.concat([pd.read_csv(path), new], ignore_index=True).to_csv(path, index=False)
 
     def truncate(self, table: str, after_step: int, key: str = "step") -> None:
         """Drop rows with ``key > after_step`` (written after the checkpoint a resumed run restarts from)."""

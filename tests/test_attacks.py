@@ -180,7 +180,7 @@ def _rounds(victim_samples=None, gradient=True):
     )
     gm = _Fixed("gm_label", "attribute", {"accuracy": 0.9, "advantage": 0.4, "samples": 5}, "returned_gradient")
     records = _Records()
-    return AttackRounds(records, victim_samples, suite=suite, gradient_attacks=[gm] if gradient else []), records, gm
+    return AttackRounds(records, victim_samples, suites=suite, gradient_attacks=[gm] if gradient else []), records, gm
 
 
 def test_attack_rounds_merge_the_suite_and_gradient_matching_as_the_runs_record_them():
@@ -214,7 +214,7 @@ def test_attack_rounds_merge_the_suite_and_gradient_matching_as_the_runs_record_
         "budget": {},
         "peak_rss_mb": None,
     }
-    assert gm.seen == [5] and [a.seen for a in rounds.suite.attacks] == [[4], [4]]
+    assert gm.seen == [5] and [a.seen for a in rounds.suites[None].attacks] == [[4], [4]]
     # attacks.csv: the suite's rows (victims = its sample), then gradient matching's (victims = its samples)
     assert [(r["attack"], r["metric"]) for r in records.rows] == [
         ("eia_knn_l2", "asr_top1"),
@@ -256,7 +256,7 @@ def test_attack_rounds_keep_the_latest_victims_and_reset():
         rounds.observe(_obs(n))
         rounds.observe(_obs(n, gradients=True))
     rounds.round(1)
-    assert rounds.suite.attacks[0].seen == [4] and gm.seen == [4]  # the latest 4 of each stream
+    assert rounds.suites[None].attacks[0].seen == [4] and gm.seen == [4]  # the latest 4 of each stream
     rounds.observe(_obs(2))
     rounds.observe(_obs(2, gradients=True))
     rounds.reset()  # a resumed run redoes its rounds: what came before is forgotten

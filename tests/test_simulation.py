@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
+from analysis.report import write_report
 from privtune_ray.cli import main
 from privtune_ray.config import load_config
 from privtune_ray.errors import ConfigError, DataError, ModelError
@@ -184,7 +185,9 @@ def test_attack_rounds_run_on_the_messages_devices_sent(tmp_path):
     # against the token ids of the samples that device actually sent
     assert (asr > 0.8).all()
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["max_eia_asr_top1"] == pytest.approx(asr.iloc[-1]) and summary["attack_setup"]["aux_sentences"] > 0
+    last = asr[attacks.loc[asr.index, "step"] == 4]  # the last round: one row per (depth, tier) attacked
+    assert summary["max_eia_asr_top1"] == pytest.approx(last.max()) and summary["attack_setup"]["aux_sentences"] > 0
+    assert set(attacks["depth"]) == {1, 2}  # the low-end phones' m = 1 uploads are attacked too
 
     # stopped as the final evaluation starts, after the last round's checkpoint: the resumed run redoes the
     # evaluation and attacks the last round's victims (kept in that checkpoint), with no row twice
@@ -194,6 +197,35 @@ def test_attack_rounds_run_on_the_messages_devices_sent(tmp_path):
     again, first = scores(pd.read_csv(resumed / "attacks.csv")), scores(attacks)
     pd.testing.assert_frame_equal(again.drop(columns="value"), first.drop(columns="value"))
     assert np.allclose(again["value"], first["value"], atol=1e-6)
+
+
+def test_every_depth_is_attacked_and_the_headline_is_its_worst(tmp_path):
+    # half the devices' memory holds the embeddings only (m = 0: a table look-up), half run m = 2; undefended
+    shallow = "{name: shallow, share: 0.5, memory_mb: 60}, {name: deep, share: 0.5, memory_mb: 4096}"
+    cfg = small(
+        f"simulation.tiers=[{shallow}]",
+        "simulation.rounds=2",
+        "attack.enabled=true",
+        "attack.names=[eia_knn_l2]",
+        "attack.aux_samples=100",
+        "attack.victim_samples=32",
+    )
+    out = run_simulation(cfg, out=tmp_path / "a", log=quiet)
+    summary = json.loads((out / "summary.json").read_text())
+    assert {t["name"]: t["split_depth"] for t in summary["tiers"]} == {"shallow": 0, "deep": 2}
+    asr = pd.read_csv(out / "attacks.csv").query("attack == 'eia_knn_l2' and metric == 'asr_top1'")
+    by = asr.set_index(["depth", "tier"])["value"]
+    assert set(by.index) == {(0, "shallow"), (2, "deep")}  # each depth's uploads, by the suite fitted at it
+    assert by[(0, "shallow")] >= 0.95  # nearest-neighbour look-up of the embedding table
+    table = summary["attack_by_depth"]
+    assert table["0"][0]["max_eia_asr_top1"] == pytest.approx(by[(0, "shallow")])
+    assert table["2"][0]["max_eia_asr_top1"] == pytest.approx(by[(2, "deep")])
+    assert summary["worst_depth"] == 0 and summary["worst_tier"] == "shallow"
+    assert summary["max_eia_asr_top1"] == pytest.approx(by.max()) and by.max() == by[(0, "shallow")]
+    report = write_report(tmp_path, tmp_path / "report").read_text()  # the report plots success per tier
+    section = report[report.index("### Attack success by tier") :]
+    assert "attack-tiers-" in section and any((tmp_path / "report").glob("attack-tiers-*.png"))
+    assert section.index("| shallow") < section.index("| deep")  # worst first
 
 
 def test_bad_input_fails_before_the_run_directory_is_written(tmp_path):
@@ -227,3 +259,15 @@ def test_progress_off_a_terminal_is_one_plain_line_per_round(tmp_path, monkeypat
     assert [line.split(":")[1].strip() for line in rounds] == ["round 1/2", "round 2/2"], lines
     assert all("devices ok, simulated" in line and "MiB up" in line for line in rounds)
     assert not any("\x1b[" in line for line in lines)
+
+
+def test_a_table_keeps_its_columns_aligned_when_rows_differ_in_keys(tmp_path):
+    from privtune_ray.runs import RunDir
+
+    run = RunDir(tmp_path)
+    run.append_rows("attacks", [{"step": 1, "depth": 0, "attack": "a", "value": 0.5}])
+    run.append_rows("attacks", [{"step": 1, "attack": "b", "value": 0.25}])  # no depth: left empty, not shifted
+    run.append_rows("attacks", [{"step": 2, "attack": "c", "tier": "deep", "value": 1.0}])  # a new column
+    table = pd.read_csv(tmp_path / "attacks.csv")
+    assert list(table["attack"]) == ["a", "b", "c"] and list(table["value"]) == [0.5, 0.25, 1.0]
+    assert table["depth"].isna().tolist() == [False, True, True] and table["tier"].tolist()[2] == "deep"

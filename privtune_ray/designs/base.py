@@ -120,9 +120,9 @@ class Design(ABC):
         """Refuse device tiers whose memory cannot hold what this design puts on a device (split: none; a tier
         with less memory holds a shallower bottom, ``simulation/tiers.py``)."""
 
-    def attack_depth(self, model_depth: int) -> int:
-        """Blocks behind what a device uploads (the attack suite's bottom)."""
-        return self.cfg.model.split_depth
+    def attack_depth(self, model_depth: int, device_depth: int) -> int:
+        """Blocks behind what a device at ``device_depth`` (its m_i) uploads: the attack suite's bottom for it."""
+        return device_depth
 
     def held_blocks(self, cloud: Any) -> dict[int, dict] | None:
         """Blocks behind the upload that the cloud holds trained, by block index (their state dicts): the adaptive

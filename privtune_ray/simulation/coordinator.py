@@ -26,7 +26,7 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +79,7 @@ class Setup:
     num_labels: int
     cloud: Any = None  # the design's coordinator state (GuardedTuning's adapters)
     task_model: Any = None
-    attack_split: Any = None  # the split model the attack suite fits on (attack.enabled)
+    attack_splits: dict = field(default_factory=dict)  # device depth -> split the attacks fit on (attack.enabled)
     tokenizer: Any = None
     aux: TokenizedSplit | None = None
 
@@ -109,10 +109,9 @@ def prepare(cfg: Config) -> Setup:
 
     tokenizer = load_tokenizer(cfg.model.name)
     train, evals = load_task_data(cfg, tokenizer, spec)
-    aux, attack_split = None, None
+    aux = None
     if cfg.attack.enabled:
         aux, train = attacker_data(cfg, tokenizer, train)
-        attack_split = split_model(task_model, design.attack_depth(depth), task=cfg.model.task, name=cfg.model.name)
 
     tiers = assign_tiers(sim, cfg.seed)
     weights = np.array([t.data_weight for t in sim.tiers])[tiers]
@@ -125,6 +124,11 @@ def prepare(cfg: Config) -> Setup:
         int(m): footprint.download_bytes(BottomModel(full.family, task_model, int(m)))
         for m in np.unique(population.depth)
     }
+    attack_splits = {}  # device depth -> the split behind its uploads, which the attacker fits through
+    if cfg.attack.enabled:
+        for m in np.unique(population.depth):
+            cut = design.attack_depth(depth, int(m))
+            attack_splits[int(m)] = split_model(task_model, cut, task=cfg.model.task, name=cfg.model.name)
     design.prepare(population)
     return Setup(
         cfg,
@@ -137,7 +141,7 @@ def prepare(cfg: Config) -> Setup:
         spec.num_labels,
         cloud,
         task_model,
-        attack_split,
+        attack_splits,
         tokenizer,
         aux,
     )
@@ -485,17 +489,18 @@ class Coordinator:
         return {"accuracy": accuracy, "loss": loss, "per_depth": per_depth}
 
     def _observe(self, plan: RoundPlan, on_time: list[int], payloads: list) -> None:
-        """Hand the attack suite the messages of devices at the depth it was fitted for."""
+        """Hand the attacks every message, with its device's depth and tier (each depth has its own suite)."""
         if self.attacks is None or not self.attacks.attacks_uploads:
             return
         tasks = {d.device: d.task for d in plan.devices if d.task is not None}
+        tiers = self.cfg.simulation.tiers
         for i, payload in zip(on_time, payloads):
-            if tasks[i].depth == self.cfg.model.split_depth:
-                msg = Message.from_bytes(self.pool.fetch(payload))
-                batch = collate(self.setup.train, tasks[i].samples, self.setup.pad_id)
-                if msg.labels.numel() == 0:  # labels stayed on the device: ground truth for scoring only
-                    msg.labels = batch.labels
-                self.attacks.observe_message(msg, batch, self.setup.train)
+            msg = Message.from_bytes(self.pool.fetch(payload))
+            batch = collate(self.setup.train, tasks[i].samples, self.setup.pad_id)
+            if msg.labels.numel() == 0:  # labels stayed on the device: ground truth for scoring only
+                msg.labels = batch.labels
+            tier = tiers[int(self.population.tier[i])].name
+            self.attacks.observe_message(msg, batch, self.setup.train, depth=tasks[i].depth, tier=tier)
 
     def _fault(self, fault: Fault) -> None:
         self.faults.append(fault)
@@ -549,8 +554,8 @@ def run_simulation(
 
 
 def start_attacks(coordinator: Coordinator, log) -> None:
-    """The attack suite on what devices upload (the bottom's h̃, or GuardedTuning's A1), fitted at the depth it is
-    released from; gradient matching where the design returns per-sample gradients (online). A design that uploads
+    """The attack suites on what devices upload (the bottom's h̃, or GuardedTuning's A1), one per device depth, each
+    fitted at the depth its uploads are released from; gradient matching where the design returns per-sample gradients (online). A design that uploads
     no per-sample tensor (offline) has nothing to attack."""
     cfg, setup, design = coordinator.cfg, coordinator.setup, coordinator.design
     if not cfg.attack.enabled:
@@ -567,39 +572,43 @@ def start_attacks(coordinator: Coordinator, log) -> None:
             coordinator.attacks = AttackRounds(coordinator.run, cfg.attack.victim_samples, update_attack=update_attack)
         return
 
-    def fit() -> tuple[AttackSuite, list]:
-        """The attacks on what the cloud holds now: the pretrained bottom, with the blocks it holds trained loaded
-        into the adaptive attacker's copy (GuardedTuning's A_b as the round sent it down); gradient matching
-        through the A_t it holds, where gradients return."""
+    def fit() -> tuple[dict[int, AttackSuite], list]:
+        """The attacks on what the cloud holds now, one suite per device depth: the pretrained bottom at that depth,
+        with the blocks the cloud holds trained loaded into the adaptive attacker's copy (GuardedTuning's A_b as the
+        round sent it down); gradient matching through the A_t it holds, where gradients return."""
         held = design.held_blocks(coordinator.cloud)
-        adaptive = None
-        if held is not None:
-            adaptive = dataclasses.replace(setup.attack_split, bottom=copy.deepcopy(setup.attack_split.bottom))
-            for index, state in held.items():
-                adaptive.bottom.blocks[index].load_state_dict(state)
-        suite = AttackSuite.fit_on(
-            cfg,
-            setup.attack_split,
-            setup.tokenizer,
-            resolve_model(cfg.model.name),
-            aux,
-            cfg.data.dataset,
-            setup.train.texts,
-            log=log,
-            adaptive_split=adaptive,
-        )
+        suites = {}
+        for m, split in setup.attack_splits.items():
+            adaptive = None
+            if held is not None:
+                adaptive = dataclasses.replace(split, bottom=copy.deepcopy(split.bottom))
+                for index, state in held.items():
+                    adaptive.bottom.blocks[index].load_state_dict(state)
+            if len(setup.attack_splits) > 1:
+                log(f"privtune-ray: fitting the attacks on uploads from depth m = {m}")
+            suites[m] = AttackSuite.fit_on(
+                cfg,
+                split,
+                setup.tokenizer,
+                resolve_model(cfg.model.name),
+                aux,
+                cfg.data.dataset,
+                setup.train.texts,
+                log=log,
+                adaptive_split=adaptive,
+            )
         top = design.held_top(coordinator.cloud) if design.returns_gradients else None
-        return suite, [held_gradient_matching(cfg, top, aux, log=log)] if top is not None else []
+        return suites, [held_gradient_matching(cfg, top, aux, log=log)] if top is not None else []
 
     # what the cloud holds changes as it trains (GuardedTuning's adapters): fitted at each attack round, not now
     refits = design.held_blocks(coordinator.cloud) is not None or (
         design.returns_gradients and design.held_top(coordinator.cloud) is not None
     )
-    suite, gradient_attacks = (None, []) if refits else fit()
+    suites, gradient_attacks = ({}, []) if refits else fit()
     coordinator.attacks = AttackRounds(
         coordinator.run,
         cfg.attack.victim_samples,
-        suite,
+        suites,
         gradient_attacks,
         refit=fit if refits else None,
         update_attack=update_attack,

@@ -223,7 +223,7 @@ def run_training(cfg: Config, out: str | os.PathLike | None = None, resume: bool
         suite = AttackSuite.fit_on(
             cfg, split_model, tokenizer, model_id, aux, cfg.data.dataset, train_split.texts, log=log
         )
-        attacks = AttackRounds(run, cfg.attack.victim_samples, suite=suite)
+        attacks = AttackRounds(run, cfg.attack.victim_samples, suites=suite)
 
     top = split_model.top
     public_record = {}

@@ -96,8 +96,8 @@ class GuardedDesign(Design):
         """m + 2a ≤ L − 1: the frozen bottom, both adapters and at least one middle block on the server."""
         self.layout(model_depth)
 
-    def attack_depth(self, model_depth: int) -> int:
-        lay = self.layout(model_depth)
+    def attack_depth(self, model_depth: int, device_depth: int) -> int:
+        lay = self.layout(model_depth)  # every device runs the one layout
         return lay.m + lay.a  # A1 = A_b(bottom(x)) is what crosses
 
     def check_tiers(self, footprint, tiers, model_depth: int) -> None:
