@@ -20,10 +20,11 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install "$(TORCH_SPEC)" -e ".[dev]"
 	touch $@
 
-lint: install  ## ruff (lint + the formatter's layout) and mypy, as CI runs them
+lint: install  ## ruff (lint + the formatter's layout), mypy and the import layers (lint-imports), as CI runs them
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test: install
 	$(BIN)/pytest

@@ -105,11 +105,11 @@ def step_cost(cfg, repeats: int) -> dict:
     from privtune_ray.data.batching import collate
     from privtune_ray.designs.dp_plan import DPPlan
     from privtune_ray.designs.ewtune import DPTopServer
+    from privtune_ray.drivers.train import load_task_data, physical_pieces, train_spec
     from privtune_ray.mechanisms.base import Mechanism
     from privtune_ray.models import load_split_model
     from privtune_ray.models.loading import load_tokenizer
     from privtune_ray.training.client import SplitClient
-    from privtune_ray.training.loop import load_task_data, physical_pieces, train_spec
     from privtune_ray.training.server import TopServer, adapt_top, build_optimizer
 
     tokenizer = load_tokenizer(cfg.model.name)
@@ -159,9 +159,9 @@ def run_one(kind: str, cfg, out: Path) -> dict:
     summary_path = out / "summary.json"
     if not summary_path.exists():
         if kind == "train":
-            from privtune_ray.training.loop import run_training as run
+            from privtune_ray.drivers.train import run_training as run
         else:
-            from privtune_ray.simulation import run_simulation as run
+            from privtune_ray.drivers.simulate import run_simulation as run
         run(cfg, out, resume=(out / "config.yaml").exists(), log=print)
     summary = json.loads(summary_path.read_text())
     dp = summary["dp_sgd"]

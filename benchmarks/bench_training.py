@@ -23,10 +23,10 @@ import torch
 from privtune_ray.benchmarking import write_results
 from privtune_ray.config import TrainConfig
 from privtune_ray.data import batch_indices, collate, load_split, tokenize_split
+from privtune_ray.drivers.train import split_step, upload
 from privtune_ray.models import load_split_model, load_tokenizer
 from privtune_ray.runs import Totals
 from privtune_ray.training.client import SplitClient
-from privtune_ray.training.loop import split_step, upload
 from privtune_ray.training.server import TopServer, build_optimizer
 
 

@@ -15,9 +15,9 @@ from typing import Any
 from .attacks.params import ATTACK_PARAMS, parse_corpus
 from .config import Config, VariantParams, require
 from .data.partition import PARTITIONERS
-from .data.registry import DATASETS, get_spec
+from .data.public import public_source, uses_public_text
+from .data.registry import DATASETS
 from .designs.params import DESIGN_PARAMS, check_design
-from .errors import ConfigError
 from .mechanisms.params import MECHANISM_PARAMS
 
 
@@ -81,28 +81,6 @@ def _check_public_text(cfg: Config) -> None:
         public_source(cfg)  # never the training or evaluation split
 
 
-def public_source(cfg: Config) -> tuple[str, str]:
-    """(dataset, split) of the public text; refused, in one line, where it is the training or evaluation split."""
-    ws = cfg.train.warm_start
-    source = (ws.dataset or cfg.data.dataset, ws.split)
-    for key in ("train_split", "eval_split"):
-        if source == (cfg.data.dataset, getattr(cfg.data, key)):
-            raise ConfigError(
-                f"train.warm_start reads {source[0]} split {source[1]!r}, which is data.{key}: the cloud would learn "
-                f"from private (or evaluation) data; choose another train.warm_start.split or dataset (sst2 has an "
-                f"unlabelled public test split)"
-            )
-    if source[1] not in get_spec(source[0]).splits:
-        raise ConfigError(
-            f"train.warm_start.split={source[1]!r}: {source[0]} has the splits {get_spec(source[0]).splits}"
-        )
-    return source
-
-
-def uses_public_text(cfg: Config) -> bool:
-    return cfg.train.warm_start.enabled or (cfg.train.denoiser.kind != "none" and cfg.train.denoiser.pretrain_steps > 0)
-
-
 def check_variant_keys(cfg: Config) -> None:
     """Every key of the ``mechanism``, ``design`` and ``attack`` sections is range-checked by the parameter
     dataclass of each variant that reads it, whichever variant the run selects (a bad value is refused even where
@@ -145,4 +123,4 @@ def _check_attacks(cfg: Config) -> None:
         )
 
 
-__all__ = ["check_config", "check_variant_keys", "public_source", "uses_public_text"]
+__all__ = ["check_config", "check_variant_keys"]

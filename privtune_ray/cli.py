@@ -128,7 +128,7 @@ def _config(args):
 
 def _train(args) -> None:
     cfg = _config(args)  # a bad key or type answers before torch and transformers are imported
-    from .training.loop import run_training
+    from .drivers.train import run_training
 
     run_training(cfg, out=args.out, resume=args.resume)
 
@@ -137,14 +137,14 @@ def _simulate(args) -> None:
     if args.address:
         args.overrides += ["simulation.backend=ray", f"simulation.address={args.address}"]
     cfg = _config(args)
-    from .simulation import run_simulation
+    from .drivers.simulate import run_simulation
 
     run_simulation(cfg, out=args.out, resume=args.resume)
 
 
 def _attack(args) -> None:
     cfg = _config(args)
-    from .attacks.evaluation import run_attack_evaluation
+    from .drivers.attack import run_attack_evaluation
 
     run_attack_evaluation(cfg, out=args.out)
 

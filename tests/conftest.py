@@ -51,6 +51,6 @@ def reference(tmp_path_factory):
     compare against (one run for both modules). Read-only: a test that writes into a run works on its own."""
     from test_simulation import quiet, small
 
-    from privtune_ray.simulation import run_simulation
+    from privtune_ray.drivers.simulate import run_simulation
 
     return run_simulation(small(), out=tmp_path_factory.mktemp("sim") / "reference", log=quiet)

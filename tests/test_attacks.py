@@ -98,14 +98,14 @@ def test_every_attack_falls_towards_chance_under_strong_noise(minilm, tokenizer)
 def test_attack_for_a_missing_attribute_is_one_clear_error(tmp_path):
     cfg = load_config("simulations/sst2_attacks.yaml", ["attack.names=[aia_probe]"])
     with pytest.raises(DataError, match="aia_probe needs a private attribute.*blog"):
-        from privtune_ray.attacks.evaluation import run_attack_evaluation
+        from privtune_ray.drivers.attack import run_attack_evaluation
 
         run_attack_evaluation(cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()
 
 
 def test_auxiliary_set_overlapping_the_victims_is_an_error(tmp_path):
-    from privtune_ray.attacks.evaluation import run_attack_evaluation
+    from privtune_ray.drivers.attack import run_attack_evaluation
 
     cfg = load_config("simulations/sst2_attacks.yaml", ["attack.aux_split=dev"])
     with pytest.raises(ConfigError, match="victims' own data"):

@@ -61,7 +61,7 @@ def test_device_workers_and_the_top_replica_land_on_their_nodes_and_match_in_pro
     result = _on_cluster(
         f"""
 from test_simulation import quiet, small
-from privtune_ray.simulation import run_simulation
+from privtune_ray.drivers.simulate import run_simulation
 cfg = small("simulation.backend=ray", "simulation.address={{address}}".replace("{{address}}", cluster.address),
             "simulation.device_workers=2", "simulation.worker_cpus=1", "simulation.replica_cpus=1",
             "simulation.worker_resources={{device_node: 1}}", "simulation.replica_resources={{top_node: 1}}")
@@ -135,7 +135,7 @@ def test_a_pool_the_cluster_cannot_place_stops_before_anything_is_written(tmp_pa
         f"""
 from test_simulation import quiet, small
 from privtune_ray.errors import ConfigError
-from privtune_ray.simulation import run_simulation
+from privtune_ray.drivers.simulate import run_simulation
 errors = []
 for extra in (["simulation.device_workers=3", "simulation.worker_cpus=0.5",
                "simulation.worker_resources={{device_node: 1}}"],
@@ -168,7 +168,7 @@ cluster.add_node(num_cpus=1, resources={{"device_node": 1}}, object_store_memory
 cluster.wait_for_nodes()
 import time
 from test_simulation import quiet, small
-from privtune_ray.simulation import run_simulation
+from privtune_ray.drivers.simulate import run_simulation
 removed, where = [], {{}}
 
 def node_of(coordinator, worker):

@@ -14,10 +14,10 @@ import torch
 from privtune_ray.config import load_config
 from privtune_ray.designs.registry import DESIGNS
 from privtune_ray.designs.split import SplitDesign
+from privtune_ray.drivers.simulate import Coordinator, prepare, start_backend
+from privtune_ray.drivers.train import run_training
 from privtune_ray.errors import ConfigError
 from privtune_ray.runs import RunSession
-from privtune_ray.simulation.coordinator import Coordinator, prepare, start_backend
-from privtune_ray.training.loop import run_training
 
 ROOT = Path(__file__).parents[1]
 

@@ -15,11 +15,11 @@ from privtune_ray.data import load_split
 from privtune_ray.data.batching import collate, tokenize_split
 from privtune_ray.designs.dp_plan import DPPlan, plan_dp_sgd, spent_epsilon
 from privtune_ray.designs.ewtune import DPTopServer, poisson_batches
+from privtune_ray.drivers.train import run_training
 from privtune_ray.errors import ConfigError
 from privtune_ray.mechanisms.base import Mechanism
 from privtune_ray.models import split_model
 from privtune_ray.training.client import SplitClient
-from privtune_ray.training.loop import run_training
 from privtune_ray.training.server import TopServer, build_optimizer
 
 BASELINE = Path(__file__).parents[1] / "simulations" / "sst2_baseline.yaml"
@@ -271,8 +271,8 @@ def test_a_logical_batch_in_physical_pieces_takes_the_dp_step_of_the_whole(minil
     """train.physical_batch_size: a Poisson batch of 8 sent as pieces of 3 (per-sample clipping to C = 1, noise
     σ = 0.5 from the same seed) steps the LoRA or BitFit top exactly as the batch sent whole."""
     from privtune_ray.config import LoraConfig
+    from privtune_ray.drivers.train import physical_pieces, split_step
     from privtune_ray.runs import Totals
-    from privtune_ray.training.loop import physical_pieces, split_step
     from privtune_ray.training.server import adapt_top
 
     split = split_model(copy.deepcopy(minilm), 4)
@@ -325,7 +325,7 @@ DEVICES = Path(__file__).parents[1] / "simulations" / "sst2_devices.yaml"
 
 @pytest.mark.long  # a whole EW-Tune simulation; Poisson rounds are checked by default below
 def test_ewtune_in_simulate_composes_epsilon_over_poisson_rounds(tmp_path):
-    from privtune_ray.simulation import run_simulation
+    from privtune_ray.drivers.simulate import run_simulation
 
     lines = []
     run = run_simulation(load_config(DEVICES, SIM), out=tmp_path / "sim", log=lines.append)
@@ -385,7 +385,7 @@ def test_poisson_rounds_repeat_under_a_seed_and_sample_at_rate_q():
     ],
 )
 def test_ewtune_in_simulate_refuses_what_breaks_its_account(overrides, match, tmp_path):
-    from privtune_ray.simulation import run_simulation
+    from privtune_ray.drivers.simulate import run_simulation
 
     with pytest.raises(ConfigError, match=match):
         run_simulation(load_config(DEVICES, SIM + overrides), out=tmp_path / "never", log=quiet)
@@ -395,7 +395,7 @@ def test_ewtune_in_simulate_refuses_what_breaks_its_account(overrides, match, tm
 @pytest.mark.slow  # three EW-Tune simulations; resume is checked in the default run by test_train
 def test_an_interrupted_ewtune_simulation_resumes_with_the_same_noise(tmp_path):
     """The checkpoint keeps the DP noise generator: the resumed run's losses and ε rows equal an uninterrupted run's."""
-    from privtune_ray.simulation import run_simulation
+    from privtune_ray.drivers.simulate import run_simulation
 
     cfg = SIM + ["simulation.checkpoint_every=2"]
     full = run_simulation(load_config(DEVICES, cfg), out=tmp_path / "full", log=quiet)

@@ -17,10 +17,10 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from privtune_ray.config import load_config
 from privtune_ray.data import load_split
 from privtune_ray.data.batching import IGNORE, collate, tokenize_generation
+from privtune_ray.drivers.train import run_training
 from privtune_ray.errors import ConfigError
 from privtune_ray.sweep import load_sweep, run_sweep
 from privtune_ray.training.generation import normalize_answer, squad_scores
-from privtune_ray.training.loop import run_training
 from privtune_ray.training.server import summed_loss
 
 SIMULATIONS = Path(__file__).parents[1] / "simulations"

@@ -16,11 +16,11 @@ import torch
 from privtune_ray.config import TrainConfig, load_config
 from privtune_ray.data import load_split
 from privtune_ray.data.batching import collate, tokenize_split
+from privtune_ray.drivers.simulate import run_simulation
+from privtune_ray.drivers.train import run_training
 from privtune_ray.mechanisms.base import Mechanism
 from privtune_ray.models import load_split_model, load_tokenizer
-from privtune_ray.simulation import run_simulation
 from privtune_ray.training.client import SplitClient
-from privtune_ray.training.loop import run_training
 from privtune_ray.training.server import TopServer, build_optimizer
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]

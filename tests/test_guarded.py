@@ -26,14 +26,14 @@ from privtune_ray.designs.guarded import (
     gradients_from_bytes,
     guarded_layout,
 )
+from privtune_ray.drivers import simulate as coordinator_module
+from privtune_ray.drivers.simulate import run_simulation
+from privtune_ray.drivers.train import run_training
 from privtune_ray.errors import ConfigError
 from privtune_ray.message import tensor_from_bytes
 from privtune_ray.models.loading import load_task_model
 from privtune_ray.models.split import BottomModel, family_of
 from privtune_ray.quantisation import quantised_bytes
-from privtune_ray.simulation import coordinator as coordinator_module
-from privtune_ray.simulation import run_simulation
-from privtune_ray.training.loop import run_training
 from privtune_ray.training.server import build_optimizer, summed_loss
 
 DESIGNS = Path(__file__).parents[1] / "simulations" / "sst2_designs.yaml"

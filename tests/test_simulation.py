@@ -11,10 +11,9 @@ import torch
 from analysis.report import write_report
 from privtune_ray.cli import main
 from privtune_ray.config import load_config
+from privtune_ray.drivers.simulate import Coordinator, prepare, run_simulation, start_backend
 from privtune_ray.errors import ConfigError, DataError, ModelError
 from privtune_ray.runs import RunSession
-from privtune_ray.simulation import run_simulation
-from privtune_ray.simulation.coordinator import Coordinator, prepare, start_backend
 from privtune_ray.training.server import TopServer
 
 DEVICES = str(Path(__file__).parents[1] / "simulations" / "sst2_devices.yaml")

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from test_simulation import EXACT, quiet, small
 
+from privtune_ray.drivers.simulate import run_simulation
 from privtune_ray.errors import ConfigError
-from privtune_ray.simulation import run_simulation
 from privtune_ray.simulation.backend import check_resources, connect_ray
 
 RAY = ["simulation.backend=ray", "simulation.worker_cpus=1", "simulation.replica_cpus=1"]

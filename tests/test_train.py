@@ -10,8 +10,8 @@ import torch
 
 from privtune_ray.cli import main
 from privtune_ray.config import load_config
+from privtune_ray.drivers.train import run_training
 from privtune_ray.message import Message
-from privtune_ray.training.loop import run_training
 from privtune_ray.training.server import TopServer
 
 BASELINE = str(Path(__file__).parents[1] / "simulations" / "sst2_baseline.yaml")

@@ -11,12 +11,12 @@ import torch
 from privtune_ray.checks import check_config
 from privtune_ray.cli import main
 from privtune_ray.config import load_config
+from privtune_ray.drivers.simulate import prepare
+from privtune_ray.drivers.train import run_training
 from privtune_ray.errors import ConfigError
 from privtune_ray.mechanisms.registry import build_mechanism
 from privtune_ray.models.denoiser import TokenDenoiser
 from privtune_ray.models.split import MeanPooledHead, mean_pool, split_model
-from privtune_ray.simulation.coordinator import prepare
-from privtune_ray.training.loop import run_training
 from privtune_ray.training.server import TopServer
 from privtune_ray.training.warm_start import PublicBatches, load_public, warm_start
 
@@ -150,7 +150,7 @@ def test_train_with_warm_start_and_denoiser_records_them_and_resumes_to_the_same
         run_training(cfg, out=tmp_path / "cut", log=quiet)
     monkeypatch.setattr(TopServer, "accumulate", original)
     ran = []
-    monkeypatch.setattr("privtune_ray.training.loop.prepare_top", lambda *a, **k: ran.append(1) or {})
+    monkeypatch.setattr("privtune_ray.drivers.train.prepare_top", lambda *a, **k: ran.append(1) or {})
     resumed = json.loads((run_training(cfg, out=tmp_path / "cut", resume=True, log=quiet) / "summary.json").read_text())
     assert not ran  # the checkpoint holds the prepared top
     assert resumed["warm_start_loss"] == whole["warm_start_loss"]

@@ -1,8 +1,8 @@
 """The interface every training design implements (after Flower's ``Strategy``).
 
 A design decides what a device computes in a round, what the cloud computes with what it receives, which
-channels carry it, and what its records and summary add. The engine (``simulation/coordinator.py`` for
-``simulate``, ``training/loop.py`` for ``train``) calls only this interface; the transport
+channels carry it, and what its records and summary add. The engine (``drivers/simulate.py`` for
+``simulate``, ``drivers/train.py`` for ``train``) calls only this interface; the transport
 (``simulation/backend.py``) and the actor pool (``simulation/pool.py``) know nothing of designs.
 
 Where each method runs:

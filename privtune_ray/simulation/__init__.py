@@ -8,19 +8,10 @@ replica.py     TopReplica: hosts the design's cloud part, synchronised by a grad
 backend.py     transport only: start actors, call them, replace dead ones (registry: inprocess, ray)
 pool.py        the actor pool above the transport: replica routing, the all-reduce, evaluation
 clock.py       the discrete-event simulated clock
-coordinator.py the round loop, records, checkpoints, evaluation: ``run_simulation``
+
+The round loop that drives them (``run_simulation``) is a driver: ``privtune_ray/drivers/simulate.py``.
 """
 
 from .clock import DeviceTiming, simulate_round, transfer_s
 
-
-def __getattr__(name: str):
-    # run_simulation loads the designs, which use this package's protocol module: imported on first use
-    if name == "run_simulation":
-        from .coordinator import run_simulation
-
-        return run_simulation
-    raise AttributeError(name)
-
-
-__all__ = ["DeviceTiming", "run_simulation", "simulate_round", "transfer_s"]
+__all__ = ["DeviceTiming", "simulate_round", "transfer_s"]

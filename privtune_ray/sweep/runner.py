@@ -40,19 +40,19 @@ ROW_KEYS = (
 
 
 def _train(cfg: Config, out: Path, resume: bool, log) -> Path:
-    from ..training.loop import run_training  # the drivers load torch: `report` and `--help` read rows without it
+    from ..drivers.train import run_training  # the drivers load torch: `report` and `--help` read rows without it
 
     return run_training(cfg, out, resume=resume, log=log)
 
 
 def _simulate(cfg: Config, out: Path, resume: bool, log) -> Path:
-    from ..simulation.coordinator import run_simulation  # (as above)
+    from ..drivers.simulate import run_simulation  # (as above)
 
     return run_simulation(cfg, out, resume=resume, log=log)
 
 
 def _attack(cfg: Config, out: Path, resume: bool, log) -> Path:
-    from ..attacks.evaluation import run_attack_evaluation  # (as above)
+    from ..drivers.attack import run_attack_evaluation  # (as above)
 
     if resume:  # an attack evaluation has no checkpoint: an interrupted one is redone
         shutil.rmtree(out, ignore_errors=True)

@@ -29,9 +29,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..checks import public_source, uses_public_text
 from ..config import Config
 from ..data.batching import TokenizedSplit, collate, tokenize_split
+from ..data.public import public_source, uses_public_text
 from ..data.registry import load_split
 from ..errors import ConfigError
 from ..mechanisms.base import Mechanism

@@ -51,16 +51,16 @@ from ..models.split import BottomModel, depth_of, split_model
 from ..progress import plain_lines, progress_bar
 from ..runs import RunSession, Summary, Totals
 from ..seeding import seed_everything
-from ..training.loop import classification_spec, load_task_data, top_device
+from ..simulation.backend import BACKENDS, ReplicaLost
+from ..simulation.clock import simulate_round
+from ..simulation.pool import ActorPool
+from ..simulation.population import Population, RoundPlan
+from ..simulation.protocol import DeviceResult, Fault, derive_seed
+from ..simulation.replica import ReplicaSetup
+from ..simulation.tiers import BottomFootprint, assign_tiers
+from ..simulation.worker import WorkerSetup
 from ..training.server import lora_targets
-from .backend import BACKENDS, ReplicaLost
-from .clock import simulate_round
-from .pool import ActorPool
-from .population import Population, RoundPlan
-from .protocol import DeviceResult, Fault, derive_seed
-from .replica import ReplicaSetup
-from .tiers import BottomFootprint, assign_tiers
-from .worker import WorkerSetup
+from .train import classification_spec, load_task_data, top_device
 
 EVAL_SEED = 0xE7A1
 

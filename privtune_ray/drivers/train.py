@@ -12,6 +12,7 @@ import os
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,6 +24,7 @@ from ..config import Config
 from ..data.batching import TokenizedSplit, batch_indices, collate, end_token_id, tokenize_generation, tokenize_split
 from ..data.registry import get_spec, load_split
 from ..designs.registry import design_for
+from ..designs.split import SplitDesign
 from ..errors import ConfigError
 from ..mechanisms.registry import build_mechanism
 from ..message import Message
@@ -32,11 +34,11 @@ from ..models.split import HEAD_POOLINGS
 from ..progress import plain_lines, progress_bar
 from ..runs import RunSession, Summary, Totals
 from ..seeding import seed_everything
-from .client import SplitClient
-from .generation import evaluate_generation
-from .lm_head import DeviceHead, HiddenStateServer, detach_head
-from .server import TopServer, adapt_top, build_optimizer, lora_targets, summed_loss
-from .warm_start import WARM_START_SEED_OFFSET, PublicBatches, load_public, prepare_top, uses_public_text
+from ..training.client import SplitClient
+from ..training.generation import evaluate_generation
+from ..training.lm_head import DeviceHead, HiddenStateServer, detach_head
+from ..training.server import TopServer, adapt_top, build_optimizer, lora_targets, summed_loss
+from ..training.warm_start import WARM_START_SEED_OFFSET, PublicBatches, load_public, prepare_top, uses_public_text
 
 
 def top_device(name: str) -> str:
@@ -92,6 +94,7 @@ def split_step(client: SplitClient, server: TopServer, batches: list, counters: 
         counters.tokens += batch.num_tokens
         if client.head is not None:  # U-shaped: one piece per step (checked by the config)
             counters.step += 1
+            assert isinstance(server, HiddenStateServer), "a device head pairs with the hidden-state server"
             return u_shaped_step(client, server, msg, batch.labels, counters)
         loss_sum += server.accumulate(msg)
         n += msg.batch_size
@@ -166,7 +169,7 @@ def train_spec(cfg: Config):
 def load_task_data(cfg: Config, tokenizer, spec) -> tuple[TokenizedSplit, TokenizedSplit]:
     """The tokenised training split (with the dataset's private attributes) and eval split of ``cfg.data``;
     generation datasets as prompt + answer sequences (:func:`tokenize_generation`)."""
-    load = dict(data_dir=cfg.data.data_dir, hub_fallback=cfg.data.hub_fallback, seed=cfg.seed)
+    load: dict[str, Any] = dict(data_dir=cfg.data.data_dir, hub_fallback=cfg.data.hub_fallback, seed=cfg.seed)
     train_raw = load_split(cfg.data.dataset, cfg.data.train_split, max_samples=cfg.data.max_train_samples, **load)
     eval_raw = load_split(cfg.data.dataset, cfg.data.eval_split, max_samples=cfg.data.max_eval_samples, **load)
     if spec.task == "generation":
@@ -184,6 +187,7 @@ def load_task_data(cfg: Config, tokenizer, spec) -> tuple[TokenizedSplit, Tokeni
 def run_training(cfg: Config, out: str | os.PathLike | None = None, resume: bool = False, log=print) -> Path:
     """Fine-tune ``cfg.model`` split at ``cfg.model.split_depth`` on ``cfg.data``; returns the run directory."""
     design = design_for(cfg, "train")
+    assert isinstance(design, SplitDesign), "design_for(cfg, 'train') refuses the designs `train` cannot run"
     spec = train_spec(cfg)
     device = top_device(cfg.train.device)
     seed_everything(cfg.seed)  # before loading: the fresh task head is initialised from it
@@ -225,20 +229,20 @@ def run_training(cfg: Config, out: str | os.PathLike | None = None, resume: bool
         )
         attacks = AttackRounds(run, cfg.attack.victim_samples, suites=suite)
 
-    top = split_model.top
+    top: torch.nn.Module = split_model.top
     public_record = {}
     if public is not None and not (resume and session.has_checkpoint):  # a checkpoint holds the prepared top
         cloud_mechanism = build_mechanism(
             cfg.mechanism, split_model, tokenizer, model_id, seed=cfg.seed + WARM_START_SEED_OFFSET
         )
         cloud_mechanism.fit(public)  # PrivTune's importance from the public text, as the attacker's copy
-        batches = PublicBatches(
+        public_batches = PublicBatches(
             public, split_model.bottom, cloud_mechanism, cfg.train.warm_start.batch_size, pad_id, cfg.seed + 29
         )
         public_record = {
             "public_sentences": len(public),
             "public_dropped_as_private": public_dropped,
-            **prepare_top(cfg, top.to(device), batches, device, log=log),
+            **prepare_top(cfg, split_model.top.to(device), public_batches, device, log=log),
         }
         run.write_json("public", public_record)
     elif public is not None:
@@ -289,8 +293,8 @@ def run_training(cfg: Config, out: str | os.PathLike | None = None, resume: bool
                 server.step(0)
                 totals.step += 1
             else:
-                pieces = physical_pieces(idx, cfg.train.physical_batch_size, lengths)
-                pieces = [collate(train_split, piece, pad_id) for piece in pieces]
+                parts = physical_pieces(idx, cfg.train.physical_batch_size, lengths)
+                pieces = [collate(train_split, part, pad_id) for part in parts]
                 on_upload = (lambda msg, b: attacks.observe_message(msg, b, train_split)) if attacks else None
                 window_loss.append(split_step(client, server, pieces, totals, on_upload))
             loss = window_loss[-1] if window_loss else float("nan")

@@ -15,6 +15,9 @@ from pathlib import Path
 
 import torch
 
+from ..attacks.observations import observe
+from ..attacks.public_text import load_aux
+from ..attacks.suite import AttackSuite, by_name, headline, long_rows, probe_attributes
 from ..checks import check_config
 from ..config import Config
 from ..data.batching import tokenize_split
@@ -23,9 +26,6 @@ from ..designs.registry import design_for
 from ..mechanisms.registry import build_mechanism
 from ..models.loading import load_split_model, load_tokenizer, resolve_model
 from ..runs import RunDir
-from .observations import observe
-from .public_text import load_aux
-from .suite import AttackSuite, by_name, headline, long_rows, probe_attributes
 
 
 def run_attack_evaluation(cfg: Config, out: str | os.PathLike | None = None, log=print) -> Path:
