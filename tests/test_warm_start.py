@@ -55,10 +55,38 @@ def test_a_mean_pooled_head_on_a_language_model_is_refused():
         check_config(load_config(BASELINE, ["model.task=causal-lm", "train.head_pooling=mean"]))
 
 
-@pytest.mark.parametrize("lever", ["train.warm_start.enabled=true", "train.head_pooling=mean"])
-def test_simulate_refuses_the_levers_it_does_not_run(lever):
-    with pytest.raises(ConfigError, match="run under `privtune-ray train` only"):
-        prepare(load_config(str(ROOT / "simulations" / "sst2_devices.yaml"), [lever]))
+@pytest.mark.parametrize(
+    "levers,match",
+    [
+        (["train.warm_start.enabled=true"], "under `privtune-ray train` only so far"),
+        (["train.denoiser.kind=mlp", "train.denoiser.pretrain_steps=10"], "under `privtune-ray train` only so far"),
+        (["design.name=online", "train.head_pooling=mean"], "design 'online' builds its own cloud part"),
+    ],
+)
+def test_simulate_refuses_the_levers_it_does_not_run(levers, match):
+    with pytest.raises(ConfigError, match=match):
+        prepare(load_config(str(ROOT / "simulations" / "sst2_devices.yaml"), levers))
+
+
+def test_simulate_runs_the_denoiser_and_the_mean_pooled_head(tmp_path):
+    from types import SimpleNamespace
+
+    from privtune_ray.designs.registry import design_for
+    from privtune_ray.drivers.simulate import run_simulation
+    from privtune_ray.models.loading import load_task_model
+
+    levers = ["train.denoiser.kind=mlp", "train.head_pooling=mean", "mechanism.name=dchi", "mechanism.eta=20"]
+    small = ["data.max_train_samples=128", "data.max_eval_samples=32", "simulation.devices=8", "simulation.rounds=2"]
+    cfg = load_config(
+        str(ROOT / "simulations" / "sst2_devices.yaml"), [*small, "simulation.devices_per_round=2", *levers]
+    )
+    host = SimpleNamespace(setup=SimpleNamespace(entry_depth=1), device="cpu")
+    top = design_for(cfg, "simulate").build_cloud(host, load_task_model(cfg.model.name, "classification", 2)).top
+    assert isinstance(top.front, TokenDenoiser) and isinstance(top.head, MeanPooledHead)  # what each replica holds
+    run = run_simulation(cfg, out=tmp_path / "run", log=quiet)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["rounds"] == 2 and 0.0 <= summary["utility"] <= 1.0
+    assert "head_pooling: mean" in (run / "config.yaml").read_text()
 
 
 def test_the_mean_pooled_head_reads_every_real_token_and_no_padding_row(minilm):

@@ -89,6 +89,8 @@ class Design(ABC):
     returns_gradients: ClassVar[bool] = False  # the cloud sends per-sample gradients back: a label attack's target
     # a device uploads the update of a block that reads the bottom's output (GuardedTuning's ∇A_b): eia_update's target
     uploads_bottom_updates: ClassVar[bool] = False
+    # its cloud top takes the cloud's own levers (train.denoiser, train.head_pooling: training/server.add_cloud_levers)
+    cloud_levers: ClassVar[bool] = False
     Params: ClassVar[type[DesignParams]] = DesignParams  # its keys of the ``design`` section and their checks
 
     def __init__(self, cfg: Config):

@@ -17,12 +17,13 @@ from ..models.split import split_model
 from ..simulation.clock import DeviceTiming, simulate_round, transfer_s
 from ..simulation.protocol import DeviceReport, DeviceTask, EvalResult, TopResult, derive_seed
 from ..training.client import SplitClient
-from ..training.server import TopServer, adapt_top, build_optimizer
+from ..training.server import TopServer, adapt_top, add_cloud_levers, build_optimizer
 from .base import Design, RoundContext, RoundOutcome, no_step
 
 
 class SplitDesign(Design):
     name = "split"
+    cloud_levers = True
 
     def defence(self) -> str:
         """Split learning is labelled by its mechanism alone (``none``, ``privtune``, ...)."""
@@ -54,7 +55,7 @@ class SplitDesign(Design):
         """The top from the shallowest device's depth (LoRA or BitFit on it if configured), AdamW over the run's rounds."""
         cfg = self.cfg
         split = split_model(task_model, host.setup.entry_depth, task=cfg.model.task, name=cfg.model.name)
-        top = adapt_top(split.top, split.family, cfg.train)
+        top = adapt_top(add_cloud_levers(split.top, split.hidden_size, cfg.train), split.family, cfg.train)
         optimizer, scheduler = build_optimizer(top, cfg.train, cfg.simulation.rounds)
         return self.top_server(top, optimizer, scheduler, host.device)
 

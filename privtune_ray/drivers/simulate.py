@@ -41,6 +41,7 @@ from ..attacks.update_inversion import AdapterUpdate, build_update_inversion
 from ..config import Config
 from ..data.batching import TokenizedSplit, batch_indices, collate
 from ..data.partition import partition
+from ..data.public import uses_public_text
 from ..designs.base import Design, RoundContext, RoundOutcome
 from ..designs.registry import design_for
 from ..errors import ConfigError
@@ -87,11 +88,16 @@ class Setup:
 def prepare(cfg: Config) -> Setup:
     """Load the model and data, size the tiers, draw the population; every bad input fails here."""
     design = design_for(cfg, "simulate")
-    if cfg.train.warm_start.enabled or cfg.train.denoiser.kind != "none" or cfg.train.head_pooling != "token":
+    if uses_public_text(cfg):
         raise ConfigError(
-            "train.warm_start, train.denoiser and train.head_pooling run under `privtune-ray train` only (the top "
-            "replicas of `simulate` start from the pretrained top): set train.warm_start.enabled=false, "
-            "train.denoiser.kind=none and train.head_pooling=token"
+            "train.warm_start and train.denoiser.pretrain_steps > 0 prepare the top on public text, under "
+            "`privtune-ray train` only so far (the top replicas of `simulate` start from the pretrained top): set "
+            "train.warm_start.enabled=false and train.denoiser.pretrain_steps=0"
+        )
+    if not design.cloud_levers and (cfg.train.denoiser.kind != "none" or cfg.train.head_pooling != "token"):
+        raise ConfigError(
+            f"design {design.name!r} builds its own cloud part, without train.denoiser or train.head_pooling: set "
+            "train.denoiser.kind=none and train.head_pooling=token, or use design.name=split"
         )
     spec = classification_spec(cfg, "simulate")
     sim = cfg.simulation

@@ -28,16 +28,14 @@ from ..designs.split import SplitDesign
 from ..errors import ConfigError
 from ..mechanisms.registry import build_mechanism
 from ..message import Message
-from ..models.denoiser import build_denoiser
 from ..models.loading import load_split_model, load_tokenizer, resolve_model
-from ..models.split import HEAD_POOLINGS
 from ..progress import plain_lines, progress_bar
 from ..runs import RunSession, Summary, Totals
 from ..seeding import seed_everything
 from ..training.client import SplitClient
 from ..training.generation import evaluate_generation
 from ..training.lm_head import DeviceHead, HiddenStateServer, detach_head
-from ..training.server import TopServer, adapt_top, build_optimizer, lora_targets, summed_loss
+from ..training.server import TopServer, adapt_top, add_cloud_levers, build_optimizer, lora_targets, summed_loss
 from ..training.warm_start import WARM_START_SEED_OFFSET, PublicBatches, load_public, prepare_top, uses_public_text
 
 
@@ -211,12 +209,7 @@ def run_training(cfg: Config, out: str | os.PathLike | None = None, resume: bool
     public = None  # the cloud's public text for its warm start and denoiser (never a device's data)
     if uses_public_text(cfg):
         public, public_dropped = load_public(cfg, tokenizer, [train_split.texts, eval_split.texts])
-    if cfg.train.denoiser.kind != "none":
-        split_model.top.front = build_denoiser(
-            cfg.train.denoiser.kind, split_model.hidden_size, cfg.train.denoiser.width
-        )
-    if (pooled := HEAD_POOLINGS[cfg.train.head_pooling]) is not None:
-        split_model.top.head = pooled(split_model.top.head)
+    add_cloud_levers(split_model.top, split_model.hidden_size, cfg.train)
 
     session = RunSession.open(cfg, out, resume)
     run = session.run

@@ -17,7 +17,9 @@ from ..config import LoraConfig, TrainConfig
 from ..data.batching import IGNORE
 from ..errors import ConfigError
 from ..message import Message
+from ..models.denoiser import build_denoiser
 from ..models.families import Family
+from ..models.split import HEAD_POOLINGS, TopModel
 
 
 def lora_targets(top: nn.Module, family: Family, lora: LoraConfig) -> list[str]:
@@ -62,6 +64,16 @@ def apply_bitfit(top: nn.Module) -> nn.Module:
     front denoiser train whole. Per-sample gradients (DP-SGD) then cost B × (biases + head) floats."""
     for name, param in top.named_parameters():
         param.requires_grad_(not name.startswith("blocks.") or name.endswith(".bias"))
+    return top
+
+
+def add_cloud_levers(top: TopModel, hidden_size: int, cfg: TrainConfig) -> TopModel:
+    """The cloud's own levers on the top, before its adaptation (``train`` and ``simulate`` alike): a denoiser front
+    block (``train.denoiser``) and the head's read-out (``train.head_pooling``)."""
+    if cfg.denoiser.kind != "none":
+        top.front = build_denoiser(cfg.denoiser.kind, hidden_size, cfg.denoiser.width)
+    if (pooled := HEAD_POOLINGS[cfg.head_pooling]) is not None:
+        top.head = pooled(top.head)
     return top
 
 
