@@ -14,6 +14,7 @@ import pandas as pd
 
 from privtune_ray import __version__
 from privtune_ray.errors import ConfigError
+from privtune_ray.runs import make_output_dir
 
 from .attack_success import attack_by_tier, plot_attack_by_tier, plot_attack_success
 from .communication import channels_per_sample, plot_channels, plot_communication, plot_simulation_communication
@@ -400,7 +401,7 @@ def write_report(root: str | Path, out: str | Path | None = None, asr_threshold:
             f"`privtune-ray simulate ...` first, then pass its output directory"
         )
     out = Path(out) if out is not None else root / "report"
-    out.mkdir(parents=True, exist_ok=True)
+    make_output_dir(out)
     sections = [f"# privtune-ray report: {root.resolve().name}", _provenance(root, sweeps, sims, trains)]
     if sweeps:
         sections.append(_headline(sweeps, root, asr_threshold))

@@ -113,6 +113,7 @@ def _config(args):
     """The command's config, loaded and checked: schema, types and ranges first (no torch imported), then the
     registry names (``checks.check_config``, which imports the registries)."""
     from .config import load_config
+    from .runs import check_output_dir
 
     if getattr(args, "resume", False) and not args.out:
         raise PrivtuneError("--resume needs --out DIR, the run directory to continue")
@@ -120,6 +121,8 @@ def _config(args):
     if args.data_dir:
         overrides.append(f"data.data_dir={args.data_dir}")
     cfg = load_config(args.config, overrides)
+    if getattr(args, "out", None):
+        check_output_dir(args.out)  # before the model and data load: nothing written, no minutes lost
     from .checks import check_config  # the registries import torch: after the checks that answer without it
 
     check_config(cfg)
@@ -260,6 +263,7 @@ def _sweep(args) -> None:
     from .checks import check_config
     from .designs.registry import design_class
     from .models.loading import local_model_depth
+    from .runs import check_output_dir
     from .sweep import load_sweep, run_sweep
     from .sweep.spec import point_config
 
@@ -286,6 +290,7 @@ def _sweep(args) -> None:
         print(f"{len(points)} points ({spec.runner}, {spec.executor})")
         return
     out = args.out or f"runs/{base.get('name', 'run')}-sweep-{time.strftime('%Y%m%d-%H%M%S')}"
+    check_output_dir(out)
     run_sweep(base, spec, points, out)
     failed = list(failed_points(out)["point"])
     if failed:
@@ -296,6 +301,10 @@ def _sweep(args) -> None:
 def _report(args) -> None:
     from analysis.report import write_report
 
+    from .runs import check_output_dir
+
+    if args.out:
+        check_output_dir(args.out)
     path = write_report(args.dir, args.out, asr_threshold=args.asr_threshold)
     print(f"privtune-ray: wrote {path}")
 

@@ -72,6 +72,31 @@ def git_revision() -> dict[str, Any]:
         return {"commit": None, "dirty": None}
 
 
+def check_output_dir(out: str | os.PathLike, flag: str = "--out") -> None:
+    """Refuse, in one line and before anything is written, an output directory that names a file or that cannot be
+    created (its nearest existing ancestor is a file, or is not writable)."""
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{flag} {str(path)!r} is a file, not a directory: choose a directory path")
+    ancestor = path
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ConfigError(f"{flag} {str(path)!r} cannot be created: {str(ancestor)!r} is a file; choose another path")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"{flag} {str(path)!r} cannot be created: {str(ancestor)!r} is not writable; choose a path you can write"
+        )
+
+
+def make_output_dir(path: Path, flag: str = "--out") -> None:
+    """``mkdir -p`` of an output directory; an OS refusal (a read-only or virtual file system) in one line."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{flag} {str(path)!r} cannot be created ({exc.strerror}): choose another path") from None
+
+
 class RunDir:
     """Create (or reopen, to resume) a run directory and append results to it."""
 
@@ -81,6 +106,7 @@ class RunDir:
     @classmethod
     def create(cls, cfg: Config, out: str | os.PathLike | None = None, resume: bool = False) -> RunDir:
         path = Path(out) if out else Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        check_output_dir(path)
         run = cls(path)
         if run.config_path.exists():
             if not resume:
@@ -94,7 +120,7 @@ class RunDir:
             raise ConfigError(
                 f"--resume: {str(path)!r} holds no run to resume (no config.yaml); drop --resume to start one"
             )
-        path.mkdir(parents=True, exist_ok=True)
+        make_output_dir(path)
         dump_config(cfg, run.config_path)
         run._write_json(
             "env.json",

@@ -3,6 +3,7 @@
 ``load_config`` checks the schema, types and ranges without any feature package; ``check_config`` the names that
 only a registry knows (dataset, partitioner, mechanism, attacks)."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -305,3 +306,26 @@ def test_an_attack_preset_sets_the_budget_over_the_files_and_under_set(tmp_path)
     assert configs["saturated"].epochs == 2
     base, _, points = load_sweep(tmp_path / "s.yaml", ["attack.preset=saturated", "attack.aux_samples=8000"])
     assert point_config(base, points[0]).attack.aux_samples == 8000
+
+
+@pytest.mark.parametrize("command", ["train", "simulate", "attack", "sweep"])
+def test_an_output_path_that_is_a_file_or_cannot_be_made_is_one_line_before_anything_runs(command, tmp_path, capsys):
+    existing = tmp_path / "results.csv"
+    existing.write_text("keep me\n")
+    config = str(ROOT / "sst2_headline.yaml") if command == "sweep" else str(RUNS[0])
+    for out, match in [(existing, "is a file, not a directory"), (existing / "run", "cannot be created: .* is a file")]:
+        assert main([command, config, "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and re.search(match, err[0]), err
+    assert existing.read_text() == "keep me\n" and sorted(p.name for p in tmp_path.iterdir()) == ["results.csv"]
+
+
+def test_a_report_into_a_file_is_refused_and_an_unmakeable_directory_is_one_line(tmp_path, capsys):
+    from privtune_ray.runs import make_output_dir
+
+    existing = tmp_path / "report.md"
+    existing.write_text("keep me\n")
+    assert main(["report", str(tmp_path), "--out", str(existing)]) == 2
+    assert "is a file, not a directory" in capsys.readouterr().err and existing.read_text() == "keep me\n"
+    with pytest.raises(ConfigError, match=r"--out '/proc/.*' cannot be created \(.*\): choose another path"):
+        make_output_dir(Path("/proc/privtune-ray-test/run"))  # a virtual file system refuses even root
