@@ -226,15 +226,15 @@ def _account(args) -> None:
         rows += [("PLD (dp-accounting)", pld), ("RDP (dp-accounting)", rdp_epsilon(delta, q, sigma, steps))]
         if args.prv:  # Opacus' PRV accountant imports torch: only when asked for
             rows.append(("PRV (Opacus)", prv_epsilon(delta, q, sigma, steps)))
-        for name, eps in rows:
-            if eps is None:
+        for name, row_eps in rows:
+            if row_eps is None:
                 print(
                     f"  {name:22s} breaks down: claims (0, {delta:g})-DP at q·T = {q * steps:.3g} expected releases per "
                     f"sample, where PLD gives epsilon {pld:.4f}; quote the PLD epsilon"
                 )
                 continue
-            rel = "" if math.isclose(eps, pld) else f"  ({(eps - pld) / pld:+.1%} vs PLD)"
-            print(f"  {name:22s} epsilon = {eps:.4f}{rel}")
+            rel = "" if math.isclose(row_eps, pld) else f"  ({(row_eps - pld) / pld:+.1%} vs PLD)"
+            print(f"  {name:22s} epsilon = {row_eps:.4f}{rel}")
         for line in warnings:
             print(line)
     elif not args.config:
@@ -276,8 +276,9 @@ def _sweep(args) -> None:
             check_config(cfg)
             if cfg.model.name not in depths:
                 depths[cfg.model.name] = local_model_depth(cfg.model.name)
-            if depths[cfg.model.name] is not None:  # a model with no local config is checked when its point loads it
-                design_class(cfg)(cfg).check_depth(depths[cfg.model.name])
+            depth = depths[cfg.model.name]
+            if depth is not None:  # a model with no local config is checked when its point loads it
+                design_class(cfg)(cfg).check_depth(depth)
         except (ConfigError, ModelError) as exc:
             raise type(exc)(f"sweep point {point.slug!r}: {exc}") from None
     spec.executor = args.executor or spec.executor

@@ -634,7 +634,7 @@ def _build(cls: type, raw: Any, prefix: str):
 def _coerce(hint: Any, value: Any, key: str) -> Any:
     """Check ``value`` against the annotation ``hint`` (int, float, bool, str, list[str], Optional, dataclass)."""
     if dataclasses.is_dataclass(hint):
-        return _build(hint, value, key + ".")
+        return _build(typing.cast(type, hint), value, key + ".")
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(hint)

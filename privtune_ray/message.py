@@ -156,7 +156,8 @@ def _unpack(tensors: dict, meta: dict[str, str]) -> torch.Tensor:
 def tensor_to_bytes(x: torch.Tensor, attention_mask: torch.Tensor, bits: int | None = None) -> bytes:
     """One [B, L, d] tensor as it crosses a cut (GuardedTuning's A2 and gradients, a causal LM's returned
     hidden states): its real rows (and the mask, B·L bytes), fp32 or b-bit codes (⌈N·d·b/8⌉ + 8·N bytes)."""
-    tensors, header = {"attention_mask": attention_mask.to(torch.uint8).contiguous().cpu()}, {}
+    tensors = {"attention_mask": attention_mask.to(torch.uint8).contiguous().cpu()}
+    header: dict[str, str] = {}
     _pack(x, bits, tensors, header)
     return st_save(tensors, metadata=header)
 

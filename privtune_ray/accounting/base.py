@@ -20,7 +20,8 @@ class Accountant(IAccountant):
         self.history: list[tuple[float, float, int]] = []
 
     def step(self, *, noise_multiplier: float, sample_rate: float, num_steps: int = 1) -> None:
-        check_noise_multiplier(noise_multiplier), check_sample_rate(sample_rate)
+        check_noise_multiplier(noise_multiplier)
+        check_sample_rate(sample_rate)
         if self.history and self.history[-1][:2] == (noise_multiplier, sample_rate):
             sigma, q, steps = self.history.pop()
             self.history.append((sigma, q, steps + num_steps))

@@ -113,7 +113,7 @@ def edgeworth_sf(s: np.ndarray, c: Cumulants, order: int) -> np.ndarray:
     return np.clip(ndtr(-z) + phi * correction, 0.0, 1.0)
 
 
-def _delta(eps: np.ndarray, x: Cumulants, y: Cumulants, order: int) -> np.ndarray:
+def _delta(eps: float | np.ndarray, x: Cumulants, y: Cumulants, order: int) -> np.ndarray:
     eps = np.asarray(eps, dtype=float)
     sf_x = edgeworth_sf(eps, x, order)
     with np.errstate(over="ignore"):
@@ -157,7 +157,9 @@ def composed_cumulants(history: list[tuple[float, float, int]]) -> tuple[Cumulan
 
 def edgeworth_delta(eps: float, q: float, sigma: float, steps: int, order: int = 2) -> float:
     """δ(ε) after ``steps`` Poisson-subsampled Gaussian steps (order-1 or order-2 expansion)."""
-    check_sample_rate(q), check_noise_multiplier(sigma), check_steps(steps)
+    check_sample_rate(q)
+    check_noise_multiplier(sigma)
+    check_steps(steps)
     x, y = composed_cumulants([(sigma, q, steps)])
     return float(_delta(eps, x, y, order))
 
@@ -166,7 +168,10 @@ def edgeworth_epsilon(delta: float, q: float, sigma: float, steps: int, order: i
     """ε(δ) after ``steps`` Poisson-subsampled Gaussian steps (nats).
 
     Raises :class:`EdgeworthBreakdown` where the expansion claims (0, δ)-DP for q < 1 (see the module docstring)."""
-    check_delta(delta), check_sample_rate(q), check_noise_multiplier(sigma), check_steps(steps)
+    check_delta(delta)
+    check_sample_rate(q)
+    check_noise_multiplier(sigma)
+    check_steps(steps)
     return _epsilon(delta, [(sigma, q, steps)], order)
 
 
@@ -188,7 +193,10 @@ def calibrate_sigma(
     smallest σ where it holds already meets the target: it never reaches the target, so the PLD accountant has to
     calibrate).
     """
-    check_epsilon(target_epsilon), check_delta(delta), check_sample_rate(q), check_steps(steps)
+    check_epsilon(target_epsilon)
+    check_delta(delta)
+    check_sample_rate(q)
+    check_steps(steps)
     lo, hi = sigma_range
     where = f"q={q:g}, steps={steps}, delta={delta:g}"
 

@@ -31,7 +31,9 @@ PLD_INTERVAL = 1e-3  # dp-accounting's privacy-loss grid (nats): a pessimistic d
 
 
 def subsampled_gaussian_event(q: float, sigma: float, steps: int) -> dp_accounting.DpEvent:
-    check_sample_rate(q), check_noise_multiplier(sigma), check_steps(steps)
+    check_sample_rate(q)
+    check_noise_multiplier(sigma)
+    check_steps(steps)
     event = dp_accounting.GaussianDpEvent(sigma)
     if q < 1.0:
         event = dp_accounting.PoissonSampledDpEvent(q, event)
@@ -84,7 +86,10 @@ def rdp_epsilon(delta: float, q: float, sigma: float, steps: int) -> float:
 
 
 def prv_epsilon(delta: float, q: float, sigma: float, steps: int) -> float:
-    check_delta(delta), check_sample_rate(q), check_noise_multiplier(sigma), check_steps(steps)
+    check_delta(delta)
+    check_sample_rate(q)
+    check_noise_multiplier(sigma)
+    check_steps(steps)
     from opacus.accountants import PRVAccountant as OpacusPRVAccountant  # Opacus imports torch: only here
 
     acc = OpacusPRVAccountant()
@@ -112,7 +117,10 @@ def calibrate_sigma_rdp(
 def _calibrate(
     kind: str, target_epsilon: float, delta: float, q: float, steps: int, sigma_range: tuple[float, float]
 ) -> float:
-    check_epsilon(target_epsilon), check_delta(delta), check_sample_rate(q), check_steps(steps)
+    check_epsilon(target_epsilon)
+    check_delta(delta)
+    check_sample_rate(q)
+    check_steps(steps)
     epsilon = {"pld": pld_epsilon, "rdp": rdp_epsilon}[kind]
     lo, hi = sigma_range
     where = f"q={q:g}, steps={steps}, delta={delta:g}"

@@ -26,6 +26,9 @@ from .scoring import score_classes
 class PooledMLP(nn.Module):
     """Standardised mean-pooled h̃ → GELU MLP → ``outputs`` logits; shared by the attribute attacks."""
 
+    mean: torch.Tensor  # buffers (register_buffer)
+    std: torch.Tensor
+
     def __init__(self, d: int, outputs: int, width: int = 256):
         super().__init__()
         self.register_buffer("mean", torch.zeros(d))
@@ -77,9 +80,9 @@ class AttributeProbe(AttributeAttack):
         known = np.asarray([v is not None and not (self.target == "label" and v < 0) for v in values], dtype=bool)
         if not known.any():
             raise DataError(f"attack {self.name!r}: no auxiliary sentence carries {self.target!r}")
-        self.classes, y = np.unique(values[known], return_inverse=True)
-        self.majority = self.classes[np.bincount(y).argmax()]
-        x, y = sentences.features[torch.as_tensor(known)], torch.as_tensor(y)
+        self.classes, codes = np.unique(values[known], return_inverse=True)
+        self.majority = self.classes[np.bincount(codes).argmax()]
+        x, y = sentences.features[torch.as_tensor(known)], torch.as_tensor(codes)
         self.model = PooledMLP(x.shape[1], len(self.classes))
         self.model.standardise_on(x)
         fit_probe(
@@ -88,6 +91,7 @@ class AttributeProbe(AttributeAttack):
 
     @torch.no_grad()
     def predict(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> np.ndarray:
+        assert self.classes is not None and self.model is not None  # set by fit()
         return self.classes[self.model(mean_pool(hidden.float(), attention_mask)).argmax(-1).numpy()]
 
     def run(self, victims: Observations) -> dict[str, float]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
@@ -30,7 +31,7 @@ from ..config import AttackConfig, Config
 from ..data.batching import TokenizedSplit, batch_indices, collate
 from ..models.split import BottomModel, TopModel, family_of
 from ..seeding import isolated_rng
-from .base import AttributeAttack, fit_minibatch
+from .base import AttackContext, AttributeAttack, fit_minibatch
 from .observations import Observations
 from .params import ProbeParams
 from .scoring import score_classes
@@ -58,7 +59,8 @@ class GradientMatchingLabels(AttributeAttack):
     Params = ProbeParams  # the surrogate Â_t is fitted like a probe
 
     def __init__(self, surrogate_top: nn.Module, cfg: AttackConfig, seed: int = 0):
-        super().__init__(GradientContext(surrogate_top, cfg, seed))
+        # Attack.__init__ reads only ``ctx.cfg``, which a GradientContext holds too; this attack never reads self.ctx
+        super().__init__(cast(AttackContext, GradientContext(surrogate_top, cfg, seed)))
         self.top, self.cfg, self.seed = surrogate_top, cfg, seed
         self.majority = 0
         self.classes = 2
@@ -83,7 +85,8 @@ class GradientMatchingLabels(AttributeAttack):
         counts = np.bincount(labels[labels >= 0])  # public text of other corpora carries no label (-1)
         self.majority, self.classes = int(counts.argmax()), max(2, len(counts))
 
-    def fit(self, aux: Observations) -> list[float]:
+    # narrower than Attack.fit on purpose: it reads held Observations (A2 and labels) and returns its loss history
+    def fit(self, aux: Observations) -> list[float]:  # type: ignore[override]
         """Fit the surrogate Â_t with cross-entropy on the auxiliary A2 (``attack.probe_epochs``, ``probe_lr``)."""
         a2, mask, labels = aux.hidden, aux.attention_mask, aux.labels.long()
         self.count_classes(labels)
@@ -112,7 +115,7 @@ class GradientMatchingLabels(AttributeAttack):
     def run(self, victims: Observations) -> dict[str, float]:
         predicted = np.concatenate(
             [
-                self.predict(v.hidden, v.attention_mask, v.gradients)
+                self.predict(v.hidden, v.attention_mask, cast(torch.Tensor, v.gradients))  # reads returned gradients
                 for v in (victims.subset(range(i, min(i + 64, len(victims)))) for i in range(0, len(victims), 64))
             ]
         )
@@ -124,7 +127,7 @@ def surrogate_top(top_adapter: nn.Module, seed: int) -> nn.Module:
     surrogate = copy.deepcopy(top_adapter)
     with torch.random.fork_rng(devices=[]):  # the caller's random stream is left as it was
         torch.manual_seed(seed)
-        for module in surrogate.head.modules():
+        for module in cast(nn.Module, surrogate.head).modules():
             if isinstance(module, nn.Linear):
                 module.reset_parameters()
     surrogate.requires_grad_(True)

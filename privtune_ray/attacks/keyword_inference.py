@@ -41,8 +41,8 @@ def choose_keywords(
         return list(ids)
     ids, counts = np.unique(np.fromiter((t for row in tokens for t in set(row)), dtype=np.int64), return_counts=True)
     by_df = sorted(zip((counts / len(tokens)).tolist(), ids.tolist()), reverse=True)[skip_top:]
-    tokens = tokenizer.convert_ids_to_tokens([i for _, i in by_df])
-    eligible = [i for (f, i), w in zip(by_df, tokens) if w.isalpha() and len(w) >= 4 and f <= max_df]
+    pieces = tokenizer.convert_ids_to_tokens([i for _, i in by_df])
+    eligible = [i for (f, i), w in zip(by_df, pieces) if w.isalpha() and len(w) >= 4 and f <= max_df]
     if not eligible:
         raise DataError("aia_keyword found no candidate keywords in the auxiliary data: raise attack.aux_samples")
     return eligible[:k]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 import torch
@@ -93,7 +94,10 @@ class Observations:
             labels=torch.cat([p.labels for p in parts]),
             attributes={k: np.concatenate([p.attributes[k] for p in parts]) for k in parts[0].attributes},
             texts=[t for p in parts for t in p.texts],
-            gradients=None if parts[0].gradients is None else torch.cat([pad(p.gradients) for p in parts]),
+            # every part holds gradients when the first does
+            gradients=(
+                None if parts[0].gradients is None else torch.cat([pad(cast(torch.Tensor, p.gradients)) for p in parts])
+            ),
         )
 
     @classmethod

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import gradient_matching
@@ -17,7 +17,7 @@ from .optimisation_inversion import OptimisationInversion
 from .params import GRADIENT_ATTACKS
 from .selftrain_inversion import SelfTrainingInversion
 
-ATTACKS: dict[str, Callable[[Any, tuple[str, ...]], list[Attack]]] = {
+ATTACKS: dict[str, Callable[[Any, tuple[str, ...]], Sequence[Attack]]] = {
     "eia_knn_l2": lambda ctx, attributes: [KNNInversion(ctx, "l2")],
     "eia_knn_cosine": lambda ctx, attributes: [KNNInversion(ctx, "cosine")],
     "eia_mlp": lambda ctx, attributes: [LearnedInversion(ctx, "mlp")],

@@ -193,7 +193,7 @@ class AttackRounds:
         """``eia_update`` on the updates kept since the last round; the worst channel's token recovery."""
         assert self.update_attack is not None
         updates, self.updates = self.updates, []
-        row = {"attack": self.update_attack.name, "kind": "inversion", **self.update_attack.run(updates)}
+        row: dict = {"attack": self.update_attack.name, "kind": "inversion", **self.update_attack.run(updates)}
         self.run.append_rows("attacks", long_rows([row], step=step, victims=int(row["updates"])))
         if log is not None:
             log(
@@ -251,7 +251,7 @@ def worst_group(parts: dict[Group, dict]) -> dict:
         return (part["max_eia_asr_top1"] or 0.0, part["max_aia_advantage"] or 0.0)
 
     (depth, tier), worst = max(parts.items(), key=lambda kv: score(kv[1]))
-    table = {}
+    table: dict[str, list[dict]] = {}
     for (m, name), part in parts.items():
         table.setdefault(str(m), []).append(
             {

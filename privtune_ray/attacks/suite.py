@@ -13,6 +13,7 @@ from __future__ import annotations
 import resource
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -40,7 +41,7 @@ def attack_names(cfg: AttackConfig, attributes: tuple[str, ...], labelled: bool 
     """The configured attacks on the uploads with ``auto`` expanded: every attack, ``aia_probe`` only where there are
     attributes, ``aia_label`` only where samples have class labels (not generation); never ``GRADIENT_ATTACKS``
     (they read what a device returns: ``gradient_matching.build_gradient_matching``)."""
-    names = []
+    names: list[str] = []
     skip = ({"aia_probe"} if not attributes else set()) | ({"aia_label"} if not labelled else set())
     for name in cfg.names:
         if name in ("auto", "all"):  # auto: the quick set; all: with the strong inverters (STRONG_ATTACKS) too
@@ -72,7 +73,7 @@ class AttackSuite:
         model_id: str,
         aux: TokenizedSplit,
         dataset: str,
-        victims_texts: list[str] = (),
+        victims_texts: Sequence[str] = (),
         log=print,
         adaptive_split: SplitModel | None = None,
     ) -> AttackSuite:

@@ -345,7 +345,8 @@ def _load_local(spec: DatasetSpec, split: str, path: Path):
         ) from None
     if len(ds) == 0:
         raise DataError(f"dataset file {path} holds no rows (it is empty, or a header line only): restore it")
-    keep = (lambda row: spec.keep(split, row)) if spec.keep is not None else None
+    keep_row = spec.keep
+    keep = (lambda row: keep_row(split, row)) if keep_row is not None else None
     to_example = spec.to_example
     if split in spec.unlabelled:
         to_example = lambda row: spec.to_example({"label": -1, **row})  # noqa: E731
@@ -356,6 +357,7 @@ def _load_hub(spec: DatasetSpec, split: str, missing: Path | None):
     import datasets  # heavy (pyarrow): loaded on first read, not by the registry checks
 
     hub = spec.hub
+    assert hub is not None  # the caller loads from the Hub only where the spec has a Hub copy
     try:
         ds = datasets.load_dataset(hub.path, hub.config, split=hub.splits[split])
     except Exception as exc:  # network, auth, or a renamed dataset: one clear message

@@ -39,7 +39,8 @@ class _ClippedNoise(Mechanism, abc.ABC):
         return cls(params.noise_multiplier, params.clip_norm, params.delta, seed)
 
     def __init__(self, noise_multiplier: float, clip_norm: float, delta: float = 1e-5, seed: int = 0):
-        check_noise_multiplier(noise_multiplier), check_delta(delta)
+        check_noise_multiplier(noise_multiplier)
+        check_delta(delta)
         if not clip_norm > 0:
             raise ConfigError(f"clip norm C must be > 0, got {clip_norm!r}")
         super().__init__(seed)

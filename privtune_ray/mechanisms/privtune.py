@@ -166,12 +166,14 @@ class PrivTune(Mechanism):
 
     def _proxy_gradient(self, h: torch.Tensor, attention_mask: torch.Tensor):
         """δ ↦ ∇_δ KL(p(pool h) ‖ p(pool(h+δ))) for the device's proxy head (autograd)."""
-        reference = F.log_softmax(self.proxy(mean_pool(h, attention_mask)), -1)
+        proxy = self.proxy
+        assert proxy is not None  # called only with the proxy head on
+        reference = F.log_softmax(proxy(mean_pool(h, attention_mask)), -1)
 
         def gradient(delta: torch.Tensor) -> torch.Tensor:
             delta = delta.detach().requires_grad_(True)
             with torch.enable_grad():
-                current = F.log_softmax(self.proxy(mean_pool(h + delta, attention_mask)), -1)
+                current = F.log_softmax(proxy(mean_pool(h + delta, attention_mask)), -1)
                 kl = F.kl_div(current, reference, log_target=True, reduction="sum")
                 (grad,) = torch.autograd.grad(kl, delta)
             return grad

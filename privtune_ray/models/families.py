@@ -22,10 +22,15 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
+
+# A Hugging Face task model or its body. Which submodules it has depends on the family, and ``nn.Module.__getattr__``
+# is typed ``Tensor | Module``, so attribute access on it is left untyped.
+HFModel = Any
 
 # --------------------------------------------------------------------------- embeddings (device side)
 
@@ -33,7 +38,7 @@ from transformers.masking_utils import create_bidirectional_mask, create_causal_
 class TokenTypeEmbedding(nn.Module):
     """BERT / RoBERTa / DistilBERT: the body's ``embeddings`` module (word + position (+ type), LayerNorm)."""
 
-    def __init__(self, base: nn.Module):
+    def __init__(self, base: HFModel):
         super().__init__()
         self.embeddings = base.embeddings
 
@@ -46,7 +51,7 @@ class TokenTypeEmbedding(nn.Module):
 class GPT2Embedding(nn.Module):
     """GPT-2: ``drop(wte(x) + wpe(0..L-1))``."""
 
-    def __init__(self, base: nn.Module):
+    def __init__(self, base: HFModel):
         super().__init__()
         self.wte, self.wpe, self.drop = base.wte, base.wpe, base.drop
 
@@ -58,7 +63,7 @@ class GPT2Embedding(nn.Module):
 class OPTEmbedding(nn.Module):
     """OPT: ``project_in(embed_tokens(x)) + embed_positions(mask)`` (learned positions counted over the mask)."""
 
-    def __init__(self, base: nn.Module):
+    def __init__(self, base: HFModel):
         super().__init__()
         self.embed_tokens, self.embed_positions = base.embed_tokens, base.embed_positions
         self.project_in = base.project_in
@@ -73,7 +78,7 @@ class OPTEmbedding(nn.Module):
 class TokenEmbedding(nn.Module):
     """Llama-style: ``embed_tokens(x)`` (positions enter every block through rotary embeddings)."""
 
-    def __init__(self, base: nn.Module):
+    def __init__(self, base: HFModel):
         super().__init__()
         self.embed_tokens = base.embed_tokens
 
@@ -96,7 +101,7 @@ def arange_positions(attention_mask: torch.Tensor) -> torch.Tensor:
 class BidirectionalContext(nn.Module):
     """Encoders: ``{attention_mask}`` as the body builds it for its attention implementation."""
 
-    def __init__(self, base: nn.Module):
+    def __init__(self, base: HFModel):
         super().__init__()
         self.config = base.config
 
@@ -112,7 +117,7 @@ _NO_CACHE = {("cache" if "cache" in inspect.signature(create_causal_mask).parame
 class CausalContext(nn.Module):
     """Decoders: causal mask and position ids; rotary ``(cos, sin)`` when the body has ``rotary_emb``."""
 
-    def __init__(self, base: nn.Module, positions: Callable[[torch.Tensor], torch.Tensor]):
+    def __init__(self, base: HFModel, positions: Callable[[torch.Tensor], torch.Tensor]):
         super().__init__()
         self.config = base.config
         self.positions = positions
@@ -139,7 +144,7 @@ class CausalContext(nn.Module):
 class PoolerClassifier(nn.Module):
     """BERT: ``classifier(dropout(pooler(h)))``, pooler = tanh(W·h_[CLS])."""
 
-    def __init__(self, task_model: nn.Module):
+    def __init__(self, task_model: HFModel):
         super().__init__()
         self.pooler = task_model.base_model.pooler
         self.dropout, self.classifier = task_model.dropout, task_model.classifier
@@ -151,7 +156,7 @@ class PoolerClassifier(nn.Module):
 class SequenceClassifier(nn.Module):
     """RoBERTa: its ``classifier`` head reads h_<s> itself."""
 
-    def __init__(self, task_model: nn.Module):
+    def __init__(self, task_model: HFModel):
         super().__init__()
         self.classifier = task_model.classifier
 
@@ -162,7 +167,7 @@ class SequenceClassifier(nn.Module):
 class DistilBertClassifier(nn.Module):
     """DistilBERT: ``classifier(dropout(relu(pre_classifier(h_[CLS]))))``."""
 
-    def __init__(self, task_model: nn.Module):
+    def __init__(self, task_model: HFModel):
         super().__init__()
         self.pre_classifier, self.dropout = task_model.pre_classifier, task_model.dropout
         self.classifier = task_model.classifier
@@ -174,7 +179,7 @@ class DistilBertClassifier(nn.Module):
 class LastTokenClassifier(nn.Module):
     """Decoders: ``score(h)`` at the last real token, found from the attention mask (never from token ids)."""
 
-    def __init__(self, task_model: nn.Module):
+    def __init__(self, task_model: HFModel):
         super().__init__()
         self.score = task_model.score
 
@@ -188,7 +193,7 @@ class LastTokenClassifier(nn.Module):
 class LMHead(nn.Module):
     """Decoders, causal LM: next-token logits ``lm_head(h) ∈ R^{B×L×V}``."""
 
-    def __init__(self, task_model: nn.Module):
+    def __init__(self, task_model: HFModel):
         super().__init__()
         self.lm_head = task_model.lm_head
 
@@ -203,13 +208,13 @@ class LMHead(nn.Module):
 class Family:
     name: str
     decoder: bool
-    base: Callable[[nn.Module], nn.Module]
-    embedding: Callable[[nn.Module], nn.Module]
-    context: Callable[[nn.Module], nn.Module]
-    blocks: Callable[[nn.Module], nn.ModuleList]
-    final: Callable[[nn.Module], list[nn.Module]]
-    classifier: Callable[[nn.Module], nn.Module]
-    lm_head: Callable[[nn.Module], nn.Module] | None = None
+    base: Callable[[HFModel], nn.Module]
+    embedding: Callable[[HFModel], nn.Module]
+    context: Callable[[HFModel], nn.Module]
+    blocks: Callable[[HFModel], nn.ModuleList]
+    final: Callable[[HFModel], list[nn.Module]]
+    classifier: Callable[[HFModel], nn.Module]
+    lm_head: Callable[[HFModel], nn.Module] | None = None
     lora_targets: tuple[str, ...] = ()
 
 

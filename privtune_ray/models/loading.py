@@ -95,6 +95,7 @@ def load_task_model(name: str, task: str = "classification", num_labels: int = 2
             f"unsupported architecture {config.model_type!r} for model {name!r}: privtune-ray can split "
             f"{', '.join(sorted(FAMILIES))}"
         )
+    loader: type[AutoModelForCausalLM] | type[AutoModelForSequenceClassification]
     if task == "causal-lm":
         loader = AutoModelForCausalLM
     else:

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
 
 from ..errors import ModelError
-from .families import FAMILIES, Family
+from .families import FAMILIES, Family, HFModel
 
 TASKS = ("classification", "causal-lm")
 
@@ -158,7 +159,8 @@ def split_model(task_model: nn.Module, m: int, task: str = "classification", nam
     task_model.eval()
     bottom = BottomModel(family, task_model, m)
     top = TopModel(family, task_model, m, task)
-    hidden_size = task_model.config.hidden_size  # d of the uploaded h (OPT's word_embed_proj_dim may differ)
+    # d of the uploaded h (OPT's word_embed_proj_dim may differ)
+    hidden_size: int = cast(HFModel, task_model).config.hidden_size
     return SplitModel(
         bottom=bottom, top=top, family=family, m=m, depth=depth, task=task, hidden_size=hidden_size, name=name
     )

@@ -24,7 +24,7 @@ from typing import Any
 import pandas as pd
 
 from ..errors import ConfigError
-from ..runs import git_revision, package_versions, write_atomic
+from ..runs import git_revision, make_output_dir, package_versions, write_atomic
 from .runner import ROW_KEYS, read_row, run_point
 from .spec import Point, SweepSpec, point_config
 
@@ -122,13 +122,13 @@ def run_sweep(base: dict[str, Any], spec: SweepSpec, points: list[Point], out: s
     out = Path(out).resolve()  # absolute: Ray workers (on other nodes too) write the points' directories
     if spec.executor == "ray":
         _check_gpus(base, spec)
-    (out / "points").mkdir(parents=True, exist_ok=True)
+    make_output_dir(out / "points")
     every = _record(out, base, spec, points)
     table_path = out / "sweep.csv"
     # Points of earlier runs of this directory that are not in this run stay in the table.
     current = {p.slug for p in points}
-    rows = {p.slug: read_row(out / "points" / p.slug) for p in every if p.slug not in current}
-    rows = {slug: row for slug, row in rows.items() if row is not None}
+    earlier = {p.slug: read_row(out / "points" / p.slug) for p in every if p.slug not in current}
+    rows = {slug: row for slug, row in earlier.items() if row is not None}
     done_now = []
 
     def finished(point: Point, row: dict[str, Any]) -> None:

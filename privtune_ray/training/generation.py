@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import re
 import string
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
@@ -20,13 +21,17 @@ from ..progress import progress_bar
 from .client import SplitClient
 from .server import TopServer, summed_loss
 
+if TYPE_CHECKING:
+    from .lm_head import HiddenStateServer
+
 
 def next_token_logits(client: SplitClient, server: TopServer, msg, download) -> torch.Tensor:
     """Logits [B, L, V] for a received message: the cloud's (LM head in the cloud), or the device head's on the z
     the cloud returns (U-shaped; ``download(payload)`` counts and returns it)."""
     if client.head is None:
         return server.predict(msg)
-    return client.head.logits(download(server.predict_payload(msg)), msg.attention_mask)
+    u_server = cast("HiddenStateServer", server)  # a device head means the cloud returns z
+    return client.head.logits(download(u_server.predict_payload(msg)), msg.attention_mask)
 
 
 def normalize_answer(text: str) -> str:
@@ -63,6 +68,7 @@ def greedy_answers(
 ) -> list[list[int]]:
     """Continue each prompt at ``indices`` with the top's most likely token until the end token (or the limit).
     A finished answer leaves the batch: only unfinished prefixes are released again."""
+    assert split.prompt_lengths is not None  # a generation split keeps its prompt lengths
     seqs = [list(split.input_ids[i][: split.prompt_lengths[i]]) for i in indices]
     starts = [len(s) for s in seqs]
     active = list(range(len(seqs)))

@@ -13,6 +13,7 @@ the next token.
 from __future__ import annotations
 
 import time
+from typing import cast
 
 import torch
 from torch import nn
@@ -30,7 +31,7 @@ class HiddenStates(nn.Module):
 
 def detach_head(top: nn.Module) -> nn.Module:
     """Take the LM head off the cloud's top (it returns z from now on) and return it, for the device."""
-    head, top.head = top.head, HiddenStates()
+    head, top.head = cast(nn.Module, top.head), HiddenStates()
     return head
 
 
@@ -53,6 +54,7 @@ class DeviceHead(TopServer):
         self.head.train()
         loss = summed_loss(self.head(z, attention_mask), targets)
         loss.backward()
+        assert z.grad is not None  # z requires grad and the loss depends on it
         payload = tensor_to_bytes(z.grad, attention_mask)
         self.compute_s += time.perf_counter() - start
         return float(loss.detach()), payload
@@ -66,7 +68,7 @@ class DeviceHead(TopServer):
 class HiddenStateServer(TopServer):
     """The cloud's side of the U: ``forward`` returns z's payload and keeps the graph until ``backward``."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._pending: torch.Tensor | None = None
 
@@ -83,6 +85,7 @@ class HiddenStateServer(TopServer):
         """Accumulate the top's gradients from the returned ∂ℓ/∂z."""
         start = time.perf_counter()
         z, self._pending = self._pending, None
+        assert z is not None  # kept by forward()
         z.backward(tensor_from_bytes(grad_payload).to(self.device))
         self.compute_s += time.perf_counter() - start
 

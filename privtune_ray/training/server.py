@@ -90,7 +90,8 @@ def adapt_top(top: nn.Module, family: Family, cfg: TrainConfig) -> nn.Module:
 def build_optimizer(model: nn.Module, cfg: TrainConfig, total_steps: int):
     from transformers import get_linear_schedule_with_warmup
 
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for param in model.parameters():
         if param.requires_grad:
             (no_decay if param.ndim < 2 else decay).append(param)
