@@ -192,6 +192,11 @@ BAD_FILES = {
     "header-only": (b"sentence\tlabel\n", r"holds no rows \(it is empty, or a header line only\)"),
     "not-utf8": (b"sentence\tlabel\na fine film\t1\ncaf\xe9 society\t0\n", r"line 3: byte 0xe9 is not UTF-8"),
     "bad-label": (b"sentence\tlabel\na fine film\tgood\n", r"data row 1: unexpected value"),
+    "label-out-of-range": (
+        b"sentence\tlabel\na fine film\t1\na dull one\t7\n",
+        r"data row 2: label 7 is none of the task's 2 classes \(0..1: negative, positive\): fix or drop that row",
+    ),
+    "negative-label": (b"sentence\tlabel\na fine film\t-1\n", r"data row 1: label -1 is none of the task's 2"),
 }
 
 
@@ -209,14 +214,16 @@ def test_a_broken_dataset_file_stops_train_before_anything_is_written(tmp_path, 
     from privtune_ray.cli import main
 
     (tmp_path / "data" / "sst2").mkdir(parents=True)
-    for split in ("train", "dev"):
-        (tmp_path / "data" / "sst2" / f"{split}.tsv").write_bytes(BAD_FILES["missing-label-column"][0])
-    out = tmp_path / "run"
-    assert (
-        main(["train", "simulations/sst2_baseline.yaml", "--data-dir", str(tmp_path / "data"), "--out", str(out)]) == 2
-    )
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "no column 'label'" in err[0] and not out.exists()
+    for case, says in [("missing-label-column", "no column 'label'"), ("label-out-of-range", "label 7 is none")]:
+        for split in ("train", "dev"):
+            (tmp_path / "data" / "sst2" / f"{split}.tsv").write_bytes(BAD_FILES[case][0])
+        out = tmp_path / "run"
+        data = ["--data-dir", str(tmp_path / "data")]
+        for command in ("train", "simulate"):
+            config = "simulations/sst2_baseline.yaml" if command == "train" else "simulations/sst2_devices.yaml"
+            assert main([command, config, *data, "--out", str(out)]) == 2
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and says in err[0] and not out.exists(), err
 
 
 def test_the_registries_load_without_torch():

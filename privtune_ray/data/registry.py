@@ -286,16 +286,29 @@ def load_split(
     return ds
 
 
-def _normalise(ds, to_example: Callable[[Row], Row], keep: Callable[[Row], bool] | None = None, source: str = ""):
+def _normalise(
+    ds,
+    to_example: Callable[[Row], Row],
+    keep: Callable[[Row], bool] | None = None,
+    source: str = "",
+    classes: tuple[str, ...] = (),
+):
     """Raw rows -> normalised rows, as a new in-memory ``datasets.Dataset`` (types inferred afresh). A missing
-    column or a value of the wrong kind is a :class:`DataError` naming the file (``source``) and the row."""
+    column, a value of the wrong kind or a label outside ``classes`` (a labelled classification split's class names)
+    is a :class:`DataError` naming the file (``source``) and the row."""
     import datasets  # heavy (pyarrow): loaded on first read, not by the registry checks
 
     rows = []
     for i, row in enumerate(ds):
         try:
             if keep is None or keep(row):
-                rows.append(to_example(row))
+                example = to_example(row)
+                if classes and not 0 <= example["label"] < len(classes):
+                    raise DataError(
+                        f"dataset file {source}, data row {i + 1}: label {example['label']} is none of the task's "
+                        f"{len(classes)} classes (0..{len(classes) - 1}: {', '.join(classes)}): fix or drop that row"
+                    )
+                rows.append(example)
         except KeyError as exc:
             raise DataError(
                 f"dataset file {source}: no column {exc.args[0]!r} (its columns: {', '.join(ds.column_names)}): "
@@ -348,9 +361,11 @@ def _load_local(spec: DatasetSpec, split: str, path: Path):
     keep_row = spec.keep
     keep = (lambda row: keep_row(split, row)) if keep_row is not None else None
     to_example = spec.to_example
+    classes = spec.label_names if spec.task == "classification" else ()
     if split in spec.unlabelled:
         to_example = lambda row: spec.to_example({"label": -1, **row})  # noqa: E731
-    return _normalise(ds, to_example, keep, str(path))
+        classes = ()
+    return _normalise(ds, to_example, keep, str(path), classes)
 
 
 def _load_hub(spec: DatasetSpec, split: str, missing: Path | None):
