@@ -224,6 +224,16 @@ def test_the_update_attack_reads_an_offline_devices_batch_and_falls_to_chance_un
     assert scores["token_recall"] < 0.10 and scores["chance_recall"] < 0.05, scores
 
 
+def test_the_update_attacks_public_text_drops_the_victims_sentences_and_phrases(minilm, tokenizer):
+    aux = tokenize_split(load_split("sst2", "train", max_samples=24, seed=1), tokenizer, 64)
+    victims = [aux.texts[3], f"so they said : {aux.texts[5]} , and left"]  # one copy, one phrase inside a sentence
+    lines = []
+    build_update_inversion(
+        split_model(minilm, 2).bottom, tokenizer, resolve_model("minilm"), aux, victims, lines.append
+    )
+    assert "from 22 auxiliary sentences (2 dropped as the victims')" in lines[0], lines
+
+
 @pytest.mark.long  # observes 3,000 public sentences
 def test_contextual_anchors_recover_an_update_at_m2(minilm, tokenizer):
     update = _offline_update(minilm, tokenizer, 2)

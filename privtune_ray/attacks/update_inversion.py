@@ -22,6 +22,7 @@ of that size recalls. Blind where the batch holds ≥ d real positions (the span
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +33,7 @@ from ..mechanisms.base import Mechanism
 from ..models.anchors import load_or_build_anchors
 from ..models.split import BottomModel
 from .observations import ObservationStream
+from .public_text import disjoint_aux
 from .scoring import scored_positions
 
 FIRST_MAPS = ("query.weight", "key.weight", "value.weight", "q_proj.weight", "k_proj.weight", "v_proj.weight")
@@ -117,14 +119,21 @@ class UpdateInversion:
 
 
 def build_update_inversion(
-    bottom: BottomModel, tokenizer, model_id: str, aux: TokenizedSplit, log=print
+    bottom: BottomModel,
+    tokenizer,
+    model_id: str,
+    aux: TokenizedSplit,
+    victims_texts: Sequence[str] = (),
+    log=print,
 ) -> UpdateInversion:
     """The update attack on adapters that read ``bottom``'s output: its token anchors, made contextual on the
-    attacker's public text ``aux`` through that (pretrained, frozen) bottom."""
+    attacker's public text ``aux`` through that (pretrained, frozen) bottom, less every sentence equal to or inside
+    one of ``victims_texts`` (as the upload attacks' public text)."""
+    aux, dropped = disjoint_aux(aux, list(victims_texts))
     attack = UpdateInversion(load_or_build_anchors(bottom, tokenizer, model_id), tokenizer.all_special_ids)
     attack.fit(ObservationStream(bottom, Mechanism(), aux, tokenizer.pad_token_id))
     log(
         f"privtune-ray: attack {attack.name} reads each device's adapter update; contextual anchors for "
-        f"{attack.contextual} tokens from {len(aux)} auxiliary sentences"
+        f"{attack.contextual} tokens from {len(aux)} auxiliary sentences ({dropped} dropped as the victims')"
     )
     return attack

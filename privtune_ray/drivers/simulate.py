@@ -571,7 +571,8 @@ def start_attacks(coordinator: Coordinator, log) -> None:
     update_attack = None
     if design.uploads_bottom_updates:  # ∇A_b of each device's local batch crosses (adapter_up)
         bottom = split_model(setup.task_model, cfg.model.split_depth, task=cfg.model.task, name=cfg.model.name).bottom
-        update_attack = build_update_inversion(bottom, setup.tokenizer, resolve_model(cfg.model.name), aux, log=log)
+        model_id = resolve_model(cfg.model.name)
+        update_attack = build_update_inversion(bottom, setup.tokenizer, model_id, aux, setup.train.texts, log=log)
     if not design.uploads_per_sample_tensor:
         log("privtune-ray: no per-sample tensor leaves a device while this design trains; its updates are attacked")
         if update_attack is not None:
