@@ -4,7 +4,7 @@ sweep's setting (``simulations/sst2_guarded_defences.yaml``: 100 devices, 120 ro
 inversion attacks, per tier) and the adapter update ∇A_b of one local batch (``eia_update``'s token recall, the share
 of the batch's distinct tokens in the recovered bag; a bag-of-words score, easier than positional top-1).
 
-    python benchmarks/bench_guarded_channels.py [--seeds 0 1] [--runs runs/guarded-rescore] [--collect]
+    python benchmarks/bench_guarded_channels.py [--seeds 0 1] [--runs runs/guarded-channels] [--collect]
         [--out benchmarks/results/guarded_channels.json]
 
 ``--collect`` summarises the runs already under ``--runs`` without running any.
@@ -27,6 +27,10 @@ from privtune_ray.benchmarking import write_results  # noqa: E402
 
 CONFIG = "simulations/sst2_guarded_defences.yaml"
 SETTINGS = {"online": 32.0, "offline": 0.5}  # the design's dCor weight alpha: online's under guarded.json's bound
+# The sweep's attacker carves 1,000 public sentences out of SST-2's training split, and 902 of them lie inside a
+# device's phrase (dropped: the victims' own text): 98 would be left. SST-2's unlabelled test split is added as public
+# text, so the uploads' attacks fit on about 1,900 sentences (attack_setup in each summary says how many).
+PUBLIC_TEXT = ["attack.aux_corpora=[sst2:test]"]
 
 
 def run_key(design: str, seed: int) -> str:
@@ -35,7 +39,7 @@ def run_key(design: str, seed: int) -> str:
 
 def measure(runs: Path, design: str, seed: int, threads: int | None) -> None:
     out = runs / run_key(design, seed)
-    sets = [f"design.name={design}", f"design.dcor_weight={SETTINGS[design]}", f"seed={seed}"]
+    sets = [f"design.name={design}", f"design.dcor_weight={SETTINGS[design]}", f"seed={seed}", *PUBLIC_TEXT]
     sets += [f"train.threads={threads}"] if threads else []
     cmd = [sys.executable, "-m", "privtune_ray.cli", "simulate", CONFIG, "--out", str(out)]
     subprocess.run(cmd + [a for s in sets for a in ("--set", s)], check=True)
@@ -55,6 +59,7 @@ def point(summary: dict) -> dict:
         "label_attack_acc": (attacks.get("gm_label") or {}).get("accuracy"),
         "max_token_recovery": summary.get("max_token_recovery"),
         "worst_channel": summary.get("worst_channel"),
+        "aux_sentences": (summary.get("attack_setup") or {}).get("aux_sentences"),
     }
 
 
@@ -82,13 +87,13 @@ def summarise(runs: Path, seeds: list[int]) -> dict:
             "seeds": per_seed,
             **{k: mean_std([p[k] for p in per_seed.values()]) for k in keys},
         }
-    return {"config": CONFIG, "runs": str(runs), "designs": designs}
+    return {"config": CONFIG, "overrides": PUBLIC_TEXT, "runs": str(runs), "designs": designs}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
-    parser.add_argument("--runs", default="runs/guarded-rescore")
+    parser.add_argument("--runs", default="runs/guarded-channels")
     parser.add_argument("--threads", type=int, help="torch threads per simulation (train.threads)")
     parser.add_argument("--collect", action="store_true", help="summarise the runs under --runs, run none")
     parser.add_argument("--out", default="benchmarks/results/guarded_channels.json")
