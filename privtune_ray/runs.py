@@ -297,11 +297,11 @@ class Totals:
 
 @dataclass
 class Summary:
-    """``summary.json``: the fields every run has (``train``, ``simulate``; ``sweep`` and ``report`` read these
+    """``summary.json``: the fields every run has (``train``, ``simulate``, ``attack``; ``sweep`` and ``report`` read these
     without fallbacks), then the command's and the design's own ``details`` at the same level."""
 
     name: str
-    command: str  # train | simulate
+    command: str  # train | simulate | attack
     dataset: str
     model: str
     design: str
@@ -310,9 +310,9 @@ class Summary:
     split_depth: int
     seed: int
     privacy: dict[str, Any]  # the mechanism's guarantee on what was uploaded
-    utility: float  # dev accuracy (classification) or token F1 (generation)
+    utility: float | None  # dev accuracy (classification) or token F1 (generation); None: nothing trained (attack)
     utility_metric: str
-    dev_loss: float  # nats per sample
+    dev_loss: float | None  # nats per sample
     train_samples: int
     tokens: int
     bytes_up: int

@@ -258,6 +258,10 @@ def test_simulate_and_attack_runners_fill_the_table(runner, tmp_path):
         )
     else:
         assert summary["victims"] == 16 and pd.isna(row["utility"])
+        # one summary schema for every command: the attack run's names its command, defence, seed and config
+        assert summary["command"] == "attack" and summary["defence"] == row["mechanism"] == "dchi"
+        assert summary["seed"] == 0 and summary["utility"] is None and summary["split_depth"] == 2
+        assert (tmp_path / "out" / "points" / "dchi-eta5-m2" / "env.json").is_file()
 
 
 @pytest.mark.slow  # each design is run in test_guarded and test_ewtune, a sweep and its report above

@@ -4,7 +4,7 @@ Victims: ``attack.victim_samples`` sentences of ``data.eval_split`` (SST-2 dev: 
 bottom and the device's mechanism (fitted on the victims' own data, as a device would). Attacker: fits
 on ``attack.aux_samples`` sentences of ``attack.aux_split`` (default the train split) and ``attack.aux_corpora``
 (``public_text.py``; any sentence equal to or inside a victim's is dropped). Writes ``attacks.csv`` (long format)
-and ``summary.json`` to the run directory.
+and ``summary.json`` (the one ``Summary`` schema of every command: no training, so no utility) to the run directory.
 """
 
 from __future__ import annotations
@@ -25,12 +25,12 @@ from ..data.registry import get_spec, load_split
 from ..designs.registry import design_for
 from ..mechanisms.registry import build_mechanism
 from ..models.loading import load_split_model, load_tokenizer, resolve_model
-from ..runs import RunDir
+from ..runs import RunSession, Summary, Totals
 
 
 def run_attack_evaluation(cfg: Config, out: str | os.PathLike | None = None, log=print) -> Path:
     check_config(cfg)
-    design_for(cfg, "attack")  # GuardedTuning's designs run under `simulate` only
+    design = design_for(cfg, "attack")  # GuardedTuning's designs run under `simulate` only
     spec = get_spec(cfg.data.dataset)
     probe_attributes(cfg.attack, cfg.data.dataset)  # bad input fails before anything is written
     split = load_split_model(cfg.model.name, cfg.model.split_depth, num_labels=max(spec.num_labels, 2))
@@ -48,7 +48,8 @@ def run_attack_evaluation(cfg: Config, out: str | os.PathLike | None = None, log
     aux = load_aux(cfg, tokenizer, cfg.data.dataset, cfg.data.eval_split)
     torch.set_num_threads(cfg.train.threads or os.cpu_count() or 1)
 
-    run = RunDir.create(cfg, out)
+    session = RunSession.open(cfg, out, resume=False)
+    run = session.run
     log(f"privtune-ray: writing attack evaluation to {run.path}")
     start = time.perf_counter()
     mechanism = build_mechanism(cfg.mechanism, split, tokenizer, model_id, seed=cfg.seed)
@@ -58,23 +59,27 @@ def run_attack_evaluation(cfg: Config, out: str | os.PathLike | None = None, log
     rows = suite.run(victim_obs)
     for row in long_rows(rows, step=0):
         run.append("attacks", row)
-    summary = {
-        "name": cfg.name,
-        "dataset": cfg.data.dataset,
+    details = {
         "victims_split": cfg.data.eval_split,
         "victims": len(victims),
-        "model": cfg.model.name,
-        "split_depth": cfg.model.split_depth,
-        "mechanism": mechanism.name,
-        "privacy": mechanism.guarantee(releases=1, max_length=cfg.model.max_length).to_dict(),
         "attacks": {name: {k: v for k, v in r.items() if k != "attack"} for name, r in by_name(rows).items()},
         **headline(rows),
         "attack_setup": suite.describe(),
         "wall_s": time.perf_counter() - start,
-        "run_dir": str(run.path),
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    run.write_summary(summary)
+    privacy = mechanism.guarantee(releases=1, max_length=cfg.model.max_length).to_dict()
+    summary = Summary.of(
+        cfg,
+        "attack",
+        design.defence(),
+        privacy=privacy,
+        utility=None,  # nothing is trained
+        dev_loss=None,
+        totals=Totals(),
+        details=details,
+        run_dir=run.path,
+    )
+    session.finish(summary)
     for name, r in by_name(rows).items():
         main = (
             f"ASR top-1 {r['asr_top1']:.3f}"
