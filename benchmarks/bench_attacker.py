@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -95,8 +96,9 @@ def run_key(point: str, aux: str, epochs: int, names: list[str] | None) -> str:
 
 
 def saturation(results: dict) -> dict:
-    """Per (point, epochs): max top-1 ASR of CURVE_ATTACKS over public text in order, and whether its last doubling
-    added <= 1 point (an undefended point at 100 % is saturated however little text it had)."""
+    """Per (point, epochs): max top-1 ASR of CURVE_ATTACKS over public text in order, the last step's gain per
+    doubling of public text (Δ ASR / log2 of the sentences' ratio), and whether it is <= 1 point (an undefended point
+    at 100 % is saturated however little text it had)."""
     order = {"2000": 0, "8000": 1, "32000": 2, "all": 3}
     curves: dict[str, dict] = {}
     for r in results.values():
@@ -110,11 +112,16 @@ def saturation(results: dict) -> dict:
     for name, rows in curves.items():
         ordered = sorted(rows.values(), key=lambda row: order.get(str(row[1]["aux"]), 99))
         asr = [best for best, _ in ordered]
+        sentences = [r["aux_sentences"] for _, r in ordered]
+        # the last step's gain per doubling of public text: 2k -> 8k -> 32k are two doublings each
+        per_doubling = (asr[-1] - asr[-2]) / math.log2(sentences[-1] / sentences[-2]) if len(asr) >= 2 else None
         out[name] = {
             "aux": [r["aux"] for _, r in ordered],
-            "aux_sentences": [r["aux_sentences"] for _, r in ordered],
+            "aux_sentences": sentences,
             "max_top1_strongest": asr,
-            "saturated": (len(asr) >= 2 and asr[-1] - asr[-2] <= SATURATION_POINTS) or (bool(asr) and asr[-1] >= 0.99),
+            "last_gain_per_doubling": per_doubling,
+            "saturated": (per_doubling is not None and per_doubling <= SATURATION_POINTS)
+            or (bool(asr) and asr[-1] >= 0.99),
         }
     return out
 

@@ -3,6 +3,7 @@ fresh noise, and the strong inverters at the boundary (near 100 % undefended at 
 noise)."""
 
 import json
+import math
 
 import numpy as np
 import pandas as pd
@@ -296,6 +297,15 @@ def test_a_saturation_curve_follows_the_strongest_inverters_and_flattens_within_
     privtune = curves["privtune-ep4"]
     # in public-text order; the memory check without the strongest inverters is no point of the curve
     assert privtune["aux"] == ["2000", "8000", "32000"] and privtune["max_top1_strongest"] == [0.12, 0.17, 0.175]
-    assert privtune["saturated"]  # the last doubling (two, here) added half a point
+    assert privtune["saturated"]  # the last step, two doublings, added half a point
+    assert privtune["last_gain_per_doubling"] == pytest.approx(0.005 / math.log2(31000 / 7913))
     assert curves["dchi-ep4"]["max_top1_strongest"] == [0.138, 0.20] and not curves["dchi-ep4"]["saturated"]
+    # 1.6 points over two doublings is 0.8 per doubling: saturated; 1.6 over one doubling is not
+    two = bench.saturation(
+        {"a": results["a"], "b": _point("privtune", "8000", 7900, {"eia_transformer_large": 0.136, "eia_bisr": 0.1})}
+    )
+    one = bench.saturation(
+        {"a": results["a"], "b": _point("privtune", "8000", 3950, {"eia_transformer_large": 0.136, "eia_bisr": 0.1})}
+    )
+    assert two["privtune-ep4"]["saturated"] and not one["privtune-ep4"]["saturated"]
     assert curves["none-ep4"]["saturated"]  # at 100 % nothing more is to be had
