@@ -423,3 +423,10 @@ def test_the_adaptive_attacker_fits_on_its_text_quantised_as_the_uploads_are(min
 
     assert most_values_in_a_row(seen["adaptive"]) <= 16
     assert most_values_in_a_row(seen["static"]) > 300  # d = 384 distinct fp32 values
+
+
+def test_victims_from_a_checkpoint_before_grouping_are_attacked_by_the_one_suite(tmp_path):
+    rounds, records, _ = _rounds(victim_samples=4)
+    rounds.restore_victims({"uploads": [_obs(3)], "returned": [], "updates": []})  # the old, ungrouped form
+    summary = rounds.round(1)
+    assert [a.seen for a in rounds.suites[None].attacks] == [[3], [3]] and summary["max_eia_asr_top1"] == 0.5

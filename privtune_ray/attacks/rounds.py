@@ -96,7 +96,10 @@ class AttackRounds:
 
     def restore_victims(self, state: dict) -> None:
         self.reset()
-        for group, parts in state["uploads"].items():
+        uploads = state["uploads"]
+        if isinstance(uploads, list):  # a checkpoint from before uploads were grouped by depth and tier
+            uploads = {(None, ""): uploads}
+        for group, parts in uploads.items():
             self._sample(group).parts = list(parts)
         self.returned.parts = list(state["returned"])
         self.updates = list(state.get("updates", []))
@@ -167,7 +170,7 @@ class AttackRounds:
         }
         parts = {}
         for (depth, tier), victims in sorted(groups.items(), key=lambda kv: (kv[0][0] or 0, kv[0][1])):
-            suite = self.suites[depth if depth in self.suites else None]  # KeyError: no suite fitted at this depth
+            suite = self._suite_for(depth)
             rows = suite.run(victims)
             keys = {} if depth is None else {"depth": depth, "tier": tier}
             self.run.append_rows("attacks", long_rows(rows, step=step, **keys, victims=len(victims)))
@@ -188,6 +191,14 @@ class AttackRounds:
                 "victims": len(victims),
             }
         return worst_group(parts)
+
+    def _suite_for(self, depth: int | None) -> AttackSuite:
+        """The suite fitted at ``depth``; the one suite there is for ungrouped uploads (``train``, old checkpoints)."""
+        if depth in self.suites:
+            return self.suites[depth]
+        if depth is None and len(self.suites) == 1:
+            return next(iter(self.suites.values()))
+        raise KeyError(f"no attack suite was fitted at depth {depth} (fitted: {sorted(map(str, self.suites))})")
 
     def _update_round(self, summary: dict, step: int, log=None) -> dict:
         """``eia_update`` on the updates kept since the last round; the worst channel's token recovery."""
