@@ -154,6 +154,11 @@ class RunDir:
         return self.path / "config.yaml"
 
     @property
+    def has_checkpoint(self) -> bool:
+        """A checkpoint (latest or previous) is on disk: a resumed run restores from it."""
+        return self.checkpoint_path.exists() or self.previous_checkpoint_path.exists()
+
+    @property
     def checkpoint_path(self) -> Path:
         return self.path / "checkpoint.pt"
 
@@ -393,7 +398,7 @@ class RunSession:
 
     @property
     def has_checkpoint(self) -> bool:
-        return self.run.checkpoint_path.exists() or self.run.previous_checkpoint_path.exists()
+        return self.run.has_checkpoint
 
     def save(self, state: dict[str, Any]) -> None:
         self.run.save_checkpoint(state)

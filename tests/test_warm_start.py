@@ -2,6 +2,7 @@
 off private data."""
 
 import copy
+import io
 import json
 from pathlib import Path
 
@@ -56,16 +57,68 @@ def test_a_mean_pooled_head_on_a_language_model_is_refused():
 
 
 @pytest.mark.parametrize(
-    "levers,match",
+    "levers",
     [
-        (["train.warm_start.enabled=true"], "under `privtune-ray train` only so far"),
-        (["train.denoiser.kind=mlp", "train.denoiser.pretrain_steps=10"], "under `privtune-ray train` only so far"),
-        (["design.name=online", "train.head_pooling=mean"], "design 'online' builds its own cloud part"),
+        ["design.name=online", "train.head_pooling=mean"],
+        ["design.name=offline", "train.warm_start.enabled=true"],
     ],
 )
-def test_simulate_refuses_the_levers_it_does_not_run(levers, match):
-    with pytest.raises(ConfigError, match=match):
+def test_simulate_refuses_levers_on_a_design_that_builds_its_own_cloud_part(levers):
+    with pytest.raises(ConfigError, match=r"design '(online|offline)' builds its own cloud part"):
         prepare(load_config(str(ROOT / "simulations" / "sst2_devices.yaml"), levers))
+
+
+def test_simulate_warms_the_top_on_public_text_once_and_every_replica_starts_from_it(tmp_path):
+    """The coordinator runs the levers once on the top from the shallowest depth; the replicas (two, so the
+    routing is exercised) load exactly those weights; the summary and public.json record the levers."""
+    from types import SimpleNamespace
+
+    from privtune_ray.drivers.simulate import prepare_public_top, run_simulation, start_backend
+    from privtune_ray.models.loading import load_task_model
+
+    cfg = load_config(
+        str(ROOT / "simulations" / "sst2_devices.yaml"),
+        [
+            "data.max_train_samples=128",
+            "data.max_eval_samples=32",
+            "simulation.devices=8",
+            "simulation.devices_per_round=2",
+            "simulation.rounds=2",
+            "simulation.top_replicas=2",
+            *LEVERS,
+            "train.warm_start.steps=4",
+            "train.denoiser.kind=mlp",
+            "train.denoiser.width=32",
+            "train.denoiser.pretrain_steps=3",
+        ],
+    )
+    setup = prepare(cfg)
+    assert setup.public is not None and len(setup.public) == 96
+    blob, record = prepare_public_top(setup, log=quiet)
+    prepared = torch.load(io.BytesIO(blob), weights_only=True)
+    assert any(k.startswith("front.") for k in prepared)  # the denoiser is part of the prepared top
+    pool = start_backend(setup, prepared_top=blob)
+    try:
+        held = [
+            torch.load(io.BytesIO(b), weights_only=False)["top"]
+            for b in pool.backend.on_replicas([(i, "state", ()) for i in range(2)])
+        ]
+    finally:
+        pool.shutdown()
+    for state in held:
+        assert state.keys() == prepared.keys()
+        assert all(torch.equal(state[k], prepared[k]) for k in prepared)
+    entry = int(setup.population.depth.min())
+    host = SimpleNamespace(setup=SimpleNamespace(entry_depth=entry, prepared_top=None), device="cpu")
+    cold = setup.design.build_cloud(host, load_task_model(cfg.model.name, "classification", 2)).top.state_dict()
+    blocks = [k for k in prepared if k.startswith("blocks.") and k in cold]
+    assert blocks and any(not torch.equal(cold[k], prepared[k]) for k in blocks)  # the warm start moved them
+
+    run = run_simulation(cfg, out=tmp_path / "run", log=quiet)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["warm_start"] == "hidden" and summary["denoiser"] == "mlp"
+    assert summary["public_sentences"] == 96 and len(summary["denoiser_pretrain_loss"]) == 2
+    assert json.loads((run / "public.json").read_text())["warm_start_loss"] == summary["warm_start_loss"]
 
 
 def test_simulate_runs_the_denoiser_and_the_mean_pooled_head(tmp_path):
@@ -80,7 +133,7 @@ def test_simulate_runs_the_denoiser_and_the_mean_pooled_head(tmp_path):
     cfg = load_config(
         str(ROOT / "simulations" / "sst2_devices.yaml"), [*small, "simulation.devices_per_round=2", *levers]
     )
-    host = SimpleNamespace(setup=SimpleNamespace(entry_depth=1), device="cpu")
+    host = SimpleNamespace(setup=SimpleNamespace(entry_depth=1, prepared_top=None), device="cpu")
     top = design_for(cfg, "simulate").build_cloud(host, load_task_model(cfg.model.name, "classification", 2)).top
     assert isinstance(top.front, TokenDenoiser) and isinstance(top.head, MeanPooledHead)  # what each replica holds
     run = run_simulation(cfg, out=tmp_path / "run", log=quiet)
@@ -178,7 +231,7 @@ def test_train_with_warm_start_and_denoiser_records_them_and_resumes_to_the_same
         run_training(cfg, out=tmp_path / "cut", log=quiet)
     monkeypatch.setattr(TopServer, "accumulate", original)
     ran = []
-    monkeypatch.setattr("privtune_ray.drivers.train.prepare_top", lambda *a, **k: ran.append(1) or {})
+    monkeypatch.setattr("privtune_ray.drivers.train.prepare_cloud_top", lambda *a, **k: ran.append(1) or {})
     resumed = json.loads((run_training(cfg, out=tmp_path / "cut", resume=True, log=quiet) / "summary.json").read_text())
     assert not ran  # the checkpoint holds the prepared top
     assert resumed["warm_start_loss"] == whole["warm_start_loss"]

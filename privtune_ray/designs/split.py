@@ -8,9 +8,11 @@ mean loss of the on-time messages (``simulation/pool.py``).
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import numpy as np
+import torch
 
 from ..data.batching import TokenizedSplit, batch_indices
 from ..models.split import split_model
@@ -52,10 +54,14 @@ class SplitDesign(Design):
     # ------------------------------------------------------------------ cloud (replica)
 
     def build_cloud(self, host, task_model) -> TopServer:
-        """The top from the shallowest device's depth (LoRA or BitFit on it if configured), AdamW over the run's rounds."""
+        """The top from the shallowest device's depth with the cloud's levers (weights prepared on public text where
+        the coordinator sent them), LoRA or BitFit on it if configured, AdamW over the run's rounds."""
         cfg = self.cfg
         split = split_model(task_model, host.setup.entry_depth, task=cfg.model.task, name=cfg.model.name)
-        top = adapt_top(add_cloud_levers(split.top, split.hidden_size, cfg.train), split.family, cfg.train)
+        levered = add_cloud_levers(split.top, split.hidden_size, cfg.train)
+        if host.setup.prepared_top is not None:  # warmed up on public text by the coordinator
+            levered.load_state_dict(torch.load(io.BytesIO(host.setup.prepared_top), weights_only=True))
+        top = adapt_top(levered, split.family, cfg.train)
         optimizer, scheduler = build_optimizer(top, cfg.train, cfg.simulation.rounds)
         return self.top_server(top, optimizer, scheduler, host.device)
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import io
 import json
 import os
 import time
@@ -50,7 +51,7 @@ from ..message import CHANNELS, UPLINKS, Message, tensor_from_bytes
 from ..models.loading import load_task_model, load_tokenizer, resolve_model
 from ..models.split import BottomModel, depth_of, split_model
 from ..progress import plain_lines, progress_bar
-from ..runs import RunSession, Summary, Totals
+from ..runs import RunDir, RunSession, Summary, Totals
 from ..seeding import seed_everything
 from ..simulation.backend import BACKENDS, ReplicaLost
 from ..simulation.clock import simulate_round
@@ -60,7 +61,8 @@ from ..simulation.protocol import DeviceResult, Fault, derive_seed
 from ..simulation.replica import ReplicaSetup
 from ..simulation.tiers import BottomFootprint, assign_tiers
 from ..simulation.worker import WorkerSetup
-from ..training.server import lora_targets
+from ..training.server import add_cloud_levers, lora_targets
+from ..training.warm_start import load_public, prepare_cloud_top
 from .train import classification_spec, load_task_data, top_device
 
 EVAL_SEED = 0xE7A1
@@ -83,21 +85,20 @@ class Setup:
     attack_splits: dict = field(default_factory=dict)  # device depth -> split the attacks fit on (attack.enabled)
     tokenizer: Any = None
     aux: TokenizedSplit | None = None
+    public: TokenizedSplit | None = None  # the cloud's public text (train.warm_start, train.denoiser.pretrain_steps)
+    public_dropped: int = 0  # public sentences dropped because a device or the evaluation holds them
 
 
 def prepare(cfg: Config) -> Setup:
     """Load the model and data, size the tiers, draw the population; every bad input fails here."""
     design = design_for(cfg, "simulate")
-    if uses_public_text(cfg):
+    if not design.cloud_levers and (
+        uses_public_text(cfg) or cfg.train.denoiser.kind != "none" or cfg.train.head_pooling != "token"
+    ):
         raise ConfigError(
-            "train.warm_start and train.denoiser.pretrain_steps > 0 prepare the top on public text, under "
-            "`privtune-ray train` only so far (the top replicas of `simulate` start from the pretrained top): set "
-            "train.warm_start.enabled=false and train.denoiser.pretrain_steps=0"
-        )
-    if not design.cloud_levers and (cfg.train.denoiser.kind != "none" or cfg.train.head_pooling != "token"):
-        raise ConfigError(
-            f"design {design.name!r} builds its own cloud part, without train.denoiser or train.head_pooling: set "
-            "train.denoiser.kind=none and train.head_pooling=token, or use design.name=split"
+            f"design {design.name!r} builds its own cloud part, without train.warm_start, train.denoiser or "
+            "train.head_pooling: set train.warm_start.enabled=false, train.denoiser.kind=none and "
+            "train.head_pooling=token, or use design.name=split"
         )
     spec = classification_spec(cfg, "simulate")
     sim = cfg.simulation
@@ -118,6 +119,9 @@ def prepare(cfg: Config) -> Setup:
     aux = None
     if cfg.attack.enabled:
         aux, train = attacker_data(cfg, tokenizer, train)
+    public, public_dropped = None, 0  # the cloud's public text for its warm start and denoiser
+    if uses_public_text(cfg):
+        public, public_dropped = load_public(cfg, tokenizer, [train.texts, evals.texts])
 
     tiers = assign_tiers(sim, cfg.seed)
     weights = np.array([t.data_weight for t in sim.tiers])[tiers]
@@ -150,12 +154,17 @@ def prepare(cfg: Config) -> Setup:
         attack_splits,
         tokenizer,
         aux,
+        public,
+        public_dropped,
     )
 
 
-def start_backend(setup: Setup, on_fault: Callable[[Fault], None] | None = None) -> ActorPool:
+def start_backend(
+    setup: Setup, on_fault: Callable[[Fault], None] | None = None, prepared_top: bytes | None = None
+) -> ActorPool:
     """The actor pool on ``simulation.backend``. In-process: everything in this process on ``train.threads`` (all
-    cores), the top on ``train.device``. Ray: actors with their own threads; replicas take the cluster's GPUs."""
+    cores), the top on ``train.device``. Ray: actors with their own threads; replicas take the cluster's GPUs.
+    ``prepared_top``: the top's weights after the cloud's levers on public text (:func:`prepare_public_top`)."""
     cfg, sim = setup.cfg, setup.cfg.simulation
     cores = os.cpu_count() or 1
     entry = int(setup.population.depth.min())  # the shallowest device's h enters the top first
@@ -168,7 +177,9 @@ def start_backend(setup: Setup, on_fault: Callable[[Fault], None] | None = None)
         replica_threads = sim.replica_threads or max(1, cores // sim.top_replicas)
         device = "cpu"  # the Ray backend moves replicas to cuda where it gives them GPUs
     workers = WorkerSetup(cfg, setup.design, setup.num_labels, setup.train, setup.eval, threads=worker_threads)
-    replicas = ReplicaSetup(cfg, setup.design, setup.num_labels, entry, replica_threads, device=device)
+    replicas = ReplicaSetup(
+        cfg, setup.design, setup.num_labels, entry, replica_threads, device=device, prepared_top=prepared_top
+    )
     return ActorPool(BACKENDS[sim.backend].start(workers, replicas, sim, on_fault))
 
 
@@ -524,15 +535,42 @@ class Coordinator:
             self.hooks[name](self, r)
 
 
+def prepare_public_top(setup: Setup, log=print) -> tuple[bytes, dict]:
+    """The cloud's levers on public text (``train.warm_start``, the denoiser's pre-training), run here once on the
+    top from the shallowest device's depth (the top every replica builds): its weights for the replicas to load,
+    and the record. Deeper devices' h enter later blocks of the same top."""
+    cfg = setup.cfg
+    assert setup.public is not None, "prepare() loads the public text when uses_public_text(cfg)"
+    entry = int(setup.population.depth.min())
+    split = split_model(setup.task_model, entry, task=cfg.model.task, name=cfg.model.name)
+    # a copy: the top's blocks are the same modules as the attack splits' deeper bottoms
+    split = dataclasses.replace(split, top=copy.deepcopy(split.top))
+    add_cloud_levers(split.top, split.hidden_size, cfg.train)
+    device = top_device(cfg.train.device) if cfg.simulation.backend == "inprocess" else "cpu"
+    model_id = resolve_model(cfg.model.name)
+    record = prepare_cloud_top(cfg, split, setup.tokenizer, model_id, setup.public, setup.public_dropped, device, log)
+    buffer = io.BytesIO()
+    torch.save(split.top.cpu().state_dict(), buffer)
+    return buffer.getvalue(), record
+
+
 def run_simulation(
     cfg: Config, out: str | os.PathLike | None = None, resume: bool = False, log=print, hooks=None
 ) -> Path:
     """``privtune-ray simulate``: returns the run directory."""
     setup = prepare(cfg)
+    prepared: bytes | None = None
+    public_record: dict = {}
+    if setup.public is not None and not (resume and out is not None and RunDir(Path(out)).has_checkpoint):
+        prepared, public_record = prepare_public_top(setup, log)  # a checkpoint holds the prepared top
     faults: list[Fault] = []
-    pool = start_backend(setup, on_fault=faults.append)
+    pool = start_backend(setup, on_fault=faults.append, prepared_top=prepared)
     try:
         session = RunSession.open(cfg, out, resume)
+        if prepared is not None:
+            session.run.write_json("public", public_record)
+        elif setup.public is not None:
+            public_record = session.run.read_json("public")
         log(
             f"privtune-ray: writing simulation to {session.run.path} ({pool.backend.name} backend, "
             f"{cfg.simulation.devices} devices)"
@@ -547,7 +585,7 @@ def run_simulation(
         assert result is not None  # train() ends after the final evaluation
         done = coordinator.totals.rounds_done
         attack_summary = coordinator.attacks.round(done, log=log) if coordinator.attacks else {}
-        summary = _summary(coordinator, result, attack_summary)
+        summary = _summary(coordinator, result, {**public_record, **attack_summary})
         session.finish(summary)
         log(
             f"privtune-ray: dev accuracy {result['accuracy']:.4f} after {done} rounds; "
@@ -660,6 +698,9 @@ def _summary(c: Coordinator, result: dict, attack_summary: dict) -> Summary:
             "max_releases": releases,
             "backend": c.pool.describe(),
             "bytes_by_channel": dict(t.channel_bytes),
+            "warm_start": cfg.train.warm_start.objective if cfg.train.warm_start.enabled else "none",
+            "denoiser": cfg.train.denoiser.kind,
+            "head_pooling": cfg.train.head_pooling,
             **c.design.summary(c.cloud, t.rounds_done, pop),
             **attack_summary,
         },

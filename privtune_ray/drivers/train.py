@@ -36,7 +36,7 @@ from ..training.client import SplitClient
 from ..training.generation import evaluate_generation
 from ..training.lm_head import DeviceHead, HiddenStateServer, detach_head
 from ..training.server import TopServer, adapt_top, add_cloud_levers, build_optimizer, lora_targets, summed_loss
-from ..training.warm_start import WARM_START_SEED_OFFSET, PublicBatches, load_public, prepare_top, uses_public_text
+from ..training.warm_start import load_public, prepare_cloud_top, uses_public_text
 
 
 def top_device(name: str) -> str:
@@ -225,18 +225,7 @@ def run_training(cfg: Config, out: str | os.PathLike | None = None, resume: bool
     top: torch.nn.Module = split_model.top
     public_record = {}
     if public is not None and not (resume and session.has_checkpoint):  # a checkpoint holds the prepared top
-        cloud_mechanism = build_mechanism(
-            cfg.mechanism, split_model, tokenizer, model_id, seed=cfg.seed + WARM_START_SEED_OFFSET
-        )
-        cloud_mechanism.fit(public)  # PrivTune's importance from the public text, as the attacker's copy
-        public_batches = PublicBatches(
-            public, split_model.bottom, cloud_mechanism, cfg.train.warm_start.batch_size, pad_id, cfg.seed + 29
-        )
-        public_record = {
-            "public_sentences": len(public),
-            "public_dropped_as_private": public_dropped,
-            **prepare_top(cfg, split_model.top.to(device), public_batches, device, log=log),
-        }
+        public_record = prepare_cloud_top(cfg, split_model, tokenizer, model_id, public, public_dropped, device, log)
         run.write_json("public", public_record)
     elif public is not None:
         public_record = run.read_json("public")

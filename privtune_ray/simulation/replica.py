@@ -35,6 +35,7 @@ class ReplicaSetup:
     entry_depth: int  # m_min: the shallowest device's depth; deeper devices' h enter later
     threads: int
     device: str = "cpu"  # "cuda" on a GPU replica
+    prepared_top: bytes | None = None  # the top's weights after the cloud's levers on public text (torch.save)
 
 
 class TopReplica:

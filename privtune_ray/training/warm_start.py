@@ -35,7 +35,8 @@ from ..data.public import public_source, uses_public_text
 from ..data.registry import load_split
 from ..errors import ConfigError
 from ..mechanisms.base import Mechanism
-from ..models.split import BottomModel, TopModel, mean_pool
+from ..mechanisms.registry import build_mechanism
+from ..models.split import BottomModel, SplitModel, TopModel, mean_pool
 
 WARM_START_SEED_OFFSET = 2_000_003  # the cloud's mechanism copy draws noise independent of the devices' and attacker's
 
@@ -164,8 +165,28 @@ def prepare_top(cfg: Config, top: TopModel, batches: PublicBatches | None, devic
     return record
 
 
+def prepare_cloud_top(
+    cfg: Config, split: SplitModel, tokenizer, model_id: str, public: TokenizedSplit, dropped: int, device, log=print
+) -> dict:
+    """The cloud's levers run on ``split.top`` in place (its denoiser and head already added), on the public text
+    pushed through ``split.bottom`` and the cloud's own mechanism copy (PrivTune's importance fitted on the public
+    text, noise seeded apart from every device's); the record ``public.json`` keeps. ``train`` and ``simulate`` both
+    call it (``simulate`` on the top its replicas then load, from the shallowest device's depth)."""
+    mechanism = build_mechanism(cfg.mechanism, split, tokenizer, model_id, seed=cfg.seed + WARM_START_SEED_OFFSET)
+    mechanism.fit(public)
+    batches = PublicBatches(
+        public, split.bottom, mechanism, cfg.train.warm_start.batch_size, tokenizer.pad_token_id, cfg.seed + 29
+    )
+    return {
+        "public_sentences": len(public),
+        "public_dropped_as_private": dropped,
+        **prepare_top(cfg, split.top.to(device), batches, device, log=log),
+    }
+
+
 __all__ = [
     "OBJECTIVES",
+    "prepare_cloud_top",
     "PublicBatches",
     "WARM_START_SEED_OFFSET",
     "load_public",
