@@ -389,6 +389,7 @@ class SimulationConfig:
     rounds: int = 20
     devices_per_round: int = 8
     local_batch_size: int = 8  # samples a selected device sends per round
+    length_bucketing: bool = False  # a device's local batches group samples of similar length (less padding)
     deadline_s: float | None = None  # simulated seconds after round start; later messages are dropped (null: wait)
     device_workers: int = 1  # actors hosting the virtual devices (ray backend)
     worker_cpus: float = 1.0  # Ray CPUs reserved per device worker

@@ -93,6 +93,23 @@ class Message:
         )
 
 
+def take_rows(msg: Message, rows: torch.Tensor) -> Message:
+    """The samples ``rows`` of a message with class-id labels, cut to their own longest real length (the cloud
+    backpropagating a large upload in pieces)."""
+    if msg.labels.dim() != 1 or msg.labels.numel() != msg.batch_size:
+        raise ValueError("only a message with class-id labels splits into rows")
+    mask = msg.attention_mask[rows]
+    real = mask.any(0).nonzero()
+    length = int(real.max()) + 1 if len(real) else 1
+    return Message(
+        hidden=msg.hidden[rows, :length],
+        attention_mask=mask[:, :length],
+        labels=msg.labels[rows],
+        device_id=msg.device_id,
+        split_depth=msg.split_depth,
+    )
+
+
 def concat_messages(msgs: list[Message]) -> Message:
     """One message holding ``msgs``' samples in order (the cloud batching uploads for one forward/backward): h̃
     and the mask right-padded with zeros to the longest L. They must enter the top at the same depth and carry

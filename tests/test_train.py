@@ -58,13 +58,13 @@ def test_cli_train_writes_a_complete_run_directory(tmp_path, capsys, monkeypatch
 
 def test_the_top_side_receives_only_messages(tmp_path, monkeypatch):
     received = []
-    original = TopServer.accumulate
+    original = TopServer.accumulate_samples
 
     def spy(self, msg):
         received.append(msg)
         return original(self, msg)
 
-    monkeypatch.setattr(TopServer, "accumulate", spy)
+    monkeypatch.setattr(TopServer, "accumulate_samples", spy)
     run_training(_cfg("train.max_steps=2"), out=tmp_path / "run", log=lambda *_: None)
     assert len(received) == 2 and all(type(m) is Message for m in received)
     assert all(m.hidden.dtype == torch.float32 and m.hidden.shape[-1] == 384 for m in received)
@@ -100,7 +100,7 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch, corru
     cfg, full = _cfg(*RESUMABLE), uninterrupted
 
     calls = {"n": 0}
-    original = TopServer.accumulate
+    original = TopServer.accumulate_samples
 
     def dies_at_step_7(self, msg):
         calls["n"] += 1
@@ -108,11 +108,11 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, monkeypatch, corru
             raise KeyboardInterrupt
         return original(self, msg)
 
-    monkeypatch.setattr(TopServer, "accumulate", dies_at_step_7)
+    monkeypatch.setattr(TopServer, "accumulate_samples", dies_at_step_7)
     with pytest.raises(KeyboardInterrupt):
         run_training(cfg, out=tmp_path / "cut", log=lambda *_: None)
     assert (tmp_path / "cut" / "checkpoint.pt").exists() and not (tmp_path / "cut" / "summary.json").exists()
-    monkeypatch.setattr(TopServer, "accumulate", original)
+    monkeypatch.setattr(TopServer, "accumulate_samples", original)
     if corrupt:
         latest = tmp_path / "cut" / "checkpoint.pt"
         latest.write_bytes(latest.read_bytes()[: latest.stat().st_size // 2])

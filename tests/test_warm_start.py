@@ -218,7 +218,7 @@ def test_train_with_warm_start_and_denoiser_records_them_and_resumes_to_the_same
     assert last < first and len(whole["denoiser_pretrain_loss"]) == 2
     assert json.loads((tmp_path / "whole" / "public.json").read_text())["warm_start_loss"] == whole["warm_start_loss"]
 
-    calls, original = {"n": 0}, TopServer.accumulate
+    calls, original = {"n": 0}, TopServer.accumulate_samples
 
     def dies_at_step_3(self, msg):
         calls["n"] += 1
@@ -226,12 +226,12 @@ def test_train_with_warm_start_and_denoiser_records_them_and_resumes_to_the_same
             raise KeyboardInterrupt
         return original(self, msg)
 
-    monkeypatch.setattr(TopServer, "accumulate", dies_at_step_3)
+    monkeypatch.setattr(TopServer, "accumulate_samples", dies_at_step_3)
     with pytest.raises(KeyboardInterrupt):
         run_training(cfg, out=tmp_path / "cut", log=quiet)
-    monkeypatch.setattr(TopServer, "accumulate", original)
+    monkeypatch.setattr(TopServer, "accumulate_samples", original)
     ran = []
-    monkeypatch.setattr("privtune_ray.drivers.train.prepare_cloud_top", lambda *a, **k: ran.append(1) or {})
+    monkeypatch.setattr("privtune_ray.drivers.engine.prepare_cloud_top", lambda *a, **k: ran.append(1) or {})
     resumed = json.loads((run_training(cfg, out=tmp_path / "cut", resume=True, log=quiet) / "summary.json").read_text())
     assert not ran  # the checkpoint holds the prepared top
     assert resumed["warm_start_loss"] == whole["warm_start_loss"]

@@ -1,4 +1,7 @@
-"""Reference split fine-tuning, single process: batch → bottom → message → bytes → top → AdamW step.
+"""``privtune-ray train``. Classification runs on the one engine (``engine.py``) as a population of one device;
+generation (a causal LM, U-shaped or not) on the single-process loop here: batch → bottom → message → bytes → top
+→ AdamW step. The loop's pieces (:func:`upload`, :func:`split_step`, :func:`physical_pieces`) also serve the
+benchmarks that time a step's parts.
 
 Every upload is serialised and deserialised, so the bytes counted are the payload's bytes and the top
 side works only on what it received. Results are appended to the run directory as they are produced;
@@ -12,7 +15,6 @@ import os
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -21,11 +23,9 @@ from ..attacks.public_text import attacker_data
 from ..attacks.rounds import AttackRounds
 from ..attacks.suite import AttackSuite
 from ..config import Config
-from ..data.batching import TokenizedSplit, batch_indices, collate, end_token_id, tokenize_generation, tokenize_split
-from ..data.registry import get_spec, load_split
+from ..data.batching import TokenizedSplit, batch_indices, collate, end_token_id
 from ..designs.registry import design_for
 from ..designs.split import SplitDesign
-from ..errors import ConfigError
 from ..mechanisms.registry import build_mechanism
 from ..message import Message
 from ..models.loading import load_split_model, load_tokenizer, resolve_model
@@ -37,15 +37,8 @@ from ..training.generation import evaluate_generation
 from ..training.lm_head import DeviceHead, HiddenStateServer, detach_head
 from ..training.server import TopServer, adapt_top, add_cloud_levers, build_optimizer, lora_targets, summed_loss
 from ..training.warm_start import load_public, prepare_cloud_top, uses_public_text
-
-
-def top_device(name: str) -> str:
-    """``train.device`` as a torch device: ``auto`` is cuda when torch sees a GPU; cuda without one is an error."""
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device is 'cuda' but torch sees no GPU: use train.device=auto or cpu")
-    return name
+from .engine import run_engine, train_command
+from .tasks import load_task_data, top_device, train_spec
 
 
 def upload(msg: Message, counters: Totals) -> Message:
@@ -134,56 +127,21 @@ def evaluate(
     return {"accuracy": correct / n, "loss": loss_sum / n, "samples": n, "bytes_up": counters.bytes_up}
 
 
-def classification_spec(cfg: Config, command: str):
-    """The dataset's spec; a generation dataset or a causal-LM task is an error naming the datasets that fit."""
-    spec = get_spec(cfg.data.dataset)
-    if spec.task != "classification" or cfg.model.task != "classification":
-        raise ConfigError(
-            f"`privtune-ray {command}` fine-tunes classification tasks; data.dataset={cfg.data.dataset!r} is a "
-            f"{spec.task} task and model.task={cfg.model.task!r}: pick sst2, financial_phrasebank, blog, ag_news or trustpilot"
-        )
-    return spec
+def run_training(
+    cfg: Config, out: str | os.PathLike | None = None, resume: bool = False, log=print, hooks=None
+) -> Path:
+    """``privtune-ray train``: fine-tune ``cfg.model`` split at ``cfg.model.split_depth`` on ``cfg.data``; returns
+    the run directory. A classification task runs on the engine as one device (``engine.one_device``); a generation
+    task (a causal LM on SQuAD) on :func:`run_generation`, the single-process loop, until the engine has a design
+    for the U-shaped round trip."""
+    if train_spec(cfg).task == "classification":
+        return run_engine(cfg, out, resume, log, hooks, train_command(cfg))
+    return run_generation(cfg, out, resume, log)
 
 
-def train_spec(cfg: Config):
-    """``privtune-ray train``: a classification dataset with a classifier, or a generation dataset (SQuAD)
-    with a causal LM; a mismatch is an error naming the key to change."""
-    spec = get_spec(cfg.data.dataset)
-    if spec.task == "generation" and cfg.model.task != "causal-lm":
-        raise ConfigError(
-            f"data.dataset={cfg.data.dataset!r} is a generation task: set model.task=causal-lm and a "
-            f"decoder model (a gpt2, opt or llama checkpoint), as simulations/squad_generation.yaml does"
-        )
-    if spec.task == "generation":
-        return spec
-    if cfg.model.task == "causal-lm":
-        raise ConfigError(
-            f"model.task=causal-lm needs a generation dataset (squad); {cfg.data.dataset!r} is a "
-            f"{spec.task} task: set model.task=classification"
-        )
-    return classification_spec(cfg, "train")
-
-
-def load_task_data(cfg: Config, tokenizer, spec) -> tuple[TokenizedSplit, TokenizedSplit]:
-    """The tokenised training split (with the dataset's private attributes) and eval split of ``cfg.data``;
-    generation datasets as prompt + answer sequences (:func:`tokenize_generation`)."""
-    load: dict[str, Any] = dict(data_dir=cfg.data.data_dir, hub_fallback=cfg.data.hub_fallback, seed=cfg.seed)
-    train_raw = load_split(cfg.data.dataset, cfg.data.train_split, max_samples=cfg.data.max_train_samples, **load)
-    eval_raw = load_split(cfg.data.dataset, cfg.data.eval_split, max_samples=cfg.data.max_eval_samples, **load)
-    if spec.task == "generation":
-        n = cfg.train.max_new_tokens
-        return (
-            tokenize_generation(train_raw, tokenizer, cfg.model.max_length, n),
-            tokenize_generation(eval_raw, tokenizer, cfg.model.max_length, n),
-        )
-    return (
-        tokenize_split(train_raw, tokenizer, cfg.model.max_length, attributes=spec.attributes),
-        tokenize_split(eval_raw, tokenizer, cfg.model.max_length),
-    )
-
-
-def run_training(cfg: Config, out: str | os.PathLike | None = None, resume: bool = False, log=print) -> Path:
-    """Fine-tune ``cfg.model`` split at ``cfg.model.split_depth`` on ``cfg.data``; returns the run directory."""
+def run_generation(cfg: Config, out: str | os.PathLike | None = None, resume: bool = False, log=print) -> Path:
+    """Fine-tune a causal LM split at ``cfg.model.split_depth`` on a generation dataset: batch → bottom → message
+    → bytes → top (→ the device's head, U-shaped) → AdamW step, in this process."""
     design = design_for(cfg, "train")
     assert isinstance(design, SplitDesign), "design_for(cfg, 'train') refuses the designs `train` cannot run"
     spec = train_spec(cfg)

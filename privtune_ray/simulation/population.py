@@ -21,12 +21,14 @@ subsampled only at the second stage's rate.) ``releases`` then counts each sampl
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from ..config import SimulationConfig
+from ..data.batching import batch_indices
 from .protocol import DeviceTask, derive_seed
 
 
@@ -76,6 +78,7 @@ class Population:
     depth: np.ndarray  # int16 [N]
     parts: list[np.ndarray]  # sample indices of each device
     poisson: bool = False  # Poisson rounds for DP-SGD (see the module docstring)
+    lengths: np.ndarray | None = None  # tokens per training sample: local batches by length (sim.length_bucketing)
     epoch: np.ndarray = field(init=False)  # int32 [N]: local epochs begun
     cursor: np.ndarray = field(init=False)  # int32 [N]: position in the current local epoch
     downloaded: np.ndarray = field(init=False)  # bool [N]: holds the bottom weights
@@ -90,6 +93,7 @@ class Population:
         self._jitter = np.array([t.jitter for t in self.sim.tiers])[self.tier]
         self._n_samples = int(sum(len(p) for p in self.parts))
         self.draws = np.zeros(max((int(p.max()) + 1 for p in self.parts if len(p)), default=0), dtype=np.int32)
+        self._orders: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()  # (device, epoch) -> its order
 
     def __len__(self) -> int:
         return len(self.parts)
@@ -165,7 +169,24 @@ class Population:
         return float(self.dp_sample_rate() * (self._availability * (1 - self._dropout) * sizes).sum())
 
     def local_order(self, i: int, epoch: int) -> np.ndarray:
-        return np.random.default_rng([self.seed, i, epoch, 0x0E0C]).permutation(self.parts[i])
+        """Device ``i``'s samples in the order it sends them in local epoch ``epoch``: a seeded permutation, or
+        with ``lengths`` shuffled batches of similar length (``data.batching.batch_indices``, the short one last so
+        that every round's slice is one batch). Cached for the last few (device, epoch)."""
+        key = (i, epoch)
+        if key not in self._orders:
+            part = self.parts[i]
+            if self.lengths is None:
+                order = np.random.default_rng([self.seed, i, epoch, 0x0E0C]).permutation(part)
+            else:
+                b = self.sim.local_batch_size
+                seed = derive_seed(self.seed, i, epoch, 0x0E0C)
+                batches = batch_indices(self.lengths[part], b, shuffle=True, bucketing=True, seed=seed)
+                batches.sort(key=lambda x: len(x) < b)  # stable: the short batch (if any) goes last
+                order = part[np.concatenate(batches)] if batches else part
+            self._orders[key] = order
+            if len(self._orders) > 64:
+                self._orders.popitem(last=False)
+        return self._orders[key]
 
     def releases(self, i: int) -> int:
         """How many times the device's most-sent sample has been sent (local epochs begun; Poisson: draws)."""

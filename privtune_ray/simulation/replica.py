@@ -19,12 +19,12 @@ from typing import Any
 import torch
 
 from ..config import Config
-from ..message import Message, concat_messages
+from ..message import Message, concat_messages, take_rows
 from ..models.loading import load_task_model
 from ..seeding import seed_everything
 from ..training.server import summed_loss
 from .node import node_id
-from .protocol import EvalResult, TopResult
+from .protocol import EvalResult, TopResult, derive_seed
 
 
 @dataclass
@@ -36,6 +36,18 @@ class ReplicaSetup:
     threads: int
     device: str = "cpu"  # "cuda" on a GPU replica
     prepared_top: bytes | None = None  # the top's weights after the cloud's levers on public text (torch.save)
+
+
+@dataclass
+class _Unit:
+    """A message, or piece ``k`` of it (``rows``), in one forward/backward pass."""
+
+    message: int
+    rows: torch.Tensor | None = None
+    k: int = 0
+
+    def size(self, msgs: list[Message]) -> int:
+        return msgs[self.message].batch_size if self.rows is None else len(self.rows)
 
 
 class TopReplica:
@@ -67,53 +79,71 @@ class TopReplica:
     def accumulate(self, seeds: list[int], *payloads: bytes) -> list[TopResult]:
         """Add each message's gradient (summed loss) to the replica's; message j's dropout seeded by ``seeds[j]``.
 
-        A design that packs uploads (``Design.packs_uploads``: EW-Tune, whose per-sample clipping does not depend
-        on the batch) has its messages sorted by split depth and length and concatenated into pieces of up to
-        ``train.physical_batch_size`` samples (little padding), each piece's dropout seeded by its first message's
-        seed; a message's ``top_s`` is then its share (by samples) of its piece's measured seconds."""
+        The forward/backward passes take pieces of at most ``train.physical_batch_size`` samples where it is set:
+        a larger message (``train``'s one device sends its whole logical batch) is cut into pieces by length; a
+        design that packs uploads (``Design.packs_uploads``: EW-Tune, whose per-sample clipping does not depend on
+        the batch) also has its messages sorted by split depth and length and concatenated into pieces (little
+        padding). A piece's dropout is seeded by its first message's seed (the pieces of one message draw on);
+        a message's ``top_s`` is its share (by samples) of its pieces' measured seconds."""
         msgs = [Message.from_bytes(p) for p in payloads]
-        results: list[TopResult | None] = [None] * len(msgs)
+        loss = [0.0] * len(msgs)
+        top_s = [0.0] * len(msgs)
         for piece in self._pieces(msgs):
             start = time.perf_counter()
-            torch.manual_seed(seeds[piece[0]])
-            packed = msgs[piece[0]] if len(piece) == 1 else concat_messages([msgs[j] for j in piece])
+            first = piece[0]
+            torch.manual_seed(seeds[first.message] if first.k == 0 else derive_seed(seeds[first.message], first.k))
+            parts = [msgs[u.message] if u.rows is None else take_rows(msgs[u.message], u.rows) for u in piece]
+            packed = parts[0] if len(parts) == 1 else concat_messages(parts)
             losses = self.server.accumulate_samples(packed)
             seconds = time.perf_counter() - start
             offset = 0
-            for j in piece:
-                n = msgs[j].batch_size
-                results[j] = TopResult(float(losses[offset : offset + n].sum()), n, seconds * n / packed.batch_size)
+            for unit, part in zip(piece, parts):
+                n = part.batch_size
+                loss[unit.message] += float(losses[offset : offset + n].sum())
+                top_s[unit.message] += seconds * n / packed.batch_size
                 offset += n
-        return results  # type: ignore[return-value]  # every message is in one piece
+        return [TopResult(loss[j], msgs[j].batch_size, top_s[j]) for j in range(len(msgs))]
 
-    def _pieces(self, msgs: list[Message]) -> list[list[int]]:
-        """Message indices grouped into the pieces one forward/backward takes (one each, in order, unless the
-        design packs uploads: then by split depth and length, class-id messages only)."""
+    def _pieces(self, msgs: list[Message]) -> list[list[_Unit]]:
+        """What each forward/backward takes, in order. One message each, unless ``train.physical_batch_size`` cuts
+        a larger one (its rows by length) or the design packs uploads (whole messages by split depth and length,
+        class-id messages only)."""
         limit = self.setup.cfg.train.physical_batch_size
-        if not self.design.packs_uploads or limit is None:
-            return [[j] for j in range(len(msgs))]
+        if limit is None:
+            return [[_Unit(j)] for j in range(len(msgs))]
 
         def class_ids(m: Message) -> bool:
             return tuple(m.labels.shape) == (m.batch_size,)
 
-        order = sorted(range(len(msgs)), key=lambda j: (msgs[j].split_depth or 0, msgs[j].hidden.shape[1]))
-        pieces: list[list[int]] = []
-        size = 0
-        for j in order:
-            msg = msgs[j]
-            head = msgs[pieces[-1][0]] if pieces else None
+        units: list[_Unit] = []  # whole messages, and the pieces of those over the limit
+        for j, msg in enumerate(msgs):
+            if msg.batch_size > limit and class_ids(msg):
+                by_length = torch.argsort(msg.attention_mask.sum(1), stable=True)
+                units += [_Unit(j, by_length[i : i + limit], k) for k, i in enumerate(range(0, msg.batch_size, limit))]
+            else:
+                units.append(_Unit(j))
+        if not self.design.packs_uploads:
+            return [[u] for u in units]
+        units.sort(key=lambda u: (msgs[u.message].split_depth or 0, msgs[u.message].hidden.shape[1]))
+        pieces: list[list[_Unit]] = []
+        filled = 0
+        for unit in units:
+            msg, size = msgs[unit.message], unit.size(msgs)
+            head = pieces[-1][0] if pieces else None
             if (
                 head is not None
-                and size + msg.batch_size <= limit
-                and head.split_depth == msg.split_depth
-                and class_ids(head)
+                and head.rows is None
+                and unit.rows is None
+                and filled + size <= limit
+                and msgs[head.message].split_depth == msg.split_depth
+                and class_ids(msgs[head.message])
                 and class_ids(msg)
             ):
-                pieces[-1].append(j)
-                size += msg.batch_size
+                pieces[-1].append(unit)
+                filled += size
             else:
-                pieces.append([j])
-                size = msg.batch_size
+                pieces.append([unit])
+                filled = size
         return pieces
 
     def phase(self, keys: list[int], fn: Callable, *args):

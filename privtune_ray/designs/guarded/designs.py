@@ -73,7 +73,7 @@ class GuardedDesign(Design):
     """What the three designs share: the layout, the adapters' round trip, the clock of a multi-phase round."""
 
     Params = GuardedParams
-    commands = ("simulate",)
+    commands = ("train", "simulate")
     channels = CHANNELS
     trains_middle: ClassVar[bool] = False  # online: the cloud's middle trains (gradients return up)
     trains_bottom_adapter: ClassVar[bool] = True  # gradfree: A_b is frozen
@@ -83,9 +83,8 @@ class GuardedDesign(Design):
     def validate(self, command: str) -> None:
         if command not in self.commands:
             raise ConfigError(
-                f"design.name={self.name} (GuardedTuning) runs under `privtune-ray simulate`, not `{command}`: a "
-                f"population of one device is the single-client setting (--set simulation.devices=1 "
-                f"--set simulation.devices_per_round=1), e.g. simulations/sst2_designs.yaml"
+                f"design.name={self.name} (GuardedTuning) runs under `privtune-ray train` and `simulate`, not "
+                f"`{command}`: its uploads depend on adapters trained in the run, so `simulate` attacks them"
             )
         self.check()
 
