@@ -33,6 +33,14 @@ WHERE: dict[str, str | Callable[[Path], Any] | None] = {}
 
 REL, ABS = 1e-5, 1e-6
 
+# The train cases were recorded from the single-process loop that the one engine replaced (issue 36). The engine's
+# one device sends the same batches (so every byte, token and sample count is equal), but the mechanism's noise and
+# the top's dropout are drawn per (device, round), as in simulate, not from one stream: these fields are compared
+# within seed noise (abs). A 6-step run's losses sit at ln 2 +- 0.02; the largest gap measured was 0.012.
+TRAIN_NOISE: dict[str, float] = {"metrics.csv:loss": 0.03, "eval.csv:loss": 0.01, "summary.json:dev_loss": 0.01}
+# metrics.csv's lr is now the lr its step used (as rounds.csv), not the next step's: the same schedule, one row later.
+TRAIN_SHIFTED = {"metrics.csv:lr"}
+
 # Every simulate case: 6 devices in the two tiers of sst2_designs.yaml, 3 rounds of 3 devices x 8 samples, no attacks,
 # no deadline, one evaluation (64 dev samples) at the end, no checkpoint.
 SIM = [
@@ -139,7 +147,16 @@ def same(old: Any, new: Any) -> bool:
     return old == new
 
 
-def differences(golden: dict[str, Any], run: Path) -> list[str]:
+def within(old: Any, new: Any, tolerance: float) -> bool:
+    """Numbers (or lists of them, element by element) no more than ``tolerance`` apart."""
+    if isinstance(old, list) or isinstance(new, list):
+        return isinstance(old, list) and isinstance(new, list) and len(old) == len(new) and all(
+            within(a, b, tolerance) for a, b in zip(old, new)
+        )
+    return isinstance(old, (int, float)) and isinstance(new, (int, float)) and abs(old - new) <= tolerance
+
+
+def differences(golden: dict[str, Any], run: Path, command: str = "simulate") -> list[str]:
     """One line per recorded field the run does not reproduce."""
     lines = []
     for field, old in golden.items():
@@ -150,7 +167,13 @@ def differences(golden: dict[str, Any], run: Path) -> list[str]:
         except (KeyError, FileNotFoundError, IndexError) as exc:
             lines.append(f"{field}: missing ({exc})")
             continue
-        if not same(old, new):
+        if command == "train" and field in TRAIN_NOISE:
+            ok = within(old, new, TRAIN_NOISE[field])
+        elif command == "train" and field in TRAIN_SHIFTED:
+            ok = same(old[:-1], new[1:])
+        else:
+            ok = same(old, new)
+        if not ok:
             lines.append(f"{field}: recorded {old!r}, now {new!r}")
     return lines
 
@@ -176,7 +199,7 @@ def test_records_equal_the_golden_ones(case, tmp_path):
     golden = _golden()
     assert case in golden, f"{GOLDEN} has no case {case!r}: run tests/golden/record.py"
     run = run_case(case, tmp_path / case)
-    diff = differences(golden[case], run)
+    diff = differences(golden[case], run, CASES[case][0])
     assert not diff, f"{case}: {len(diff)} of {len(golden[case])} recorded fields differ:\n" + "\n".join(diff)
 
 

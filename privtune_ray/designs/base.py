@@ -1,8 +1,8 @@
 """The interface every training design implements (after Flower's ``Strategy``).
 
 A design decides what a device computes in a round, what the cloud computes with what it receives, which
-channels carry it, and what its records and summary add. The engine (``drivers/simulate.py`` for
-``simulate``, ``drivers/train.py`` for ``train``) calls only this interface; the transport
+channels carry it, and what its records and summary add. The engine (``drivers/engine.py``, for ``train`` and
+``simulate`` alike) calls only this interface; the transport
 (``simulation/backend.py``) and the actor pool (``simulation/pool.py``) know nothing of designs.
 
 Where each method runs:
@@ -11,7 +11,7 @@ Where each method runs:
   :meth:`Design.cloud_round`, :meth:`Design.evaluate`, :meth:`Design.summary`, the checkpoint state;
 * a device worker (``simulation/worker.py``): :meth:`Design.device_step` with the worker as ``host``;
 * a top replica (``simulation/replica.py``): :meth:`Design.build_cloud`;
-* ``train`` (one process, one device): :meth:`Design.train_batches`, :meth:`Design.train_server`.
+* ``train`` (the engine's one device): :meth:`Design.train_plan` and :meth:`Design.train_batches` set its rounds.
 
 A design instance is built from the config on each of them, so it holds only what the config and
 :meth:`Design.prepare` decide (e.g. EW-Tune's DP plan), never trained weights: the coordinator keeps those
@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from ..data.batching import TokenizedSplit, batch_indices
 from ..errors import ConfigError
 from ..simulation.protocol import DeviceReport, DeviceResult, DeviceTask, EvalResult, StepResult, TopResult
 from .params import DesignParams
@@ -187,12 +188,17 @@ class Design(ABC):
     def build_cloud(self, host, task_model):
         """On a top replica (``host``): the cloud's trainable server for this design."""
 
-    # ------------------------------------------------------------------ train: one process
+    # ------------------------------------------------------------------ train: the engine's one device
 
     def train_plan(self, n_train: int, batches_per_epoch: int, max_steps: int | None) -> tuple[int, int]:
         """(batches per epoch, total steps) of ``train`` for a split of ``n_train`` samples."""
         total = self.cfg.train.epochs * batches_per_epoch
         return batches_per_epoch, total if max_steps is None else min(total, max_steps)
+
+    def train_batches(self, split: TokenizedSplit, batches_per_epoch: int, seed: int) -> list[np.ndarray]:
+        """``train``'s epoch of batches: shuffled (length-bucketed when ``train.length_bucketing``)."""
+        train = self.cfg.train
+        return batch_indices(split.lengths, train.batch_size, shuffle=True, bucketing=train.length_bucketing, seed=seed)
 
 
 def no_step() -> StepResult:

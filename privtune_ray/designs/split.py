@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data.batching import TokenizedSplit, batch_indices
 from ..models.split import split_model
 from ..simulation.clock import DeviceTiming, simulate_round, transfer_s
 from ..simulation.protocol import DeviceReport, DeviceTask, EvalResult, TopResult, derive_seed
@@ -112,11 +111,5 @@ class SplitDesign(Design):
         """The eval split encoded on the workers by a device of ``depth``, predicted by replica 0."""
         calls = [(idx, depth, derive_seed(seed, b)) for b, idx in enumerate(batches)]
         payloads = pool.on_workers(SplitDesign.encode_eval, calls)
-        return sum(pool.on_first_replica("predict", payloads), EvalResult(0, 0.0, 0))
-
-    # ------------------------------------------------------------------ train (one process)
-
-    def train_batches(self, split: TokenizedSplit, batches_per_epoch: int, seed: int) -> list[np.ndarray]:
-        """An epoch's batches: shuffled (length-bucketed when ``train.length_bucketing``)."""
-        train = self.cfg.train
-        return batch_indices(split.lengths, train.batch_size, shuffle=True, bucketing=train.length_bucketing, seed=seed)
+        up = EvalResult(0, 0.0, 0, bytes_up=sum(len(p) for p in payloads))
+        return sum(pool.on_first_replica("predict", payloads), up)

@@ -35,6 +35,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -146,6 +147,12 @@ class Setup:
     public_dropped: int = 0  # public sentences dropped because a device or the evaluation holds them
 
 
+def _train_epoch(design: Design, train: TokenizedSplit, per_epoch: int, seed: int, device: int, epoch: int):
+    """``train``'s one device sends the design's epoch of batches (``Design.train_batches``: shuffled and
+    length-bucketed; EW-Tune's Poisson batches at q = batch / N), the same batches the single-process loop sent."""
+    return design.train_batches(train, per_epoch, seed=seed * 1000 + epoch)
+
+
 def prepare(cfg: Config, command: Command = SIMULATE) -> Setup:
     """Load the model and data, size the tiers, draw the population; every bad input fails here. For ``train``
     (``command``), the population is :func:`one_device`'s, with a round per step of the design's plan."""
@@ -169,10 +176,12 @@ def prepare(cfg: Config, command: Command = SIMULATE) -> Setup:
     aux = None
     if cfg.attack.enabled:
         aux, train = attacker_data(cfg, tokenizer, train)
-    if command.name == "train":  # one device, a round per step of the design's plan (EW-Tune: Poisson steps)
-        per_epoch = -(-len(train) // cfg.train.batch_size)
-        cfg = one_device(cfg, design.train_plan(len(train), per_epoch, cfg.train.max_steps)[1])
+    epoch_batches = None
+    if command.name == "train":  # one device, a round per batch of the design's epochs (EW-Tune: Poisson batches)
+        per_epoch, steps = design.train_plan(len(train), -(-len(train) // cfg.train.batch_size), cfg.train.max_steps)
+        cfg = one_device(cfg, steps)
         design = design_for(cfg, command.name)
+        epoch_batches = partial(_train_epoch, design, train, per_epoch, cfg.seed)
     sim = cfg.simulation
 
     depth = depth_of(task_model)
@@ -191,8 +200,16 @@ def prepare(cfg: Config, command: Command = SIMULATE) -> Setup:
     parts = partition(
         train.labels, sim.devices, sim.partition, seed=cfg.seed, weights=weights, **skew.get(sim.partition, {})
     )
-    lengths = train.lengths if sim.length_bucketing else None
-    population = Population(sim, cfg.seed, tiers, tier_depth[tiers], parts, poisson=design.poisson, lengths=lengths)
+    population = Population(
+        sim,
+        cfg.seed,
+        tiers,
+        tier_depth[tiers],
+        parts,
+        poisson=design.poisson and epoch_batches is None,
+        lengths=train.lengths if sim.length_bucketing else None,
+        epoch_batches=epoch_batches,
+    )
     downloads = {
         int(m): footprint.download_bytes(BottomModel(full.family, task_model, int(m)))
         for m in np.unique(population.depth)
@@ -631,7 +648,14 @@ class Coordinator:
             seed = derive_seed(self.cfg.seed, EVAL_SEED, m, 0, 0)
             res = self.design.evaluate(self.pool, self.cloud, m, batches, seed)
             n = res.samples
-            per_depth[m] = {"accuracy": res.correct / n, "loss": res.loss_sum / n, "samples": n, "devices": count}
+            per_depth[m] = {
+                "accuracy": res.correct / n,
+                "loss": res.loss_sum / n,
+                "samples": n,
+                "devices": count,
+                "bytes_up": res.bytes_up,
+                "bytes_down": res.bytes_down,
+            }
             done = self.totals.rounds_done
             rows.append(
                 {"rounds_done": done, "step": done, "split": self.cfg.data.eval_split, "depth": m, **per_depth[m]}
@@ -640,7 +664,15 @@ class Coordinator:
         weights = np.array([v["devices"] for v in per_depth.values()], dtype=float)
         accuracy = float(np.average([v["accuracy"] for v in per_depth.values()], weights=weights))
         loss = float(np.average([v["loss"] for v in per_depth.values()], weights=weights))
-        return {"accuracy": accuracy, "loss": loss, "per_depth": per_depth}
+        bytes_up = sum(v["bytes_up"] for v in per_depth.values())
+        bytes_down = sum(v["bytes_down"] for v in per_depth.values())
+        return {
+            "accuracy": accuracy,
+            "loss": loss,
+            "per_depth": per_depth,
+            "bytes_up": bytes_up,
+            "bytes_down": bytes_down,
+        }
 
     def _observe(self, plan: RoundPlan, on_time: list[int], payloads: list) -> None:
         """Hand the attacks every message, with its device's depth and tier (each depth has its own suite)."""
@@ -842,6 +874,8 @@ def _summary(c: Coordinator, result: dict, attack_summary: dict) -> Summary:
             "train_split_size": n_train,
             "dev_samples": int(sum(v["samples"] for v in result["per_depth"].values()) / len(result["per_depth"])),
             "dev_by_depth": {str(m): v for m, v in result["per_depth"].items()},
+            "bytes_up_eval": result["bytes_up"],  # the final evaluation's messages, every depth
+            "bytes_down_eval": result["bytes_down"],
             "sent_samples": t.sent,
             "bytes_up_per_sample": t.bytes_up / max(t.sent, 1),
             "sim_time_s": t.sim_time_s,

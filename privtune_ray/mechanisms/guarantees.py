@@ -57,6 +57,21 @@ def dchi_guarantee(p: DChiParams, releases: int = 1, max_length: int = 64) -> Gu
     )
 
 
+def privtune_params(p: PrivTuneParams) -> dict[str, Any]:
+    """The parameters a PrivTune statement records (the mechanism's own, or the config's where none was built)."""
+    return {
+        "eta": p.eta,
+        "radius": p.radius,
+        "s_min": p.s_min,
+        "k": p.k,
+        "n_hops": p.n_hops,
+        "pgd_steps": p.pgd_steps,
+        "lambda_s": p.lambda_s,
+        "lambda_d": p.lambda_d,
+        "importance": p.importance,
+    }
+
+
 def privtune_guarantee(
     p: PrivTuneParams, releases: int = 1, params: dict | None = None, proxy_used: bool = False
 ) -> Guarantee:
@@ -70,7 +85,7 @@ def privtune_guarantee(
         releases=releases,
         eta_per_unit=releases * p.eta / p.s_min,
         params={
-            **(params or {"eta": p.eta, "radius": p.radius, "s_min": p.s_min}),
+            **(params or privtune_params(p)),
             "prediction_consistency": "proxy head" if proxy_used else "skipped (no proxy head)",
         },
     )

@@ -29,7 +29,7 @@ from ..errors import ConfigError
 from ..models.split import BottomModel, mean_pool
 from .base import Mechanism, real_tokens
 from .dchi import sample_dchi
-from .guarantees import Guarantee, privtune_guarantee
+from .guarantees import Guarantee, privtune_guarantee, privtune_params
 from .importance import token_importance
 from .params import PrivTuneParams
 from .privtune_graph import TokenGraph, load_or_build_token_graph
@@ -199,14 +199,4 @@ class PrivTune(Mechanism):
         return privtune_guarantee(self.p, releases, self.params(), proxy_used=self.proxy is not None)
 
     def params(self):
-        return {
-            "eta": self.p.eta,
-            "radius": self.p.radius,
-            "s_min": self.p.s_min,
-            "k": self.graph.k,
-            "n_hops": self.graph.n_hops,
-            "pgd_steps": self.p.pgd_steps,
-            "lambda_s": self.p.lambda_s,
-            "lambda_d": self.p.lambda_d,
-            "importance": self.p.importance,
-        }
+        return {**privtune_params(self.p), "k": self.graph.k, "n_hops": self.graph.n_hops}

@@ -1,8 +1,11 @@
 """The N virtual devices' state, held by the coordinator as arrays (so 10,000 devices cost little memory).
 
-A device owns a partition of the training split and walks it in local epochs: in local epoch e it sends
-its samples in the order permutation(seed, device, e), ``local_batch_size`` per round in which it takes
-part. A sample is therefore released once per local epoch (``releases`` = e + 1 while it is sent).
+A device owns a partition of the training split and walks it in local epochs: local epoch e is a list of
+batches, one per round in which the device takes part: its samples in the order permutation(seed, device, e),
+``local_batch_size`` at a time (``lengths``: shuffled batches of samples of similar length), or the batches an
+``epoch_batches`` function gives (``train``'s one device: the design's epoch, e.g. EW-Tune's Poisson batches; a
+device whose batch is empty sits that round out, and its cursor moves on). A sample is therefore released once per
+local epoch (``releases`` = e + 1 while it is sent).
 
 Round planning is a pure function of (seed, round, state): which devices are online
 (P = ``availability``), which K of them are selected, which drop out mid-round (P = ``dropout``), and the
@@ -22,6 +25,7 @@ subsampled only at the second stage's rate.) ``releases`` then counts each sampl
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -62,6 +66,7 @@ class RoundPlan:
     round: int
     devices: list[PlannedDevice]
     online: int  # devices online when the round started
+    idle: list[int] = field(default_factory=list)  # selected devices whose batch this round is empty (sit it out)
 
     @property
     def tasks(self) -> list[DeviceTask]:
@@ -79,8 +84,9 @@ class Population:
     parts: list[np.ndarray]  # sample indices of each device
     poisson: bool = False  # Poisson rounds for DP-SGD (see the module docstring)
     lengths: np.ndarray | None = None  # tokens per training sample: local batches by length (sim.length_bucketing)
+    epoch_batches: Callable[[int, int], list[np.ndarray]] | None = None  # (device, epoch) -> its batches
     epoch: np.ndarray = field(init=False)  # int32 [N]: local epochs begun
-    cursor: np.ndarray = field(init=False)  # int32 [N]: position in the current local epoch
+    cursor: np.ndarray = field(init=False)  # int32 [N]: batches of the current local epoch already sent
     downloaded: np.ndarray = field(init=False)  # bool [N]: holds the bottom weights
 
     def __post_init__(self):
@@ -93,7 +99,7 @@ class Population:
         self._jitter = np.array([t.jitter for t in self.sim.tiers])[self.tier]
         self._n_samples = int(sum(len(p) for p in self.parts))
         self.draws = np.zeros(max((int(p.max()) + 1 for p in self.parts if len(p)), default=0), dtype=np.int32)
-        self._orders: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()  # (device, epoch) -> its order
+        self._batches: OrderedDict[tuple[int, int], list[np.ndarray]] = OrderedDict()  # (device, epoch) -> batches
 
     def __len__(self) -> int:
         return len(self.parts)
@@ -114,9 +120,12 @@ class Population:
         k = len(chosen)
         dropped = rng.random(k) < self._dropout[chosen]
         jitter = rng.lognormal(0.0, 1.0, size=(k, 2)) ** self._jitter[chosen, None]  # exp(σ·N(0,1))
-        devices = []
+        devices, idle = [], []
         for j, i in enumerate(chosen.tolist()):
             task = None if dropped[j] else self._task(round_, i, None if drawn is None else drawn[i])
+            if task is not None and len(task.samples) == 0:  # an empty batch: nothing to send this round
+                idle.append(i)
+                continue
             devices.append(
                 PlannedDevice(
                     device=i,
@@ -129,14 +138,15 @@ class Population:
                     task=task,
                 )
             )
-        return RoundPlan(round=round_, devices=devices, online=len(online))
+        return RoundPlan(round=round_, devices=devices, online=len(online), idle=idle)
 
     def _task(self, round_: int, i: int, samples: np.ndarray | None = None) -> DeviceTask:
-        if samples is None:  # the next local batch of its current local epoch
+        if samples is None:  # the next batch of its current local epoch
             epoch, cursor = int(self.epoch[i]), int(self.cursor[i])
-            if cursor >= len(self.parts[i]):
+            if cursor >= len(self.batches(i, epoch)):
                 epoch, cursor = epoch + 1, 0
-            samples = self.local_order(i, epoch)[cursor : cursor + self.sim.local_batch_size]
+            batches = self.batches(i, epoch)
+            samples = batches[cursor] if batches else np.zeros(0, dtype=np.int64)
         return DeviceTask(
             round=round_,
             device=i,
@@ -168,25 +178,26 @@ class Population:
         sizes = np.array([len(p) for p in self.parts])
         return float(self.dp_sample_rate() * (self._availability * (1 - self._dropout) * sizes).sum())
 
-    def local_order(self, i: int, epoch: int) -> np.ndarray:
-        """Device ``i``'s samples in the order it sends them in local epoch ``epoch``: a seeded permutation, or
-        with ``lengths`` shuffled batches of similar length (``data.batching.batch_indices``, the short one last so
-        that every round's slice is one batch). Cached for the last few (device, epoch)."""
+    def batches(self, i: int, epoch: int) -> list[np.ndarray]:
+        """Device ``i``'s batches of local epoch ``epoch`` (sample indices), in the order it sends them (module
+        docstring). Cached for the last few (device, epoch)."""
         key = (i, epoch)
-        if key not in self._orders:
-            part = self.parts[i]
-            if self.lengths is None:
-                order = np.random.default_rng([self.seed, i, epoch, 0x0E0C]).permutation(part)
-            else:
-                b = self.sim.local_batch_size
+        if key not in self._batches:
+            part, b = self.parts[i], self.sim.local_batch_size
+            if self.epoch_batches is not None:
+                batches = self.epoch_batches(i, epoch)
+            elif self.lengths is not None:
                 seed = derive_seed(self.seed, i, epoch, 0x0E0C)
-                batches = batch_indices(self.lengths[part], b, shuffle=True, bucketing=True, seed=seed)
-                batches.sort(key=lambda x: len(x) < b)  # stable: the short batch (if any) goes last
-                order = part[np.concatenate(batches)] if batches else part
-            self._orders[key] = order
-            if len(self._orders) > 64:
-                self._orders.popitem(last=False)
-        return self._orders[key]
+                batches = [
+                    part[x] for x in batch_indices(self.lengths[part], b, shuffle=True, bucketing=True, seed=seed)
+                ]
+            else:
+                order = np.random.default_rng([self.seed, i, epoch, 0x0E0C]).permutation(part)
+                batches = [order[k : k + b] for k in range(0, len(order), b)]
+            self._batches[key] = batches
+            if len(self._batches) > 64:
+                self._batches.popitem(last=False)
+        return self._batches[key]
 
     def releases(self, i: int) -> int:
         """How many times the device's most-sent sample has been sent (local epochs begun; Poisson: draws)."""
@@ -197,19 +208,21 @@ class Population:
     # ------------------------------------------------------------------ state
 
     def commit(self, plan: RoundPlan) -> None:
-        """Advance the cursors of the devices that sent, mark downloads (a dropped device has downloaded too)."""
+        """Advance the cursors of the devices that sent (or sat out an empty batch), mark downloads (a dropped
+        device has downloaded too)."""
+        sent = [d.device for d in plan.devices if d.task is not None]
         for d in plan.devices:
             self.downloaded[d.device] = True
-            if d.task is None:
-                continue
-            i = d.device
-            if self.poisson:
-                self.draws[d.task.samples] += 1
-                continue
-            if self.cursor[i] >= len(self.parts[i]):
+        if self.poisson:
+            for d in plan.devices:
+                if d.task is not None:
+                    self.draws[d.task.samples] += 1
+            return
+        for i in [*sent, *plan.idle]:
+            if self.cursor[i] >= len(self.batches(i, int(self.epoch[i]))):
                 self.epoch[i] += 1
                 self.cursor[i] = 0
-            self.cursor[i] += len(d.task.samples)
+            self.cursor[i] += 1
 
     def state_dict(self) -> dict:
         return {

@@ -100,14 +100,23 @@ class StepResult:
 
 @dataclass
 class EvalResult:
-    """An evaluation's sums: correct predictions, summed cross-entropy (nats), samples."""
+    """An evaluation's sums: correct predictions, summed cross-entropy (nats), samples, and the bytes its messages
+    took up to the cloud and back down."""
 
     correct: int
     loss_sum: float
     samples: int
+    bytes_up: int = 0
+    bytes_down: int = 0
 
     def __add__(self, other: EvalResult) -> EvalResult:
-        return EvalResult(self.correct + other.correct, self.loss_sum + other.loss_sum, self.samples + other.samples)
+        return EvalResult(
+            self.correct + other.correct,
+            self.loss_sum + other.loss_sum,
+            self.samples + other.samples,
+            self.bytes_up + other.bytes_up,
+            self.bytes_down + other.bytes_down,
+        )
 
 
 @dataclass

@@ -216,7 +216,8 @@ class GuardedDesign(Design):
         a1 = pool.on_workers(GuardedDesign.device_eval_upload, [(idx,) for idx in batches])
         a2 = [out for out, _ in pool.cloud_phase(GuardedDesign.middle_forward, list(range(len(batches))), a1, False)]
         results = pool.on_workers(GuardedDesign.device_predict, [(idx, a2[b]) for b, idx in enumerate(batches)])
-        return sum(results, EvalResult(0, 0.0, 0))
+        moved = EvalResult(0, 0.0, 0, bytes_up=sum(len(a) for a in a1), bytes_down=sum(len(a) for a in a2))
+        return sum(results, moved)
 
     def summary(self, cloud: GuardedRounds, rounds_done: int, population=None) -> dict[str, Any]:
         """The layout (1-based block numbers) and settings of the run."""
