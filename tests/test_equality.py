@@ -150,8 +150,11 @@ def same(old: Any, new: Any) -> bool:
 def within(old: Any, new: Any, tolerance: float) -> bool:
     """Numbers (or lists of them, element by element) no more than ``tolerance`` apart."""
     if isinstance(old, list) or isinstance(new, list):
-        return isinstance(old, list) and isinstance(new, list) and len(old) == len(new) and all(
-            within(a, b, tolerance) for a, b in zip(old, new)
+        return (
+            isinstance(old, list)
+            and isinstance(new, list)
+            and len(old) == len(new)
+            and all(within(a, b, tolerance) for a, b in zip(old, new))
         )
     return isinstance(old, (int, float)) and isinstance(new, (int, float)) and abs(old - new) <= tolerance
 

@@ -26,9 +26,9 @@ from privtune_ray.designs.guarded import (
     gradients_from_bytes,
     guarded_layout,
 )
-from privtune_ray.drivers import simulate as coordinator_module
+from privtune_ray.drivers import engine as coordinator_module
+from privtune_ray.drivers.attack import run_attack_evaluation
 from privtune_ray.drivers.simulate import run_simulation
-from privtune_ray.drivers.train import run_training
 from privtune_ray.errors import ConfigError
 from privtune_ray.message import tensor_from_bytes
 from privtune_ray.models.loading import load_task_model
@@ -397,8 +397,8 @@ def test_guarded_designs_refuse_what_they_cannot_do(tmp_path):
     ]:
         with pytest.raises(ConfigError, match=match):
             run_simulation(small("design.name=online", *extra), out=out, log=quiet)
-    with pytest.raises(ConfigError, match="runs under `privtune-ray simulate`"):
-        run_training(small("design.name=gradfree"), out=out, log=quiet)
+    with pytest.raises(ConfigError, match="runs under `privtune-ray train` and `simulate`, not `attack`"):
+        run_attack_evaluation(small("design.name=gradfree"), out=out, log=quiet)
     assert not out.exists()
 
 
