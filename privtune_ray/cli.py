@@ -184,11 +184,8 @@ def _account(args) -> None:
             SigmaOutOfRange,
             calibrate_sigma,
             calibrate_sigma_pld,
-            edgeworth_epsilon,
-            pld_epsilon,
-            prv_epsilon,
-            rdp_epsilon,
         )
+        from .designs.dp_plan import accounted_epsilon
 
         q, steps, delta = args.sample_rate, args.steps, args.delta
         sigma = args.noise_multiplier
@@ -206,13 +203,13 @@ def _account(args) -> None:
         if sigma is None:
             raise PrivtuneError("give --noise-multiplier or --target-epsilon")
         print(f"Poisson-subsampled Gaussian: q = {q:g}, sigma = {sigma:g}, T = {steps}, delta = {delta:g}")
-        pld = pld_epsilon(delta, q, sigma, steps, interval=1e-4)
+        pld = accounted_epsilon("pld", delta, q, sigma, steps, interval=1e-4)
         rows: list[tuple[str, float | None]] = []
         warnings: list[str] = []
         for order in (1, 2):
             name = f"Edgeworth order {order}"
             try:
-                eps = edgeworth_epsilon(delta, q, sigma, steps, order)
+                eps = accounted_epsilon("edgeworth", delta, q, sigma, steps, order=order)
             except EdgeworthBreakdown:
                 rows.append((name, None))
                 continue
@@ -223,9 +220,12 @@ def _account(args) -> None:
                     f"{pld:.4f} (q·T = {q * steps:.3g}): the expansion understates epsilon here; "
                     f"quote the PLD epsilon"
                 )
-        rows += [("PLD (dp-accounting)", pld), ("RDP (dp-accounting)", rdp_epsilon(delta, q, sigma, steps))]
+        rows += [
+            ("PLD (dp-accounting)", pld),
+            ("RDP (dp-accounting)", accounted_epsilon("rdp", delta, q, sigma, steps)),
+        ]
         if args.prv:  # Opacus' PRV accountant imports torch: only when asked for
-            rows.append(("PRV (Opacus)", prv_epsilon(delta, q, sigma, steps)))
+            rows.append(("PRV (Opacus)", accounted_epsilon("prv", delta, q, sigma, steps)))
         for name, row_eps in rows:
             if row_eps is None:
                 print(

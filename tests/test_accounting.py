@@ -228,3 +228,42 @@ def test_account_of_an_ewtune_config_prints_the_dp_sgd_plan_the_run_calibrates(c
     assert "warning: the Edgeworth epsilon 2.382 is 0.79 x the PLD epsilon 3.000" in out
     rc, _, err = _account(capsys, *args, "--set", "design.delta=0.001")
     assert rc == 2 and "design.delta=0.001 is at least 1/N = 0.0005" in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_dp_plan_and_account_go_through_the_registry_and_import_no_torch(monkeypatch, capsys):
+    """`privtune-ray account` and EW-Tune's DP plan ask the registered accountants (a spy in the registry sees every
+    ε they print or plan with), and neither imports torch: the config checks plan a run in about a second."""
+    import subprocess
+    import sys
+
+    from privtune_ray.accounting import registry
+    from privtune_ray.designs.dp_plan import plan_dp_sgd
+    from privtune_ray.designs.params import EWTuneParams
+
+    asked: list[str] = []
+    for name, cls in list(registry.ACCOUNTANTS.items()):
+        spy = type(
+            f"Spy{cls.__name__}",
+            (cls,),
+            {
+                "get_epsilon": lambda self, d, _c=cls, **k: (
+                    asked.append(self.mechanism()) or _c.get_epsilon(self, d, **k)
+                )
+            },
+        )
+        monkeypatch.setitem(registry.ACCOUNTANTS, name, spy)
+    rc, out, _ = _account(capsys, "--sample-rate", "0.01", "--steps", "100", "--noise-multiplier", "1.0")
+    assert rc == 0 and sorted(set(asked)) == ["edgeworth", "pld", "rdp"]
+    asked.clear()
+    from privtune_ray.config import load_config
+
+    params = EWTuneParams.of(load_config(None, ["design.name=ewtune", "design.calibrate_with=pld"]).design)
+    plan = plan_dp_sgd(params, 0.01, 100)
+    assert sorted(set(asked)) == ["edgeworth", "pld", "rdp"] and plan.epsilon_pld > 0
+    code = (
+        "import sys; from privtune_ray.cli import main; "
+        "main(['account', '--sample-rate', '0.01', '--steps', '50', '--noise-multiplier', '1.0']); "
+        "print('torch' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip().endswith("False")

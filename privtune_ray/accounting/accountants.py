@@ -1,13 +1,12 @@
 """The accountants behind the one interface (``base.Accountant``, Opacus' ``IAccountant``), as Opacus keeps its
 ``accountants/`` beside its ``analysis/``: each class keeps the (σ, q, steps) history and asks the analysis functions
-of ``edgeworth.py`` (ours) and ``reference.py`` (dp-accounting, Opacus) for ε. Importing this module imports
-Opacus, and with it torch; the functions alone do not.
+of ``edgeworth.py`` (ours) and ``reference.py`` (dp-accounting, Opacus) for ε. Importing this module imports no
+torch: only the PRV accountant's ``get_epsilon`` imports Opacus.
 """
 
 from __future__ import annotations
 
 import dp_accounting
-from opacus.accountants import PRVAccountant as OpacusPRVAccountant
 
 from .base import Accountant
 from .edgeworth import _epsilon
@@ -74,6 +73,21 @@ class RDPAccountant(_DpAccountingAccountant):
         super().__init__()
 
 
-class PRVAccountant(Accountant, OpacusPRVAccountant):
+class PRVAccountant(Accountant):
     """Opacus' PRV accountant (its ``get_epsilon(delta, eps_error=0.01)``; :func:`prv_epsilon` after T equal steps),
-    with ``len`` counting steps and the history checked and merged as the other accountants keep it."""
+    with ``len`` counting steps and the history checked and merged as the other accountants keep it. Opacus (and
+    torch) load on the first ``get_epsilon``."""
+
+    def get_epsilon(self, delta: float, eps_error: float = 0.01, **kwargs) -> float:
+        from opacus.accountants import PRVAccountant as OpacusPRVAccountant
+
+        check_delta(delta)
+        if not self.history:
+            raise ValueError("no step to account for: call step() first")
+        opacus = OpacusPRVAccountant()
+        opacus.history = list(self.history)
+        return float(opacus.get_epsilon(delta, eps_error=eps_error, **kwargs))
+
+    @classmethod
+    def mechanism(cls) -> str:
+        return "prv"

@@ -1,4 +1,5 @@
-"""The one accountant interface: Opacus' ``IAccountant`` with its (σ, q, steps) history.
+"""The one accountant interface, Opacus' ``IAccountant``'s methods and its (σ, q, steps) history, without
+importing Opacus (and torch): the DP plan and ``privtune-ray account`` use it from the config checks.
 
 acc.step(noise_multiplier=σ, sample_rate=q)   one Poisson-subsampled Gaussian step (num_steps=T: T at once)
 acc.get_epsilon(delta)                        ε(δ) in nats of every step so far (add-or-remove-one neighbours)
@@ -8,12 +9,12 @@ acc.mechanism()                               the registry name (``registry.ACCO
 
 from __future__ import annotations
 
-from opacus.accountants.accountant import IAccountant
+from abc import ABC, abstractmethod
 
 from .validation import check_noise_multiplier, check_sample_rate
 
 
-class Accountant(IAccountant):
+class Accountant(ABC):
     """``history``: [(σ, q, steps)] as Opacus keeps it, consecutive equal (σ, q) merged into one entry."""
 
     def __init__(self) -> None:
@@ -30,3 +31,12 @@ class Accountant(IAccountant):
 
     def __len__(self) -> int:
         return sum(steps for _, _, steps in self.history)
+
+    @abstractmethod
+    def get_epsilon(self, delta: float, **kwargs) -> float:
+        """ε(δ) in nats of every step so far."""
+
+    @classmethod
+    @abstractmethod
+    def mechanism(cls) -> str:
+        """The registry name (``registry.ACCOUNTANTS``)."""

@@ -15,9 +15,7 @@ from ..accounting import (
     SigmaOutOfRange,
     calibrate_sigma,
     calibrate_sigma_pld,
-    edgeworth_epsilon,
-    pld_epsilon,
-    rdp_epsilon,
+    create_accountant,
 )
 from ..attacks.params import aux_from_training, check_aux_fits
 from ..config import Config
@@ -86,10 +84,18 @@ class DPPlan:
         )
 
 
+def accounted_epsilon(name: str, delta: float, q: float, sigma: float, steps: int, **params) -> float:
+    """ε(δ) (nats) of ``steps`` Poisson-subsampled Gaussian steps (rate q, noise multiplier σ) by the accountant
+    ``name`` of the registry (``accounting.create_accountant``; ``params`` to its class)."""
+    accountant = create_accountant(name, **params)
+    accountant.step(noise_multiplier=sigma, sample_rate=q, num_steps=steps)
+    return accountant.get_epsilon(delta)
+
+
 def _edgeworth_or_nan(order: int, delta: float, q: float, sigma: float, steps: int) -> float:
     """The Edgeworth ε (nats), NaN where the expansion breaks down (claims (0, δ)-DP)."""
     try:
-        return edgeworth_epsilon(delta, q, sigma, steps, order)
+        return accounted_epsilon("edgeworth", delta, q, sigma, steps, order=order)
     except EdgeworthBreakdown:
         return float("nan")
 
@@ -148,8 +154,8 @@ def plan_dp_sgd(design: EWTuneParams, sample_rate: float, steps: int) -> DPPlan:
         design.delta,
         design.target_epsilon,
         _edgeworth_or_nan(design.edgeworth_order, design.delta, q, sigma, steps),
-        pld_epsilon(design.delta, q, sigma, steps),
-        rdp_epsilon(design.delta, q, sigma, steps),
+        accounted_epsilon("pld", design.delta, q, sigma, steps),
+        accounted_epsilon("rdp", design.delta, q, sigma, steps),
         design.edgeworth_order,
         design.calibrate_with,
     )
@@ -172,8 +178,8 @@ def spent_epsilon(plan: DPPlan, steps_done: int) -> dict[str, float]:
     q, sigma = plan.sample_rate, plan.noise_multiplier
     return {
         "epsilon_edgeworth": _edgeworth_or_nan(plan.edgeworth_order, plan.delta, q, sigma, steps_done),
-        "epsilon_pld": pld_epsilon(plan.delta, q, sigma, steps_done),
-        "epsilon_rdp": rdp_epsilon(plan.delta, q, sigma, steps_done),
+        "epsilon_pld": accounted_epsilon("pld", plan.delta, q, sigma, steps_done),
+        "epsilon_rdp": accounted_epsilon("rdp", plan.delta, q, sigma, steps_done),
     }
 
 
