@@ -18,7 +18,7 @@ from .data.partition import PARTITIONERS
 from .data.public import public_source, uses_public_text
 from .data.registry import DATASETS
 from .designs.params import DESIGN_PARAMS, check_design
-from .mechanisms.params import MECHANISM_PARAMS
+from .mechanisms.params import mechanism_names, mechanism_params_class
 
 
 def check_config(cfg: Config) -> None:
@@ -39,9 +39,9 @@ def check_config(cfg: Config) -> None:
             f"choose one of {labelled}",
         )
     require(
-        cfg.mechanism.name in MECHANISM_PARAMS,
+        mechanism_params_class(cfg.mechanism.name) is not None,
         "mechanism.name",
-        f"unknown mechanism {cfg.mechanism.name!r}; choose one of {sorted(MECHANISM_PARAMS)}",
+        f"unknown mechanism {cfg.mechanism.name!r}; choose one of {mechanism_names()}",
     )
     _check_attacks(cfg)
     require(
@@ -86,7 +86,7 @@ def check_variant_keys(cfg: Config) -> None:
     dataclass of each variant that reads it, whichever variant the run selects (a bad value is refused even where
     this run ignores it, so that changing ``name`` alone never meets it later)."""
     sections: list[tuple[str, Any, set[type[VariantParams]]]] = [
-        ("mechanism", cfg.mechanism, set(MECHANISM_PARAMS.values())),
+        ("mechanism", cfg.mechanism, {c for n in mechanism_names() if (c := mechanism_params_class(n)) is not None}),
         ("design", cfg.design, set(DESIGN_PARAMS.values())),
         ("attack", cfg.attack, set(ATTACK_PARAMS.values())),
     ]

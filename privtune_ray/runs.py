@@ -11,7 +11,9 @@ summary.json    the final numbers, written when the run finishes
 
 from __future__ import annotations
 
+import csv
 import json
+import math
 import os
 import platform
 import socket
@@ -97,11 +99,19 @@ def make_output_dir(path: Path, flag: str = "--out") -> None:
         raise ConfigError(f"{flag} {str(path)!r} cannot be created ({exc.strerror}): choose another path") from None
 
 
+def _cell(value: Any) -> Any:
+    """A CSV cell as pandas writes it: None and NaN empty, everything else as ``str`` gives it."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return value
+
+
 class RunDir:
     """Create (or reopen, to resume) a run directory and append results to it."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
+        self._columns: dict[str, list[str]] = {}  # table -> its CSV header, as last written or read
 
     @classmethod
     def create(cls, cfg: Config, out: str | os.PathLike | None = None, resume: bool = False) -> RunDir:
@@ -178,19 +188,29 @@ class RunDir:
 
     def append_rows(self, table: str, rows: list[dict[str, Any]]) -> None:
         """Append rows to ``<table>.csv`` (header written with the first rows). Rows are aligned to the file's
-        columns (a column they lack is left empty); a row with a column the file lacks rewrites the file with it."""
+        columns (a column they lack is left empty); a row with a column the file lacks rewrites the file with it.
+        The header is kept after the first read, so a row costs one small write (a round writes two or three)."""
         if not rows:
             return
         path = self.path / f"{table}.csv"
-        new = pd.DataFrame(rows)
-        if not path.exists():
-            new.to_csv(path, index=False)
+        keys = list(dict.fromkeys(k for row in rows for k in row))
+        columns = self._columns.get(table) if path.exists() else None
+        if columns is None and path.exists():
+            with path.open(newline="") as f:
+                columns = next(csv.reader(f), [])
+        if columns is not None and not set(keys) <= set(columns):  # a new column: the file is rewritten with it
+            frame = pd.concat([pd.read_csv(path), pd.DataFrame(rows)], ignore_index=True)
+            frame.to_csv(path, index=False)
+            self._columns[table] = list(frame.columns)
             return
-        header = list(pd.read_csv(path, nrows=0).columns)
-        if set(new.columns) <= set(header):
-            new.reindex(columns=header).to_csv(path, mode="a", header=False, index=False)
-        else:
-            pd.concat([pd.read_csv(path), new], ignore_index=True).to_csv(path, index=False)
+        fresh = columns is None
+        columns = keys if columns is None else columns
+        with path.open("a", newline="") as f:
+            writer = csv.writer(f)
+            if fresh:
+                writer.writerow(columns)
+            writer.writerows([[_cell(row.get(c)) for c in columns] for row in rows])
+        self._columns[table] = columns
 
     def truncate(self, table: str, after_step: int, key: str = "step") -> None:
         """Drop rows with ``key > after_step`` (written after the checkpoint a resumed run restarts from)."""
@@ -198,6 +218,7 @@ class RunDir:
         if path.exists():
             df = pd.read_csv(path)
             df[df[key] <= after_step].to_csv(path, index=False)
+            self._columns[table] = list(df.columns)
 
     def has_row(self, table: str, step: int, key: str = "step") -> bool:
         """Whether ``table.csv`` holds a row with ``key == step``."""

@@ -77,6 +77,19 @@ class Mechanism:
         """The privacy statement for a sample sent ``releases`` times (``guarantees.py``, from the parameters)."""
         return none_guarantee(VariantParams(), releases, max_length)
 
+    @classmethod
+    def params_guarantee(cls, params: Any, releases: int, max_length: int) -> Guarantee:
+        """The statement from the parameters alone, without a model: what the records quote for a mechanism
+        registered outside this package (the built-ins' are ``guarantees.GUARANTEES``, torch-free). A subclass that
+        does not say states nothing: ``kind`` ``unstated``, no ε."""
+        if cls.name == "none":
+            return none_guarantee(VariantParams(), releases, max_length)
+        return Guarantee(
+            kind="unstated",
+            statement=f"mechanism {cls.name!r} states no guarantee (its class defines no params_guarantee)",
+            releases=releases,
+        )
+
     def noise_nll(self, released: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
         """−log p(h̃_i | h_i) per row, up to a constant (nats), differentiable in ``clean`` [..., d] -> [...]: the noise
         law an adaptive attacker inverts (``attacks/bisr_inversion.py``). The identity adds none; ½‖h̃ − h‖² stands in

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..config import VariantParams
-from .params import MECHANISM_PARAMS, ClippedNoiseParams, DChiParams, PrivTuneParams
+from .params import ClippedNoiseParams, DChiParams, PrivTuneParams, mechanism_names, mechanism_params_class
 
 
 @dataclass
@@ -124,10 +124,18 @@ GUARANTEES: dict[str, Callable[[Any, int, int], Guarantee]] = {
 
 
 def config_guarantee(cfg, releases: int, max_length: int) -> Guarantee:
-    """The guarantee a ``MechanismConfig`` gives, without a model (``privtune-ray account``, the records' ε)."""
-    params = MECHANISM_PARAMS[cfg.name].of(cfg)
+    """The guarantee a ``MechanismConfig`` gives, without a model (``privtune-ray account``, the records' ε): a
+    built-in's from :data:`GUARANTEES`, a mechanism registered at run time from its class's ``params_guarantee``."""
+    params_class = mechanism_params_class(cfg.name)
+    if params_class is None:
+        raise KeyError(f"unknown mechanism {cfg.name!r}; choose one of {mechanism_names()}")
+    params = params_class.of(cfg)
     params.validate("mechanism")
-    return GUARANTEES[cfg.name](params, releases, max_length)
+    if cfg.name in GUARANTEES:
+        return GUARANTEES[cfg.name](params, releases, max_length)
+    from .registry import MECHANISMS
+
+    return MECHANISMS[cfg.name].params_guarantee(params, releases, max_length)
 
 
 __all__ = [

@@ -8,6 +8,7 @@ two registries agree).
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 from ..config import VariantParams, require
@@ -84,4 +85,29 @@ MECHANISM_PARAMS: dict[str, type[VariantParams]] = {
     "privtune": PrivTuneParams,
 }
 
-__all__ = ["MECHANISM_PARAMS", "ClippedNoiseParams", "DChiParams", "PrivTuneParams"]
+
+def mechanism_params_class(name: str) -> type[VariantParams] | None:
+    """The parameter dataclass of mechanism ``name``: a built-in's from :data:`MECHANISM_PARAMS` (no torch), else
+    the ``Params`` of a class registered in ``registry.MECHANISMS`` at run time (a mechanism added outside this
+    package, one class and one registry line; its registry is loaded by then). None: no such mechanism."""
+    if name in MECHANISM_PARAMS:
+        return MECHANISM_PARAMS[name]
+    registry = sys.modules.get("privtune_ray.mechanisms.registry")
+    mechanisms = getattr(registry, "MECHANISMS", {})
+    return mechanisms[name].Params if name in mechanisms else None
+
+
+def mechanism_names() -> list[str]:
+    """Every mechanism a config may name: the built-ins and any registered at run time."""
+    registry = sys.modules.get("privtune_ray.mechanisms.registry")
+    return sorted(set(MECHANISM_PARAMS) | set(getattr(registry, "MECHANISMS", {})))
+
+
+__all__ = [
+    "MECHANISM_PARAMS",
+    "mechanism_names",
+    "mechanism_params_class",
+    "ClippedNoiseParams",
+    "DChiParams",
+    "PrivTuneParams",
+]
