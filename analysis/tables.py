@@ -1,7 +1,8 @@
 """Find result directories under a folder and load them as pandas tables.
 
-A sweep directory holds ``sweep.csv`` (its ``points/`` belong to it and are not searched); a simulation run
-holds ``summary.json`` and ``devices.csv``; a train run holds ``summary.json`` and ``metrics.csv``.
+A sweep directory holds ``sweep.csv`` (its ``points/`` belong to it and are not searched); a run holds
+``summary.json``, whose ``command`` says whether it is a train run (with ``metrics.csv``) or a simulation (with
+``devices.csv``; a train run, one device on the same engine, holds one too).
 """
 
 from __future__ import annotations
@@ -37,11 +38,21 @@ def _discover(root: str | Path) -> dict[str, list[Path]]:
         if SWEEP_CSV in files:
             found["sweep"].append(here)
             dirnames[:] = [d for d in dirnames if d != "points"]
-        if SUMMARY in files and "devices.csv" in files:
-            found["simulation"].append(here)
-        elif SUMMARY in files and "metrics.csv" in files:
+        if SUMMARY not in files:
+            continue
+        if _command(here) == "train" or ("metrics.csv" in files and "devices.csv" not in files):
             found["train"].append(here)
+        elif "devices.csv" in files:
+            found["simulation"].append(here)
     return found
+
+
+def _command(run: Path) -> str | None:
+    """The command a run's summary names (``train`` runs hold the engine's ``devices.csv`` too)."""
+    try:
+        return json.loads((run / SUMMARY).read_text()).get("command")
+    except (OSError, ValueError):
+        return None
 
 
 def find_sweeps(root: str | Path) -> list[Path]:

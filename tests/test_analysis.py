@@ -198,6 +198,12 @@ def test_discovery_and_loading(tmp_path):
     assert find_sweeps(tmp_path) == [sweep]
     assert find_simulations(tmp_path) == [sim]
     assert find_train_runs(tmp_path) == [train]  # not the point under sweeps/s1/points
+    # a train run on the one engine holds its device's devices.csv too: its summary's command says what it is
+    engine_train = write_train_run(tmp_path / "train2")
+    summary = json.loads((engine_train / "summary.json").read_text())
+    (engine_train / "summary.json").write_text(json.dumps({**summary, "command": "train"}))
+    (engine_train / "devices.csv").write_text("round,device\n0,0\n")
+    assert find_train_runs(tmp_path) == [train, engine_train] and find_simulations(tmp_path) == [sim]
     table = load_sweep(sweep)
     assert len(table) == len(POINTS) and set(table["status"]) == {"done"}
     assert list(failed_points(sweep)["point"]) == ["laplace-sigma1-m1"]
