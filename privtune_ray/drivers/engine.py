@@ -153,6 +153,11 @@ def _train_epoch(design: Design, train: TokenizedSplit, per_epoch: int, seed: in
     return design.train_batches(train, per_epoch, seed=seed * 1000 + epoch)
 
 
+def _fit_mechanism(design: Design, worker, task) -> None:
+    """On a worker: fit (and cache) the mechanism of ``task``'s device on its data, as its first task would."""
+    worker.mechanism(task)
+
+
 def prepare(cfg: Config, command: Command = SIMULATE) -> Setup:
     """Load the model and data, size the tiers, draw the population; every bad input fails here. For ``train``
     (``command``), the population is :func:`one_device`'s, with a round per step of the design's plan."""
@@ -755,6 +760,8 @@ def run_engine(
             )
         for line in setup.design.log_lines():
             log(f"privtune-ray: {line}")
+        if command.preloaded:  # the devices hold their fitted mechanism too (PrivTune's importance) before round 0
+            pool.on_workers(_fit_mechanism, [(task,) for task in setup.population.plan(0).tasks])
         coordinator = Coordinator(setup, pool, session, log=log, hooks=hooks)
         coordinator.faults = faults  # the transport's faults land in the coordinator's list
         start_attacks(coordinator, log)
