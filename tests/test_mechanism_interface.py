@@ -52,7 +52,9 @@ class UniformBox(Mechanism):
 
     @classmethod
     def params_guarantee(cls, params, releases, max_length):
-        return Guarantee(kind="none", statement=f"uniform noise in [-{params.noise_multiplier:g}, +]: no formal guarantee")
+        return Guarantee(
+            kind="none", statement=f"uniform noise in [-{params.noise_multiplier:g}, +]: no formal guarantee"
+        )
 
 
 @pytest.fixture
