@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from privtune_ray.config import load_config
 from privtune_ray.drivers.engine import one_device
@@ -89,3 +90,36 @@ def test_every_lever_runs_under_both_commands(lever, command, tmp_path):
         "offline": lambda: summary["guarded"]["design"] == "offline",
     }[lever]
     assert on(), summary
+
+
+def test_the_cloud_cuts_a_large_upload_into_pieces_that_hold_each_row_once():
+    """`train.physical_batch_size`: the replica backpropagates train's one logical batch in pieces by length; each
+    piece is rows of the upload as received (real positions equal, padding rows zero, cut to its longest row)."""
+    from types import SimpleNamespace
+
+    from privtune_ray.message import Message, take_rows
+    from privtune_ray.simulation.replica import TopReplica
+
+    torch.manual_seed(0)
+    lengths = torch.tensor([5, 2, 7, 3, 7, 1, 4])
+    mask = (torch.arange(8)[None, :] < lengths[:, None]).long()
+    msg = Message(hidden=torch.randn(7, 8, 4), attention_mask=mask, labels=torch.arange(7) % 2, split_depth=2)
+    for packs in (False, True):
+        host = SimpleNamespace(
+            setup=SimpleNamespace(cfg=SimpleNamespace(train=SimpleNamespace(physical_batch_size=3))),
+            design=SimpleNamespace(packs_uploads=packs),
+        )
+        pieces = TopReplica._pieces(host, [msg])
+        rows = torch.cat([u.rows for piece in pieces for u in piece])
+        assert sorted(rows.tolist()) == list(range(7)) and all(len(u.rows) <= 3 for p in pieces for u in p)
+        assert [u.k for p in pieces for u in p] == [0, 1, 2]  # the pieces of one message, in order
+    for unit in pieces:
+        (u,) = unit
+        part = take_rows(msg, u.rows)
+        width = int(lengths[u.rows].max())
+        assert part.hidden.shape == (len(u.rows), width, 4) and torch.equal(part.labels, msg.labels[u.rows])
+        real = part.attention_mask.bool()
+        assert torch.equal(part.hidden[real], msg.hidden[u.rows, :width][real])
+        assert not part.hidden[~real].any()  # padding rows zero, as on the wire
+    with pytest.raises(ValueError, match="class-id labels"):
+        take_rows(Message(torch.zeros(2, 3, 4), torch.ones(2, 3).long(), torch.zeros(0).long()), torch.tensor([0]))
