@@ -123,3 +123,26 @@ def test_the_cloud_cuts_a_large_upload_into_pieces_that_hold_each_row_once():
         assert not part.hidden[~real].any()  # padding rows zero, as on the wire
     with pytest.raises(ValueError, match="class-id labels"):
         take_rows(Message(torch.zeros(2, 3, 4), torch.ones(2, 3).long(), torch.zeros(0).long()), torch.tensor([0]))
+
+
+def test_a_checkpoint_from_before_the_batch_cursor_resumes_at_the_same_batch():
+    """Populations once counted a device's cursor in samples sent; a checkpoint of that kind resumes where it was."""
+    import numpy as np
+
+    from privtune_ray.config import SimulationConfig
+    from privtune_ray.simulation.population import Population
+
+    sim = SimulationConfig(devices=2, devices_per_round=2, local_batch_size=4)
+    parts = [np.arange(10), np.arange(10, 18)]
+    make = lambda: Population(sim, 0, np.zeros(2, np.int16), np.ones(2, np.int16), parts)  # noqa: E731
+    ran = make()
+    for r in range(2):
+        ran.commit(ran.plan(r))
+    old = {**ran.state_dict(), "cursor": ran.cursor * 4}  # as the sample-counting code wrote it
+    del old["cursor_unit"]
+    resumed = make()
+    resumed.load_state_dict(old)
+    assert resumed.cursor.tolist() == ran.cursor.tolist() == [2, 2]
+    assert [d.task.samples.tolist() for d in resumed.plan(2).devices] == [
+        d.task.samples.tolist() for d in ran.plan(2).devices
+    ]

@@ -230,6 +230,7 @@ class Population:
             "cursor": self.cursor.copy(),
             "downloaded": self.downloaded.copy(),
             "draws": self.draws.copy(),
+            "cursor_unit": "batches",
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -239,3 +240,5 @@ class Population:
             state["downloaded"].copy(),
         )
         self.draws = state["draws"].copy()
+        if state.get("cursor_unit") != "batches":  # a checkpoint from before the batch cursor counted samples sent
+            self.cursor = -(-self.cursor // self.sim.local_batch_size)
