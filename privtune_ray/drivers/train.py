@@ -23,7 +23,7 @@ from ..attacks.public_text import attacker_data
 from ..attacks.rounds import AttackRounds
 from ..attacks.suite import AttackSuite
 from ..config import Config
-from ..data.batching import TokenizedSplit, batch_indices, collate, end_token_id
+from ..data.batching import collate, end_token_id
 from ..designs.registry import design_for
 from ..designs.split import SplitDesign
 from ..mechanisms.registry import build_mechanism
@@ -35,7 +35,7 @@ from ..seeding import seed_everything
 from ..training.client import SplitClient
 from ..training.generation import evaluate_generation
 from ..training.lm_head import DeviceHead, HiddenStateServer, detach_head
-from ..training.server import TopServer, adapt_top, add_cloud_levers, build_optimizer, lora_targets, summed_loss
+from ..training.server import TopServer, adapt_top, add_cloud_levers, build_optimizer, lora_targets
 from ..training.warm_start import load_public, prepare_cloud_top, uses_public_text
 from .engine import run_engine, train_command
 from .tasks import load_task_data, top_device, train_spec
@@ -103,28 +103,6 @@ def physical_pieces(indices: np.ndarray, size: int | None, lengths: np.ndarray |
     if lengths is not None:
         indices = indices[np.argsort(lengths[indices], kind="stable")]
     return [indices[i : i + size] for i in range(0, len(indices), size)]
-
-
-def evaluate(
-    client: SplitClient,
-    server: TopServer,
-    split: TokenizedSplit,
-    batch_size: int,
-    pad_id: int,
-    progress: bool = True,
-    desc: str = "eval",
-) -> dict:
-    """Accuracy and mean cross-entropy (nats) on ``split``, through the same upload path as training."""
-    counters = Totals()
-    correct, loss_sum = 0, 0.0
-    batches = batch_indices(split.lengths, batch_size, shuffle=False, bucketing=True)
-    for idx in progress_bar(batches, desc=desc, enabled=progress, leave=False):
-        msg = upload(client.encode(collate(split, idx, pad_id)), counters)
-        logits = server.predict(msg)
-        correct += int((logits.argmax(-1) == msg.labels).sum())
-        loss_sum += float(summed_loss(logits, msg.labels))
-    n = len(split)
-    return {"accuracy": correct / n, "loss": loss_sum / n, "samples": n, "bytes_up": counters.bytes_up}
 
 
 def run_training(
@@ -287,13 +265,9 @@ def run_generation(cfg: Config, out: str | os.PathLike | None = None, resume: bo
     attack_summary = attacks.round(totals.step, log=log) if attacks else {}
     epochs_done = totals.samples / len(train_split)
     # A sample is released once per epoch in which it is sent (a partial epoch counts as one).
-    metric = "accuracy" if "accuracy" in result else "f1"  # classification, or generation's token F1
+    metric = "f1"  # generation's token F1
     privacy = mechanism.guarantee(releases=max(1, math.ceil(epochs_done - 1e-9)), max_length=cfg.model.max_length)
-    scores = (
-        {"dev_accuracy": result["accuracy"]}
-        if "accuracy" in result
-        else {"dev_exact_match": result["exact_match"], "dev_f1": result["f1"]}
-    )
+    scores = {"dev_exact_match": result["exact_match"], "dev_f1": result["f1"]}
     lm_head = {}
     if cfg.model.task == "causal-lm":
         leak = "the token targets (the answer text) are uploaded with h̃ (model.lm_head=cloud)"
@@ -343,29 +317,26 @@ def run_generation(cfg: Config, out: str | os.PathLike | None = None, resume: bo
 
 
 def _evaluate_and_log(run, client, server, split, cfg: Config, tokenizer, step: int, log=None) -> dict:
-    """Evaluate on ``split``, append the row to eval.csv, and print it when ``log`` is given."""
+    """Generate answers for ``split`` (token F1, exact match), append the row to eval.csv, print it when ``log``."""
     pad_id = tokenizer.pad_token_id
-    if split.prompt_lengths is None:
-        result = evaluate(client, server, split, cfg.train.eval_batch_size, pad_id, progress=cfg.train.progress)
-    else:
-        counters = Totals()
-        result = evaluate_generation(
-            client,
-            server,
-            split,
-            tokenizer,
-            cfg.train.eval_batch_size,
-            pad_id,
-            end_token_id(tokenizer),
-            cfg.train.max_new_tokens,
-            lambda msg: upload(msg, counters),
-            lambda payload: download(payload, counters),
-            progress=cfg.train.progress,
-        )
-        result["bytes_up"], result["bytes_down"] = counters.bytes_up, counters.bytes_down
+    counters = Totals()
+    result = evaluate_generation(
+        client,
+        server,
+        split,
+        tokenizer,
+        cfg.train.eval_batch_size,
+        pad_id,
+        end_token_id(tokenizer),
+        cfg.train.max_new_tokens,
+        lambda msg: upload(msg, counters),
+        lambda payload: download(payload, counters),
+        progress=cfg.train.progress,
+    )
+    result["bytes_up"], result["bytes_down"] = counters.bytes_up, counters.bytes_down
     run.append("eval", {"step": step, "split": cfg.data.eval_split, **result})
     if log is not None:
-        scores = ", ".join(f"{k} {result[k]:.4f}" for k in ("accuracy", "exact_match", "f1", "loss") if k in result)
+        scores = ", ".join(f"{k} {result[k]:.4f}" for k in ("exact_match", "f1", "loss") if k in result)
         log(f"privtune-ray: step {step}: {cfg.data.eval_split} {scores}")
     return result
 
