@@ -139,7 +139,7 @@ def test_a_checkpoint_from_before_the_batch_cursor_resumes_at_the_same_batch():
     for r in range(2):
         ran.commit(ran.plan(r))
     old = {**ran.state_dict(), "cursor": ran.cursor * 4}  # as the sample-counting code wrote it
-    del old["cursor_unit"]
+    del old["cursor_batches"]
     resumed = make()
     resumed.load_state_dict(old)
     assert resumed.cursor.tolist() == ran.cursor.tolist() == [2, 2]

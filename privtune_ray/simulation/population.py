@@ -227,18 +227,15 @@ class Population:
     def state_dict(self) -> dict:
         return {
             "epoch": self.epoch.copy(),
-            "cursor": self.cursor.copy(),
+            "cursor_batches": self.cursor.copy(),
             "downloaded": self.downloaded.copy(),
             "draws": self.draws.copy(),
-            "cursor_unit": "batches",
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.cursor, self.downloaded = (
-            state["epoch"].copy(),
-            state["cursor"].copy(),
-            state["downloaded"].copy(),
-        )
+        self.epoch, self.downloaded = state["epoch"].copy(), state["downloaded"].copy()
+        if "cursor_batches" in state:
+            self.cursor = state["cursor_batches"].copy()
+        else:  # a checkpoint from before the batch cursor: "cursor" counted the samples sent
+            self.cursor = -(-state["cursor"] // self.sim.local_batch_size)
         self.draws = state["draws"].copy()
-        if state.get("cursor_unit") != "batches":  # a checkpoint from before the batch cursor counted samples sent
-            self.cursor = -(-self.cursor // self.sim.local_batch_size)
